@@ -1,0 +1,2 @@
+lang=bash
+echo "runner-test: ${lang} ok"

@@ -1,0 +1,2 @@
+const parts = ['runner-test:', 'javascript', 'ok'];
+console.log(parts.join(' '));

@@ -1,0 +1,3 @@
+<?php
+$lang = "php";
+echo "runner-test: $lang ok\n";

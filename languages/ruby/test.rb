@@ -1,0 +1,2 @@
+lang = "ruby"
+puts "runner-test: #{lang} ok"

@@ -1,0 +1,4 @@
+fn main() {
+    let lang = "rust";
+    println!("runner-test: {} ok", lang);
+}

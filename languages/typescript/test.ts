@@ -1,0 +1,3 @@
+const lang: string = 'typescript';
+const line: string[] = ['runner-test:', lang, 'ok'];
+console.log(line.join(' '));

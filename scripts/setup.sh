@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs the system packages and npm dependencies the project needs on Debian (as root).
+#   scripts/setup.sh          what running jobs needs
+#   scripts/setup.sh --test   that, plus the toolchains the host-side tests use
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(qemu-system-x86 debootstrap e2fsprogs busybox-static cpio socat zstd kmod util-linux)
+if [[ "${1:-}" == "--test" ]]; then
+  packages+=(python3 bash gcc libc6-dev redis-server)
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "setup: missing Debian packages: ${missing[*]} (run as root to install them)" >&2
+    exit 1
+  fi
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+if [[ ! -d node_modules ]] || [[ package-lock.json -nt node_modules/.package-lock.json ]]; then
+  echo "setup: npm ci"
+  npm ci --no-audit --no-fund
+fi

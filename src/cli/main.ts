@@ -1,0 +1,30 @@
+import { Command } from '@commander-js/extra-typings';
+import { RunnerError } from '../errors.js';
+import { registerLanguagesCommand } from './commands/languages.js';
+import { AGENT_VERSION } from '../version.js';
+
+/** Builds the `runner` command tree. Each subcommand lives in ./commands/. */
+export function buildProgram(): Command {
+  const program = new Command('runner')
+    .description(
+      'Runner Codes: run untrusted code in many languages, each job in its own throwaway microVM',
+    )
+    .version(AGENT_VERSION)
+    .showHelpAfterError('(run with --help for usage)');
+  registerLanguagesCommand(program);
+  return program;
+}
+
+/** Entry point of the `runner` bin: turns RunnerErrors into one clear line and exit status 2. */
+export async function main(argv: string[] = process.argv): Promise<void> {
+  try {
+    await buildProgram().parseAsync(argv);
+  } catch (err) {
+    if (err instanceof RunnerError) {
+      process.stderr.write(`runner: ${err.message} [${err.code}]\n`);
+      process.exitCode = 2;
+      return;
+    }
+    throw err;
+  }
+}

@@ -1,0 +1,50 @@
+import Type, { type Static } from 'typebox';
+
+/** Per-stage limit overrides a language may carry (for slow compilers such as rustc or javac). */
+export const StageLimitOverrides = Type.Object(
+  {
+    wallTimeMs: Type.Optional(Type.Integer({ minimum: 1 })),
+    cpuTimeMs: Type.Optional(Type.Integer({ minimum: 1 })),
+    memoryMib: Type.Optional(Type.Integer({ minimum: 1 })),
+    processes: Type.Optional(Type.Integer({ minimum: 1 })),
+    outputBytes: Type.Optional(Type.Integer({ minimum: 1 })),
+    fileSizeBytes: Type.Optional(Type.Integer({ minimum: 1 })),
+    openFiles: Type.Optional(Type.Integer({ minimum: 1 })),
+  },
+  { additionalProperties: false },
+);
+
+/**
+ * One language, as stored in `languages/<name>/language.json`. The image builder, the agent and
+ * the tests all read this. Command arguments may hold placeholders: `{entry}` (the entry file
+ * name), `{entryStem}` (without extension) and `{sources}` (every request file with the
+ * language's extension, expanded to several arguments).
+ */
+export const LanguageDefinitionSchema = Type.Object(
+  {
+    name: Type.String({ pattern: '^[a-z0-9+#-]+$' }),
+    aliases: Type.Array(Type.String({ minLength: 1 })),
+    version: Type.String({ pattern: '^[0-9]+(\\.[0-9]+)*$' }),
+    packages: Type.Array(Type.String({ pattern: '^[a-z0-9][a-z0-9+.-]*$' }), { minItems: 1 }),
+    extension: Type.String({ pattern: '^[a-z0-9]+$' }),
+    sourceFile: Type.String({ minLength: 1 }),
+    compile: Type.Union([Type.Array(Type.String(), { minItems: 1 }), Type.Null()]),
+    run: Type.Array(Type.String(), { minItems: 1 }),
+    env: Type.Record(Type.String({ pattern: '^[A-Z_][A-Z0-9_]*$' }), Type.String()),
+    versionCommand: Type.Array(Type.String(), { minItems: 1 }),
+    limits: Type.Optional(
+      Type.Object(
+        { compile: Type.Optional(StageLimitOverrides), run: Type.Optional(StageLimitOverrides) },
+        { additionalProperties: false },
+      ),
+    ),
+    test: Type.Object(
+      { file: Type.String({ minLength: 1 }), expected: Type.String({ minLength: 1 }) },
+      { additionalProperties: false },
+    ),
+  },
+  { additionalProperties: false },
+);
+
+export type LanguageDefinition = Static<typeof LanguageDefinitionSchema>;
+export type StageLimitOverrides = Static<typeof StageLimitOverrides>;

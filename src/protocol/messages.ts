@@ -1,0 +1,199 @@
+import Type, { type Static, type TSchema } from 'typebox';
+import { Compile } from 'typebox/compile';
+import { ProtocolError } from '../errors.js';
+
+/** Bumped on any incompatible change to a message; sent in the agent's hello. */
+export const PROTOCOL_VERSION = 1;
+
+const closed = { additionalProperties: false } as const;
+const Id = Type.String({ minLength: 1, maxLength: 128 });
+/** Bytes, as standard base64. */
+const Base64 = Type.String({ pattern: '^[A-Za-z0-9+/]*={0,2}$' });
+
+/** The statuses of a stage and of a whole job. */
+export const STATUSES = [
+  'ok',
+  'compile_error',
+  'runtime_error',
+  'timeout',
+  'memory_limit',
+  'output_limit',
+  'sandbox_error',
+] as const;
+export type Status = (typeof STATUSES)[number];
+export const StatusSchema = Type.Union(STATUSES.map((s) => Type.Literal(s)));
+
+/** The limits of one stage. Units are in the names. */
+export const LimitsSchema = Type.Object(
+  {
+    wallTimeMs: Type.Integer({ minimum: 1, maximum: 3_600_000 }),
+    cpuTimeMs: Type.Integer({ minimum: 1, maximum: 3_600_000 }),
+    memoryMib: Type.Integer({ minimum: 1, maximum: 65_536 }),
+    processes: Type.Integer({ minimum: 1, maximum: 65_536 }),
+    outputBytes: Type.Integer({ minimum: 1, maximum: 64 * 1024 * 1024 }),
+    fileSizeBytes: Type.Integer({ minimum: 1, maximum: 4 * 1024 * 1024 * 1024 }),
+    openFiles: Type.Integer({ minimum: 3, maximum: 65_536 }),
+  },
+  closed,
+);
+export type Limits = Static<typeof LimitsSchema>;
+
+/** One file of a job. Names are relative to the work dir; the agent checks them again. */
+export const JobFileSchema = Type.Object(
+  {
+    name: Type.String({ minLength: 1, maxLength: 255 }),
+    content: Type.String(),
+    encoding: Type.Union([Type.Literal('utf8'), Type.Literal('base64')]),
+  },
+  closed,
+);
+export type JobFile = Static<typeof JobFileSchema>;
+
+/** The result of one stage (compile or run). Output is base64 bytes, never assumed UTF-8. */
+export const StageResultSchema = Type.Object(
+  {
+    status: StatusSchema,
+    exitCode: Type.Union([Type.Integer(), Type.Null()]),
+    signal: Type.Union([Type.String(), Type.Null()]),
+    wallTimeMs: Type.Number({ minimum: 0 }),
+    cpuTimeMs: Type.Union([Type.Number({ minimum: 0 }), Type.Null()]),
+    memoryPeakBytes: Type.Union([Type.Integer({ minimum: 0 }), Type.Null()]),
+    stdout: Base64,
+    stderr: Base64,
+    stdoutTruncated: Type.Boolean(),
+    stderrTruncated: Type.Boolean(),
+    message: Type.Optional(Type.String({ maxLength: 4096 })),
+  },
+  closed,
+);
+export type StageResult = Static<typeof StageResultSchema>;
+
+// ---- host → agent ----
+
+export const ExecuteMessageSchema = Type.Object(
+  {
+    type: Type.Literal('execute'),
+    id: Id,
+    language: Type.String({ minLength: 1, maxLength: 64 }),
+    files: Type.Array(JobFileSchema, { minItems: 1, maxItems: 1000 }),
+    stdin: Base64,
+    args: Type.Array(Type.String({ maxLength: 65_536 }), { maxItems: 1000 }),
+    env: Type.Record(
+      Type.String({ pattern: '^[A-Za-z_][A-Za-z0-9_]*$', maxLength: 256 }),
+      Type.String({ maxLength: 65_536 }),
+    ),
+    compileLimits: LimitsSchema,
+    runLimits: LimitsSchema,
+  },
+  closed,
+);
+export type ExecuteMessage = Static<typeof ExecuteMessageSchema>;
+
+export const PingMessageSchema = Type.Object({ type: Type.Literal('ping'), id: Id }, closed);
+export type PingMessage = Static<typeof PingMessageSchema>;
+
+/**
+ * Sent after a snapshot restore, before any job: fresh entropy for the guest's random pool, the
+ * host's clock, and the VM's new identity. Two VMs restored from one snapshot must not share
+ * random state.
+ */
+export const SeedMessageSchema = Type.Object(
+  {
+    type: Type.Literal('seed'),
+    id: Id,
+    entropy: Type.String({ pattern: '^[A-Za-z0-9+/]*={0,2}$', minLength: 44, maxLength: 4096 }),
+    unixTimeMs: Type.Integer({ minimum: 0 }),
+    vmId: Id,
+  },
+  closed,
+);
+export type SeedMessage = Static<typeof SeedMessageSchema>;
+
+export const HostMessageSchema = Type.Union([
+  ExecuteMessageSchema,
+  PingMessageSchema,
+  SeedMessageSchema,
+]);
+export type HostMessage = Static<typeof HostMessageSchema>;
+
+// ---- agent → host ----
+
+/** The agent's first message on every session. */
+export const HelloMessageSchema = Type.Object(
+  {
+    type: Type.Literal('hello'),
+    protocol: Type.Integer({ minimum: 1 }),
+    agentVersion: Type.String({ minLength: 1, maxLength: 64 }),
+    languages: Type.Array(Type.String({ minLength: 1, maxLength: 64 }), { maxItems: 256 }),
+    vmId: Type.Union([Type.String({ maxLength: 128 }), Type.Null()]),
+  },
+  closed,
+);
+export type HelloMessage = Static<typeof HelloMessageSchema>;
+
+export const ResultMessageSchema = Type.Object(
+  {
+    type: Type.Literal('result'),
+    id: Id,
+    status: StatusSchema,
+    compile: Type.Union([StageResultSchema, Type.Null()]),
+    run: Type.Union([StageResultSchema, Type.Null()]),
+  },
+  closed,
+);
+export type ResultMessage = Static<typeof ResultMessageSchema>;
+
+export const PongMessageSchema = Type.Object({ type: Type.Literal('pong'), id: Id }, closed);
+export type PongMessage = Static<typeof PongMessageSchema>;
+
+/** The agent's answer to `seed`: the new identity it took, and the entropy bytes credited. */
+export const SeededMessageSchema = Type.Object(
+  { type: Type.Literal('seeded'), id: Id, vmId: Id, entropyBytes: Type.Integer({ minimum: 0 }) },
+  closed,
+);
+export type SeededMessage = Static<typeof SeededMessageSchema>;
+
+export const ErrorMessageSchema = Type.Object(
+  {
+    type: Type.Literal('error'),
+    id: Type.Union([Id, Type.Null()]),
+    code: Type.String({ minLength: 1, maxLength: 64 }),
+    message: Type.String({ maxLength: 4096 }),
+  },
+  closed,
+);
+export type ErrorMessage = Static<typeof ErrorMessageSchema>;
+
+export const AgentMessageSchema = Type.Union([
+  HelloMessageSchema,
+  ResultMessageSchema,
+  PongMessageSchema,
+  SeededMessageSchema,
+  ErrorMessageSchema,
+]);
+export type AgentMessage = Static<typeof AgentMessageSchema>;
+
+/** A checker for one message union: returns the typed message or throws MESSAGE_INVALID. */
+export type MessageParser<T> = (value: unknown) => T;
+
+function parser<S extends TSchema>(schema: S, side: string): MessageParser<Static<S>> {
+  const validator = Compile(schema);
+  return (value: unknown) => {
+    if (validator.Check(value)) return value;
+    const first = validator.Errors(value)[0];
+    const where = first ? `${first.instancePath || '/'}: ${first.message}` : 'invalid';
+    const type =
+      typeof value === 'object' && value !== null && 'type' in value ? String(value.type) : '?';
+    throw new ProtocolError(
+      'MESSAGE_INVALID',
+      `${side} message of type ${JSON.stringify(type).slice(0, 40)} is malformed (${where})`,
+    );
+  };
+}
+
+/** Checks a message the host sent (used by the agent). */
+export const parseHostMessage = parser(HostMessageSchema, 'host');
+/** Checks a message the agent sent (used by the host). */
+export const parseAgentMessage = parser(AgentMessageSchema, 'agent');
+/** Checks a stage result alone (used in tests and by the API layer). */
+export const parseStageResult = parser(StageResultSchema, 'stage result');
