@@ -5,7 +5,8 @@ import { RunnerError } from '../errors.js';
 /** One file of an image, with its size and checksum. */
 export const ManifestFileSchema = Type.Object(
   {
-    name: Type.String({ pattern: '^[A-Za-z0-9._-]+$' }),
+    // `+` and `#` because language names have them (rootfs-c++.ext4).
+    name: Type.String({ pattern: '^[A-Za-z0-9._+#-]+$' }),
     sizeBytes: Type.Integer({ minimum: 0 }),
     sha256: Type.String({ pattern: '^[0-9a-f]{64}$' }),
   },
@@ -32,6 +33,12 @@ export const ImageManifestSchema = Type.Object(
     totalSizeBytes: Type.Integer({ minimum: 0 }),
     buildSeconds: Type.Number({ minimum: 0 }),
     builtAt: Type.String(),
+    /**
+     * The hashes the identity was computed from (for a rootfs: baseKey, toolchainKey,
+     * agentSha256, initSha256, definitionSha256), so that a snapshot or a rebuild can tell
+     * which input changed.
+     */
+    inputs: Type.Optional(Type.Record(Type.String(), Type.String())),
   },
   { additionalProperties: false },
 );
