@@ -21,7 +21,24 @@ export const STATUSES = [
   'sandbox_error',
 ] as const;
 export type Status = (typeof STATUSES)[number];
-export const StatusSchema = Type.Union(STATUSES.map((s) => Type.Literal(s)));
+// Spelled out (not STATUSES.map): a mapped array loses the tuple type, and Static of the union
+// then collapsed to `never`. The runtime schema is the same.
+export const StatusSchema = Type.Union([
+  Type.Literal('ok'),
+  Type.Literal('compile_error'),
+  Type.Literal('runtime_error'),
+  Type.Literal('timeout'),
+  Type.Literal('memory_limit'),
+  Type.Literal('output_limit'),
+  Type.Literal('sandbox_error'),
+]);
+type SameStatuses = Static<typeof StatusSchema> extends Status
+  ? Status extends Static<typeof StatusSchema>
+    ? true
+    : never
+  : never;
+/** Fails to compile when STATUSES and StatusSchema drift apart. */
+export const STATUS_SCHEMA_MATCHES: SameStatuses = true;
 
 /** The limits of one stage. Units are in the names. */
 export const LimitsSchema = Type.Object(
