@@ -33,6 +33,10 @@ export const ERROR_CATALOGUE = {
   },
   IMAGE_BUILD_FAILED: { status: 500, description: 'A step of an image build failed.' },
   S3_TRANSFER_FAILED: { status: 502, description: 'An S3 transfer failed after its retries.' },
+  IMAGE_LOCKED: {
+    status: 503,
+    description: 'Another process kept the image lock past the wait limit.',
+  },
   VM_BOOT_FAILED: {
     status: 500,
     description: 'A VM did not boot or its agent did not say hello in time.',
