@@ -547,7 +547,13 @@ export class RemoteImageStore {
   private async localImage(kind: ImageKind, id: string, dir: string): Promise<PullResult | null> {
     const path = join(dir, 'manifest.json');
     if (!(await exists(path))) return null;
-    const manifest = parseManifest(JSON.parse(await readFile(path, 'utf8')) as unknown, path);
+    let value: unknown;
+    try {
+      value = JSON.parse(await readFile(path, 'utf8'));
+    } catch (cause) {
+      throw new RunnerError('IMAGE_CORRUPT', `${path} is not JSON`, { cause });
+    }
+    const manifest = parseManifest(value, path);
     return { kind, id, dir, manifest, downloaded: false, transferredBytes: 0 };
   }
 }

@@ -1,9 +1,10 @@
 import cliProgress from 'cli-progress';
+import type { ImageManifest } from './manifest.js';
 
 /** Progress of one file of an image transfer. */
 export interface TransferProgress {
   readonly direction: 'push' | 'pull';
-  readonly kind: string;
+  readonly kind: ImageManifest['kind'];
   readonly id: string;
   /** The file's name inside the image folder. */
   readonly file: string;

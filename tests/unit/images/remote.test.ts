@@ -90,9 +90,11 @@ interface LocalImage {
 async function makeImage(
   kind: ImageKind,
   files: readonly (readonly [string, number])[],
+  name = 'test',
 ): Promise<LocalImage> {
   counter++;
-  const id = `test-${createHash('sha256').update(`${counter}-${Date.now()}-${Math.random()}`).digest('hex').slice(0, 16)}`;
+  const unique = createHash('sha256').update(`${counter}-${Date.now()}-${Math.random()}`);
+  const id = `${name}-${unique.digest('hex').slice(0, 16)}`;
   const dir = join(await freshDir('local'), kind, id);
   await mkdir(dir, { recursive: true });
   const contents = new Map<string, Buffer>();
@@ -268,6 +270,23 @@ describe('RemoteImageStore on s3rver', () => {
       uploadedFiles: [],
       skippedFiles: ['rootfs.ext4', 'vmlinux', 'empty.bin'],
     });
+  });
+
+  it('round-trips ids and file names with + and #', async () => {
+    const store = makeStore();
+    const image = await makeImage(
+      'rootfs',
+      [
+        ['rootfs-c++.ext4', 1000],
+        ['c#.bin', 10],
+      ],
+      'c++',
+    );
+    await store.push(image.dir);
+    expect(await store.has('rootfs', image.id)).toBe(true);
+    expect(await store.list('rootfs')).toContainEqual({ kind: 'rootfs', id: image.id });
+    const dest = await freshDir('dest');
+    await expectSameImage(image, (await store.pull('rootfs', image.id, dest)).dir);
   });
 
   it('lists and finds images, ignoring a half-pushed one', async () => {
