@@ -1,0 +1,371 @@
+import { constants as fsc } from 'node:fs';
+import { access, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { Compile } from 'typebox/compile';
+import { RunnerError } from '../errors.js';
+import type { LanguageRegistry, Language } from '../languages/index.js';
+import {
+  LimitsSchema,
+  type ExecuteMessage,
+  type Limits,
+  type StageResult,
+  type Status,
+} from '../protocol/index.js';
+import { probeCgroup } from './cgroup.js';
+import { createWorkDir, removeWorkDir, writeJobFiles, type FileOwner } from './files.js';
+import type { SandboxTools } from './proc.js';
+import {
+  DEFAULT_STAGE_TIMINGS,
+  messageOf,
+  runStage,
+  sandboxErrorResult,
+  type StageSandbox,
+  type StageTimings,
+} from './stage.js';
+
+/** The PATH every stage gets; the request cannot change it. */
+export const JOB_PATH = '/usr/local/bin:/usr/bin:/bin';
+
+/**
+ * Variables the request's env cannot override: the sandbox relies on them (commands are looked
+ * up in PATH; HOME and TMPDIR point into the job's own work dir, so nothing a job writes there
+ * by default outlives it). A request value for one of them is ignored.
+ */
+export const RESERVED_ENV = ['PATH', 'HOME', 'TMPDIR'] as const;
+
+/** What one job asks for: an execute message without its envelope. */
+export type JobRequest = Omit<ExecuteMessage, 'type' | 'id'>;
+
+/** The outcome of a job: the compile stage (null for interpreted languages) and the run stage. */
+export interface JobResult {
+  readonly status: Status;
+  readonly compile: StageResult | null;
+  readonly run: StageResult | null;
+}
+
+export interface ExecutorOptions {
+  readonly languages: LanguageRegistry;
+  /** Where per-job work dirs are made (created 0711 when missing). */
+  readonly workRoot: string;
+  /** The unprivileged user and group that run user code; null runs it as the agent's user. */
+  readonly runAs: FileOwner | null;
+  /**
+   * A cgroup v2 hierarchy to make one cgroup per stage under (the guest: /sys/fs/cgroup);
+   * null, or a folder that is not a usable cgroup v2, selects the rlimit + uid-sweep fallback.
+   */
+  readonly cgroupRoot: string | null;
+  readonly timings?: StageTimings;
+  /** Paths of sh, prlimit, setpriv and env; looked up in the usual places when omitted. */
+  readonly tools?: SandboxTools;
+  /** Where to say how the sandbox was set up (one line each). */
+  readonly log?: (line: string) => void;
+}
+
+const limitsValidator = Compile(LimitsSchema);
+
+/** Checks one stage's limits against the schema again; throws LIMIT_INVALID. */
+export function checkLimits(limits: Limits, stage: string): void {
+  if (limitsValidator.Check(limits)) return;
+  const first = limitsValidator.Errors(limits)[0];
+  const where = first ? `${first.instancePath || '/'} ${first.message}` : 'invalid';
+  throw new RunnerError('LIMIT_INVALID', `${stage} limits: ${where}`);
+}
+
+/**
+ * Expands a language command: `{entry}` and `{entryStem}` anywhere in an argument, `{sources}`
+ * as a whole argument into every file with the language's extension (sorted; the entry file
+ * when there is none). The entry is the first file.
+ */
+export function expandCommand(
+  template: readonly string[],
+  fileNames: readonly string[],
+  extension: string,
+): string[] {
+  const entry = fileNames[0];
+  if (entry === undefined) throw new RunnerError('FILE_NAME_INVALID', 'a job needs a file');
+  const slash = entry.lastIndexOf('/');
+  const dot = entry.lastIndexOf('.');
+  const entryStem = dot > slash + 1 ? entry.slice(0, dot) : entry;
+  const suffix = `.${extension}`;
+  const sources = fileNames.filter((n) => n.endsWith(suffix)).sort();
+  const out: string[] = [];
+  for (const arg of template) {
+    if (arg === '{sources}') out.push(...(sources.length > 0 ? sources : [entry]));
+    else out.push(arg.replaceAll('{entryStem}', entryStem).replaceAll('{entry}', entry));
+  }
+  return out;
+}
+
+/** Finds an executable in `path` (colon-separated); null when none. */
+export async function findExecutable(name: string, path: string): Promise<string | null> {
+  if (name.includes('/')) return name;
+  for (const dir of path.split(':')) {
+    if (dir === '') continue;
+    const candidate = join(dir, name);
+    try {
+      const st = await stat(candidate);
+      if (!st.isFile()) continue;
+      await access(candidate, fsc.X_OK);
+      return candidate;
+    } catch {
+      // not here
+    }
+  }
+  return null;
+}
+
+/** Looks up the sandbox helpers; throws SANDBOX_FAILURE naming the missing ones. */
+export async function findSandboxTools(): Promise<SandboxTools> {
+  const path = '/usr/sbin:/usr/bin:/sbin:/bin';
+  const [sh, prlimit, setpriv, env] = await Promise.all(
+    ['sh', 'prlimit', 'setpriv', 'env'].map((n) => findExecutable(n, path)),
+  );
+  if (!sh || !prlimit || !setpriv || !env) {
+    const missing = ['sh', 'prlimit', 'setpriv', 'env'].filter(
+      (_, i) => [sh, prlimit, setpriv, env][i] === null,
+    );
+    throw new RunnerError(
+      'SANDBOX_FAILURE',
+      `missing sandbox tools: ${missing.join(', ')} (util-linux, coreutils)`,
+    );
+  }
+  return { sh, prlimit, setpriv, env };
+}
+
+/**
+ * Runs jobs: one fresh work dir per job, the files written without following links, an
+ * optional compile stage, then the run stage, each confined (see stage.ts), then the work dir
+ * removed. Build with `Executor.create`.
+ */
+export class Executor {
+  private constructor(
+    private readonly options: ExecutorOptions,
+    /** How stages are confined here. */
+    readonly sandbox: StageSandbox,
+    private readonly runnable: ReadonlySet<string>,
+  ) {}
+
+  /**
+   * Resolves the tools, probes the cgroup root, finds which languages have their toolchain on
+   * JOB_PATH, and runs `true` through the whole sandbox once: throws SANDBOX_FAILURE when the
+   * sandbox does not work, CONFIG_INVALID when dropping privileges is asked for but the agent
+   * is not root.
+   */
+  static async create(options: ExecutorOptions): Promise<Executor> {
+    const log = options.log ?? (() => undefined);
+    if (options.runAs && process.getuid?.() !== 0) {
+      throw new RunnerError(
+        'CONFIG_INVALID',
+        'running code as another uid needs the agent to run as root',
+      );
+    }
+    const tools = options.tools ?? (await findSandboxTools());
+    const cgroup = options.cgroupRoot === null ? null : await probeCgroup(options.cgroupRoot);
+    if (cgroup) {
+      log(
+        `cgroup v2 at ${cgroup.root}: memory ${cgroup.memory ? 'yes' : 'no (RLIMIT_DATA)'}, ` +
+          `pids ${cgroup.pids ? 'yes' : 'no (RLIMIT_NPROC only)'}`,
+      );
+    } else {
+      log(
+        `no usable cgroup v2${options.cgroupRoot === null ? '' : ` at ${options.cgroupRoot}`}: ` +
+          'rlimits, CPU from /proc, and a uid sweep at stage end',
+      );
+    }
+    const sandbox: StageSandbox = { tools, runAs: options.runAs, cgroup };
+    const runnable = new Set<string>();
+    for (const language of options.languages.list()) {
+      if (await toolchainPresent(language)) runnable.add(language.definition.name);
+    }
+    const executor = new Executor(options, sandbox, runnable);
+    await executor.selfTest();
+    return executor;
+  }
+
+  /** Names of the languages whose commands are installed here. */
+  languages(): string[] {
+    return [...this.runnable].sort();
+  }
+
+  /** The language for a name or alias, if it is runnable here; throws LANGUAGE_UNKNOWN. */
+  language(nameOrAlias: string): Language {
+    const language = this.options.languages.find(nameOrAlias);
+    if (language === undefined) {
+      throw new RunnerError(
+        'LANGUAGE_UNKNOWN',
+        `unknown language ${JSON.stringify(nameOrAlias.slice(0, 64))}; this agent runs: ${this.languages().join(', ')}`,
+      );
+    }
+    if (!this.runnable.has(language.definition.name)) {
+      throw new RunnerError(
+        'LANGUAGE_UNKNOWN',
+        `${language.definition.name} is not installed here; this agent runs: ${this.languages().join(', ')}`,
+      );
+    }
+    return language;
+  }
+
+  /**
+   * Runs one job. Throws a RunnerError only for a bad request (LANGUAGE_UNKNOWN,
+   * LIMIT_INVALID, FILE_NAME_INVALID), before any code runs; every other failure is a result
+   * with status sandbox_error. Aborting `signal` kills the job at once.
+   */
+  async execute(job: JobRequest, signal?: AbortSignal): Promise<JobResult> {
+    const language = this.language(job.language);
+    checkLimits(job.compileLimits, 'compile');
+    checkLimits(job.runLimits, 'run');
+    checkArgsAndEnv(job);
+    const def = language.definition;
+    const names = job.files.map((f) => f.name);
+    const compileArgv = def.compile ? expandCommand(def.compile, names, def.extension) : null;
+    const runArgv = [...expandCommand(def.run, names, def.extension), ...job.args];
+    const stdin = Buffer.from(job.stdin, 'base64');
+
+    let workDir: string;
+    try {
+      workDir = await createWorkDir(this.options.workRoot, this.options.runAs);
+    } catch (err) {
+      return failed(`cannot create the work dir: ${messageOf(err)}`);
+    }
+    try {
+      try {
+        await writeJobFiles(workDir, job.files, this.options.runAs);
+      } catch (err) {
+        if (err instanceof RunnerError && err.code === 'FILE_NAME_INVALID') throw err;
+        return failed(`cannot write the files: ${messageOf(err)}`);
+      }
+      const baseEnv = { ...def.env };
+      let compile: StageResult | null = null;
+      if (compileArgv) {
+        compile = await this.stage(
+          compileArgv,
+          workDir,
+          baseEnv,
+          Buffer.alloc(0),
+          job.compileLimits,
+          signal,
+        );
+        if (compile.status === 'runtime_error') compile = { ...compile, status: 'compile_error' };
+        if (compile.status !== 'ok') return { status: compile.status, compile, run: null };
+      }
+      const run = await this.stage(
+        runArgv,
+        workDir,
+        { ...baseEnv, ...job.env },
+        stdin,
+        job.runLimits,
+        signal,
+      );
+      return { status: run.status, compile, run };
+    } finally {
+      await removeWorkDir(workDir).catch((err: unknown) => {
+        this.options.log?.(`cannot remove ${workDir}: ${messageOf(err)}`);
+      });
+    }
+  }
+
+  /** The environment of a stage: the fixed variables, then `extra`, reserved ones reasserted. */
+  static stageEnv(
+    workDir: string,
+    extra: Readonly<Record<string, string>>,
+  ): Record<string, string> {
+    const fixed = { PATH: JOB_PATH, HOME: workDir, TMPDIR: workDir };
+    return { LANG: 'C.UTF-8', ...extra, ...fixed };
+  }
+
+  private stage(
+    argv: readonly string[],
+    workDir: string,
+    env: Readonly<Record<string, string>>,
+    stdin: Buffer,
+    limits: Limits,
+    signal: AbortSignal | undefined,
+  ): Promise<StageResult> {
+    return runStage(
+      this.sandbox,
+      {
+        argv,
+        cwd: workDir,
+        env: Executor.stageEnv(workDir, env),
+        stdin,
+        limits,
+        ...(signal ? { signal } : {}),
+      },
+      this.options.timings ?? DEFAULT_STAGE_TIMINGS,
+    );
+  }
+
+  private async selfTest(): Promise<void> {
+    const limits: Limits = {
+      wallTimeMs: 10_000,
+      cpuTimeMs: 5_000,
+      memoryMib: 256,
+      processes: 16,
+      outputBytes: 1024,
+      fileSizeBytes: 1024,
+      openFiles: 64,
+    };
+    let workDir: string;
+    try {
+      workDir = await createWorkDir(this.options.workRoot, this.options.runAs);
+    } catch (err) {
+      throw new RunnerError(
+        'SANDBOX_FAILURE',
+        `work root ${this.options.workRoot}: ${messageOf(err)}`,
+        {
+          cause: err,
+        },
+      );
+    }
+    try {
+      const result = await this.stage(
+        ['sh', '-c', 'echo ok'],
+        workDir,
+        {},
+        Buffer.alloc(0),
+        limits,
+        undefined,
+      );
+      const out = Buffer.from(result.stdout, 'base64').toString();
+      if (result.status !== 'ok' || out !== 'ok\n') {
+        const err = Buffer.from(result.stderr, 'base64').toString().slice(0, 500);
+        throw new RunnerError(
+          'SANDBOX_FAILURE',
+          `sandbox self-test failed: ${result.status} ${result.message ?? ''} ${err}`.trim(),
+        );
+      }
+    } finally {
+      await removeWorkDir(workDir).catch(() => undefined);
+    }
+  }
+}
+
+/**
+ * The schema already checks env names; the executor can be called without it, and a name with
+ * `=` or a NUL anywhere would change what `env -i` or exec sees. Throws MESSAGE_INVALID.
+ */
+function checkArgsAndEnv(job: JobRequest): void {
+  for (const [k, v] of Object.entries(job.env)) {
+    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(k) || v.includes('\0')) {
+      throw new RunnerError('MESSAGE_INVALID', `env ${JSON.stringify(k.slice(0, 64))} is invalid`);
+    }
+  }
+  if (job.args.some((a) => a.includes('\0'))) {
+    throw new RunnerError('MESSAGE_INVALID', 'an argument holds a NUL byte');
+  }
+}
+
+function failed(message: string): JobResult {
+  return { status: 'sandbox_error', compile: null, run: sandboxErrorResult(message) };
+}
+
+async function toolchainPresent(language: Language): Promise<boolean> {
+  const commands = [language.definition.run[0], language.definition.compile?.[0]];
+  for (const command of commands) {
+    if (command === undefined) continue;
+    // Relative commands (./main) are made by the compile stage; placeholders by the request.
+    if (command.includes('/') || command.includes('{')) continue;
+    if ((await findExecutable(command, JOB_PATH)) === null) return false;
+  }
+  return true;
+}

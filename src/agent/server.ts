@@ -1,0 +1,233 @@
+import type { Duplex } from 'node:stream';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { AGENT_VERSION } from '../version.js';
+import { ProtocolError, RunnerError } from '../errors.js';
+import {
+  encodeFrame,
+  MAX_FRAME_BYTES,
+  MessageChannel,
+  parseHostMessage,
+  PROTOCOL_VERSION,
+  type AgentMessage,
+  type ErrorMessage,
+  type ExecuteMessage,
+  type HostMessage,
+  type ResultMessage,
+  type SeedMessage,
+  type StageResult,
+} from '../protocol/index.js';
+import type { JobRequest, JobResult } from './executor.js';
+import type { GuestActions } from './guest.js';
+import { messageOf, sandboxErrorResult } from './stage.js';
+
+/** What the server needs of an executor (the real one, or a fake in tests). */
+export interface JobRunner {
+  languages(): string[];
+  execute(job: JobRequest, signal?: AbortSignal): Promise<JobResult>;
+}
+
+export interface AgentServerOptions {
+  readonly executor: JobRunner;
+  readonly guest: GuestActions;
+  /** The VM's identity until a seed message gives it a new one. */
+  readonly vmId?: string | null;
+  /** A frame that has begun must be complete within this many ms (default 60 s). */
+  readonly frameTimeoutMs?: number;
+  readonly maxFrameBytes?: number;
+  readonly log?: (line: string) => void;
+}
+
+/** Error codes that mean "the request is wrong", answered with an error message, not a result. */
+const REQUEST_ERRORS = new Set([
+  'LANGUAGE_UNKNOWN',
+  'LIMIT_INVALID',
+  'FILE_NAME_INVALID',
+  'MESSAGE_INVALID',
+]);
+
+/**
+ * The agent's side of the guest protocol. Serves one host session at a time over any byte
+ * stream (the transports hand it streams): hello first, then execute, ping and seed messages.
+ * Jobs and seeds run one after another in arrival order; pings are answered at once, even while
+ * a job runs. A protocol error from the host ends that session, and only that session; when a
+ * session ends, its running job is killed.
+ */
+export class AgentServer {
+  private active = false;
+  private currentVmId: string | null;
+
+  constructor(private readonly options: AgentServerOptions) {
+    this.currentVmId = options.vmId ?? null;
+  }
+
+  /** True while a host session is being served. */
+  get busy(): boolean {
+    return this.active;
+  }
+
+  /** The VM id from the last seed (or the start-up option). */
+  get vmId(): string | null {
+    return this.currentVmId;
+  }
+
+  /**
+   * Serves one session on `stream` until it closes; never rejects. With `helloDelayMs`, the
+   * hello waits that long and is skipped if the stream ended meanwhile (a virtio-serial port
+   * reads end-of-file while no host is connected).
+   */
+  async serve(stream: Duplex, opts: { helloDelayMs?: number } = {}): Promise<void> {
+    if (this.active) {
+      this.refuse(stream);
+      return;
+    }
+    this.active = true;
+    const log = this.options.log ?? (() => undefined);
+    const channel = new MessageChannel<HostMessage, AgentMessage>(stream, {
+      parse: parseHostMessage,
+      frameTimeoutMs: this.options.frameTimeoutMs ?? 60_000,
+      maxFrameBytes: this.options.maxFrameBytes ?? MAX_FRAME_BYTES,
+    });
+    const abort = new AbortController();
+    channel.onClose(() => abort.abort());
+    try {
+      if (opts.helloDelayMs) await sleep(opts.helloDelayMs);
+      if (channel.closeReason) return;
+      await this.send(channel, {
+        type: 'hello',
+        protocol: PROTOCOL_VERSION,
+        agentVersion: AGENT_VERSION,
+        languages: this.options.executor.languages(),
+        vmId: this.currentVmId,
+      });
+      let queue: Promise<void> = Promise.resolve();
+      for (;;) {
+        let message: HostMessage;
+        try {
+          message = await channel.next();
+        } catch (err) {
+          if (err instanceof ProtocolError) log(`session closed: ${err.code}: ${err.message}`);
+          break;
+        }
+        if (message.type === 'ping') {
+          await this.send(channel, { type: 'pong', id: message.id });
+          continue;
+        }
+        const m = message;
+        queue = queue.then(() =>
+          m.type === 'execute' ? this.execute(channel, m, abort.signal) : this.seed(channel, m),
+        );
+      }
+      await queue;
+    } catch (err) {
+      log(`session failed: ${messageOf(err)}`);
+    } finally {
+      channel.close();
+      this.active = false;
+    }
+  }
+
+  /** Turns away a second host: one AGENT_BUSY error frame, then the stream is closed. */
+  refuse(stream: Duplex): void {
+    const frame = encodeFrame({
+      type: 'error',
+      id: null,
+      code: 'AGENT_BUSY',
+      message: 'the agent already serves a host session',
+    } satisfies ErrorMessage);
+    stream.on('error', () => undefined);
+    stream.end(frame);
+    setTimeout(() => stream.destroy(), 1000).unref();
+  }
+
+  private async execute(
+    channel: MessageChannel<HostMessage, AgentMessage>,
+    message: ExecuteMessage,
+    signal: AbortSignal,
+  ): Promise<void> {
+    const { id, language, files, stdin, args, env, compileLimits, runLimits } = message;
+    const job: JobRequest = { language, files, stdin, args, env, compileLimits, runLimits };
+    let result: JobResult;
+    try {
+      result = await this.options.executor.execute(job, signal);
+    } catch (err) {
+      if (err instanceof RunnerError && REQUEST_ERRORS.has(err.code)) {
+        await this.send(channel, { type: 'error', id, code: err.code, message: err.message });
+        return;
+      }
+      const run = sandboxErrorResult(`the executor failed: ${messageOf(err)}`);
+      result = { status: 'sandbox_error', compile: null, run };
+    }
+    const reply: ResultMessage = { type: 'result', id, ...result };
+    await this.send(channel, fitResult(reply, this.options.maxFrameBytes ?? MAX_FRAME_BYTES));
+  }
+
+  private async seed(
+    channel: MessageChannel<HostMessage, AgentMessage>,
+    message: SeedMessage,
+  ): Promise<void> {
+    try {
+      const credited = await this.options.guest.addEntropy(Buffer.from(message.entropy, 'base64'));
+      await this.options.guest.setClock(message.unixTimeMs);
+      this.currentVmId = message.vmId;
+      await this.send(channel, {
+        type: 'seeded',
+        id: message.id,
+        vmId: message.vmId,
+        entropyBytes: credited,
+      });
+    } catch (err) {
+      await this.send(channel, {
+        type: 'error',
+        id: message.id,
+        code: 'SANDBOX_FAILURE',
+        message: `seed failed: ${messageOf(err)}`.slice(0, 4096),
+      });
+    }
+  }
+
+  /** Sends unless the session is gone (a closed session has nobody to tell). */
+  private async send(
+    channel: MessageChannel<HostMessage, AgentMessage>,
+    message: AgentMessage,
+  ): Promise<void> {
+    if (channel.closeReason) return;
+    try {
+      await channel.send(message);
+    } catch (err) {
+      this.options.log?.(`send failed: ${messageOf(err)}`);
+      channel.close(err instanceof Error ? err : undefined);
+    }
+  }
+}
+
+/**
+ * Output limits are per stream and per stage, so four captures at their cap can outgrow one
+ * frame. Trims every stream to an equal share of what fits, marks it truncated and says so.
+ */
+export function fitResult(reply: ResultMessage, maxFrameBytes: number): ResultMessage {
+  const size = Buffer.byteLength(JSON.stringify(reply));
+  if (size <= maxFrameBytes) return reply;
+  const stages = [reply.compile, reply.run];
+  let streamChars = 0;
+  let streams = 0;
+  for (const s of stages) {
+    if (!s) continue;
+    streamChars += s.stdout.length + s.stderr.length;
+    streams += 2;
+  }
+  const spare = maxFrameBytes - (size - streamChars) - 2048;
+  const perStreamBytes = Math.max(0, Math.floor(spare / streams / 4) * 3);
+  const trim = (s: StageResult | null): StageResult | null => {
+    if (!s) return s;
+    const out = { ...s };
+    for (const key of ['stdout', 'stderr'] as const) {
+      const bytes = Buffer.from(s[key], 'base64');
+      if (bytes.length <= perStreamBytes) continue;
+      out[key] = bytes.subarray(0, perStreamBytes).toString('base64');
+      out[key === 'stdout' ? 'stdoutTruncated' : 'stderrTruncated'] = true;
+      out.message = `${s.message ? `${s.message}; ` : ''}output trimmed to fit one protocol frame`;
+    }
+    return out;
+  };
+  return { ...reply, compile: trim(reply.compile), run: trim(reply.run) };
+}

@@ -1,0 +1,439 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { performance } from 'node:perf_hooks';
+import type { Readable, Writable } from 'node:stream';
+import { setTimeout as sleep } from 'node:timers/promises';
+import type { Limits, StageResult, Status } from '../protocol/index.js';
+import { StageCgroup, type CgroupSupport } from './cgroup.js';
+import type { FileOwner } from './files.js';
+import {
+  killAllOfUid,
+  readPeakRssBytes,
+  readProcessCpuMs,
+  readReapedChildrenCpuMs,
+  type SandboxTools,
+} from './proc.js';
+
+/** How one stage is confined; fixed for the life of an executor. */
+export interface StageSandbox {
+  readonly tools: SandboxTools;
+  /** The unprivileged user that runs the code, or null to run as the agent's own user. */
+  readonly runAs: FileOwner | null;
+  /** A usable cgroup v2 hierarchy, or null for the rlimit + uid-sweep fallback. */
+  readonly cgroup: CgroupSupport | null;
+}
+
+/** One stage to run: argv[0] is looked up in `env.PATH`. */
+export interface StageSpec {
+  readonly argv: readonly string[];
+  readonly cwd: string;
+  readonly env: Readonly<Record<string, string>>;
+  readonly stdin: Buffer;
+  readonly limits: Limits;
+  /** Aborting ends the stage at once (every process killed) with status sandbox_error. */
+  readonly signal?: AbortSignal;
+}
+
+/** The stage machinery's own timings, in ms. */
+export interface StageTimings {
+  /** Between SIGTERM at the wall limit and SIGKILL. */
+  readonly killGraceMs: number;
+  /** How long to keep reading output after the main process exits, before killing the rest. */
+  readonly drainMs: number;
+  /** How often CPU time (and, without cgroups, memory) is sampled. */
+  readonly pollMs: number;
+}
+
+export const DEFAULT_STAGE_TIMINGS: StageTimings = { killGraceMs: 200, drainMs: 100, pollMs: 50 };
+
+/** The PATH of the sandbox helpers themselves (they run as root, with nothing else set). */
+const HELPER_ENV = { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' };
+
+/**
+ * Waits for the go byte on fd 3 (sent once the agent has moved this shell into the stage's
+ * cgroup), closes fd 3, then execs the rest. Exit 125 when the agent closed fd 3 without it.
+ */
+const CGROUP_GATE = 'read -r go <&3 || exit 125; exec 3<&-; exec "$@"';
+
+type KillReason = 'wall' | 'cpu' | 'output' | 'abort';
+
+/**
+ * Builds the command line of a stage: [sh gate] prlimit … -- setpriv … -- env -i K=V… -- argv.
+ * The helpers run as root with a fixed, clean environment; the job's environment is applied
+ * by `env -i` only after privileges are dropped, so nothing the request sets (LD_PRELOAD…)
+ * ever reaches a root process.
+ */
+export function buildStageArgv(sandbox: StageSandbox, spec: StageSpec): string[] {
+  const { tools, runAs, cgroup } = sandbox;
+  const l = spec.limits;
+  const cpuSoftS = Math.ceil(l.cpuTimeMs / 1000) + 1;
+  const out: string[] = [];
+  if (cgroup) out.push(tools.sh, '-c', CGROUP_GATE, 'sh');
+  out.push(
+    tools.prlimit,
+    `--cpu=${cpuSoftS}:${cpuSoftS + 1}`,
+    '--core=0:0',
+    `--fsize=${l.fileSizeBytes}:${l.fileSizeBytes}`,
+    `--nofile=${l.openFiles}:${l.openFiles}`,
+  );
+  // RLIMIT_NPROC counts every process of the real uid: meaningful only for the job's own uid.
+  if (runAs) out.push(`--nproc=${l.processes}:${l.processes}`);
+  // Without the memory controller, RLIMIT_DATA (private writable memory, not address-space
+  // reservations, which RLIMIT_AS would count and break node, java and go with) stands in.
+  if (!cgroup?.memory) {
+    const bytes = l.memoryMib * 1024 * 1024;
+    out.push(`--data=${bytes}:${bytes}`);
+  }
+  out.push('--', tools.setpriv);
+  if (runAs) {
+    out.push(
+      `--reuid=${runAs.uid}`,
+      `--regid=${runAs.gid}`,
+      '--clear-groups',
+      '--inh-caps=-all',
+      '--bounding-set=-all',
+    );
+  }
+  out.push('--no-new-privs', '--', tools.env, '-i');
+  for (const [k, v] of Object.entries(spec.env)) out.push(`${k}=${v}`);
+  out.push(...spec.argv);
+  return out;
+}
+
+/** Keeps at most `capBytes` of a stream; calls `onOverflow` once when more arrives. */
+class OutputCapture {
+  private readonly chunks: Buffer[] = [];
+  private bytes = 0;
+  truncated = false;
+
+  constructor(
+    private readonly capBytes: number,
+    private readonly onOverflow: () => void,
+  ) {}
+
+  push(chunk: Buffer): void {
+    if (this.truncated) return;
+    const room = this.capBytes - this.bytes;
+    if (chunk.length > room) {
+      if (room > 0) this.chunks.push(chunk.subarray(0, room));
+      this.bytes = this.capBytes;
+      this.truncated = true;
+      this.onOverflow();
+      return;
+    }
+    this.chunks.push(chunk);
+    this.bytes += chunk.length;
+  }
+
+  base64(): string {
+    return Buffer.concat(this.chunks, this.bytes).toString('base64');
+  }
+}
+
+/** A stage result for a failure of the sandbox itself. */
+export function sandboxErrorResult(message: string, wallTimeMs = 0): StageResult {
+  return {
+    status: 'sandbox_error',
+    exitCode: null,
+    signal: null,
+    wallTimeMs,
+    cpuTimeMs: null,
+    memoryPeakBytes: null,
+    stdout: '',
+    stderr: '',
+    stdoutTruncated: false,
+    stderrTruncated: false,
+    message: message.slice(0, 4096),
+  };
+}
+
+/**
+ * Runs one stage under its limits and returns its result; never throws (a failure of the
+ * machinery is a sandbox_error result). The stage ends when its main process exits (output
+ * still in flight is read for `drainMs`, then whatever is left is killed: daemons, a grandchild
+ * holding the pipe) or when a limit hits: wall time (SIGTERM to the process group, SIGKILL
+ * after `killGraceMs`), CPU time, output bytes (SIGKILL at once).
+ */
+export async function runStage(
+  sandbox: StageSandbox,
+  spec: StageSpec,
+  timings: StageTimings = DEFAULT_STAGE_TIMINGS,
+): Promise<StageResult> {
+  let cgroup: StageCgroup | null = null;
+  try {
+    if (sandbox.cgroup) {
+      cgroup = await StageCgroup.create(sandbox.cgroup, {
+        memoryBytes: spec.limits.memoryMib * 1024 * 1024,
+        processes: spec.limits.processes,
+      });
+    }
+  } catch (err) {
+    return sandboxErrorResult(`cannot create the stage cgroup: ${messageOf(err)}`);
+  }
+  const run = new StageRun(sandbox, spec, timings, cgroup);
+  try {
+    return await run.execute();
+  } catch (err) {
+    await run.killEverything().catch(() => undefined);
+    return sandboxErrorResult(`stage failed: ${messageOf(err)}`, run.elapsedMs());
+  } finally {
+    if (cgroup) await cgroup.destroy().catch(() => undefined);
+  }
+}
+
+/** The state of one running stage. Lives for one `runStage` call. */
+class StageRun {
+  private child: ChildProcess | null = null;
+  private started = 0;
+  private exitedAt: number | null = null;
+  private reason: KillReason | null = null;
+  private polledCpuMs = 0;
+  private polledRssBytes: number | null = null;
+  private readonly timers: NodeJS.Timeout[] = [];
+  private readonly stdout: OutputCapture;
+  private readonly stderr: OutputCapture;
+
+  constructor(
+    private readonly sandbox: StageSandbox,
+    private readonly spec: StageSpec,
+    private readonly timings: StageTimings,
+    private readonly cgroup: StageCgroup | null,
+  ) {
+    const overflow = (): void => this.terminate('output');
+    this.stdout = new OutputCapture(spec.limits.outputBytes, overflow);
+    this.stderr = new OutputCapture(spec.limits.outputBytes, overflow);
+  }
+
+  elapsedMs(): number {
+    if (this.started === 0) return 0;
+    return Math.round((this.exitedAt ?? performance.now()) - this.started);
+  }
+
+  async execute(): Promise<StageResult> {
+    if (this.spec.signal?.aborted) return sandboxErrorResult('the job was aborted');
+    const reapedCpuBefore = await readReapedChildrenCpuMs();
+    const argv = buildStageArgv(this.sandbox, this.spec);
+    const child = spawn(argv[0] as string, argv.slice(1), {
+      cwd: this.spec.cwd,
+      env: HELPER_ENV,
+      stdio: this.cgroup ? ['pipe', 'pipe', 'pipe', 'pipe'] : ['pipe', 'pipe', 'pipe'],
+      // setsid(): the stage gets its own session and process group (pgid = pid).
+      detached: true,
+    });
+    this.child = child;
+    this.started = performance.now();
+    const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
+      child.once('exit', (code, signal) => resolve({ code, signal })),
+    );
+    const spawned = await new Promise<Error | null>((resolve) => {
+      child.once('spawn', () => resolve(null));
+      child.once('error', (err) => resolve(err));
+    });
+    if (spawned) return sandboxErrorResult(`cannot start the stage: ${spawned.message}`);
+    child.on('error', () => undefined);
+
+    const stdoutDone = collect(child.stdout, this.stdout);
+    const stderrDone = collect(child.stderr, this.stderr);
+    const outputDone = Promise.all([stdoutDone, stderrDone]);
+    feedStdin(child.stdin, this.spec.stdin);
+
+    if (this.cgroup) {
+      const gate = child.stdio[3] as Writable;
+      gate.on('error', () => undefined);
+      try {
+        await this.cgroup.adopt(child.pid as number);
+      } catch (err) {
+        gate.destroy();
+        await this.killEverything();
+        await exited;
+        return sandboxErrorResult(`cannot move the stage into its cgroup: ${messageOf(err)}`);
+      }
+      gate.end('\n');
+    }
+
+    const onAbort = (): void => this.terminate('abort');
+    this.spec.signal?.addEventListener('abort', onAbort, { once: true });
+    this.timers.push(setTimeout(() => this.terminate('wall'), this.spec.limits.wallTimeMs));
+    this.startPolling();
+
+    let status: { code: number | null; signal: NodeJS.Signals | null };
+    try {
+      status = await exited;
+      this.exitedAt = performance.now();
+      // Output the main process wrote before exiting may still be in the pipes.
+      await Promise.race([outputDone, sleep(this.timings.drainMs)]);
+      // Whatever is left (daemons, a grandchild holding a pipe, setsid escapees) dies now.
+      await this.killEverything();
+      await Promise.race([outputDone, sleep(this.timings.drainMs)]);
+    } finally {
+      this.spec.signal?.removeEventListener('abort', onAbort);
+      for (const t of this.timers) clearTimeout(t);
+      child.stdout?.destroy();
+      child.stderr?.destroy();
+      child.stdin?.destroy();
+    }
+
+    const cpuTimeMs = await this.finalCpuMs(reapedCpuBefore);
+    const memoryPeakBytes = this.cgroup
+      ? ((await this.cgroup.memoryPeakBytes()) ?? this.polledRssBytes)
+      : this.polledRssBytes;
+    const oomKills = this.cgroup ? await this.cgroup.oomKills() : 0;
+    return this.result(status.code, status.signal, cpuTimeMs, memoryPeakBytes, oomKills);
+  }
+
+  private result(
+    exitCode: number | null,
+    signal: NodeJS.Signals | null,
+    cpuTimeMs: number | null,
+    memoryPeakBytes: number | null,
+    oomKills: number,
+  ): StageResult {
+    const l = this.spec.limits;
+    let status: Status;
+    let message: string | undefined;
+    const cpuOver = cpuTimeMs !== null && cpuTimeMs >= l.cpuTimeMs;
+    if (this.reason === 'abort') {
+      status = 'sandbox_error';
+      message = 'the job was aborted (the host session ended)';
+    } else if (this.reason === 'output') {
+      status = 'output_limit';
+      message = `output over the limit of ${l.outputBytes} bytes per stream`;
+    } else if (oomKills > 0) {
+      status = 'memory_limit';
+      message = `killed by the out-of-memory killer at the limit of ${l.memoryMib} MiB`;
+    } else if (this.reason === 'cpu' || cpuOver || signal === 'SIGXCPU') {
+      status = 'timeout';
+      message = `CPU time limit of ${l.cpuTimeMs} ms exceeded`;
+    } else if (this.reason === 'wall') {
+      status = 'timeout';
+      message = `wall time limit of ${l.wallTimeMs} ms exceeded`;
+    } else if (signal !== null || exitCode !== 0) {
+      status = 'runtime_error';
+      if (signal === 'SIGXFSZ') message = `file size limit of ${l.fileSizeBytes} bytes exceeded`;
+    } else {
+      status = 'ok';
+    }
+    const result: StageResult = {
+      status,
+      exitCode,
+      signal,
+      wallTimeMs: this.elapsedMs(),
+      cpuTimeMs: cpuTimeMs === null ? null : Math.round(cpuTimeMs),
+      memoryPeakBytes,
+      stdout: this.stdout.base64(),
+      stderr: this.stderr.base64(),
+      stdoutTruncated: this.stdout.truncated,
+      stderrTruncated: this.stderr.truncated,
+    };
+    if (message !== undefined) result.message = message;
+    return result;
+  }
+
+  /** Ends the stage early, once, for `reason`. */
+  private terminate(reason: KillReason): void {
+    if (this.reason !== null || this.exitedAt !== null) return;
+    this.reason = reason;
+    if (reason === 'wall') {
+      // A polite SIGTERM to the process group first; SIGKILL to everything after the grace.
+      this.signalGroup('SIGTERM');
+      this.timers.push(
+        setTimeout(
+          () => void this.killEverything().catch(() => undefined),
+          this.timings.killGraceMs,
+        ),
+      );
+    } else {
+      void this.killEverything().catch(() => undefined);
+    }
+  }
+
+  /** SIGKILLs the process group, then every process of the stage (cgroup.kill or uid sweep). */
+  async killEverything(): Promise<void> {
+    this.signalGroup('SIGKILL');
+    if (this.cgroup) await this.cgroup.kill();
+    else if (this.sandbox.runAs) await killAllOfUid(this.sandbox.tools, this.sandbox.runAs);
+  }
+
+  private signalGroup(signal: NodeJS.Signals): void {
+    const pid = this.child?.pid;
+    if (pid === undefined) return;
+    try {
+      process.kill(-pid, signal);
+    } catch {
+      // the group is gone already
+    }
+  }
+
+  /**
+   * Samples CPU time (and, without the memory controller, the main process's peak RSS) every
+   * `pollMs`; kills at the CPU limit.
+   */
+  private startPolling(): void {
+    let busy = false;
+    const poll = async (): Promise<void> => {
+      const pid = this.child?.pid;
+      if (pid === undefined) return;
+      let cpuMs: number | null;
+      if (this.cgroup) {
+        const usec = await this.cgroup.cpuUsageUsec();
+        cpuMs = usec === null ? null : usec / 1000;
+      } else {
+        cpuMs = await readProcessCpuMs(pid);
+      }
+      if (!this.sandbox.cgroup?.memory) {
+        // No memory.peak: the main process's own peak RSS is the best there is.
+        const rss = await readPeakRssBytes(pid);
+        if (rss !== null) this.polledRssBytes = Math.max(this.polledRssBytes ?? 0, rss);
+      }
+      if (cpuMs !== null) this.polledCpuMs = Math.max(this.polledCpuMs, cpuMs);
+      if (this.polledCpuMs >= this.spec.limits.cpuTimeMs) this.terminate('cpu');
+    };
+    const timer = setInterval(() => {
+      if (busy || this.exitedAt !== null) return;
+      busy = true;
+      poll()
+        .catch(() => undefined)
+        .finally(() => {
+          busy = false;
+        });
+    }, this.timings.pollMs);
+    this.timers.push(timer);
+  }
+
+  /**
+   * With a cgroup, its cpu.stat covers every process of the stage. Without, the best measure is
+   * the larger of the last sample and what the reaped main process (and the children it waited
+   * for) added to the agent's own cutime/cstime.
+   */
+  private async finalCpuMs(reapedBefore: number): Promise<number | null> {
+    if (this.cgroup) {
+      const usec = await this.cgroup.cpuUsageUsec();
+      return usec === null ? this.polledCpuMs : usec / 1000;
+    }
+    const reaped = (await readReapedChildrenCpuMs()) - reapedBefore;
+    return Math.max(this.polledCpuMs, reaped);
+  }
+}
+
+function collect(stream: Readable | null, capture: OutputCapture): Promise<void> {
+  return new Promise((resolve) => {
+    if (!stream) {
+      resolve();
+      return;
+    }
+    stream.on('data', (chunk: Buffer) => capture.push(chunk));
+    stream.once('end', () => resolve());
+    stream.once('close', () => resolve());
+    stream.once('error', () => resolve());
+  });
+}
+
+/** Writes all of stdin, then closes it; a program that never reads or exits early is fine. */
+function feedStdin(stream: Writable | null, bytes: Buffer): void {
+  if (!stream) return;
+  stream.on('error', () => undefined);
+  stream.end(bytes);
+}
+
+export function messageOf(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
