@@ -1,0 +1,214 @@
+import { join } from 'node:path';
+import type { Command } from '@commander-js/extra-typings';
+import { dataPaths } from '../../config/paths.js';
+import { RunnerError } from '../../errors.js';
+import { LanguageRegistry, type Language } from '../../languages/index.js';
+import { bundleAgent } from '../../images/agent-bundle.js';
+import { createReporter } from '../../images/progress.js';
+import { RootfsBuilder } from '../../images/rootfs.js';
+import { ImageStore, isImageId, type StoredImage } from '../../images/store.js';
+
+function out(line = ''): void {
+  process.stdout.write(`${line}\n`);
+}
+
+function mib(bytes: number): string {
+  return `${(bytes / (1024 * 1024)).toFixed(1)} MiB`;
+}
+
+/** An image by id, or the newest rootfs of a language given by name or alias. */
+async function resolveRef(store: ImageStore, ref: string): Promise<StoredImage> {
+  if (isImageId(ref)) return store.inspect(ref);
+  const language = LanguageRegistry.fromDir().find(ref);
+  if (language !== undefined) return store.resolve('rootfs', language.definition.name);
+  throw new RunnerError(
+    'IMAGE_NOT_FOUND',
+    `${JSON.stringify(ref)} is neither an image id (<name>-<hash>) nor a language`,
+  );
+}
+
+/** `runner images ...`: build rootfs images and manage the local image store. */
+export function registerImagesCommand(program: Command): void {
+  const images = program
+    .command('images')
+    .description('build rootfs images and manage the local image store')
+    .addHelpText(
+      'after',
+      '\nThe store is <data dir>/images (RUNNER_DATA_DIR, RUNNER_IMAGES_DIR); builds need root.',
+    );
+
+  images
+    .command('build')
+    .description(
+      'build the rootfs image of each named language (Debian bookworm, debootstrap + apt; needs root)',
+    )
+    .argument('[languages...]', 'language names or aliases')
+    .option('--all', 'build every language in languages/')
+    .option(
+      '--agent-bundle <file>',
+      'the bundled guest agent to install (default: bundle src/agent with scripts/bundle-agent.mjs)',
+    )
+    .option('--force', 'rebuild even when the store already holds an image with the same identity')
+    .option(
+      '--rebuild-layers',
+      'ignore the cached base and toolchain layers (picks up new Debian updates)',
+    )
+    .option(
+      '--kernel-version <version>',
+      'kernel version to record in the manifests (default: the newest kernel image in the store, else "none")',
+    )
+    .addHelpText(
+      'after',
+      '\nThe Debian mirror comes from /etc/apt (RUNNER_DEBIAN_MIRROR and RUNNER_DEBIAN_SECURITY_MIRROR override it).\n' +
+        'Layers and the .deb cache live in <data dir>/build; each build writes a full log to <data dir>/logs.',
+    )
+    .action(async (names, opts) => {
+      const registry = LanguageRegistry.fromDir();
+      let languages: Language[];
+      if (opts.all === true) {
+        if (names.length > 0) {
+          throw new RunnerError('LANGUAGE_UNKNOWN', 'give language names or --all, not both');
+        }
+        languages = registry.list();
+      } else if (names.length === 0) {
+        throw new RunnerError(
+          'LANGUAGE_UNKNOWN',
+          `name the languages to build, or --all; known: ${registry.names().join(', ')}`,
+        );
+      } else {
+        languages = [
+          ...new Map(names.map((n) => [registry.get(n).definition.name, registry.get(n)])).values(),
+        ];
+      }
+      const paths = dataPaths();
+      const store = new ImageStore(paths.imagesDir);
+      const agentBundlePath =
+        opts.agentBundle ?? (await bundleAgent(join(paths.buildDir, 'agent', 'agent.mjs')));
+      const kernelVersion =
+        opts.kernelVersion ??
+        (await store.latest('kernel', null))?.manifest.kernelVersion ??
+        'none';
+      const reporter = createReporter(
+        process.stderr,
+        languages.map((l) => l.definition.name),
+      );
+      const abort = new AbortController();
+      const onSignal = (): void => {
+        abort.abort(new RunnerError('IMAGE_BUILD_FAILED', 'interrupted'));
+      };
+      process.once('SIGINT', onSignal);
+      process.once('SIGTERM', onSignal);
+      let result: Awaited<ReturnType<RootfsBuilder['buildMany']>>;
+      try {
+        const builder = new RootfsBuilder({
+          paths,
+          store,
+          agentBundlePath,
+          kernelVersion,
+          force: opts.force === true,
+          rebuildLayers: opts.rebuildLayers === true,
+          signal: abort.signal,
+          reporter,
+        });
+        result = await builder.buildMany(languages);
+      } finally {
+        reporter.stop();
+        process.off('SIGINT', onSignal);
+        process.off('SIGTERM', onSignal);
+      }
+      for (const r of result.built) {
+        const m = r.image.manifest;
+        const layers = r.reused
+          ? 'already in the store'
+          : `base ${r.cachedLayers.base ? 'cached' : 'built'}, toolchain ${r.cachedLayers.toolchain ? 'cached' : 'built'}`;
+        out(
+          `${r.language.padEnd(12)} ${m.id.padEnd(26)} ${mib(m.totalSizeBytes).padStart(11)}  ${String(m.toolchainVersion).padEnd(10)} ${r.seconds.toFixed(1).padStart(6)} s  (${layers})`,
+        );
+        for (const w of r.warnings) out(`  warning: ${w}`);
+      }
+      for (const f of result.failed) {
+        process.stderr.write(`FAILED ${f.language}: ${f.error.message}\n`);
+      }
+      if (result.failed.length > 0) process.exitCode = 1;
+    });
+
+  images
+    .command('list')
+    .description('list the images in the local store')
+    .option('--json', 'print the manifests as JSON')
+    .action(async (opts) => {
+      const store = new ImageStore(dataPaths().imagesDir);
+      const { images: found, broken } = await store.scan();
+      for (const b of broken) process.stderr.write(`warning: ${b.dir}: ${b.reason}\n`);
+      if (opts.json === true) {
+        out(
+          JSON.stringify(
+            found.map((i) => ({ dir: i.dir, ...i.manifest })),
+            null,
+            2,
+          ),
+        );
+        return;
+      }
+      if (found.length === 0) {
+        out(`no images in ${store.root}`);
+        return;
+      }
+      out(
+        `${'KIND'.padEnd(7)} ${'ID'.padEnd(26)} ${'LANGUAGE'.padEnd(11)} ${'VERSION'.padEnd(10)} ${'SIZE'.padStart(11)}  BUILT`,
+      );
+      for (const { manifest: m } of found) {
+        out(
+          `${m.kind.padEnd(7)} ${m.id.padEnd(26)} ${(m.language ?? '-').padEnd(11)} ${(m.toolchainVersion ?? m.kernelVersion).padEnd(10)} ${mib(m.totalSizeBytes).padStart(11)}  ${m.builtAt}`,
+        );
+      }
+    });
+
+  images
+    .command('inspect')
+    .description('print the manifest of an image (by id, or the newest rootfs of a language)')
+    .argument('<id>', 'image id, or a language name for its newest rootfs')
+    .action(async (ref) => {
+      const store = new ImageStore(dataPaths().imagesDir);
+      const image = await resolveRef(store, ref);
+      out(JSON.stringify({ dir: image.dir, ...image.manifest }, null, 2));
+    });
+
+  images
+    .command('rm')
+    .description('remove images from the local store')
+    .argument('<ids...>', 'image ids')
+    .action(async (ids) => {
+      const store = new ImageStore(dataPaths().imagesDir);
+      for (const id of ids) {
+        const image = await store.remove(id);
+        out(`removed ${image.manifest.kind}/${image.manifest.id}`);
+      }
+    });
+
+  images
+    .command('verify')
+    .description('check every file of the images (default: all) against its manifest sha256')
+    .argument('[ids...]', 'image ids (default: every image in the store)')
+    .action(async (ids) => {
+      const store = new ImageStore(dataPaths().imagesDir);
+      const targets = ids.length > 0 ? ids : (await store.list()).map((i) => i.manifest.id);
+      let bad = 0;
+      for (const id of targets) {
+        const report = await store.verify(id);
+        if (report.ok) {
+          out(`ok      ${report.kind}/${report.id} (${report.checkedFiles} files)`);
+          continue;
+        }
+        bad += 1;
+        out(`CORRUPT ${report.kind}/${report.id}`);
+        for (const p of report.problems) {
+          out(
+            `  ${p.file}: ${p.problem}${p.expected === undefined ? '' : ` (expected ${p.expected}, found ${p.actual ?? '?'})`}`,
+          );
+        }
+      }
+      if (targets.length === 0) out(`no images in ${store.root}`);
+      if (bad > 0) process.exitCode = 1;
+    });
+}

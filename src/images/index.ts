@@ -1,0 +1,47 @@
+/**
+ * Images: the rootfs builder (one ext4 per language), the guest init it installs, and the local
+ * image store they land in. The S3 store is in ./remote.ts.
+ */
+export {
+  ImageManifestSchema,
+  parseManifest,
+  type ImageManifest,
+  type ManifestFile,
+} from './manifest.js';
+export {
+  ImageStore,
+  IMAGE_KINDS,
+  isImageId,
+  writeManifest,
+  type BrokenEntry,
+  type ImageKind,
+  type StoredImage,
+  type VerifyProblem,
+  type VerifyReport,
+} from './store.js';
+export {
+  RootfsBuilder,
+  rootfsFileName,
+  type RootfsBuilderOptions,
+  type RootfsBuildFailure,
+  type RootfsBuildResult,
+} from './rootfs.js';
+export {
+  BASE_PACKAGES,
+  DEBIAN_SUITE,
+  rootfsIdentity,
+  sha256File,
+  type RootfsIdentity,
+  type RootfsIdentityInputs,
+} from './identity.js';
+export { resolveDebianMirrors, type DebianMirrors } from './mirror.js';
+export * from './guest-init.js';
+export { bundleAgent } from './agent-bundle.js';
+export {
+  BUILD_PHASES,
+  createReporter,
+  silentReporter,
+  type BuildEvent,
+  type BuildPhase,
+  type BuildReporter,
+} from './progress.js';

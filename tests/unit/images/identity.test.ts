@@ -1,0 +1,125 @@
+import { describe, expect, it } from 'vitest';
+import { GUEST_INIT_SCRIPT } from '../../../src/images/guest-init.js';
+import {
+  baseLayerKey,
+  canonicalJson,
+  rootfsIdentity,
+  sha256Hex,
+  toolchainLayerKey,
+  type RootfsIdentityInputs,
+} from '../../../src/images/identity.js';
+import type { LanguageDefinition } from '../../../src/languages/index.js';
+
+const definition: LanguageDefinition = {
+  name: 'python',
+  aliases: ['py'],
+  version: '3.11.2',
+  packages: ['python3-minimal'],
+  extension: 'py',
+  sourceFile: 'main.py',
+  compile: null,
+  run: ['python3', '{entry}'],
+  env: {},
+  versionCommand: ['python3', '--version'],
+  test: { file: 'test.py', expected: 'ok' },
+};
+
+const base: RootfsIdentityInputs = {
+  definition,
+  languageFiles: [
+    { name: 'language.json', sha256: sha256Hex('definition') },
+    { name: 'test.py', sha256: sha256Hex('print("ok")') },
+  ],
+  agentSha256: sha256Hex('agent v1'),
+  initScript: GUEST_INIT_SCRIPT,
+  agentVersion: '0.1.0',
+};
+
+describe('rootfs identity', () => {
+  const reference = rootfsIdentity(base);
+
+  it('is <language>-<12 hex> and stable for equal inputs', () => {
+    expect(reference.id).toMatch(/^python-[0-9a-f]{12}$/);
+    expect(rootfsIdentity({ ...base }).id).toBe(reference.id);
+  });
+
+  it('ignores key order in the definition and the order of language files', () => {
+    const reordered = Object.fromEntries(
+      Object.entries(definition).reverse(),
+    ) as LanguageDefinition;
+    expect(
+      rootfsIdentity({
+        ...base,
+        definition: reordered,
+        languageFiles: [...base.languageFiles].reverse(),
+      }).id,
+    ).toBe(reference.id);
+  });
+
+  it('changes with the agent bundle, but keeps the cached layers', () => {
+    const other = rootfsIdentity({ ...base, agentSha256: sha256Hex('agent v2') });
+    expect(other.id).not.toBe(reference.id);
+    expect(other.toolchainKey).toBe(reference.toolchainKey);
+    expect(other.baseKey).toBe(reference.baseKey);
+  });
+
+  it('changes with AGENT_VERSION and with the init script', () => {
+    expect(rootfsIdentity({ ...base, agentVersion: '0.2.0' }).id).not.toBe(reference.id);
+    expect(
+      rootfsIdentity({ ...base, initScript: `${GUEST_INIT_SCRIPT}\n# changed\n` }).id,
+    ).not.toBe(reference.id);
+  });
+
+  it('changes with the packages, and so does the toolchain layer (not the base)', () => {
+    const other = rootfsIdentity({
+      ...base,
+      definition: { ...definition, packages: ['python3-minimal', 'python3-numpy'] },
+    });
+    expect(other.id).not.toBe(reference.id);
+    expect(other.toolchainKey).not.toBe(reference.toolchainKey);
+    expect(other.baseKey).toBe(reference.baseKey);
+  });
+
+  it('changes with the rest of the definition, without touching the layers', () => {
+    const other = rootfsIdentity({
+      ...base,
+      definition: { ...definition, run: ['python3', '-I', '{entry}'] },
+    });
+    expect(other.id).not.toBe(reference.id);
+    expect(other.toolchainKey).toBe(reference.toolchainKey);
+  });
+
+  it('changes with the files of the language folder', () => {
+    const files = [
+      { name: 'language.json', sha256: sha256Hex('definition') },
+      { name: 'test.py', sha256: sha256Hex('print("other")') },
+    ];
+    expect(rootfsIdentity({ ...base, languageFiles: files }).id).not.toBe(reference.id);
+  });
+
+  it('changes when the base changes (suite or base packages)', () => {
+    expect(rootfsIdentity({ ...base, suite: 'trixie' }).id).not.toBe(reference.id);
+    const other = rootfsIdentity({
+      ...base,
+      basePackages: ['nodejs', 'util-linux', 'socat', 'iproute2'],
+    });
+    expect(other.baseKey).not.toBe(reference.baseKey);
+    expect(other.id).not.toBe(reference.id);
+  });
+
+  it('keys layers by content, not order', () => {
+    expect(baseLayerKey('bookworm', ['a', 'b'], 'amd64')).toBe(
+      baseLayerKey('bookworm', ['b', 'a'], 'amd64'),
+    );
+    expect(toolchainLayerKey('k', ['gcc', 'libc6-dev'])).toBe(
+      toolchainLayerKey('k', ['libc6-dev', 'gcc', 'gcc']),
+    );
+    expect(toolchainLayerKey('k', ['gcc'])).not.toBe(toolchainLayerKey('k2', ['gcc']));
+  });
+
+  it('canonical JSON sorts keys at every level', () => {
+    expect(canonicalJson({ b: 1, a: { d: [2, { f: 1, e: 0 }], c: null } })).toBe(
+      '{"a":{"c":null,"d":[2,{"e":0,"f":1}]},"b":1}',
+    );
+  });
+});
