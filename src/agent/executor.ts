@@ -318,8 +318,9 @@ export class Executor {
       );
     }
     try {
+      // `cd "$HOME"` also checks that the run user can reach its work dir from /.
       const result = await this.stage(
-        ['sh', '-c', 'echo ok'],
+        ['sh', '-c', 'cd "$HOME" && echo ok'],
         workDir,
         {},
         Buffer.alloc(0),
