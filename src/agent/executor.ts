@@ -2,7 +2,7 @@ import { constants as fsc } from 'node:fs';
 import { access, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Compile } from 'typebox/compile';
-import { RunnerError } from '../errors.js';
+import { hasCode, RunnerError } from '../errors.js';
 import type { LanguageRegistry, Language } from '../languages/index.js';
 import {
   LimitsSchema,
@@ -138,6 +138,8 @@ export async function findSandboxTools(): Promise<SandboxTools> {
  * removed. Build with `Executor.create`.
  */
 export class Executor {
+  private tail: Promise<void> = Promise.resolve();
+
   private constructor(
     private readonly options: ExecutorOptions,
     /** How stages are confined here. */
@@ -208,9 +210,24 @@ export class Executor {
   /**
    * Runs one job. Throws a RunnerError only for a bad request (LANGUAGE_UNKNOWN,
    * LIMIT_INVALID, FILE_NAME_INVALID), before any code runs; every other failure is a result
-   * with status sandbox_error. Aborting `signal` kills the job at once.
+   * with status sandbox_error. Aborting `signal` kills the job at once. Calls queue: one job
+   * runs at a time.
    */
   async execute(job: JobRequest, signal?: AbortSignal): Promise<JobResult> {
+    // One job at a time: jobs share the run user, its RLIMIT_NPROC count and, without
+    // cgroups, the uid sweep that ends every stage, so two at once would kill each other.
+    const previous = this.tail;
+    let release = (): void => undefined;
+    this.tail = new Promise<void>((resolve) => (release = resolve));
+    await previous;
+    try {
+      return await this.executeAlone(job, signal);
+    } finally {
+      release();
+    }
+  }
+
+  private async executeAlone(job: JobRequest, signal?: AbortSignal): Promise<JobResult> {
     const language = this.language(job.language);
     checkLimits(job.compileLimits, 'compile');
     checkLimits(job.runLimits, 'run');
@@ -231,7 +248,7 @@ export class Executor {
       try {
         await writeJobFiles(workDir, job.files, this.options.runAs);
       } catch (err) {
-        if (err instanceof RunnerError && err.code === 'FILE_NAME_INVALID') throw err;
+        if (hasCode(err, 'FILE_NAME_INVALID') || hasCode(err, 'MESSAGE_INVALID')) throw err;
         return failed(`cannot write the files: ${messageOf(err)}`);
       }
       const baseEnv = { ...def.env };

@@ -45,11 +45,11 @@ export function checkFileName(name: string): string[] {
   return parts;
 }
 
-/** Decodes a file's content to bytes. Base64 is checked strictly (the schema also checks it). */
+/** Decodes a file's content to bytes. Base64 is checked strictly: MESSAGE_INVALID when bad. */
 export function fileBytes(file: JobFile): Buffer {
   if (file.encoding === 'utf8') return Buffer.from(file.content, 'utf8');
   if (!/^[A-Za-z0-9+/]*={0,2}$/.test(file.content) || file.content.length % 4 === 1) {
-    throw new RunnerError('FILE_NAME_INVALID', `file ${file.name}: content is not valid base64`);
+    throw new RunnerError('MESSAGE_INVALID', `file ${file.name}: content is not valid base64`);
   }
   return Buffer.from(file.content, 'base64');
 }
@@ -88,7 +88,8 @@ export async function removeWorkDir(dir: string): Promise<void> {
  *
  * The no-follow checks are complete as long as no process of the job runs while this writes
  * (the executor writes before the first stage starts): Node has no openat() to pin each folder.
- * Throws FILE_NAME_INVALID for a bad or clashing name, FILE_WRITE_FAILED for anything else.
+ * Throws FILE_NAME_INVALID for a bad or clashing name, MESSAGE_INVALID for bad base64,
+ * FILE_WRITE_FAILED for anything else.
  */
 export async function writeJobFiles(
   workDir: string,

@@ -57,7 +57,7 @@ const CGROUP_GATE = 'read -r go <&3 || exit 125; exec 3<&-; exec "$@"';
 type KillReason = 'wall' | 'cpu' | 'output' | 'abort';
 
 /**
- * Builds the command line of a stage: [sh gate] prlimit … -- setpriv … -- env -i K=V… -- argv.
+ * Builds the command line of a stage: [sh gate] prlimit … -- setpriv … -- env -i -- K=V… argv.
  * The helpers run as root with a fixed, clean environment; the job's environment is applied
  * by `env -i` only after privileges are dropped, so nothing the request sets (LD_PRELOAD…)
  * ever reaches a root process.
@@ -93,7 +93,7 @@ export function buildStageArgv(sandbox: StageSandbox, spec: StageSpec): string[]
       '--bounding-set=-all',
     );
   }
-  out.push('--no-new-privs', '--', tools.env, '-i');
+  out.push('--no-new-privs', '--', tools.env, '-i', '--');
   for (const [k, v] of Object.entries(spec.env)) out.push(`${k}=${v}`);
   out.push(...spec.argv);
   return out;
@@ -294,7 +294,8 @@ class StageRun {
     if (this.reason === 'abort') {
       status = 'sandbox_error';
       message = 'the job was aborted (the host session ended)';
-    } else if (this.reason === 'output') {
+    } else if (this.reason === 'output' || this.stdout.truncated || this.stderr.truncated) {
+      // Also when only a leftover process overflowed while the stage drained its pipes.
       status = 'output_limit';
       message = `output over the limit of ${l.outputBytes} bytes per stream`;
     } else if (oomKills > 0) {

@@ -422,6 +422,14 @@ export function defineExecutorSuite(mode: 'cgroup' | 'fallback', uidBase: number
         [() => fx.executor.execute(bash('echo', { wallTimeMs: 0 })), 'LIMIT_INVALID'],
         [() => fx.executor.execute(bash('echo', { memoryMib: 1.5 })), 'LIMIT_INVALID'],
         [() => fx.executor.execute(bash('echo', {}, { env: { 'A=B': 'x' } })), 'MESSAGE_INVALID'],
+        [
+          () =>
+            fx.executor.execute({
+              ...bash('echo'),
+              files: [{ name: 'main.sh', content: '!!', encoding: 'base64' }],
+            }),
+          'MESSAGE_INVALID',
+        ],
       ];
       for (const [start, code] of cases) {
         const err = await start().then(

@@ -25,7 +25,10 @@ import { freeOwner, isRoot } from './helpers.js';
 
 const utf8 = (name: string, content = 'x'): JobFile => ({ name, content, encoding: 'utf8' });
 
-async function rejects(p: Promise<unknown>, code: 'FILE_NAME_INVALID' | 'FILE_WRITE_FAILED') {
+async function rejects(
+  p: Promise<unknown>,
+  code: 'FILE_NAME_INVALID' | 'FILE_WRITE_FAILED' | 'MESSAGE_INVALID',
+) {
   const err = await p.then(
     () => null,
     (e: unknown) => e,
@@ -113,7 +116,7 @@ describe('writeJobFiles', () => {
   it('rejects malformed base64 content', async () => {
     await rejects(
       writeJobFiles(work, [{ name: 'a', content: 'not base64!', encoding: 'base64' }], null),
-      'FILE_NAME_INVALID',
+      'MESSAGE_INVALID',
     );
   });
 
