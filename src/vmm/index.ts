@@ -1,0 +1,12 @@
+/** VMM drivers: one interface (boot, snapshot, restore, connect, destroy), two drivers. */
+export * from './types.js';
+export {
+  QemuDriver,
+  qemuArgs,
+  BASE_KERNEL_ARGS,
+  type QemuAccel,
+  type QemuDriverOptions,
+} from './qemu.js';
+export { QmpClient, type QmpEvent } from './qmp.js';
+export { probeKvm, type KvmProbeResult } from './kvm.js';
+export { TailBuffer } from './tail-buffer.js';

@@ -1,0 +1,451 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { closeSync, openSync } from 'node:fs';
+import { chown, mkdir, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { connect, createServer, type Socket } from 'node:net';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { createWriteStream } from 'node:fs';
+import { pipeline } from 'node:stream/promises';
+import { RunnerError } from '../errors.js';
+import {
+  MessageChannel,
+  parseAgentMessage,
+  PROTOCOL_VERSION,
+  type AgentMessage,
+  type HelloMessage,
+  type HostMessage,
+} from '../protocol/index.js';
+import { QmpClient } from './qmp.js';
+import { TailBuffer } from './tail-buffer.js';
+import {
+  VmStateMachine,
+  type AgentChannel,
+  type MicroVm,
+  type SnapshotInfo,
+  type VmExit,
+  type VmLaunchOptions,
+  type VmmDriver,
+  type VmState,
+} from './types.js';
+
+/** How QEMU accelerates: real KVM where a guest really boots with it, TCG (emulation) otherwise. */
+export type QemuAccel = 'kvm' | 'tcg';
+
+/** Settings of the qemu driver. */
+export interface QemuDriverOptions {
+  /** The QEMU binary (default `qemu-system-x86_64` on PATH). */
+  readonly binary?: string;
+  readonly accel: QemuAccel;
+  /**
+   * Run QEMU as this uid/gid (only when the host process is root). Under TCG QEMU is no
+   * security boundary of its own, so it must not run as root.
+   */
+  readonly user?: { uid: number; gid: number } | null;
+  /** Turn QEMU's seccomp `-sandbox` on (default true). */
+  readonly sandbox?: boolean;
+  /** Extra kernel command-line arguments. */
+  readonly kernelArgs?: readonly string[];
+  /** Largest frame the host accepts from the agent. */
+  readonly maxFrameBytes?: number;
+}
+
+/** The kernel command line every VM gets (loglevel=1: with `quiet` the console says nothing). */
+export const BASE_KERNEL_ARGS = [
+  'console=ttyS0',
+  'loglevel=1',
+  'panic=-1',
+  'reboot=t',
+  'cryptomgr.notests',
+  'random.trust_cpu=on',
+  'runner.transport=serial',
+];
+
+/** A frame that has begun must be whole within this time, or the agent is broken. */
+const FRAME_TIMEOUT_MS = 10_000;
+
+/**
+ * QEMU's command line for a microvm. Identical for boot and restore (a restore must see the
+ * same machine), except `-incoming`. The agent's port is a virtio-serial port named `runner`
+ * on a unix-socket chardev that QEMU serves; the console is QEMU's stdout.
+ */
+export function qemuArgs(
+  options: VmLaunchOptions,
+  driver: QemuDriverOptions,
+  incoming: boolean,
+): string[] {
+  const dir = options.runDir;
+  const args = [
+    '-name',
+    `runner-${options.vmId}`,
+    '-M',
+    'microvm,rtc=on',
+    '-accel',
+    driver.accel === 'kvm' ? 'kvm' : 'tcg,thread=multi',
+    '-cpu',
+    driver.accel === 'kvm' ? 'host' : 'max',
+    '-smp',
+    String(options.vcpus),
+    '-m',
+    String(options.memoryMib),
+    '-nodefaults',
+    '-no-user-config',
+    '-no-reboot',
+    '-display',
+    'none',
+    '-serial',
+    'stdio',
+    '-kernel',
+    options.kernelPath,
+    '-initrd',
+    options.initrdPath,
+    '-append',
+    [...BASE_KERNEL_ARGS, ...(driver.kernelArgs ?? [])].join(' '),
+    '-drive',
+    `id=root,file=${options.rootfsPath},format=raw,if=none,readonly=on`,
+    '-device',
+    'virtio-blk-device,drive=root',
+    '-device',
+    'virtio-serial-device,max_ports=2',
+    '-chardev',
+    `socket,id=agent,path=${join(dir, 'agent.sock')},server=on,wait=off`,
+    '-device',
+    'virtserialport,chardev=agent,name=runner',
+    '-object',
+    'rng-random,id=rng0,filename=/dev/urandom',
+    '-device',
+    'virtio-rng-device,rng=rng0',
+    '-qmp',
+    `unix:${join(dir, 'qmp.sock')},server=on,wait=off`,
+  ];
+  if (driver.sandbox ?? true) {
+    args.push(
+      '-sandbox',
+      'on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny',
+    );
+  }
+  if (incoming) args.push('-incoming', 'fd:3');
+  return args;
+}
+
+/**
+ * The qemu driver: QEMU's `microvm` machine, controlled over QMP, the agent reached over
+ * virtio-serial. Snapshots are migrations: saved by `migrate` to a unix socket the host serves
+ * and writes to a file (`exec:` would need fork, which the seccomp sandbox forbids, and QEMU
+ * 7.2 takes no plain file URI), restored by `-incoming fd:3` with the file handed over at spawn.
+ */
+export class QemuDriver implements VmmDriver {
+  readonly name = 'qemu' as const;
+
+  constructor(readonly options: QemuDriverOptions) {}
+
+  async boot(options: VmLaunchOptions): Promise<MicroVm> {
+    const vm = await QemuVm.launch(options, this.options, null);
+    try {
+      await vm.awaitHello(options.timeoutMs);
+      return vm;
+    } catch (err) {
+      await vm.destroy();
+      throw err;
+    }
+  }
+
+  async restore(options: VmLaunchOptions, snapshotPath: string): Promise<MicroVm> {
+    const fd = openSync(snapshotPath, 'r');
+    let vm: QemuVm;
+    try {
+      vm = await QemuVm.launch(options, this.options, fd);
+    } finally {
+      closeSync(fd);
+    }
+    try {
+      await vm.awaitIncoming(options.timeoutMs);
+      return vm;
+    } catch (err) {
+      await vm.destroy();
+      throw err;
+    }
+  }
+}
+
+class QemuVm implements MicroVm {
+  readonly driver = 'qemu';
+  readonly exited: Promise<VmExit>;
+  hello: HelloMessage | null = null;
+  private readonly machine: VmStateMachine;
+  private readonly console: TailBuffer;
+  private qmp: QmpClient | null = null;
+  private channel: AgentChannel | null = null;
+  private destroying = false;
+  private exitInfo: VmExit | null = null;
+
+  private constructor(
+    private readonly options: VmLaunchOptions,
+    private readonly driverOptions: QemuDriverOptions,
+    private readonly child: ChildProcess,
+  ) {
+    this.machine = new VmStateMachine(options.vmId);
+    this.console = new TailBuffer(options.consoleBytes ?? 64 * 1024);
+    child.stdout?.on('data', (d: Buffer) => this.console.push(d));
+    child.stderr?.on('data', (d: Buffer) => this.console.push(d));
+    this.exited = new Promise<VmExit>((resolve) => {
+      child.once('exit', (code, signal) => {
+        this.exitInfo = { code, signal, expected: this.destroying };
+        this.qmp?.close();
+        this.channel?.close(
+          new RunnerError(
+            'VM_DIED',
+            `QEMU exited (${signal ?? `status ${code}`})${this.lastConsoleLine()}`,
+          ),
+        );
+        resolve(this.exitInfo);
+      });
+    });
+  }
+
+  get id(): string {
+    return this.options.vmId;
+  }
+
+  get state(): VmState {
+    return this.machine.state;
+  }
+
+  get pid(): number | undefined {
+    return this.child.pid;
+  }
+
+  static async launch(
+    options: VmLaunchOptions,
+    driver: QemuDriverOptions,
+    incomingFd: number | null,
+  ): Promise<QemuVm> {
+    await mkdir(options.runDir, { recursive: true, mode: 0o700 });
+    const user = process.getuid?.() === 0 ? (driver.user ?? null) : null;
+    if (user) await chown(options.runDir, user.uid, user.gid);
+    const args = qemuArgs(options, driver, incomingFd !== null);
+    await writeFile(
+      join(options.runDir, 'cmdline'),
+      JSON.stringify([driver.binary ?? 'qemu-system-x86_64', ...args]),
+    );
+    const child = spawn(driver.binary ?? 'qemu-system-x86_64', args, {
+      stdio:
+        incomingFd === null ? ['ignore', 'pipe', 'pipe'] : ['ignore', 'pipe', 'pipe', incomingFd],
+      ...(user ? { uid: user.uid, gid: user.gid } : {}),
+      detached: false,
+    });
+    const spawned = new Promise<void>((resolve, reject) => {
+      child.once('spawn', resolve);
+      child.once('error', (err) =>
+        reject(
+          new RunnerError(
+            'VM_BOOT_FAILED',
+            `cannot start ${driver.binary ?? 'qemu-system-x86_64'}: ${err.message}`,
+            { cause: err },
+          ),
+        ),
+      );
+    });
+    const vm = new QemuVm(options, driver, child);
+    await spawned;
+    await writeFile(join(options.runDir, 'pid'), String(child.pid));
+    try {
+      vm.qmp = await QmpClient.connect(join(options.runDir, 'qmp.sock'), {
+        timeoutMs: options.timeoutMs,
+        alive: () => vm.exitInfo === null,
+      });
+    } catch (err) {
+      await vm.destroy();
+      throw vm.bootError(err);
+    }
+    return vm;
+  }
+
+  /** Cold boot: connect to the agent's port and wait for its hello. */
+  async awaitHello(timeoutMs: number): Promise<void> {
+    const channel = await this.openChannel(timeoutMs);
+    const first = await this.raceExit(channel.next(timeoutMs), 'waiting for the agent');
+    if (first.type !== 'hello') {
+      throw new RunnerError(
+        'VM_BOOT_FAILED',
+        `the agent's first message was ${first.type}, not hello`,
+      );
+    }
+    if (first.protocol !== PROTOCOL_VERSION) {
+      throw new RunnerError(
+        'PROTOCOL_VERSION',
+        `the agent speaks protocol ${first.protocol}, the host ${PROTOCOL_VERSION}`,
+      );
+    }
+    this.hello = first;
+    this.machine.to('running');
+  }
+
+  /**
+   * Restore: the host connects to the agent's port before the guest runs again, so that the
+   * port's "host connected" state is what it was when the snapshot was taken and the agent's
+   * open session simply goes on. Then it waits for the incoming migration to finish and resumes.
+   */
+  async awaitIncoming(timeoutMs: number): Promise<void> {
+    await this.openChannel(timeoutMs);
+    const qmp = this.requireQmp();
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const status = await this.raceExit(
+        qmp.execute<{ status: string }>('query-status'),
+        'restoring',
+      );
+      if (status.status === 'paused' || status.status === 'postmigrate') break;
+      if (status.status !== 'inmigrate') {
+        throw new RunnerError(
+          'SNAPSHOT_FAILED',
+          `restored VM is ${status.status}, expected paused`,
+        );
+      }
+      if (Date.now() > deadline)
+        throw new RunnerError('VM_TIMEOUT', `restore did not finish within ${timeoutMs} ms`);
+      await sleep(2);
+    }
+    await qmp.execute('cont');
+    this.machine.to('running');
+  }
+
+  agent(): AgentChannel {
+    this.machine.require('talk to the agent', 'running');
+    if (!this.channel || this.channel.closeReason) {
+      throw new RunnerError('VM_DIED', `the agent channel of VM ${this.id} is closed`);
+    }
+    return this.channel;
+  }
+
+  async snapshot(path: string): Promise<SnapshotInfo> {
+    this.machine.require('snapshot', 'running');
+    const qmp = this.requireQmp();
+    const started = Date.now();
+    await qmp.execute('stop');
+    this.machine.to('paused');
+    const partial = `${path}.partial-${process.pid}`;
+    const socketPath = join(this.options.runDir, 'migrate.sock');
+    const server = createServer();
+    const received = new Promise<void>((resolve, reject) => {
+      server.once('connection', (socket: Socket) => {
+        server.close();
+        pipeline(socket, createWriteStream(partial)).then(resolve, reject);
+      });
+      server.once('error', reject);
+    });
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(socketPath, () => resolve());
+    });
+    try {
+      const user = process.getuid?.() === 0 ? (this.driverOptions.user ?? null) : null;
+      if (user) await chown(socketPath, user.uid, user.gid);
+      await qmp.execute('migrate', { uri: `unix:${socketPath}` });
+      for (;;) {
+        const info = await this.raceExit(
+          qmp.execute<{ status?: string; 'error-desc'?: string }>('query-migrate'),
+          'snapshotting',
+        );
+        if (info.status === 'completed') break;
+        if (info.status === 'failed' || info.status === 'cancelled') {
+          throw new RunnerError(
+            'SNAPSHOT_FAILED',
+            `migration ${info.status}: ${info['error-desc'] ?? 'no reason given'}`,
+          );
+        }
+        await sleep(10);
+      }
+      await this.raceExit(received, 'writing the snapshot');
+      await rename(partial, path);
+    } catch (err) {
+      await rm(partial, { force: true });
+      throw err instanceof RunnerError
+        ? err
+        : new RunnerError('SNAPSHOT_FAILED', `snapshot failed: ${String(err)}`, { cause: err });
+    } finally {
+      server.close();
+      await rm(socketPath, { force: true });
+    }
+    this.machine.to('snapshotted');
+    return { path, sizeBytes: (await stat(path)).size, ms: Date.now() - started };
+  }
+
+  async destroy(): Promise<void> {
+    if (this.machine.state !== 'destroyed') this.machine.to('destroyed');
+    this.destroying = true;
+    this.channel?.close(new RunnerError('VM_DIED', `VM ${this.id} was destroyed`));
+    this.qmp?.close();
+    if (this.exitInfo === null) {
+      this.child.kill('SIGKILL');
+      await this.exited;
+    }
+    await rm(this.options.runDir, { recursive: true, force: true });
+  }
+
+  consoleTail(): string {
+    return this.console.text();
+  }
+
+  private async openChannel(timeoutMs: number): Promise<AgentChannel> {
+    const path = join(this.options.runDir, 'agent.sock');
+    const deadline = Date.now() + timeoutMs;
+    let socket: Socket | null = null;
+    while (socket === null) {
+      if (this.exitInfo !== null) throw this.bootError(new Error('QEMU exited'));
+      try {
+        socket = await new Promise<Socket>((resolve, reject) => {
+          const s = connect(path);
+          s.once('connect', () => {
+            s.off('error', reject);
+            resolve(s);
+          });
+          s.once('error', reject);
+        });
+      } catch {
+        if (Date.now() > deadline)
+          throw new RunnerError('VM_TIMEOUT', `agent socket ${path} did not open`);
+        await sleep(5);
+      }
+    }
+    const channel = new MessageChannel<AgentMessage, HostMessage>(socket, {
+      parse: parseAgentMessage,
+      maxFrameBytes: this.driverOptions.maxFrameBytes,
+      frameTimeoutMs: FRAME_TIMEOUT_MS,
+    });
+    this.channel = channel;
+    return channel;
+  }
+
+  private requireQmp(): QmpClient {
+    if (!this.qmp) throw new RunnerError('VM_STATE', `VM ${this.id} has no QMP connection`);
+    return this.qmp;
+  }
+
+  /** Races `promise` against the VMM's exit, so that a dead QEMU is seen at once. */
+  private async raceExit<T>(promise: Promise<T>, doing: string): Promise<T> {
+    const died = this.exited.then((exit) => {
+      throw new RunnerError(
+        'VM_DIED',
+        `QEMU exited (${exit.signal ?? `status ${exit.code}`}) while ${doing}${this.lastConsoleLine()}`,
+      );
+    });
+    died.catch(() => undefined);
+    return Promise.race([promise, died]);
+  }
+
+  private bootError(err: unknown): RunnerError {
+    if (err instanceof RunnerError && err.code !== 'VM_TIMEOUT') return err;
+    const message = err instanceof Error ? err.message : String(err);
+    return new RunnerError(
+      'VM_BOOT_FAILED',
+      `VM ${this.id} failed to start: ${message}${this.lastConsoleLine()}`,
+      { cause: err },
+    );
+  }
+
+  private lastConsoleLine(): string {
+    const lines = this.console.text().trim().split('\n');
+    const last = lines.slice(-3).join(' | ').trim();
+    return last === '' ? '' : `; console: ${last.slice(-300)}`;
+  }
+}

@@ -1,0 +1,114 @@
+import { RunnerError } from '../errors.js';
+import type { AgentMessage, HelloMessage, HostMessage, MessageChannel } from '../protocol/index.js';
+
+/** The channel to a guest agent, as the host sees it. */
+export type AgentChannel = MessageChannel<AgentMessage, HostMessage>;
+
+/**
+ * A VM's lifecycle. Every transition is checked: `starting` → `running` (the agent answered) →
+ * `paused` (for a snapshot) → `snapshotted`; any state → `destroyed`, which is final.
+ */
+export type VmState = 'starting' | 'running' | 'paused' | 'snapshotted' | 'destroyed';
+
+const LEGAL: Record<VmState, readonly VmState[]> = {
+  starting: ['running', 'destroyed'],
+  running: ['paused', 'destroyed'],
+  paused: ['running', 'snapshotted', 'destroyed'],
+  snapshotted: ['destroyed'],
+  destroyed: [],
+};
+
+/** Holds a VM's state and refuses illegal transitions with VM_STATE. */
+export class VmStateMachine {
+  private current: VmState = 'starting';
+
+  constructor(private readonly vmId: string) {}
+
+  get state(): VmState {
+    return this.current;
+  }
+
+  /** Moves to `next`; throws VM_STATE when the move is not legal from the current state. */
+  to(next: VmState): void {
+    if (!LEGAL[this.current].includes(next)) {
+      throw new RunnerError(
+        'VM_STATE',
+        `VM ${this.vmId}: cannot go from ${this.current} to ${next}`,
+      );
+    }
+    this.current = next;
+  }
+
+  /** Throws VM_STATE unless the VM is in one of `states`. */
+  require(action: string, ...states: VmState[]): void {
+    if (!states.includes(this.current)) {
+      throw new RunnerError('VM_STATE', `VM ${this.vmId}: cannot ${action} while ${this.current}`);
+    }
+  }
+}
+
+/** What a VM is made of. */
+export interface VmResources {
+  /** The kernel: a bzImage for QEMU, the ELF vmlinux for Firecracker. */
+  readonly kernelPath: string;
+  readonly initrdPath: string;
+  readonly rootfsPath: string;
+  readonly memoryMib: number;
+  readonly vcpus: number;
+}
+
+/** Everything a boot or restore needs. */
+export interface VmLaunchOptions extends VmResources {
+  readonly vmId: string;
+  /** A folder of this VM's own (sockets, console log, pid file); removed on destroy. */
+  readonly runDir: string;
+  /** How long the guest has to say hello (cold boot) or to come back (restore). */
+  readonly timeoutMs: number;
+  /** Bytes of console output kept (the most recent ones). */
+  readonly consoleBytes?: number;
+}
+
+/** How a VMM process ended. */
+export interface VmExit {
+  readonly code: number | null;
+  readonly signal: string | null;
+  /** True when the host asked for it (destroy), false when the VM died on its own. */
+  readonly expected: boolean;
+}
+
+/** Timings of a snapshot, for the benchmark. */
+export interface SnapshotInfo {
+  readonly path: string;
+  readonly sizeBytes: number;
+  readonly ms: number;
+}
+
+/** One running microVM, whatever the VMM. */
+export interface MicroVm {
+  readonly id: string;
+  readonly driver: string;
+  readonly state: VmState;
+  /** The VMM's process id (for RSS measurements and sweeps). */
+  readonly pid: number | undefined;
+  /** The agent's hello (cold boot), or null after a restore (the hello was before the snapshot). */
+  readonly hello: HelloMessage | null;
+  /** Resolves when the VMM process exits, for any reason. */
+  readonly exited: Promise<VmExit>;
+  /** The open channel to the agent. Throws VM_STATE unless running. */
+  agent(): AgentChannel;
+  /** Pauses the VM and saves it whole to `path`; the VM is left `snapshotted`. */
+  snapshot(path: string): Promise<SnapshotInfo>;
+  /** Kills the VMM and removes everything of the VM (sockets, files). Idempotent. */
+  destroy(): Promise<void>;
+  /** The most recent console output, for error messages. */
+  consoleTail(): string;
+}
+
+/** A VMM: boots VMs and restores them from snapshots. */
+export interface VmmDriver {
+  readonly name: 'qemu' | 'firecracker';
+  /** Cold boot; resolves once the agent has said hello. */
+  boot(options: VmLaunchOptions): Promise<MicroVm>;
+  /** Restores a snapshot taken by `snapshot` with the same resources; resolves once running. */
+  restore(options: VmLaunchOptions, snapshotPath: string): Promise<MicroVm>;
+}
