@@ -1,0 +1,103 @@
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { bundleAgent, projectRoot } from '../../../src/images/agent-bundle.js';
+import { GUEST_INIT_SCRIPT } from '../../../src/images/guest-init.js';
+import { sha256File } from '../../../src/images/identity.js';
+import {
+  RootfsBuilder,
+  rootfsFileName,
+  type RootfsBuildResult,
+} from '../../../src/images/rootfs.js';
+import { ImageStore } from '../../../src/images/store.js';
+import { LanguageRegistry } from '../../../src/languages/index.js';
+import { testDataPaths } from '../../support/paths.js';
+
+const hasTools = ['/usr/sbin/debootstrap', '/usr/sbin/mkfs.ext4', '/usr/sbin/debugfs'].every((p) =>
+  existsSync(p),
+);
+const isRoot = process.getuid?.() === 0;
+const skipReason = !isRoot
+  ? 'building a rootfs needs root'
+  : !hasTools
+    ? 'debootstrap and e2fsprogs are not installed'
+    : null;
+if (skipReason !== null) console.warn(`skipping the rootfs build test: ${skipReason}`);
+
+/** Runs one debugfs request against the image, read-only (nothing is mounted). */
+function debugfs(image: string, request: string): string {
+  return execFileSync('debugfs', ['-R', request, image], {
+    encoding: 'utf8',
+    stdio: ['ignore', 'pipe', 'ignore'],
+  });
+}
+
+describe.skipIf(skipReason !== null)(
+  'python rootfs build (cached in the shared test data dir)',
+  () => {
+    const paths = testDataPaths();
+    const store = new ImageStore(paths.imagesDir);
+    let result: RootfsBuildResult;
+    let image: string;
+    let agentBundle: string;
+
+    beforeAll(async () => {
+      // The real agent when its sources exist, else a placeholder that only has to parse.
+      if (existsSync(join(projectRoot(), 'src/agent/main.ts'))) {
+        agentBundle = await bundleAgent(join(paths.buildDir, 'agent', 'agent-test.mjs'));
+      } else {
+        agentBundle = join(paths.buildDir, 'agent', 'placeholder-agent.mjs');
+        mkdirSync(join(paths.buildDir, 'agent'), { recursive: true });
+        writeFileSync(agentBundle, '// placeholder agent for the image build test\n');
+      }
+      const python = LanguageRegistry.fromDir().get('python');
+      result = await new RootfsBuilder({ paths, store, agentBundlePath: agentBundle }).build(
+        python,
+      );
+      image = join(result.image.dir, rootfsFileName('python'));
+      console.info(
+        `rootfs ${result.id}: ${result.reused ? 'reused' : `built in ${result.seconds.toFixed(1)} s`}, log ${result.logPath ?? '-'}`,
+      );
+    }, 1_800_000);
+
+    it('stores the image with a manifest that verifies', async () => {
+      const m = result.image.manifest;
+      expect(m.kind).toBe('rootfs');
+      expect(m.language).toBe('python');
+      expect(m.id).toMatch(/^python-[0-9a-f]{12}$/);
+      expect(m.toolchainVersion).toMatch(/^3\.11\./);
+      expect(m.files.map((f) => f.name)).toEqual(['rootfs-python.ext4']);
+      expect(m.inputs?.agentSha256).toBe(await sha256File(agentBundle));
+      expect((await store.verify(m.id)).ok).toBe(true);
+      expect((await store.latest('rootfs', 'python'))?.manifest.builtAt).toBeDefined();
+    });
+
+    it('holds the agent, the language folder and the init', () => {
+      const listing = debugfs(image, 'ls -l /opt/runner');
+      expect(listing).toMatch(/agent\.mjs/);
+      expect(listing).toMatch(/languages/);
+      expect(debugfs(image, 'ls -l /opt/runner/languages/python')).toMatch(/language\.json/);
+      expect(debugfs(image, 'cat /opt/runner/agent.mjs')).toBe(readFileSync(agentBundle, 'utf8'));
+      expect(debugfs(image, 'cat /sbin/runner-init')).toBe(GUEST_INIT_SCRIPT);
+      // Mode 0755, owned by root: debugfs prints the octal mode and uid/gid.
+      expect(debugfs(image, 'stat /usr/sbin/runner-init')).toMatch(/Mode:\s+0755/);
+    });
+
+    it('has the runner user, python3 and node, and none of the host /etc', () => {
+      expect(debugfs(image, 'cat /etc/passwd')).toMatch(
+        /^runner:x:1000:1000:[^:]*:\/home\/runner:\/bin\/sh$/m,
+      );
+      expect(debugfs(image, 'cat /etc/group')).toMatch(/^runner:x:1000:$/m);
+      expect(debugfs(image, 'ls -l /home')).toMatch(/1000\s+1000\s+\d+.*runner/);
+      const bin = debugfs(image, 'ls /usr/bin');
+      expect(bin).toMatch(/\bpython3\b/);
+      expect(bin).toMatch(/\bnode(js)?\b/);
+      expect(bin).toMatch(/\bsocat\b/);
+      expect(bin).toMatch(/\bprlimit\b/);
+      expect(debugfs(image, 'cat /etc/hostname')).toBe('runner\n');
+      expect(debugfs(image, 'cat /etc/resolv.conf')).toBe('');
+      expect(debugfs(image, 'ls /etc/apt')).not.toMatch(/sources\.list\b/);
+    });
+  },
+);
