@@ -2,6 +2,7 @@ import { Command } from '@commander-js/extra-typings';
 import { RunnerError } from '../errors.js';
 import { registerLanguagesCommand } from './commands/languages.js';
 import { registerImagesCommand } from './commands/images.js';
+import { registerRunCommand } from './commands/run.js';
 import { AGENT_VERSION } from '../version.js';
 
 /** Builds the `runner` command tree. Each subcommand lives in ./commands/. */
@@ -12,6 +13,7 @@ export function buildProgram(): Command {
     )
     .version(AGENT_VERSION)
     .showHelpAfterError('(run with --help for usage)');
+  registerRunCommand(program);
   registerLanguagesCommand(program);
   registerImagesCommand(program);
   return program;

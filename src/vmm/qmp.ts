@@ -62,12 +62,17 @@ export class QmpClient {
           s.once('error', reject);
         });
         const client = new QmpClient(socket);
-        await Promise.race([
-          client.greeting,
-          sleep(Math.max(1, deadline - Date.now())).then(() => {
-            throw new RunnerError('VM_TIMEOUT', 'no QMP greeting');
-          }),
-        ]);
+        let timer: NodeJS.Timeout | undefined;
+        try {
+          await Promise.race([
+            client.greeting,
+            new Promise<never>((_, reject) => {
+              timer = setTimeout(() => reject(new RunnerError('VM_TIMEOUT', 'no QMP greeting')), Math.max(1, deadline - Date.now()));
+            }),
+          ]);
+        } finally {
+          clearTimeout(timer);
+        }
         await client.execute('qmp_capabilities', undefined, Math.max(1000, deadline - Date.now()));
         return client;
       } catch (err) {

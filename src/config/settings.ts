@@ -1,0 +1,111 @@
+import { readFileSync } from 'node:fs';
+import { RunnerError } from '../errors.js';
+import { dataPaths } from './paths.js';
+
+type Kind = 'string' | 'integer' | 'boolean' | 'enum' | 'list';
+
+/** One row of the configuration table. */
+export interface SettingSpec {
+  readonly key: string;
+  readonly env: string;
+  readonly kind: Kind;
+  readonly default: string | number | boolean | readonly string[] | null;
+  readonly unit?: string;
+  readonly values?: readonly string[];
+  readonly min?: number;
+  readonly max?: number;
+  readonly description: string;
+}
+
+/**
+ * Every setting of the service in one declarative table: name, environment variable, default,
+ * unit, description. Values come from the environment, then an optional JSON file
+ * (`RUNNER_CONFIG`), then the defaults; they are validated at start and frozen. The table is
+ * printed by `runner serve --print-config` and documented in docs/configuration.md.
+ */
+export const SETTINGS = [
+  { key: 'dataDir', env: 'RUNNER_DATA_DIR', kind: 'string', default: null, description: 'Root of images, snapshots and VM run dirs (default /var/lib/runner-codes as root, else ~/.local/share/runner-codes).' },
+  { key: 'vmm', env: 'RUNNER_VMM', kind: 'enum', values: ['qemu', 'firecracker'], default: 'qemu', description: 'The VMM driver.' },
+  { key: 'accel', env: 'RUNNER_ACCEL', kind: 'enum', values: ['auto', 'kvm', 'tcg'], default: 'auto', description: 'QEMU acceleration; auto boots a probe guest under KVM and falls back to TCG.' },
+  { key: 'qemuBinary', env: 'RUNNER_QEMU_BINARY', kind: 'string', default: 'qemu-system-x86_64', description: 'The QEMU binary.' },
+  { key: 'qemuUser', env: 'RUNNER_QEMU_USER', kind: 'string', default: 'runner-vmm', description: 'Unprivileged user QEMU runs as when the service runs as root (empty: same user as the service).' },
+  { key: 'firecrackerBinary', env: 'RUNNER_FIRECRACKER_BINARY', kind: 'string', default: 'firecracker', description: 'The Firecracker binary.' },
+  { key: 'jailerBinary', env: 'RUNNER_JAILER_BINARY', kind: 'string', default: '', description: 'The jailer binary; empty runs Firecracker without it.' },
+  { key: 'vmMemoryMib', env: 'RUNNER_VM_MEMORY_MIB', kind: 'integer', default: 1024, unit: 'MiB', min: 128, max: 65536, description: 'Guest memory of each VM.' },
+  { key: 'vmVcpus', env: 'RUNNER_VM_VCPUS', kind: 'integer', default: 1, min: 1, max: 32, description: 'vCPUs of each VM.' },
+  { key: 'poolTarget', env: 'RUNNER_POOL_TARGET', kind: 'integer', default: 1, min: 0, max: 256, description: 'Ready VMs kept per warmed language.' },
+  { key: 'poolMaxVms', env: 'RUNNER_POOL_MAX_VMS', kind: 'integer', default: 4, min: 1, max: 4096, description: 'Most VMs alive at once on this host.' },
+  { key: 'poolMaxMemoryMib', env: 'RUNNER_POOL_MAX_MEMORY_MIB', kind: 'integer', default: 8192, unit: 'MiB', min: 128, description: 'Most guest memory for all VMs of this host.' },
+  { key: 'warmLanguages', env: 'RUNNER_WARM_LANGUAGES', kind: 'list', default: [], description: 'Languages whose pools are filled at start (comma-separated).' },
+  { key: 'bootTimeoutMs', env: 'RUNNER_BOOT_TIMEOUT_MS', kind: 'integer', default: 120000, unit: 'ms', min: 1000, description: 'Cold boot deadline (kernel to agent hello); TCG is slow.' },
+  { key: 'restoreTimeoutMs', env: 'RUNNER_RESTORE_TIMEOUT_MS', kind: 'integer', default: 30000, unit: 'ms', min: 500, description: 'Snapshot restore deadline (to the agent answering).' },
+] as const satisfies readonly SettingSpec[];
+
+type Spec = (typeof SETTINGS)[number];
+type ValueOf<S extends Spec> = S['kind'] extends 'integer'
+  ? number
+  : S['kind'] extends 'boolean'
+    ? boolean
+    : S['kind'] extends 'list'
+      ? readonly string[]
+      : S['default'] extends null
+        ? string | null
+        : string;
+
+/** The validated, frozen configuration. */
+export type Settings = { readonly [S in Spec as S['key']]: ValueOf<S> };
+
+function parseValue(spec: SettingSpec, raw: unknown, origin: string): unknown {
+  const bad = (why: string): never => {
+    throw new RunnerError('CONFIG_INVALID', `${spec.env} (${origin}): ${why}`);
+  };
+  switch (spec.kind) {
+    case 'integer': {
+      const n = typeof raw === 'number' ? raw : typeof raw === 'string' && /^-?\d+$/.test(raw.trim()) ? Number(raw) : NaN;
+      if (!Number.isSafeInteger(n)) bad(`must be an integer, not ${JSON.stringify(raw)}`);
+      if (spec.min !== undefined && n < spec.min) bad(`must be at least ${spec.min}`);
+      if (spec.max !== undefined && n > spec.max) bad(`must be at most ${spec.max}`);
+      return n;
+    }
+    case 'boolean':
+      if (typeof raw === 'boolean') return raw;
+      if (raw === 'true' || raw === '1') return true;
+      if (raw === 'false' || raw === '0') return false;
+      return bad(`must be true or false, not ${JSON.stringify(raw)}`);
+    case 'enum':
+      if (typeof raw !== 'string' || !spec.values?.includes(raw)) bad(`must be one of ${spec.values?.join(', ')}`);
+      return raw;
+    case 'list':
+      if (Array.isArray(raw)) return raw.map(String);
+      if (typeof raw === 'string') return raw.split(',').map((s) => s.trim()).filter((s) => s !== '');
+      return bad('must be a comma-separated list');
+    default:
+      if (typeof raw !== 'string') bad('must be a string');
+      return raw;
+  }
+}
+
+/** Reads, validates and freezes the settings. Unknown keys in the file are an error. */
+export function loadSettings(env: NodeJS.ProcessEnv = process.env, overrides: Partial<Record<string, unknown>> = {}): Settings {
+  let file: Record<string, unknown> = {};
+  if (env.RUNNER_CONFIG) {
+    try {
+      file = JSON.parse(readFileSync(env.RUNNER_CONFIG, 'utf8')) as Record<string, unknown>;
+    } catch (err) {
+      throw new RunnerError('CONFIG_INVALID', `RUNNER_CONFIG ${env.RUNNER_CONFIG}: ${err instanceof Error ? err.message : String(err)}`);
+    }
+    const known = new Set<string>(SETTINGS.map((s) => s.key));
+    for (const k of Object.keys(file)) {
+      if (!known.has(k)) throw new RunnerError('CONFIG_INVALID', `RUNNER_CONFIG ${env.RUNNER_CONFIG}: unknown setting ${k}`);
+    }
+  }
+  const out: Record<string, unknown> = {};
+  for (const spec of SETTINGS as readonly SettingSpec[]) {
+    if (overrides[spec.key] !== undefined) out[spec.key] = parseValue(spec, overrides[spec.key], 'option');
+    else if (env[spec.env] !== undefined && env[spec.env] !== '') out[spec.key] = parseValue(spec, env[spec.env], 'environment');
+    else if (file[spec.key] !== undefined) out[spec.key] = parseValue(spec, file[spec.key], 'config file');
+    else out[spec.key] = spec.default;
+  }
+  if (out.dataDir === null) out.dataDir = dataPaths(env).dataDir;
+  return Object.freeze(out) as Settings;
+}

@@ -1,0 +1,143 @@
+import { readFileSync } from 'node:fs';
+import { readdir, readFile, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { dataPaths, type DataPaths } from '../config/paths.js';
+import type { Settings } from '../config/settings.js';
+import { RunnerError } from '../errors.js';
+import { ImageStore } from '../images/store.js';
+import { LanguageRegistry } from '../languages/index.js';
+import { probeKvm, QemuDriver, type KvmProbeResult, type VmmDriver } from '../vmm/index.js';
+import { VmPool } from './pool.js';
+import { JobRunner, type JobRequest, type JobResult } from './runner.js';
+import { SnapshotManager } from './snapshots.js';
+
+/** Everything a host needs to run jobs: images, snapshots, a pool, a runner. */
+export interface Engine {
+  readonly settings: Settings;
+  readonly paths: DataPaths;
+  readonly languages: LanguageRegistry;
+  readonly store: ImageStore;
+  readonly driver: VmmDriver;
+  readonly accel: KvmProbeResult | null;
+  readonly snapshots: SnapshotManager;
+  readonly pool: VmPool;
+  readonly runner: JobRunner;
+  run(request: JobRequest): Promise<JobResult>;
+  close(): Promise<void>;
+}
+
+/** Looks a user up in /etc/passwd (no NSS: the service runs on plain Debian). */
+export function lookupUser(name: string, passwd = '/etc/passwd'): { uid: number; gid: number } | null {
+  let text: string;
+  try {
+    text = readFileSync(passwd, 'utf8');
+  } catch {
+    return null;
+  }
+  for (const line of text.split('\n')) {
+    const [user, , uid, gid] = line.split(':');
+    if (user === name && uid !== undefined && gid !== undefined) return { uid: Number(uid), gid: Number(gid) };
+  }
+  return null;
+}
+
+/**
+ * Kills what an earlier crashed run left: VMM processes whose command line names a run dir of
+ * ours, then the run dirs themselves. A pid is killed only when its /proc cmdline still names
+ * that dir, so a reused pid is never hit.
+ */
+export async function sweepRunDir(runDir: string, log?: (line: string) => void): Promise<number> {
+  let names: string[];
+  try {
+    names = await readdir(runDir);
+  } catch {
+    return 0;
+  }
+  let swept = 0;
+  for (const name of names) {
+    const dir = join(runDir, name);
+    const pid = Number(await readFile(join(dir, 'pid'), 'utf8').catch(() => ''));
+    if (Number.isInteger(pid) && pid > 1) {
+      const cmdline = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
+      if (cmdline.includes(dir)) {
+        try {
+          process.kill(pid, 'SIGKILL');
+          log?.(`sweep: killed leftover VMM ${pid} of ${name}`);
+        } catch {
+          // already gone
+        }
+      }
+    }
+    await rm(dir, { recursive: true, force: true });
+    swept++;
+  }
+  return swept;
+}
+
+/** Builds the engine from settings: picks the driver (probing KVM), sweeps leftovers. */
+export async function createEngine(settings: Settings, options: { log?: (line: string) => void; languagesDir?: string } = {}): Promise<Engine> {
+  const log = options.log;
+  const paths = dataPaths({ ...process.env, RUNNER_DATA_DIR: settings.dataDir ?? undefined });
+  const languages = LanguageRegistry.fromDir(options.languagesDir);
+  const store = new ImageStore(paths.imagesDir);
+  await sweepRunDir(paths.runDir, log);
+
+  if (settings.vmm !== 'qemu') {
+    throw new RunnerError('CONFIG_INVALID', `RUNNER_VMM=${settings.vmm} is not available in this build of the engine yet; use qemu`);
+  }
+  let accel: KvmProbeResult | null = null;
+  let mode: 'kvm' | 'tcg' = settings.accel === 'kvm' ? 'kvm' : 'tcg';
+  if (settings.accel === 'auto') {
+    const kernel = await store.latest('kernel', null);
+    if (kernel) {
+      accel = await probeKvm({
+        kernelPath: join(kernel.dir, 'vmlinuz'),
+        initrdPath: join(kernel.dir, 'initrd.img'),
+        guestKernel: kernel.manifest.id,
+        cacheFile: join(paths.dataDir, 'kvm-probe.json'),
+        qemuBinary: settings.qemuBinary,
+      });
+      mode = accel.accel;
+      log?.(`accel: ${mode} (${accel.reason})`);
+    }
+  }
+  const user = settings.qemuUser === '' ? null : lookupUser(settings.qemuUser);
+  const driver = new QemuDriver({ binary: settings.qemuBinary, accel: mode, user });
+  const snapshots = new SnapshotManager({
+    driver,
+    driverTag: `qemu-${mode}`,
+    store,
+    snapshotsDir: paths.snapshotsDir,
+    runDir: paths.runDir,
+    memoryMib: settings.vmMemoryMib,
+    vcpus: settings.vmVcpus,
+    bootTimeoutMs: settings.bootTimeoutMs,
+    kernelFile: 'vmlinuz',
+    log,
+  });
+  const pool = new VmPool({
+    driver,
+    snapshots,
+    runDir: paths.runDir,
+    targetPerLanguage: settings.poolTarget,
+    maxVms: settings.poolMaxVms,
+    maxMemoryMib: settings.poolMaxMemoryMib,
+    vmMemoryMib: settings.vmMemoryMib,
+    restoreTimeoutMs: settings.restoreTimeoutMs,
+    log,
+  });
+  const runner = new JobRunner(languages, pool);
+  return {
+    settings,
+    paths,
+    languages,
+    store,
+    driver,
+    accel,
+    snapshots,
+    pool,
+    runner,
+    run: (request) => runner.run(request),
+    close: () => pool.close(),
+  };
+}

@@ -1,0 +1,193 @@
+import { randomUUID } from 'node:crypto';
+import { resolveLimits, type StageLimits, MAX_LIMITS } from '../config/limits.js';
+import { RunnerError } from '../errors.js';
+import type { LanguageRegistry } from '../languages/index.js';
+import type { ExecuteMessage, JobFile, Limits, ResultMessage, StageResult, Status } from '../protocol/index.js';
+import type { MicroVm } from '../vmm/index.js';
+import type { Lease, VmPool } from './pool.js';
+
+/** A job as the engine takes it (the API and the CLI translate into this). */
+export interface JobRequest {
+  readonly language: string;
+  readonly version?: string;
+  /** The first file is the entry; a file without a name gets the language's source file name. */
+  readonly files: readonly { name?: string; content: string; encoding?: 'utf8' | 'base64' }[];
+  readonly stdin?: Buffer;
+  readonly args?: readonly string[];
+  readonly env?: Readonly<Record<string, string>>;
+  readonly compileLimits?: Partial<Limits>;
+  readonly runLimits?: Partial<Limits>;
+}
+
+/** Where the time of a job went, in ms. */
+export interface JobTimings {
+  readonly totalMs: number;
+  /** Waiting for and (on a miss) restoring a VM. */
+  readonly acquireMs: number;
+  /** From sending the job to the agent to its result. */
+  readonly executeMs: number;
+  /** Wall time of the stages as the agent measured them. */
+  readonly guestMs: number;
+  /** Everything that was not the program: totalMs − guestMs. */
+  readonly hostOverheadMs: number;
+  readonly poolHit: boolean;
+}
+
+/** The result of a job: the result shape of the protocol plus identity and timings. */
+export interface JobResult {
+  readonly id: string;
+  readonly language: string;
+  readonly version: string;
+  readonly status: Status;
+  readonly compile: StageResult | null;
+  readonly run: StageResult | null;
+  readonly vmId: string | null;
+  readonly timings: JobTimings;
+}
+
+/** Extra time beyond the stages' wall limits before the host gives up on the VM. */
+const AGENT_GRACE_MS = 15_000;
+const MAX_FILES = 1000;
+
+/**
+ * Runs jobs: checks the request, resolves the language and limits, takes a VM from the pool,
+ * hands the job to the agent, and always gives the VM back (destroyed). A program that fails is
+ * a result; a VM that dies, hangs or breaks the protocol makes the job `sandbox_error`. Bad
+ * requests throw RunnerErrors with 4xx statuses before any VM is touched.
+ */
+export class JobRunner {
+  constructor(
+    private readonly languages: LanguageRegistry,
+    private readonly pool: VmPool,
+    private readonly maxLimits: StageLimits = MAX_LIMITS,
+  ) {}
+
+  /** Turns a request into the agent's execute message (validation only, no VM). */
+  prepare(request: JobRequest, id: string = randomUUID()): { message: ExecuteMessage; language: string; version: string } {
+    const { definition } = this.languages.get(request.language, request.version);
+    if (request.files.length === 0) throw new RunnerError('FILE_NAME_INVALID', 'a job needs at least one file');
+    if (request.files.length > MAX_FILES) throw new RunnerError('FILE_NAME_INVALID', `a job may have at most ${MAX_FILES} files`);
+    const files: JobFile[] = request.files.map((f, i) => {
+      const name = f.name === undefined || f.name === '' ? (i === 0 ? definition.sourceFile : `file${i}`) : f.name;
+      checkFileName(name);
+      const encoding = f.encoding ?? 'utf8';
+      if (encoding === 'base64' && !/^[A-Za-z0-9+/]*={0,2}$/.test(f.content)) {
+        throw new RunnerError('FILE_NAME_INVALID', `file ${name}: content is not valid base64`);
+      }
+      return { name, content: f.content, encoding };
+    });
+    const seen = new Set<string>();
+    for (const f of files) {
+      if (seen.has(f.name)) throw new RunnerError('FILE_NAME_INVALID', `file ${f.name} appears twice`);
+      seen.add(f.name);
+    }
+    for (const key of Object.keys(request.env ?? {})) {
+      if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(key)) throw new RunnerError('LIMIT_INVALID', `environment variable name ${JSON.stringify(key)} is invalid`);
+    }
+    const message: ExecuteMessage = {
+      type: 'execute',
+      id,
+      language: definition.name,
+      files,
+      stdin: (request.stdin ?? Buffer.alloc(0)).toString('base64'),
+      args: [...(request.args ?? [])],
+      env: { ...(request.env ?? {}) },
+      compileLimits: resolveLimits('compile', definition, request.compileLimits, this.maxLimits),
+      runLimits: resolveLimits('run', definition, request.runLimits, this.maxLimits),
+    };
+    return { message, language: definition.name, version: definition.version };
+  }
+
+  /** Runs one job to its result. */
+  async run(request: JobRequest): Promise<JobResult> {
+    const started = Date.now();
+    const id = randomUUID();
+    const { message, language, version } = this.prepare(request, id);
+    const lease: Lease = await this.pool.acquire(language);
+    const acquired = Date.now();
+    let result: ResultMessage;
+    try {
+      result = await executeOnVm(lease.vm, message);
+    } finally {
+      await this.pool.release(lease);
+    }
+    const done = Date.now();
+    const guestMs = (result.compile?.wallTimeMs ?? 0) + (result.run?.wallTimeMs ?? 0);
+    return {
+      id,
+      language,
+      version,
+      status: result.status,
+      compile: result.compile,
+      run: result.run,
+      vmId: lease.vm.id,
+      timings: {
+        totalMs: done - started,
+        acquireMs: acquired - started,
+        executeMs: done - acquired,
+        guestMs,
+        hostOverheadMs: Math.max(0, done - started - guestMs),
+        poolHit: lease.hit,
+      },
+    };
+  }
+}
+
+/** Checks a file name the way the agent will (the agent checks again and never trusts this). */
+export function checkFileName(name: string): void {
+  const bad = (why: string): never => {
+    throw new RunnerError('FILE_NAME_INVALID', `file name ${JSON.stringify(name.slice(0, 80))} ${why}`);
+  };
+  if (name.length === 0) bad('is empty');
+  if (Buffer.byteLength(name) > 4096) bad('is too long');
+  if (name.includes('\0')) bad('contains a NUL byte');
+  if (name.startsWith('/')) bad('is absolute');
+  for (const part of name.split('/')) {
+    if (part === '..' || part === '.' || part === '') bad('has an empty, . or .. component');
+    if (Buffer.byteLength(part) > 255) bad('has a component over 255 bytes');
+  }
+}
+
+/**
+ * Sends one job to a VM's agent and waits for its result. The deadline is the sum of the
+ * stages' wall limits plus a grace: an agent that hangs past it, a VM that dies, or a peer that
+ * breaks the protocol all end as a `sandbox_error` result (the system's fault, not the program's).
+ */
+export async function executeOnVm(vm: MicroVm, message: ExecuteMessage): Promise<ResultMessage> {
+  const deadlineMs = message.compileLimits.wallTimeMs + message.runLimits.wallTimeMs + AGENT_GRACE_MS;
+  try {
+    const channel = vm.agent();
+    await channel.send(message);
+    const until = Date.now() + deadlineMs;
+    for (;;) {
+      const reply = await channel.next(Math.max(1, until - Date.now()));
+      if (reply.type === 'result' && reply.id === message.id) return reply;
+      if (reply.type === 'hello') {
+        // The agent restarted its session mid-job: the job is lost.
+        return sandboxError(message.id, 'the agent restarted its session during the job');
+      }
+      if (reply.type === 'error') return sandboxError(message.id, `agent error ${reply.code}: ${reply.message}`);
+      return sandboxError(message.id, `unexpected ${reply.type} message from the agent`);
+    }
+  } catch (err) {
+    const why = err instanceof Error ? err.message : String(err);
+    return sandboxError(message.id, why);
+  }
+}
+
+function sandboxError(id: string, message: string): ResultMessage {
+  const stage: StageResult = {
+    status: 'sandbox_error',
+    exitCode: null,
+    signal: null,
+    wallTimeMs: 0,
+    cpuTimeMs: null,
+    memoryPeakBytes: null,
+    stdout: '',
+    stderr: '',
+    stdoutTruncated: false,
+    stderrTruncated: false,
+    message: message.slice(0, 4000),
+  };
+  return { type: 'result', id, status: 'sandbox_error', compile: null, run: stage };
+}

@@ -1,0 +1,151 @@
+import { randomBytes } from 'node:crypto';
+import { mkdir, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { RunnerError } from '../errors.js';
+import { canonicalJson, sha256Hex } from '../images/identity.js';
+import type { ImageStore, StoredImage } from '../images/store.js';
+import type { VmmDriver, VmResources } from '../vmm/index.js';
+
+/** A snapshot on disk and what it was taken with. */
+export interface SnapshotRef {
+  readonly language: string;
+  readonly key: string;
+  readonly path: string;
+  readonly resources: VmResources;
+  readonly kernelId: string;
+  readonly rootfsId: string;
+  readonly sizeBytes: number;
+  /** The cold boot that made it (absent when it was already on disk). */
+  readonly bootMs?: number;
+  readonly snapshotMs?: number;
+}
+
+/** Settings of the snapshot manager. */
+export interface SnapshotManagerOptions {
+  readonly driver: VmmDriver;
+  /** A label for what else makes snapshots incompatible (the accel mode, the VMM version). */
+  readonly driverTag: string;
+  readonly store: ImageStore;
+  readonly snapshotsDir: string;
+  readonly runDir: string;
+  readonly memoryMib: number;
+  readonly vcpus: number;
+  readonly bootTimeoutMs: number;
+  /** Which kernel file the driver boots: `vmlinuz` (QEMU) or `vmlinux` (Firecracker). */
+  readonly kernelFile: 'vmlinuz' | 'vmlinux';
+  /** Called when an image is missing locally; may fetch it (the S3 store) and return it. */
+  readonly fetchMissing?: (kind: 'kernel' | 'rootfs', language: string | null) => Promise<StoredImage | undefined>;
+  readonly log?: (line: string) => void;
+}
+
+/**
+ * Makes and finds per-language snapshots. A snapshot's key hashes the kernel image, the rootfs
+ * image (whose id covers the agent and packages), the driver and the VM's shape, so that a change
+ * of any of them makes a new snapshot: an old one is never restored against new images.
+ */
+export class SnapshotManager {
+  private readonly inflight = new Map<string, Promise<SnapshotRef>>();
+
+  constructor(private readonly options: SnapshotManagerOptions) {}
+
+  /** The images a language's VMs are made of (fetched on demand when configured). */
+  async images(language: string): Promise<{ kernel: StoredImage; rootfs: StoredImage }> {
+    const kernel = await this.image('kernel', null);
+    const rootfs = await this.image('rootfs', language);
+    return { kernel, rootfs };
+  }
+
+  /** The snapshot for a language, made now (one cold boot) when it is missing. */
+  async ensure(language: string): Promise<SnapshotRef> {
+    const { kernel, rootfs } = await this.images(language);
+    const resources: VmResources = {
+      kernelPath: join(kernel.dir, this.options.kernelFile),
+      initrdPath: join(kernel.dir, 'initrd.img'),
+      rootfsPath: join(rootfs.dir, rootfs.manifest.files[0]?.name ?? `rootfs-${language}.ext4`),
+      memoryMib: this.options.memoryMib,
+      vcpus: this.options.vcpus,
+    };
+    const key = sha256Hex(
+      canonicalJson({
+        kernel: kernel.manifest.id,
+        rootfs: rootfs.manifest.id,
+        driver: this.options.driverTag,
+        memoryMib: resources.memoryMib,
+        vcpus: resources.vcpus,
+      }),
+    ).slice(0, 16);
+    const dir = join(this.options.snapshotsDir, `${language}-${key}`);
+    const path = join(dir, 'vm.snap');
+    const base = { language, key, path, resources, kernelId: kernel.manifest.id, rootfsId: rootfs.manifest.id };
+    const existing = await stat(path).catch(() => null);
+    if (existing) return { ...base, sizeBytes: existing.size };
+    let pending = this.inflight.get(key);
+    if (!pending) {
+      pending = this.create(base, dir).finally(() => this.inflight.delete(key));
+      this.inflight.set(key, pending);
+    }
+    return pending;
+  }
+
+  /** Removes snapshots of a language whose key is not `keep` (stale after an image change). */
+  async prune(language: string, keep: string): Promise<string[]> {
+    const removed: string[] = [];
+    const names = await readdir(this.options.snapshotsDir).catch(() => [] as string[]);
+    for (const name of names) {
+      if (name.startsWith(`${language}-`) && name !== `${language}-${keep}` && /^[a-z0-9+#-]+-[0-9a-f]{16}$/.test(name)) {
+        await rm(join(this.options.snapshotsDir, name), { recursive: true, force: true });
+        removed.push(name);
+      }
+    }
+    return removed;
+  }
+
+  private async create(
+    base: Omit<SnapshotRef, 'sizeBytes'>,
+    dir: string,
+  ): Promise<SnapshotRef> {
+    await mkdir(dir, { recursive: true });
+    const vmId = `snap-${base.language}-${randomBytes(4).toString('hex')}`;
+    this.options.log?.(`booting ${base.language} (${base.rootfsId}) to take its snapshot`);
+    const started = Date.now();
+    const vm = await this.options.driver.boot({
+      ...base.resources,
+      vmId,
+      runDir: join(this.options.runDir, vmId),
+      timeoutMs: this.options.bootTimeoutMs,
+    });
+    const bootMs = Date.now() - started;
+    try {
+      const hello = vm.hello;
+      if (hello && !hello.languages.includes(base.language)) {
+        throw new RunnerError('SNAPSHOT_FAILED', `the ${base.rootfsId} agent cannot run ${base.language} (it offers ${hello.languages.join(', ')})`);
+      }
+      const info = await vm.snapshot(base.path);
+      await writeFile(
+        join(dir, 'meta.json'),
+        `${JSON.stringify({ ...base, sizeBytes: info.sizeBytes, bootMs, snapshotMs: info.ms, takenAt: new Date().toISOString() }, null, 2)}\n`,
+      );
+      this.options.log?.(`snapshot of ${base.language}: ${(info.sizeBytes / 1048576).toFixed(0)} MiB in ${info.ms} ms (boot ${bootMs} ms)`);
+      await this.prune(base.language, base.key);
+      return { ...base, sizeBytes: info.sizeBytes, bootMs, snapshotMs: info.ms };
+    } finally {
+      await vm.destroy();
+    }
+  }
+
+  private async image(kind: 'kernel' | 'rootfs', language: string | null): Promise<StoredImage> {
+    const local = await this.options.store.latest(kind, language);
+    if (local) return local;
+    const fetched = await this.options.fetchMissing?.(kind, language);
+    if (fetched) return fetched;
+    return this.options.store.resolve(kind, language);
+  }
+}
+
+/** Reads a snapshot's meta.json (timings of the boot that made it), or null. */
+export async function readSnapshotMeta(ref: SnapshotRef): Promise<{ bootMs?: number; snapshotMs?: number } | null> {
+  return readFile(join(ref.path, '..', 'meta.json'), 'utf8').then(
+    (t) => JSON.parse(t) as { bootMs?: number; snapshotMs?: number },
+    () => null,
+  );
+}
