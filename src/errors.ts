@@ -46,6 +46,25 @@ export const ERROR_CATALOGUE = {
   VM_STATE: { status: 500, description: 'A VM lifecycle command was not legal in its state.' },
   SNAPSHOT_FAILED: { status: 500, description: 'Taking or restoring a snapshot failed.' },
   CONFIG_INVALID: { status: 500, description: 'A configuration value is invalid.' },
+  REQUEST_INVALID: {
+    status: 400,
+    description: 'The request is not valid JSON, lacks a field, has a wrong type or an unknown field.',
+  },
+  CALLBACK_URL_INVALID: {
+    status: 400,
+    description: 'A callbackUrl is not an http(s) URL or names a host that is not allowed.',
+  },
+  UNAUTHORIZED: { status: 401, description: 'API keys are configured and the request has no valid one.' },
+  NOT_FOUND: { status: 404, description: 'No such route.' },
+  JOB_NOT_FOUND: { status: 404, description: 'No such job (or it belongs to another API key, or it expired).' },
+  PAYLOAD_TOO_LARGE: {
+    status: 413,
+    description: 'The body, the number of files or test cases, or stdin is over its cap.',
+  },
+  CONTENT_TYPE_UNSUPPORTED: { status: 415, description: 'The body is not application/json.' },
+  RATE_LIMITED: { status: 429, description: 'This API key (or client) sent too many jobs; see Retry-After.' },
+  QUEUE_FULL: { status: 503, description: 'The job queue is full; see Retry-After.' },
+  SHUTTING_DOWN: { status: 503, description: 'The server is draining and takes no new jobs.' },
 } as const satisfies Record<string, { status: number; description: string }>;
 
 export type ErrorCode = keyof typeof ERROR_CATALOGUE;

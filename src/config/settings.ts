@@ -39,6 +39,26 @@ export const SETTINGS = [
   { key: 'warmLanguages', env: 'RUNNER_WARM_LANGUAGES', kind: 'list', default: [], description: 'Languages whose pools are filled at start (comma-separated).' },
   { key: 'bootTimeoutMs', env: 'RUNNER_BOOT_TIMEOUT_MS', kind: 'integer', default: 120000, unit: 'ms', min: 1000, description: 'Cold boot deadline (kernel to agent hello); TCG is slow.' },
   { key: 'restoreTimeoutMs', env: 'RUNNER_RESTORE_TIMEOUT_MS', kind: 'integer', default: 30000, unit: 'ms', min: 500, description: 'Snapshot restore deadline (to the agent answering).' },
+  // ---- the HTTP service (runner serve) ----
+  { key: 'host', env: 'RUNNER_HOST', kind: 'string', default: '127.0.0.1', description: 'Address the HTTP service listens on (0.0.0.0 for every interface).' },
+  { key: 'port', env: 'RUNNER_PORT', kind: 'integer', default: 2000, min: 0, max: 65535, description: 'TCP port of the HTTP service (2000, like Piston).' },
+  { key: 'apiKeys', env: 'RUNNER_API_KEYS', kind: 'list', default: [], description: 'API keys (comma-separated); when set, every request but health, readiness and the docs needs one (Authorization: Bearer KEY or X-API-Key: KEY).' },
+  { key: 'rateLimitPerMinute', env: 'RUNNER_RATE_LIMIT_PER_MINUTE', kind: 'integer', default: 600, min: 0, description: 'Job-creating requests per minute per API key (per client address without keys), as a token bucket of that size; 0 turns it off.' },
+  { key: 'bodyLimitBytes', env: 'RUNNER_BODY_LIMIT_BYTES', kind: 'integer', default: 8388608, unit: 'bytes', min: 1024, max: 1073741824, description: 'Largest request body; a larger one gets 413 before it is buffered.' },
+  { key: 'maxFiles', env: 'RUNNER_MAX_FILES', kind: 'integer', default: 100, min: 1, max: 1000, description: 'Most files in one job (413 beyond).' },
+  { key: 'maxStdinBytes', env: 'RUNNER_MAX_STDIN_BYTES', kind: 'integer', default: 1048576, unit: 'bytes', min: 0, description: 'Largest stdin of one job or test case, decoded (413 beyond).' },
+  { key: 'maxTestCases', env: 'RUNNER_MAX_TEST_CASES', kind: 'integer', default: 64, min: 1, max: 10000, description: 'Most test cases in one request (413 beyond).' },
+  { key: 'queueMax', env: 'RUNNER_QUEUE_MAX', kind: 'integer', default: 64, min: 0, max: 1000000, description: 'Jobs that may wait for a VM; beyond it requests get 503 with Retry-After.' },
+  { key: 'requestTimeoutMs', env: 'RUNNER_REQUEST_TIMEOUT_MS', kind: 'integer', default: 30000, unit: 'ms', min: 1000, description: 'Deadline for receiving a whole request (headers and body) from a client.' },
+  { key: 'headersTimeoutMs', env: 'RUNNER_HEADERS_TIMEOUT_MS', kind: 'integer', default: 10000, unit: 'ms', min: 1000, description: 'Deadline for receiving the request headers (slowloris); at most requestTimeoutMs.' },
+  { key: 'keepAliveTimeoutMs', env: 'RUNNER_KEEP_ALIVE_TIMEOUT_MS', kind: 'integer', default: 5000, unit: 'ms', min: 100, description: 'How long an idle keep-alive connection stays open.' },
+  { key: 'drainTimeoutMs', env: 'RUNNER_DRAIN_TIMEOUT_MS', kind: 'integer', default: 300000, unit: 'ms', min: 1000, description: 'On SIGTERM, how long to wait for running and queued jobs before exiting anyway.' },
+  { key: 'jobStoreFile', env: 'RUNNER_JOB_STORE_FILE', kind: 'string', default: null, description: 'SQLite file of submitted jobs and their results (default <data dir>/jobs.sqlite; :memory: keeps none across restarts).' },
+  { key: 'jobRetentionHours', env: 'RUNNER_JOB_RETENTION_HOURS', kind: 'integer', default: 24, unit: 'h', min: 1, description: 'How long finished job records are kept.' },
+  { key: 'callbackAllowedHosts', env: 'RUNNER_CALLBACK_ALLOWED_HOSTS', kind: 'list', default: [], description: 'Host names a callbackUrl may point to (comma-separated); empty allows any host. Only http and https URLs are taken.' },
+  { key: 'callbackAttempts', env: 'RUNNER_CALLBACK_ATTEMPTS', kind: 'integer', default: 5, min: 1, max: 100, description: 'Tries to deliver a result to its callbackUrl, with doubling backoff between them.' },
+  { key: 'callbackBackoffMs', env: 'RUNNER_CALLBACK_BACKOFF_MS', kind: 'integer', default: 1000, unit: 'ms', min: 1, description: 'Wait before the second callback try; doubled for each later one (capped at a minute).' },
+  { key: 'callbackTimeoutMs', env: 'RUNNER_CALLBACK_TIMEOUT_MS', kind: 'integer', default: 10000, unit: 'ms', min: 100, description: 'Deadline of one callback try.' },
 ] as const satisfies readonly SettingSpec[];
 
 type Spec = (typeof SETTINGS)[number];
