@@ -109,6 +109,12 @@ export interface RootfsIdentityInputs {
   readonly agentSha256: string;
   readonly initScript: string;
   readonly agentVersion: string;
+  /**
+   * Digest of every package installed in the toolchain layer (name, architecture, version), so
+   * that a layer rebuilt with newer Debian packages yields a new identity. Unknown (undefined)
+   * before the layer is built.
+   */
+  readonly toolchainPackagesDigest?: string;
   readonly suite?: string;
   readonly basePackages?: readonly string[];
   readonly arch?: string;
@@ -127,9 +133,10 @@ export interface RootfsIdentity {
 }
 
 /**
- * Computes a rootfs image's identity: a hash of the toolchain layer key, the agent bundle, the
- * init script, the language definition and folder, and AGENT_VERSION. Anything else (the
- * mirror, the kernel, the build time, other languages) leaves it unchanged.
+ * Computes a rootfs image's identity: a hash of the toolchain layer key (and the package
+ * versions that layer holds), the agent bundle, the init script, the language definition and
+ * folder, and AGENT_VERSION. Anything else (the mirror, the kernel, the build time, other
+ * languages) leaves it unchanged.
  */
 export function rootfsIdentity(inputs: RootfsIdentityInputs): RootfsIdentity {
   const baseKey = baseLayerKey(inputs.suite, inputs.basePackages, inputs.arch);
@@ -141,6 +148,7 @@ export function rootfsIdentity(inputs: RootfsIdentityInputs): RootfsIdentity {
       kind: 'rootfs',
       recipe: RECIPE.final,
       toolchainKey,
+      toolchainPackages: inputs.toolchainPackagesDigest ?? null,
       agentSha256: inputs.agentSha256,
       agentVersion: inputs.agentVersion,
       initSha256,

@@ -6,7 +6,7 @@ export type BuildPhase = (typeof BUILD_PHASES)[number];
 
 /** What the builder tells its caller while it works. */
 export type BuildEvent =
-  | { readonly type: 'start'; readonly language: string; readonly id: string }
+  | { readonly type: 'start'; readonly language: string }
   | { readonly type: 'phase'; readonly language: string; readonly phase: BuildPhase }
   | { readonly type: 'note'; readonly language: string; readonly message: string }
   | {
@@ -119,7 +119,7 @@ export class LineReporter implements BuildReporter {
     switch (event.type) {
       case 'start':
         this.started.set(event.language, Date.now());
-        this.stream.write(`[${event.language}] building ${event.id}\n`);
+        this.stream.write(`[${event.language}] start\n`);
         return;
       case 'phase':
         say(event.phase);

@@ -38,7 +38,9 @@ import {
   folderDigests,
   rootfsIdentity,
   sha256File,
+  sha256Hex,
   type RootfsIdentity,
+  type RootfsIdentityInputs,
 } from './identity.js';
 import type { ImageManifest } from './manifest.js';
 import { resolveDebianMirrors, type DebianMirrors } from './mirror.js';
@@ -100,6 +102,12 @@ interface LayerInfo {
   readonly packages: readonly string[];
   /** `name=version` of the packages asked for, as installed. */
   readonly installed: readonly string[];
+  /**
+   * SHA-256 of every installed `name=version`, sorted: part of the image identity, so that a
+   * layer rebuilt with newer Debian packages gives images a new identity.
+   */
+  readonly packagesDigest: string;
+  readonly installedCount: number;
   readonly builtAt: string;
   readonly seconds: number;
 }
@@ -136,6 +144,8 @@ export class RootfsBuilder {
   private readonly options: RootfsBuilderOptions;
   private readonly reporter: BuildReporter;
   private mirrorsCache: DebianMirrors | undefined;
+  /** Layers this builder made: with rebuildLayers, each is rebuilt once per builder, not per image. */
+  private readonly freshLayers = new Set<string>();
 
   constructor(options: RootfsBuilderOptions) {
     this.options = options;
@@ -160,19 +170,35 @@ export class RootfsBuilder {
     return this.mirrorsCache;
   }
 
-  /** The identity the image for `language` would have with this builder's agent bundle. */
-  async identity(language: Language): Promise<RootfsIdentity> {
+  /** What the identity of `language`'s image is computed from, but the toolchain layer's packages. */
+  private async identityInputs(language: Language): Promise<RootfsIdentityInputs> {
     const bundle = this.options.agentBundlePath;
     if (!existsSync(bundle) || !statSync(bundle).isFile()) {
       throw new RunnerError('IMAGE_BUILD_FAILED', `agent bundle ${bundle} does not exist`);
     }
-    return rootfsIdentity({
+    return {
       definition: language.definition,
       languageFiles: await folderDigests(language.dir),
       agentSha256: await sha256File(bundle),
       initScript: GUEST_INIT_SCRIPT,
       agentVersion: AGENT_VERSION,
-    });
+    };
+  }
+
+  /**
+   * The identity `language`'s image has with this builder's agent bundle and the cached
+   * toolchain layer; null while that layer is not built (its package versions are part of the
+   * identity, and are known only once apt has run).
+   */
+  async identity(language: Language): Promise<RootfsIdentity | null> {
+    const inputs = await this.identityInputs(language);
+    const layer = this.cachedToolchain(
+      language.definition.name,
+      rootfsIdentity(inputs).toolchainKey,
+    );
+    return layer === undefined
+      ? null
+      : rootfsIdentity({ ...inputs, toolchainPackagesDigest: layer.info.packagesDigest });
   }
 
   /**
@@ -215,31 +241,39 @@ export class RootfsBuilder {
   private async buildLocked(language: Language): Promise<RootfsBuildResult> {
     const name = language.definition.name;
     const started = Date.now();
-    const identity = await this.identity(language);
-    this.reporter.event({ type: 'start', language: name, id: identity.id });
-    if (this.options.force !== true) {
+    const inputs = await this.identityInputs(language);
+    const keys = rootfsIdentity(inputs);
+    this.reporter.event({ type: 'start', language: name });
+    const reuse = async (
+      identity: RootfsIdentity,
+      logPath: string | null,
+    ): Promise<RootfsBuildResult | undefined> => {
+      if (this.options.force === true) return undefined;
       const existing = await this.options.store.find(identity.id, 'rootfs');
-      if (existing !== undefined) {
-        const seconds = (Date.now() - started) / 1000;
-        this.reporter.event({
-          type: 'done',
-          language: name,
-          id: identity.id,
-          reused: true,
-          seconds,
-        });
-        return {
-          language: name,
-          id: identity.id,
-          image: existing,
-          reused: true,
-          seconds,
-          phaseSeconds: {},
-          cachedLayers: { base: true, toolchain: true },
-          logPath: null,
-          warnings: [],
-        };
-      }
+      if (existing === undefined) return undefined;
+      const seconds = (Date.now() - started) / 1000;
+      this.reporter.event({ type: 'done', language: name, id: identity.id, reused: true, seconds });
+      return {
+        language: name,
+        id: identity.id,
+        image: existing,
+        reused: true,
+        seconds,
+        phaseSeconds: {},
+        cachedLayers: { base: true, toolchain: true },
+        logPath,
+        warnings: [],
+      };
+    };
+    // With the toolchain layer cached the identity is known at once: nothing to do when the
+    // store already holds the image.
+    const cached = this.cachedToolchain(name, keys.toolchainKey);
+    if (cached !== undefined) {
+      const reused = await reuse(
+        rootfsIdentity({ ...inputs, toolchainPackagesDigest: cached.info.packagesDigest }),
+        null,
+      );
+      if (reused !== undefined) return reused;
     }
     checkHost();
     mkdirSync(this.options.paths.logsDir, { recursive: true });
@@ -256,16 +290,31 @@ export class RootfsBuilder {
       log.write(`### phase ${next}`);
       this.reporter.event({ type: 'phase', language: name, phase: next });
     };
-    const work = join(this.workDir, `${identity.id}-${randomBytes(4).toString('hex')}`);
+    const work = join(this.workDir, `${name}-${randomBytes(4).toString('hex')}`);
     let staging: string | undefined;
     try {
-      log.write(`### rootfs ${identity.id} (${name}), agent ${AGENT_VERSION}`);
+      log.write(`### rootfs ${name}, agent ${AGENT_VERSION} (${keys.agentSha256})`);
       log.write(`### phase base`);
       this.reporter.event({ type: 'phase', language: name, phase: 'base' });
-      const base = await this.ensureBase(identity.baseKey, log);
+      // A cached toolchain layer holds the base already.
+      const base =
+        cached !== undefined
+          ? { dir: null, cached: true }
+          : await this.ensureBase(keys.baseKey, log);
 
       enter('packages');
-      const toolchain = await this.ensureToolchain(language, identity.toolchainKey, base.dir, log);
+      const toolchain =
+        cached ?? (await this.ensureToolchain(language, keys.toolchainKey, base.dir, log));
+      const identity = rootfsIdentity({
+        ...inputs,
+        toolchainPackagesDigest: toolchain.info.packagesDigest,
+      });
+      log.write(`### image identity ${identity.id}`);
+      const reused = await reuse(identity, log.path);
+      if (reused !== undefined) {
+        log.write('### the store already holds this image');
+        return { ...reused, cachedLayers: { base: base.cached, toolchain: toolchain.cached } };
+      }
 
       enter('agent');
       const root = join(work, 'root');
@@ -306,6 +355,7 @@ export class RootfsBuilder {
           agentSha256: identity.agentSha256,
           initSha256: identity.initSha256,
           definitionSha256: identity.definitionSha256,
+          toolchainPackagesDigest: toolchain.info.packagesDigest,
         },
       };
       await writeManifest(staging, manifest);
@@ -354,11 +404,12 @@ export class RootfsBuilder {
   }
 
   /** The cached base layer for `key`, built first when missing. */
-  private async ensureBase(key: string, log: BuildLog): Promise<{ dir: string; cached: boolean }> {
+  private async ensureBase(key: string, log: BuildLog): Promise<CachedLayer> {
     const dir = join(this.layersDir, `base-${key.slice(0, 16)}`);
-    if (this.options.rebuildLayers !== true && readLayerInfo(dir)?.key === key) {
+    const info = readLayerInfo(dir);
+    if (this.mayReuse(dir) && info?.key === key) {
       log.write(`# base layer cached: ${dir}`);
-      return { dir, cached: true };
+      return { dir, info, cached: true };
     }
     const mirrors = this.mirrors();
     log.write(
@@ -413,7 +464,7 @@ export class RootfsBuilder {
           layer: 'base',
           key,
           packages: BASE_PACKAGES,
-          installed,
+          ...installed,
           builtAt: new Date().toISOString(),
           seconds: (Date.now() - started) / 1000,
         },
@@ -428,16 +479,19 @@ export class RootfsBuilder {
   private async ensureToolchain(
     language: Language,
     key: string,
-    baseDir: string,
+    baseDir: string | null,
     log: BuildLog,
-  ): Promise<{ dir: string; cached: boolean }> {
+  ): Promise<CachedLayer> {
     const name = language.definition.name;
     const prefix = `toolchain-${name}-`;
-    const dir = join(this.layersDir, `${prefix}${key.slice(0, 16)}`);
-    if (this.options.rebuildLayers !== true && readLayerInfo(dir)?.key === key) {
-      log.write(`# toolchain layer cached: ${dir}`);
-      return { dir, cached: true };
+    const cached =
+      this.options.rebuildLayers === true ? undefined : this.cachedToolchain(name, key);
+    if (cached !== undefined) {
+      log.write(`# toolchain layer cached: ${cached.dir}`);
+      return cached;
     }
+    if (baseDir === null) throw new Error('no base layer for a toolchain layer to start from');
+    const dir = this.toolchainDir(name, key);
     const started = Date.now();
     const tmp = this.layerTemp(`toolchain-${name}`);
     const root = join(tmp, 'root');
@@ -470,7 +524,7 @@ export class RootfsBuilder {
           layer: 'toolchain',
           key,
           packages,
-          installed,
+          ...installed,
           builtAt: new Date().toISOString(),
           seconds: (Date.now() - started) / 1000,
         },
@@ -531,6 +585,22 @@ export class RootfsBuilder {
     return { toolchainVersion, warnings };
   }
 
+  private toolchainDir(language: string, key: string): string {
+    return join(this.layersDir, `toolchain-${language}-${key.slice(0, 16)}`);
+  }
+
+  /** The toolchain layer for this key when it is cached, whole, and may be used. */
+  private cachedToolchain(language: string, key: string): CachedLayer | undefined {
+    const dir = this.toolchainDir(language, key);
+    if (!this.mayReuse(dir)) return undefined;
+    const info = readLayerInfo(dir);
+    return info?.key === key ? { dir, info, cached: true } : undefined;
+  }
+
+  private mayReuse(layerDir: string): boolean {
+    return this.options.rebuildLayers !== true || this.freshLayers.has(layerDir);
+  }
+
   private layerTemp(label: string): string {
     mkdirSync(this.layersDir, { recursive: true });
     return join(this.layersDir, `.tmp-${label}-${randomBytes(4).toString('hex')}`);
@@ -542,10 +612,11 @@ export class RootfsBuilder {
     dir: string,
     info: LayerInfo,
     familyPrefix: string,
-  ): { dir: string; cached: boolean } {
+  ): CachedLayer {
     writeFileSync(join(tmp, 'layer.json'), `${JSON.stringify(info, null, 2)}\n`);
     removeTree(dir);
     renameSync(tmp, dir);
+    this.freshLayers.add(dir);
     for (const entry of readdirSync(this.layersDir)) {
       const path = join(this.layersDir, entry);
       if (entry.startsWith(familyPrefix) && path !== dir) {
@@ -558,7 +629,7 @@ export class RootfsBuilder {
         removeTree(path);
       }
     }
-    return { dir, cached: false };
+    return { dir, info, cached: false };
   }
 
   /**
@@ -625,10 +696,20 @@ function checkHost(): void {
   }
 }
 
+/** A layer in the cache: its folder (with `root/` and `layer.json`) and what it records. */
+interface CachedLayer {
+  readonly dir: string;
+  readonly info: LayerInfo;
+  /** False when this build made it. */
+  readonly cached: boolean;
+}
+
 function readLayerInfo(dir: string): LayerInfo | undefined {
   try {
-    const info = JSON.parse(readFileSync(join(dir, 'layer.json'), 'utf8')) as LayerInfo;
-    return existsSync(join(dir, 'root')) ? info : undefined;
+    const info = JSON.parse(readFileSync(join(dir, 'layer.json'), 'utf8')) as Partial<LayerInfo>;
+    // Layers from before packagesDigest existed are rebuilt.
+    if (typeof info.packagesDigest !== 'string' || typeof info.key !== 'string') return undefined;
+    return existsSync(join(dir, 'root')) ? (info as LayerInfo) : undefined;
   } catch {
     return undefined;
   }
@@ -645,19 +726,31 @@ function aptSources(mirrors: DebianMirrors): string {
   return `${lines.join('\n')}\n`;
 }
 
+/** The versions of the packages asked for, and a digest of everything installed. */
 async function installedVersions(
   log: BuildLog,
   root: string,
   packages: readonly string[],
-): Promise<string[]> {
+): Promise<Pick<LayerInfo, 'installed' | 'packagesDigest' | 'installedCount'>> {
   const out = await chrootCapture(log, root, [
     'dpkg-query',
     '-W',
     '-f',
-    '${Package}=${Version}\\n',
-    ...packages,
+    '${db:Status-Abbrev}${Package}:${Architecture}=${Version}\\n',
   ]);
-  return out.split('\n').filter((l) => l.includes('='));
+  const all = out
+    .split('\n')
+    .filter((l) => l.startsWith('ii '))
+    .map((l) => l.slice(3).trim())
+    .sort();
+  const wanted = new Set(packages);
+  return {
+    installed: all
+      .filter((l) => wanted.has(l.split(':')[0] ?? ''))
+      .map((l) => l.replace(/:[^=]*=/, '=')),
+    packagesDigest: sha256Hex(all.join('\n')),
+    installedCount: all.length,
+  };
 }
 
 /** Copies a tree with everything preserved (owners, modes, hard links, devices). */

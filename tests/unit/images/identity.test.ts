@@ -97,6 +97,16 @@ describe('rootfs identity', () => {
     expect(rootfsIdentity({ ...base, languageFiles: files }).id).not.toBe(reference.id);
   });
 
+  it('changes when the toolchain layer was rebuilt with other package versions', () => {
+    const one = rootfsIdentity({ ...base, toolchainPackagesDigest: sha256Hex('python3=3.11.2-1') });
+    const two = rootfsIdentity({ ...base, toolchainPackagesDigest: sha256Hex('python3=3.11.2-2') });
+    expect(one.id).not.toBe(two.id);
+    expect(one.toolchainKey).toBe(two.toolchainKey);
+    expect(
+      rootfsIdentity({ ...base, toolchainPackagesDigest: sha256Hex('python3=3.11.2-1') }).id,
+    ).toBe(one.id);
+  });
+
   it('changes when the base changes (suite or base packages)', () => {
     expect(rootfsIdentity({ ...base, suite: 'trixie' }).id).not.toBe(reference.id);
     const other = rootfsIdentity({
