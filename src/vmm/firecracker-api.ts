@@ -216,7 +216,8 @@ export function snapshotLoadBody(paths: {
 
 // ---- requests ----------------------------------------------------------------------------
 
-export const fc = {
+/** One constructor per operation: the method and path go with the body's type. */
+export const firecrackerRequests = {
   putMachineConfig: (body: MachineConfigurationBody): FirecrackerRequest => ({
     operationId: 'putMachineConfiguration',
     method: 'PUT',
@@ -282,17 +283,17 @@ export interface FirecrackerBootPlan {
 /** The calls of a cold boot, in order: machine, kernel, rootfs, vsock, then start. */
 export function bootRequests(plan: FirecrackerBootPlan): FirecrackerRequest[] {
   return [
-    fc.putMachineConfig(machineConfigBody(plan)),
-    fc.putBootSource(
+    firecrackerRequests.putMachineConfig(machineConfigBody(plan)),
+    firecrackerRequests.putBootSource(
       bootSourceBody({
         kernelPath: plan.kernelPath,
         initrdPath: plan.initrdPath,
         bootArgs: plan.bootArgs,
       }),
     ),
-    fc.putDrive(rootfsDriveBody(plan.rootfsPath)),
-    fc.putVsock(vsockBody(plan.guestCid, plan.vsockPath)),
-    fc.action(instanceStartBody()),
+    firecrackerRequests.putDrive(rootfsDriveBody(plan.rootfsPath)),
+    firecrackerRequests.putVsock(vsockBody(plan.guestCid, plan.vsockPath)),
+    firecrackerRequests.action(instanceStartBody()),
   ];
 }
 
@@ -300,16 +301,19 @@ export function bootRequests(plan: FirecrackerBootPlan): FirecrackerRequest[] {
 export function snapshotRequests(paths: {
   snapshotPath: string;
   memFilePath: string;
-}): FirecrackerRequest[] {
-  return [fc.patchVm(vmStateBody('Paused')), fc.createSnapshot(snapshotCreateBody(paths))];
+}): [pause: FirecrackerRequest, create: FirecrackerRequest] {
+  return [
+    firecrackerRequests.patchVm(vmStateBody('Paused')),
+    firecrackerRequests.createSnapshot(snapshotCreateBody(paths)),
+  ];
 }
 
 /** The one call of a restore (on a fresh Firecracker): load and resume. */
 export function restoreRequests(paths: {
   snapshotPath: string;
   memFilePath: string;
-}): FirecrackerRequest[] {
-  return [fc.loadSnapshot(snapshotLoadBody(paths))];
+}): [load: FirecrackerRequest] {
+  return [firecrackerRequests.loadSnapshot(snapshotLoadBody(paths))];
 }
 
 // ---- the client --------------------------------------------------------------------------
@@ -386,11 +390,7 @@ export class FirecrackerApiClient {
    * Sends one request; resolves on a 2xx answer. Any other answer, a broken connection or a
    * timeout throws a RunnerError with `code` and a FirecrackerFault as details.
    */
-  send(
-    req: FirecrackerRequest,
-    code: ErrorCode,
-    timeoutMs = this.defaultTimeoutMs,
-  ): Promise<void> {
+  send(req: FirecrackerRequest, code: ErrorCode, timeoutMs = this.defaultTimeoutMs): Promise<void> {
     const payload = Buffer.from(JSON.stringify(req.body), 'utf8');
     const fail = (
       status: number | null,

@@ -10,3 +10,4 @@ export {
 export { QmpClient, type QmpEvent } from './qmp.js';
 export { probeKvm, type KvmProbeResult } from './kvm.js';
 export { TailBuffer } from './tail-buffer.js';
+export * from './firecracker.js';
