@@ -129,6 +129,7 @@ export type FirecrackerRequest =
       readonly body: SnapshotLoadBody;
     };
 
+/** The spec's `operationId` of each operation the driver uses. */
 export type FirecrackerOperationId = FirecrackerRequest['operationId'];
 
 /** The spec's path template of each operation the driver uses. */
@@ -153,6 +154,7 @@ export function machineConfigBody(resources: {
   return { vcpu_count: resources.vcpus, mem_size_mib: resources.memoryMib, smt: false };
 }
 
+/** The kernel (ELF vmlinux), the initramfs and the kernel command line. */
 export function bootSourceBody(source: {
   kernelPath: string;
   initrdPath: string;
@@ -179,18 +181,22 @@ export function rootfsDriveBody(pathOnHost: string): DriveBody {
   };
 }
 
+/** The hybrid vsock device: host-initiated connections go through `uds_path`. */
 export function vsockBody(guestCid: number, udsPath: string): VsockBody {
   return { guest_cid: guestCid, uds_path: udsPath };
 }
 
+/** Starts the configured VM (after which the pre-boot calls are refused). */
 export function instanceStartBody(): InstanceActionBody {
   return { action_type: 'InstanceStart' };
 }
 
+/** Pauses or resumes the vCPUs (a snapshot needs a paused VM). */
 export function vmStateBody(state: VmStateBody['state']): VmStateBody {
   return { state };
 }
 
+/** A full snapshot: device state to `snapshotPath`, all of guest memory to `memFilePath`. */
 export function snapshotCreateBody(paths: {
   snapshotPath: string;
   memFilePath: string;
