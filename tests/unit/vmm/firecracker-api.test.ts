@@ -1,8 +1,8 @@
-import { mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { createServer as createHttpServer, type IncomingMessage } from 'node:http';
 import { createServer, type Server } from 'node:net';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { RunnerError } from '../../../src/errors.js';
 import {
@@ -28,6 +28,7 @@ import {
   type FirecrackerRequest,
 } from '../../../src/vmm/index.js';
 import {
+  FIRECRACKER_SPEC_PATH,
   findOperation,
   loadFirecrackerSpec,
   resolveRef,
@@ -36,6 +37,12 @@ import {
 } from '../../contract/firecracker-openapi.js';
 
 const spec = loadFirecrackerSpec();
+
+/** The project's reference copy, beside the repository (absent in some clones). */
+const SHARED_SPEC = resolve(
+  import.meta.dirname,
+  '../../../../shared/reference/firecracker-openapi.yaml',
+);
 
 /** Every request the driver can make, jailed and not. */
 function allDriverRequests(): FirecrackerRequest[] {
@@ -69,6 +76,10 @@ describe('the Firecracker API description', () => {
   it('is the swagger 2.0 description of a Firecracker release line we target', () => {
     expect(spec.swagger).toBe('2.0');
     expect(spec.info.version).toMatch(/^1\.\d+\./);
+  });
+
+  it.skipIf(!existsSync(SHARED_SPEC))('is the same as the shared reference copy', () => {
+    expect(readFileSync(FIRECRACKER_SPEC_PATH, 'utf8')).toBe(readFileSync(SHARED_SPEC, 'utf8'));
   });
 
   it('has every operation the driver uses, at the path and with the method it uses', () => {
