@@ -3,6 +3,7 @@ import { RunnerError } from '../errors.js';
 import { registerLanguagesCommand } from './commands/languages.js';
 import { registerImagesCommand } from './commands/images.js';
 import { registerRunCommand } from './commands/run.js';
+import { registerServeCommand } from './commands/serve.js';
 import { AGENT_VERSION } from '../version.js';
 
 /** Builds the `runner` command tree. Each subcommand lives in ./commands/. */
@@ -16,6 +17,7 @@ export function buildProgram(): Command {
   registerRunCommand(program);
   registerLanguagesCommand(program);
   registerImagesCommand(program);
+  registerServeCommand(program);
   return program;
 }
 

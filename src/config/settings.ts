@@ -59,6 +59,7 @@ export const SETTINGS = [
   { key: 'callbackAttempts', env: 'RUNNER_CALLBACK_ATTEMPTS', kind: 'integer', default: 5, min: 1, max: 100, description: 'Tries to deliver a result to its callbackUrl, with doubling backoff between them.' },
   { key: 'callbackBackoffMs', env: 'RUNNER_CALLBACK_BACKOFF_MS', kind: 'integer', default: 1000, unit: 'ms', min: 1, description: 'Wait before the second callback try; doubled for each later one (capped at a minute).' },
   { key: 'callbackTimeoutMs', env: 'RUNNER_CALLBACK_TIMEOUT_MS', kind: 'integer', default: 10000, unit: 'ms', min: 100, description: 'Deadline of one callback try.' },
+  { key: 'logLevel', env: 'RUNNER_LOG_LEVEL', kind: 'enum', values: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], default: 'info', description: 'Level of the service log (JSON lines on stdout).' },
 ] as const satisfies readonly SettingSpec[];
 
 type Spec = (typeof SETTINGS)[number];

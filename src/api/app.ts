@@ -1,0 +1,212 @@
+import { STATUS_CODES } from 'node:http';
+import Fastify, { type FastifyError, type FastifyReply, type FastifyRequest, type FastifyServerOptions } from 'fastify';
+import swagger from '@fastify/swagger';
+import swaggerUi from '@fastify/swagger-ui';
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
+import type { Settings } from '../config/settings.js';
+import { RunnerError, type ErrorCode } from '../errors.js';
+import { LocalQueue, type JobQueue, type JobStore } from '../queue/index.js';
+import { AGENT_VERSION } from '../version.js';
+import { ApiKeys, RateLimiter } from './auth.js';
+import type { ApiContext, ApiInstance } from './context.js';
+import { ApiMetrics } from './metrics.js';
+import { registerPistonRoutes } from './piston.js';
+import { JobService, type ApiEngine } from './service.js';
+import { registerV1Routes } from './v1.js';
+
+/** What buildApp needs. The app never listens: the caller does (or uses inject() in tests). */
+export interface AppDeps {
+  readonly engine: ApiEngine;
+  readonly settings: Settings;
+  readonly jobStore: JobStore;
+  /** Defaults to an in-process queue as wide as the pool, holding settings.queueMax. */
+  readonly queue?: JobQueue;
+  readonly logger?: FastifyServerOptions['logger'];
+  /** Process metrics (CPU, heap, ...) in /metrics; off in tests. */
+  readonly processMetrics?: boolean;
+  /** On close, how long pending callbacks may still try after the last job ended (ms). */
+  readonly callbackGraceMs?: number;
+}
+
+/** An app and the handles its owner needs for start-up and shutdown. */
+export interface App {
+  readonly app: ApiInstance;
+  readonly service: JobService;
+  readonly queue: JobQueue;
+  /** Stops taking jobs (readiness turns 503) before the server closes. */
+  beginDrain(): void;
+}
+
+/** The OpenAPI document's base; paths and schemas come from the routes. */
+const OPENAPI_BASE = {
+  openapi: '3.0.3',
+  info: {
+    title: 'Runner Codes',
+    version: AGENT_VERSION,
+    description:
+      'Runs untrusted code, each job in its own throwaway microVM. A native API under /v1 and a Piston-compatible one under /api/v2. Generated from the route schemas (npm run openapi).',
+  },
+  tags: [
+    { name: 'v1', description: 'The native API' },
+    { name: 'piston', description: 'Piston API v2 compatibility' },
+    { name: 'health', description: 'Health, readiness and metrics' },
+  ],
+  components: {
+    securitySchemes: {
+      bearer: { type: 'http' as const, scheme: 'bearer', description: 'Authorization: Bearer KEY (when RUNNER_API_KEYS is set)' },
+      apiKey: { type: 'apiKey' as const, in: 'header' as const, name: 'X-API-Key' },
+    },
+  },
+};
+
+/** An error as the API reports it. */
+interface ApiError {
+  status: number;
+  code: string;
+  message: string;
+}
+
+const firstValidationMessage = (err: FastifyError): string => {
+  const v = err.validation?.[0];
+  if (v === undefined) return err.message;
+  const where = `${err.validationContext ?? 'body'}${v.instancePath.replace(/\//g, '.').replace(/\.(\d+)/g, '[$1]')}`;
+  const params = v.params;
+  if (v.keyword === 'additionalProperties') return `${where} has an unknown field ${JSON.stringify(params.additionalProperty)}`;
+  if (v.keyword === 'required') return `${where} is missing the field ${JSON.stringify(params.missingProperty)}`;
+  if (v.keyword === 'enum' && Array.isArray(params.allowedValues)) return `${where} must be one of ${params.allowedValues.map((x) => JSON.stringify(x)).join(', ')}`;
+  return `${where} ${v.message ?? 'is invalid'}`;
+};
+
+/** Maps anything a handler or Fastify threw to a status, a stable code and a clear message. */
+function toApiError(err: unknown, bodyLimitBytes: number): ApiError {
+  if (err instanceof RunnerError) return { status: err.status, code: err.code, message: err.message };
+  const e = err as FastifyError;
+  const r = (code: ErrorCode, message: string): ApiError => ({ status: new RunnerError(code, '').status, code, message });
+  if (e.validation !== undefined) return r('REQUEST_INVALID', firstValidationMessage(e));
+  switch (e.code) {
+    case 'FST_ERR_CTP_BODY_TOO_LARGE':
+      return r('PAYLOAD_TOO_LARGE', `the body is over the cap of ${bodyLimitBytes} bytes`);
+    case 'FST_ERR_CTP_INVALID_MEDIA_TYPE':
+      return r('CONTENT_TYPE_UNSUPPORTED', 'the body must be application/json');
+    case 'FST_ERR_CTP_EMPTY_JSON_BODY':
+      return r('REQUEST_INVALID', 'the body is empty; send a JSON object');
+    case 'FST_ERR_CTP_INVALID_JSON_BODY':
+      return r('REQUEST_INVALID', `the body is not valid JSON: ${e.message}`);
+    default:
+      break;
+  }
+  if (e instanceof SyntaxError) return r('REQUEST_INVALID', `the body is not valid JSON: ${e.message}`);
+  if (typeof e.statusCode === 'number' && e.statusCode >= 400 && e.statusCode < 500) {
+    return { status: e.statusCode, code: 'REQUEST_INVALID', message: e.message };
+  }
+  return { status: 500, code: 'SANDBOX_FAILURE', message: 'internal error' };
+}
+
+/**
+ * Builds the HTTP service: both APIs, their schemas and OpenAPI document, API keys, rate
+ * limits, caps, metrics and the job service. Never listens; the caller owns the engine and the
+ * job store and closes them after the app.
+ */
+export function buildApp(deps: AppDeps): App {
+  const { engine, settings } = deps;
+  const app = Fastify({
+    logger: deps.logger ?? false,
+    bodyLimit: settings.bodyLimitBytes,
+    requestTimeout: settings.requestTimeoutMs,
+    keepAliveTimeout: settings.keepAliveTimeoutMs,
+    return503OnClosing: true,
+    forceCloseConnections: 'idle',
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: false, useDefaults: false, allErrors: false } },
+  }).withTypeProvider<TypeBoxTypeProvider>();
+  // Slowloris: the headers must arrive within this; Node requires it to be at most requestTimeout.
+  app.server.headersTimeout = Math.min(settings.headersTimeoutMs, settings.requestTimeoutMs);
+  // Only JSON bodies: a text/plain body gets 415 instead of a confusing schema error.
+  app.removeContentTypeParser('text/plain');
+
+  const queue = deps.queue ?? new LocalQueue({ concurrency: engine.pool.stats().capacity, maxQueued: settings.queueMax });
+  const metrics = new ApiMetrics({ queue: () => queue.stats(), pool: () => engine.pool.stats() }, { defaultMetrics: deps.processMetrics ?? false });
+  const service = new JobService(engine, queue, deps.jobStore, metrics, settings, {
+    info: (m) => app.log.info(m),
+    warn: (m) => app.log.warn(m),
+    error: (m) => app.log.error(m),
+  });
+  let draining = false;
+  const ctx: ApiContext = { engine, settings, service, queue, metrics, draining: () => draining };
+  const keys = new ApiKeys(settings.apiKeys);
+  const limiter = new RateLimiter(settings.rateLimitPerMinute);
+
+  app.decorateRequest('owner', null);
+
+  // Before the body is read: a request without a key, or over its rate, costs no buffering.
+  app.addHook('onRequest', (req, _reply, done) => {
+    try {
+      const config = req.routeOptions.config;
+      if (config.public !== true && !req.url.startsWith('/docs')) {
+        req.owner = keys.check(req.headers);
+        if (config.createsJobs === true) {
+          if (draining) throw new RunnerError('SHUTTING_DOWN', 'the server is shutting down and takes no new jobs');
+          limiter.take(req.owner ?? req.ip);
+        }
+      }
+      done();
+    } catch (err) {
+      done(err as FastifyError);
+    }
+  });
+
+  app.addHook('onResponse', (req, reply, done) => {
+    metrics.http(req.method, req.routeOptions.url ?? 'unmatched', reply.statusCode, reply.elapsedTime / 1000);
+    done();
+  });
+
+  app.setErrorHandler(async (err: unknown, req: FastifyRequest, reply: FastifyReply) => {
+    const e = toApiError(err, settings.bodyLimitBytes);
+    if (e.status >= 500 && e.code !== 'QUEUE_FULL' && e.code !== 'SHUTTING_DOWN') req.log.error({ err }, 'request failed');
+    metrics.rejection(e.code);
+    if (e.code === 'QUEUE_FULL' || e.code === 'SHUTTING_DOWN') reply.header('retry-after', String(queue.retryAfterSeconds()));
+    if (e.code === 'RATE_LIMITED' && err instanceof RunnerError) {
+      const details = err.details as { retryAfterSeconds?: number } | undefined;
+      reply.header('retry-after', String(details?.retryAfterSeconds ?? 60));
+    }
+    if (e.code === 'UNAUTHORIZED') reply.header('www-authenticate', 'Bearer');
+    reply.code(e.status);
+    if (req.url.startsWith('/api/v2/')) return { message: e.message };
+    return { statusCode: e.status, code: e.code, error: STATUS_CODES[e.status] ?? 'Error', message: e.message };
+  });
+
+  app.setNotFoundHandler(async (req: FastifyRequest, reply: FastifyReply) => {
+    const message = `no route ${req.method} ${req.url.split('?')[0] ?? ''}`;
+    reply.code(404);
+    if (req.url.startsWith('/api/v2/')) return { message };
+    return { statusCode: 404, code: 'NOT_FOUND', error: 'Not Found', message };
+  });
+
+  void app.register(swagger, { openapi: OPENAPI_BASE });
+  void app.register(swaggerUi, { routePrefix: '/docs' });
+  void app.register((scope, _opts, done) => {
+    const typed = scope.withTypeProvider<TypeBoxTypeProvider>();
+    typed.get('/openapi.json', { config: { public: true }, schema: { hide: true } }, () => app.swagger());
+    registerV1Routes(typed, ctx);
+    registerPistonRoutes(typed, ctx);
+    done();
+  });
+
+  app.addHook('preClose', (done) => {
+    draining = true;
+    done();
+  });
+  // After the server stopped taking requests and the in-flight ones ended: finish the
+  // submitted jobs still queued or running, then their callbacks.
+  app.addHook('onClose', async () => {
+    await service.drain(deps.callbackGraceMs ?? 10_000);
+  });
+
+  return {
+    app,
+    service,
+    queue,
+    beginDrain: () => {
+      draining = true;
+    },
+  };
+}

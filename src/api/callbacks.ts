@@ -1,0 +1,110 @@
+import { RunnerError } from '../errors.js';
+
+/** Checks a callbackUrl at submission: http(s) only, no credentials, an allowed host. */
+export function checkCallbackUrl(raw: string, allowedHosts: readonly string[]): string {
+  let url: URL;
+  try {
+    url = new URL(raw);
+  } catch {
+    throw new RunnerError('CALLBACK_URL_INVALID', `callbackUrl ${JSON.stringify(raw.slice(0, 100))} is not a URL`);
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') {
+    throw new RunnerError('CALLBACK_URL_INVALID', `callbackUrl must be http or https, not ${url.protocol.replace(/:$/, '')}`);
+  }
+  if (url.username !== '' || url.password !== '') {
+    throw new RunnerError('CALLBACK_URL_INVALID', 'callbackUrl must not carry credentials');
+  }
+  // URL keeps IPv6 hosts in brackets; the allow list is written without them.
+  const host = url.hostname.replace(/^\[|\]$/g, '');
+  if (allowedHosts.length > 0 && !allowedHosts.includes(host)) {
+    throw new RunnerError('CALLBACK_URL_INVALID', `callbackUrl host ${host} is not allowed (allowed: ${allowedHosts.join(', ')})`);
+  }
+  return url.href;
+}
+
+/** How callbacks are delivered. */
+export interface CallbackOptions {
+  readonly attempts: number;
+  readonly backoffMs: number;
+  readonly timeoutMs: number;
+  readonly log?: (msg: string) => void;
+}
+
+const MAX_BACKOFF_MS = 60_000;
+
+/**
+ * Delivers results to callback URLs: a JSON POST, retried on network errors and non-2xx
+ * answers, waiting `backoffMs`, then twice that, and so on (capped at a minute). Pending
+ * deliveries are tracked so a drain can wait for them, and aborted by `close()`.
+ */
+export class CallbackSender {
+  private readonly pending = new Set<Promise<boolean>>();
+  private readonly abort = new AbortController();
+
+  constructor(private readonly options: CallbackOptions) {}
+
+  /** Starts a delivery in the background; the promise says whether it got through. */
+  send(url: string, body: unknown): Promise<boolean> {
+    const p = this.deliver(url, JSON.stringify(body)).finally(() => this.pending.delete(p));
+    this.pending.add(p);
+    return p;
+  }
+
+  get inFlight(): number {
+    return this.pending.size;
+  }
+
+  /** Waits for pending deliveries up to `graceMs`, then aborts what is left. */
+  async close(graceMs: number): Promise<void> {
+    if (this.pending.size > 0) {
+      let timer: NodeJS.Timeout | undefined;
+      await Promise.race([
+        Promise.allSettled([...this.pending]),
+        new Promise((r) => (timer = setTimeout(r, graceMs))),
+      ]);
+      clearTimeout(timer);
+    }
+    this.abort.abort();
+    await Promise.allSettled([...this.pending]);
+  }
+
+  private async deliver(url: string, payload: string): Promise<boolean> {
+    let wait = this.options.backoffMs;
+    for (let attempt = 1; attempt <= this.options.attempts; attempt++) {
+      if (this.abort.signal.aborted) return false;
+      let why: string;
+      try {
+        const res = await fetch(url, {
+          method: 'POST',
+          headers: { 'content-type': 'application/json', 'user-agent': 'runner-codes-callback' },
+          body: payload,
+          redirect: 'manual',
+          signal: AbortSignal.any([this.abort.signal, AbortSignal.timeout(this.options.timeoutMs)]),
+        });
+        await res.body?.cancel();
+        if (res.status >= 200 && res.status < 300) return true;
+        why = `HTTP ${res.status}`;
+      } catch (err) {
+        why = err instanceof Error ? err.message : String(err);
+      }
+      this.options.log?.(`callback ${url} attempt ${attempt}/${this.options.attempts} failed: ${why}`);
+      if (attempt < this.options.attempts) {
+        await sleep(wait, this.abort.signal);
+        wait = Math.min(MAX_BACKOFF_MS, wait * 2);
+      }
+    }
+    return false;
+  }
+}
+
+function sleep(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(done, ms);
+    function done(): void {
+      clearTimeout(timer);
+      signal.removeEventListener('abort', done);
+      resolve();
+    }
+    signal.addEventListener('abort', done, { once: true });
+  });
+}

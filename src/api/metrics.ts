@@ -1,0 +1,117 @@
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { PoolStats } from '../pool/pool.js';
+import type { JobResult } from '../pool/runner.js';
+import type { Status } from '../protocol/index.js';
+import type { QueueStats } from '../queue/index.js';
+
+/** Where the gauges read their values at scrape time. */
+export interface MetricSources {
+  queue(): QueueStats;
+  pool(): PoolStats;
+}
+
+const SECONDS = [0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300];
+
+/**
+ * The service's Prometheus metrics, in a registry of its own (never prom-client's global one,
+ * so two apps in one process, as in tests, do not collide).
+ */
+export class ApiMetrics {
+  readonly registry = new Registry();
+  private readonly jobs: Counter<'language' | 'status'>;
+  private readonly jobSeconds: Histogram<'language'>;
+  private readonly acquireSeconds: Histogram<'pool_hit'>;
+  private readonly httpRequests: Counter<'method' | 'route' | 'status_code'>;
+  private readonly httpSeconds: Histogram<'method' | 'route'>;
+  private readonly rejected: Counter<'code'>;
+
+  constructor(sources: MetricSources, options: { defaultMetrics?: boolean } = {}) {
+    const registers = [this.registry];
+    if (options.defaultMetrics !== false) collectDefaultMetrics({ register: this.registry, prefix: 'runner_process_' });
+    this.jobs = new Counter({ name: 'runner_jobs_total', help: 'Jobs that ended, by language and status.', labelNames: ['language', 'status'], registers });
+    this.jobSeconds = new Histogram({ name: 'runner_job_duration_seconds', help: 'Request-to-result time of a job.', labelNames: ['language'], buckets: SECONDS, registers });
+    this.acquireSeconds = new Histogram({
+      name: 'runner_vm_acquire_duration_seconds',
+      help: 'Time to get a VM for a job: a ready one (pool_hit=true) or a snapshot restore (pool_hit=false).',
+      labelNames: ['pool_hit'],
+      buckets: [0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30],
+      registers,
+    });
+    this.httpRequests = new Counter({ name: 'runner_http_requests_total', help: 'HTTP requests, by method, route and status code.', labelNames: ['method', 'route', 'status_code'], registers });
+    this.httpSeconds = new Histogram({ name: 'runner_http_request_duration_seconds', help: 'HTTP request time.', labelNames: ['method', 'route'], buckets: SECONDS, registers });
+    this.rejected = new Counter({ name: 'runner_http_rejected_total', help: 'Requests refused with an error, by error code.', labelNames: ['code'], registers });
+    new Gauge({
+      name: 'runner_queue_depth',
+      help: 'Jobs waiting for a VM.',
+      registers,
+      collect() {
+        this.set(sources.queue().queued);
+      },
+    });
+    new Gauge({
+      name: 'runner_queue_running',
+      help: 'Jobs holding a VM slot.',
+      registers,
+      collect() {
+        this.set(sources.queue().running);
+      },
+    });
+    new Gauge({
+      name: 'runner_pool_vms',
+      help: 'VMs of the pool by state.',
+      labelNames: ['state'],
+      registers,
+      collect() {
+        const s = sources.pool();
+        this.set({ state: 'live' }, s.live);
+        this.set({ state: 'busy' }, s.busy);
+        this.set({ state: 'starting' }, s.starting);
+        this.set({ state: 'ready' }, Object.values(s.ready).reduce((a, b) => a + b, 0));
+      },
+    });
+    new Gauge({
+      name: 'runner_pool_capacity',
+      help: 'Most VMs alive at once.',
+      registers,
+      collect() {
+        this.set(sources.pool().capacity);
+      },
+    });
+    new Gauge({
+      name: 'runner_pool_acquires',
+      help: 'VM acquisitions since start: hits (a ready VM), misses (restored on demand), failures.',
+      labelNames: ['outcome'],
+      registers,
+      collect() {
+        const s = sources.pool();
+        this.set({ outcome: 'hit' }, s.hits);
+        this.set({ outcome: 'miss' }, s.misses);
+        this.set({ outcome: 'failure' }, s.failures);
+      },
+    });
+  }
+
+  /** Counts one engine job. */
+  job(language: string, status: Status, totalMs: number, timings?: JobResult['timings']): void {
+    this.jobs.inc({ language, status });
+    this.jobSeconds.observe({ language }, totalMs / 1000);
+    if (timings) this.acquireSeconds.observe({ pool_hit: String(timings.poolHit) }, timings.acquireMs / 1000);
+  }
+
+  http(method: string, route: string, statusCode: number, seconds: number): void {
+    this.httpRequests.inc({ method, route, status_code: String(statusCode) });
+    this.httpSeconds.observe({ method, route }, seconds);
+  }
+
+  rejection(code: string): void {
+    this.rejected.inc({ code });
+  }
+
+  async text(): Promise<string> {
+    return this.registry.metrics();
+  }
+
+  get contentType(): string {
+    return this.registry.contentType;
+  }
+}

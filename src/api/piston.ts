@@ -1,0 +1,104 @@
+import { MAX_LIMITS, type Stage } from '../config/limits.js';
+import { RunnerError } from '../errors.js';
+import type { Limits } from '../protocol/index.js';
+import type { ApiContext, ApiInstance } from './context.js';
+import { pistonStage } from './results.js';
+import { runtimeStatuses } from './runtimes.js';
+import {
+  PistonError,
+  PistonExecuteRequest,
+  PistonExecuteResponse,
+  PistonPackages,
+  PistonRuntimes,
+  type ExecuteRequest,
+} from './schemas.js';
+
+const MIB = 1024 * 1024;
+
+/** A Piston limit: absent → the default; -1 → the server maximum; else converted to our unit. */
+function pistonLimit(stage: Stage, name: keyof Limits, value: number | undefined, scale: (v: number) => number): number | undefined {
+  if (value === undefined) return undefined;
+  if (value === -1) return MAX_LIMITS[stage][name];
+  if (value <= 0) throw new RunnerError('LIMIT_INVALID', `${stage} ${name === 'memoryMib' ? 'memory limit' : 'timeout'} must be positive or -1, not ${value}`);
+  return scale(value);
+}
+
+function stageLimits(stage: Stage, timeoutMs?: number, cpuTimeMs?: number, memoryBytes?: number): Partial<Limits> {
+  const out: Partial<Limits> = {};
+  const wall = pistonLimit(stage, 'wallTimeMs', timeoutMs, Math.ceil);
+  const cpu = pistonLimit(stage, 'cpuTimeMs', cpuTimeMs, Math.ceil);
+  const mem = pistonLimit(stage, 'memoryMib', memoryBytes, (b) => Math.ceil(b / MIB));
+  if (wall !== undefined) out.wallTimeMs = wall;
+  if (cpu !== undefined) out.cpuTimeMs = cpu;
+  if (mem !== undefined) out.memoryMib = mem;
+  return out;
+}
+
+/** Piston's request as a native one: hex files to base64, Piston's units to ours. */
+export function fromPiston(body: PistonExecuteRequest): ExecuteRequest {
+  const files = body.files.map((f, i) => {
+    if (f.encoding === 'hex') {
+      if (!/^(?:[0-9a-fA-F]{2})*$/.test(f.content)) throw new RunnerError('REQUEST_INVALID', `files[${i}].content is not valid hex`);
+      return { ...(f.name !== undefined && { name: f.name }), content: Buffer.from(f.content, 'hex').toString('base64'), encoding: 'base64' as const };
+    }
+    return { ...(f.name !== undefined && { name: f.name }), content: f.content, encoding: f.encoding ?? 'utf8' };
+  });
+  return {
+    language: body.language,
+    version: body.version,
+    files,
+    ...(body.stdin !== undefined && { stdin: body.stdin }),
+    ...(body.args !== undefined && { args: body.args }),
+    compileLimits: stageLimits('compile', body.compile_timeout, body.compile_cpu_time, body.compile_memory_limit),
+    runLimits: stageLimits('run', body.run_timeout, body.run_cpu_time, body.run_memory_limit),
+  };
+}
+
+const errors = { 400: PistonError, 401: PistonError, 413: PistonError, 415: PistonError, 429: PistonError, 503: PistonError };
+const security: { [scheme: string]: string[] }[] = [{ bearer: [] }, { apiKey: [] }];
+
+/**
+ * Piston's API v2 (engineer-man/piston docs/api-v2.md), so Piston clients and bots work
+ * unchanged: the same paths, request and response shapes, language names and aliases. Errors
+ * are Piston's `{message}`. Differences: `output` is stdout then stderr (their interleaving is
+ * not kept); packages are read-only (POST/DELETE /api/v2/packages are not offered).
+ */
+export function registerPistonRoutes(app: ApiInstance, ctx: ApiContext): void {
+  app.get('/api/v2/runtimes', { schema: { tags: ['piston'], summary: 'Piston: languages, versions and aliases', security, response: { 200: PistonRuntimes, 401: PistonError } } }, () =>
+    ctx.engine.languages.list().map(({ definition: d }) => ({ language: d.name, version: d.version, aliases: [...d.aliases] })),
+  );
+
+  app.get('/api/v2/packages', { schema: { tags: ['piston'], summary: 'Piston: packages and whether each is installed (its image is built)', security, response: { 200: PistonPackages, 401: PistonError } } }, async () => {
+    const statuses = await runtimeStatuses(ctx.engine);
+    return ctx.engine.languages.list().map(({ definition: d }) => ({
+      language: d.name,
+      language_version: d.version,
+      installed: statuses.get(d.name)?.imageReady ?? false,
+    }));
+  });
+
+  app.post(
+    '/api/v2/execute',
+    {
+      config: { createsJobs: true },
+      schema: {
+        tags: ['piston'],
+        summary: 'Piston: run code and wait for the result',
+        security,
+        body: PistonExecuteRequest,
+        response: { 200: PistonExecuteResponse, ...errors },
+      },
+    },
+    async (req) => {
+      const job = ctx.service.prepare(fromPiston(req.body));
+      const result = await ctx.service.execute(job);
+      const compiled = ctx.engine.languages.get(job.language).definition.compile !== null;
+      return {
+        language: result.language,
+        version: result.version,
+        run: pistonStage(result.run),
+        ...(compiled && { compile: pistonStage(result.compile) }),
+      };
+    },
+  );
+}

@@ -1,0 +1,126 @@
+import type { JobResult, JobTimings } from '../pool/runner.js';
+import type { StageResult, Status } from '../protocol/index.js';
+import type { ExecuteResponse, PistonStage, StageView, Timings } from './schemas.js';
+
+const utf8 = new TextDecoder('utf-8', { fatal: true });
+
+/** Decodes base64 bytes as UTF-8 text, or null when they are not valid UTF-8. */
+export function textOrNull(base64: string): string | null {
+  try {
+    return utf8.decode(Buffer.from(base64, 'base64'));
+  } catch {
+    return null;
+  }
+}
+
+/** A stage result as the native API shows it: the bytes, and the text when it is text. */
+export function stageView(stage: StageResult): StageView {
+  return { ...stage, stdoutText: textOrNull(stage.stdout), stderrText: textOrNull(stage.stderr) };
+}
+
+const ZERO_TIMINGS: Timings = { totalMs: 0, acquireMs: 0, executeMs: 0, guestMs: 0, hostOverheadMs: 0, poolHit: false };
+
+/** The native result of one engine job. */
+export function executeResponse(result: JobResult): ExecuteResponse {
+  return {
+    id: result.id,
+    language: result.language,
+    version: result.version,
+    status: result.status,
+    compile: result.compile === null ? null : stageView(result.compile),
+    run: result.run === null ? null : stageView(result.run),
+    timings: { ...result.timings } satisfies JobTimings,
+  };
+}
+
+/** A stage that stands for a failure of the system, not of the program. */
+export function sandboxStage(message: string): StageResult {
+  return {
+    status: 'sandbox_error',
+    exitCode: null,
+    signal: null,
+    wallTimeMs: 0,
+    cpuTimeMs: null,
+    memoryPeakBytes: null,
+    stdout: '',
+    stderr: '',
+    stdoutTruncated: false,
+    stderrTruncated: false,
+    message: message.slice(0, 4000),
+  };
+}
+
+/** The result of a job the system failed to run (the engine threw, or the server restarted). */
+export function sandboxResponse(id: string, language: string, version: string, message: string): ExecuteResponse {
+  return {
+    id,
+    language,
+    version,
+    status: 'sandbox_error',
+    compile: null,
+    run: stageView(sandboxStage(message)),
+    timings: { ...ZERO_TIMINGS },
+  };
+}
+
+/** How a test case's stdout is compared with the expected output. */
+export type CompareMode = 'exact' | 'trim-trailing';
+
+/**
+ * True when `actual` matches `expected`: byte for byte (exact), or ignoring white space at the
+ * end of each line and blank lines at the end (trim-trailing, the usual judge rule).
+ */
+export function outputMatches(actual: string, expected: string, mode: CompareMode): boolean {
+  if (mode === 'exact') return actual === expected;
+  const norm = (s: string): string =>
+    s
+      .replace(/\r\n/g, '\n')
+      .split('\n')
+      .map((line) => line.replace(/[ \t\r\f\v]+$/, ''))
+      .join('\n')
+      .replace(/\n+$/, '');
+  return norm(actual) === norm(expected);
+}
+
+/** Piston's short status codes. */
+function pistonStatus(stage: StageResult): string | null {
+  switch (stage.status) {
+    case 'ok':
+      return null;
+    case 'timeout':
+      return 'TO';
+    case 'output_limit':
+      return stage.stderrTruncated && !stage.stdoutTruncated ? 'EL' : 'OL';
+    case 'sandbox_error':
+      return 'XX';
+    default:
+      return stage.signal !== null ? 'SG' : 'RE';
+  }
+}
+
+const PISTON_MESSAGES: Partial<Record<Status, string>> = {
+  timeout: 'Time limit exceeded',
+  memory_limit: 'Memory limit exceeded',
+  output_limit: 'Output limit exceeded',
+};
+
+/** A stage as Piston shows it: text output, `output` = stdout then stderr, code or signal. */
+export function pistonStage(stage: StageResult | null): PistonStage {
+  if (stage === null) {
+    return { stdout: '', stderr: '', output: '', code: null, signal: null, message: null, status: null, cpu_time: null, wall_time: null, memory: null };
+  }
+  const stdout = Buffer.from(stage.stdout, 'base64').toString('utf8');
+  const stderr = Buffer.from(stage.stderr, 'base64').toString('utf8');
+  return {
+    stdout,
+    stderr,
+    output: stdout + stderr,
+    code: stage.signal !== null ? null : stage.exitCode,
+    signal: stage.signal,
+    message: stage.message ?? PISTON_MESSAGES[stage.status] ?? null,
+    status: pistonStatus(stage),
+    cpu_time: stage.cpuTimeMs,
+    wall_time: stage.wallTimeMs,
+    memory: stage.memoryPeakBytes,
+  };
+}

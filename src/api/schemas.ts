@@ -1,0 +1,243 @@
+import Type, { type Static } from 'typebox';
+import { LimitsSchema, StatusSchema } from '../protocol/index.js';
+
+/**
+ * The HTTP bodies of both APIs. They are plain JSON Schema objects: Fastify validates requests
+ * and serializes responses with them, and @fastify/swagger turns them into the OpenAPI document.
+ * Request bodies reject unknown fields.
+ */
+const closed = { additionalProperties: false } as const;
+
+const Encoding = Type.Enum(['utf8', 'base64'], { description: 'How `content` (or stdin) is encoded; utf8 by default.' });
+
+/** Per-stage limits a request may ask for; each is checked against the server maximum. */
+export const LimitsRequest = Type.Object(
+  Object.fromEntries(
+    Object.entries(LimitsSchema.properties).map(([k, v]) => [k, Type.Optional(v)]),
+  ) as { [K in keyof typeof LimitsSchema.properties]: Type.TOptional<(typeof LimitsSchema.properties)[K]> },
+  { ...closed, description: 'Limits of one stage; omitted ones take the default (see GET /v1/limits in docs/api.md).' },
+);
+
+export const FileRequest = Type.Object(
+  {
+    name: Type.Optional(
+      Type.String({ maxLength: 4096, description: 'Relative path; the first file is the entry and gets the language’s source file name when it has none.' }),
+    ),
+    content: Type.String(),
+    encoding: Type.Optional(Encoding),
+  },
+  closed,
+);
+
+export const TestCaseRequest = Type.Object(
+  {
+    stdin: Type.Optional(Type.String()),
+    stdinEncoding: Type.Optional(Encoding),
+    expectedOutput: Type.String({ description: 'Expected stdout (UTF-8).' }),
+    compare: Type.Optional(
+      Type.Enum(['exact', 'trim-trailing'], {
+        description: 'exact: byte for byte; trim-trailing (default): ignoring white space at the end of each line and at the end of the output.',
+      }),
+    ),
+  },
+  closed,
+);
+
+const jobFields = {
+  language: Type.String({ minLength: 1, maxLength: 64, description: 'Language name or alias (python, py, js, c++, ...).' }),
+  version: Type.Optional(Type.String({ maxLength: 64, description: 'Version selector: 3, 3.11, 3.x or * (default: the installed one).' })),
+  files: Type.Array(FileRequest, { minItems: 1 }),
+  stdin: Type.Optional(Type.String()),
+  stdinEncoding: Type.Optional(Encoding),
+  args: Type.Optional(Type.Array(Type.String({ maxLength: 65536 }), { maxItems: 1000 })),
+  env: Type.Optional(
+    Type.Record(Type.String({ pattern: '^[A-Za-z_][A-Za-z0-9_]*$', maxLength: 256 }), Type.String({ maxLength: 65536 }), closed),
+  ),
+  compileLimits: Type.Optional(LimitsRequest),
+  runLimits: Type.Optional(LimitsRequest),
+  testCases: Type.Optional(
+    Type.Array(TestCaseRequest, {
+      minItems: 1,
+      description: 'Run the program once per case, each with its own stdin, and judge its stdout.',
+    }),
+  ),
+};
+
+/** POST /v1/execute. */
+export const ExecuteRequest = Type.Object(jobFields, closed);
+export type ExecuteRequest = Static<typeof ExecuteRequest>;
+
+/** POST /v1/jobs: a job plus where to send its result. */
+export const SubmitRequest = Type.Object(
+  {
+    ...jobFields,
+    callbackUrl: Type.Optional(
+      Type.String({ maxLength: 2048, description: 'http(s) URL the final job record is POSTed to (retried with backoff).' }),
+    ),
+  },
+  closed,
+);
+export type SubmitRequest = Static<typeof SubmitRequest>;
+
+/** One stage's result: the guest's stage result plus the output decoded as UTF-8 when it is. */
+export const StageView = Type.Object({
+  status: StatusSchema,
+  exitCode: Type.Union([Type.Integer(), Type.Null()]),
+  signal: Type.Union([Type.String(), Type.Null()]),
+  wallTimeMs: Type.Number(),
+  cpuTimeMs: Type.Union([Type.Number(), Type.Null()]),
+  memoryPeakBytes: Type.Union([Type.Integer(), Type.Null()]),
+  stdout: Type.String({ description: 'base64 bytes' }),
+  stderr: Type.String({ description: 'base64 bytes' }),
+  stdoutText: Type.Union([Type.String(), Type.Null()], { description: 'stdout as text; null when it is not valid UTF-8' }),
+  stderrText: Type.Union([Type.String(), Type.Null()], { description: 'stderr as text; null when it is not valid UTF-8' }),
+  stdoutTruncated: Type.Boolean(),
+  stderrTruncated: Type.Boolean(),
+  message: Type.Optional(Type.String()),
+});
+export type StageView = Static<typeof StageView>;
+
+export const Timings = Type.Object({
+  totalMs: Type.Number(),
+  acquireMs: Type.Number(),
+  executeMs: Type.Number(),
+  guestMs: Type.Number(),
+  hostOverheadMs: Type.Number(),
+  poolHit: Type.Boolean(),
+});
+export type Timings = Static<typeof Timings>;
+
+export const TestCaseResult = Type.Object({
+  index: Type.Integer(),
+  status: StatusSchema,
+  passed: Type.Boolean(),
+  run: Type.Union([StageView, Type.Null()]),
+  timings: Type.Union([Timings, Type.Null()]),
+});
+export type TestCaseResult = Static<typeof TestCaseResult>;
+
+/** The result of a job. A program that fails is a result (200), never an HTTP error. */
+export const ExecuteResponse = Type.Object({
+  id: Type.String(),
+  language: Type.String(),
+  version: Type.String(),
+  status: StatusSchema,
+  compile: Type.Union([StageView, Type.Null()]),
+  run: Type.Union([StageView, Type.Null()]),
+  timings: Timings,
+  testCases: Type.Optional(Type.Array(TestCaseResult)),
+  summary: Type.Optional(Type.Object({ total: Type.Integer(), passed: Type.Integer(), failed: Type.Integer() })),
+});
+export type ExecuteResponse = Static<typeof ExecuteResponse>;
+
+export const JobView = Type.Object({
+  id: Type.String(),
+  state: Type.Enum(['queued', 'running', 'done']),
+  language: Type.String(),
+  status: Type.Union([StatusSchema, Type.Null()]),
+  createdAt: Type.String({ description: 'ISO 8601' }),
+  startedAt: Type.Union([Type.String(), Type.Null()]),
+  finishedAt: Type.Union([Type.String(), Type.Null()]),
+  result: Type.Union([ExecuteResponse, Type.Null()]),
+});
+export type JobView = Static<typeof JobView>;
+
+export const JobAccepted = Type.Object({ id: Type.String(), state: Type.Literal('queued'), url: Type.String() });
+
+export const JobParams = Type.Object({ id: Type.String({ maxLength: 128 }) }, closed);
+
+export const RuntimeView = Type.Object({
+  language: Type.String(),
+  version: Type.String(),
+  aliases: Type.Array(Type.String()),
+  compiled: Type.Boolean(),
+  imageReady: Type.Boolean({ description: 'A rootfs image (and the kernel) is in the local store.' }),
+  snapshotReady: Type.Boolean({ description: 'A snapshot of the current images exists, so a job needs no cold boot.' }),
+});
+export const RuntimesResponse = Type.Array(RuntimeView);
+
+/** The native error body (Fastify's own shape). */
+export const ErrorResponse = Type.Object({
+  statusCode: Type.Integer(),
+  code: Type.String(),
+  error: Type.String(),
+  message: Type.String(),
+});
+
+export const HealthResponse = Type.Object({ status: Type.String() });
+export const ReadyResponse = Type.Object({
+  status: Type.String(),
+  queue: Type.Object({ queued: Type.Integer(), running: Type.Integer(), concurrency: Type.Integer(), maxQueued: Type.Integer() }),
+});
+
+// ---- Piston (/api/v2) ----
+
+/** Piston's error body. */
+export const PistonError = Type.Object({ message: Type.String() });
+
+export const PistonRuntime = Type.Object({
+  language: Type.String(),
+  version: Type.String(),
+  aliases: Type.Array(Type.String()),
+  runtime: Type.Optional(Type.String()),
+});
+export const PistonRuntimes = Type.Array(PistonRuntime);
+
+export const PistonPackage = Type.Object({
+  language: Type.String(),
+  language_version: Type.String(),
+  installed: Type.Boolean(),
+});
+export const PistonPackages = Type.Array(PistonPackage);
+
+const PistonLimit = Type.Number({ minimum: -1, description: '-1 means the server maximum' });
+
+export const PistonExecuteRequest = Type.Object(
+  {
+    language: Type.String({ minLength: 1, maxLength: 64 }),
+    version: Type.String({ maxLength: 64, description: 'Version selector (3.10.0, 3.x, *).' }),
+    files: Type.Array(
+      Type.Object(
+        {
+          name: Type.Optional(Type.String({ maxLength: 4096 })),
+          content: Type.String(),
+          encoding: Type.Optional(Type.Enum(['utf8', 'base64', 'hex'])),
+        },
+        closed,
+      ),
+      { minItems: 1 },
+    ),
+    stdin: Type.Optional(Type.String()),
+    args: Type.Optional(Type.Array(Type.String({ maxLength: 65536 }), { maxItems: 1000 })),
+    compile_timeout: Type.Optional(PistonLimit),
+    run_timeout: Type.Optional(PistonLimit),
+    compile_cpu_time: Type.Optional(PistonLimit),
+    run_cpu_time: Type.Optional(PistonLimit),
+    compile_memory_limit: Type.Optional(PistonLimit),
+    run_memory_limit: Type.Optional(PistonLimit),
+  },
+  closed,
+);
+export type PistonExecuteRequest = Static<typeof PistonExecuteRequest>;
+
+export const PistonStage = Type.Object({
+  stdout: Type.String(),
+  stderr: Type.String(),
+  output: Type.String({ description: 'stdout then stderr (this server does not keep their interleaving)' }),
+  code: Type.Union([Type.Integer(), Type.Null()]),
+  signal: Type.Union([Type.String(), Type.Null()]),
+  message: Type.Union([Type.String(), Type.Null()]),
+  status: Type.Union([Type.String(), Type.Null()], { description: 'RE, SG, TO, OL, EL or XX as Piston reports them; null when it ended well' }),
+  cpu_time: Type.Union([Type.Number(), Type.Null()]),
+  wall_time: Type.Union([Type.Number(), Type.Null()]),
+  memory: Type.Union([Type.Integer(), Type.Null()]),
+});
+export type PistonStage = Static<typeof PistonStage>;
+
+export const PistonExecuteResponse = Type.Object({
+  language: Type.String(),
+  version: Type.String(),
+  run: PistonStage,
+  compile: Type.Optional(PistonStage),
+});
+export type PistonExecuteResponse = Static<typeof PistonExecuteResponse>;

@@ -1,0 +1,76 @@
+import { join } from 'node:path';
+import type { Settings } from '../config/settings.js';
+import { createEngine, type Engine } from '../pool/engine.js';
+import { JobStore } from '../queue/index.js';
+import { buildApp } from './app.js';
+import type { ApiInstance } from './context.js';
+
+/** A listening service and how to stop it. */
+export interface RunningServer {
+  readonly app: ApiInstance;
+  readonly engine: Engine;
+  /** The base URL it listens on (the real port when 0 was asked for). */
+  readonly url: string;
+  /**
+   * Drains and stops: no new requests or jobs (503), in-flight requests and queued jobs
+   * finish, callbacks get a last chance, then the VMs are destroyed and the job store closed.
+   */
+  close(): Promise<void>;
+}
+
+const PRUNE_EVERY_MS = 3_600_000;
+
+/**
+ * Starts `runner serve`: opens the job store (ending the jobs a crashed run left behind),
+ * builds the engine (sweeping that run's VMs), warms the configured languages in the
+ * background, and listens.
+ */
+export async function startServer(settings: Settings, options: { engine?: Engine } = {}): Promise<RunningServer> {
+  const dataDir = settings.dataDir ?? '.';
+  const jobStore = new JobStore(settings.jobStoreFile ?? join(dataDir, 'jobs.sqlite'));
+  let engine: Engine;
+  try {
+    engine = options.engine ?? (await createEngine(settings));
+  } catch (err) {
+    jobStore.close();
+    throw err;
+  }
+  const { app, service } = buildApp({
+    engine,
+    settings,
+    jobStore,
+    logger: { level: settings.logLevel },
+    processMetrics: true,
+  });
+  const stopped = { done: false };
+  const prune = setInterval(() => service.prune(), PRUNE_EVERY_MS);
+  prune.unref();
+  const close = async (): Promise<void> => {
+    if (stopped.done) return;
+    stopped.done = true;
+    clearInterval(prune);
+    try {
+      await app.close();
+    } finally {
+      await engine.close();
+      jobStore.close();
+    }
+  };
+  try {
+    await app.ready();
+    const ended = service.recover();
+    if (ended.length > 0) app.log.warn(`${ended.length} job(s) left unfinished by an earlier run were ended as sandbox_error`);
+    for (const language of settings.warmLanguages) {
+      engine.pool.warm(language).then(
+        () => app.log.info(`warmed ${language}`),
+        (err: unknown) => app.log.error(`warming ${language} failed: ${err instanceof Error ? err.message : String(err)}`),
+      );
+    }
+    const url = await app.listen({ host: settings.host, port: settings.port });
+    app.log.info(`runner serve: listening on ${url} (VM driver ${engine.driver.constructor.name}, accel ${engine.accel?.accel ?? 'as configured'})`);
+    return { app, engine, url, close };
+  } catch (err) {
+    await close();
+    throw err;
+  }
+}

@@ -1,0 +1,141 @@
+import Type from 'typebox';
+import { DEFAULT_LIMITS, MAX_LIMITS } from '../config/limits.js';
+import { LimitsSchema } from '../protocol/index.js';
+import type { ApiContext, ApiInstance } from './context.js';
+import { runtimeStatuses } from './runtimes.js';
+import {
+  ErrorResponse,
+  ExecuteRequest,
+  ExecuteResponse,
+  HealthResponse,
+  JobAccepted,
+  JobParams,
+  JobView,
+  ReadyResponse,
+  RuntimesResponse,
+  SubmitRequest,
+} from './schemas.js';
+
+const errors = (...codes: number[]) => Object.fromEntries(codes.map((c) => [c, ErrorResponse]));
+const security: { [scheme: string]: string[] }[] = [{ bearer: [] }, { apiKey: [] }];
+
+const StageLimitsView = Type.Object({ compile: LimitsSchema, run: LimitsSchema });
+const LimitsResponse = Type.Object({
+  defaults: StageLimitsView,
+  maxima: StageLimitsView,
+  caps: Type.Object({ bodyLimitBytes: Type.Integer(), maxFiles: Type.Integer(), maxStdinBytes: Type.Integer(), maxTestCases: Type.Integer() }),
+});
+
+/** The native API (/v1), health, readiness and metrics. */
+export function registerV1Routes(app: ApiInstance, ctx: ApiContext): void {
+  app.get('/healthz', { config: { public: true }, schema: { tags: ['health'], summary: 'Liveness: the process answers', response: { 200: HealthResponse } } }, () => ({
+    status: 'ok',
+  }));
+
+  app.get(
+    '/readyz',
+    {
+      config: { public: true },
+      schema: { tags: ['health'], summary: 'Readiness: takes jobs (503 while draining)', response: { 200: ReadyResponse, 503: ReadyResponse } },
+    },
+    async (_req, reply) => {
+      const q = ctx.queue.stats();
+      const queue = { queued: q.queued, running: q.running, concurrency: q.concurrency, maxQueued: q.maxQueued };
+      if (ctx.draining()) return reply.code(503).send({ status: 'draining', queue });
+      return { status: 'ready', queue };
+    },
+  );
+
+  app.get(
+    '/metrics',
+    { schema: { tags: ['health'], summary: 'Prometheus metrics', security, produces: ['text/plain'], response: { 200: Type.String(), ...errors(401) } } },
+    async (_req, reply) => {
+      const text = await ctx.metrics.text();
+      return reply.type(ctx.metrics.contentType).send(text);
+    },
+  );
+
+  app.post(
+    '/v1/execute',
+    {
+      config: { createsJobs: true },
+      schema: {
+        tags: ['v1'],
+        summary: 'Run a job and wait for its result',
+        description:
+          'A program that fails is a result (200) with its status, never an HTTP error. With testCases the program runs once per case (each case is its own VM job, compiled again) and each case gets a verdict.',
+        security,
+        body: ExecuteRequest,
+        response: { 200: ExecuteResponse, ...errors(400, 401, 413, 415, 429, 503) },
+      },
+    },
+    async (req) => {
+      const job = ctx.service.prepare(req.body);
+      return ctx.service.execute(job);
+    },
+  );
+
+  app.post(
+    '/v1/jobs',
+    {
+      config: { createsJobs: true },
+      schema: {
+        tags: ['v1'],
+        summary: 'Submit a job; poll GET /v1/jobs/{id} or give a callbackUrl',
+        security,
+        body: SubmitRequest,
+        response: { 202: JobAccepted, ...errors(400, 401, 413, 415, 429, 503) },
+      },
+    },
+    async (req, reply) => {
+      const record = ctx.service.submit(req.body, req.owner);
+      const url = `/v1/jobs/${record.id}`;
+      return reply.code(202).header('location', url).send({ id: record.id, state: 'queued' as const, url });
+    },
+  );
+
+  app.get(
+    '/v1/jobs/:id',
+    {
+      schema: {
+        tags: ['v1'],
+        summary: 'A submitted job: its state and, once done, its result',
+        security,
+        params: JobParams,
+        response: { 200: JobView, ...errors(401, 404) },
+      },
+    },
+    (req) => ctx.service.view(ctx.service.get(req.params.id, req.owner)),
+  );
+
+  app.get(
+    '/v1/runtimes',
+    { schema: { tags: ['v1'], summary: 'Languages, versions, aliases, and whether each is ready', security, response: { 200: RuntimesResponse, ...errors(401) } } },
+    async () => {
+      const statuses = await runtimeStatuses(ctx.engine);
+      return ctx.engine.languages.list().map(({ definition: d }) => ({
+        language: d.name,
+        version: d.version,
+        aliases: [...d.aliases],
+        compiled: d.compile !== null,
+        imageReady: statuses.get(d.name)?.imageReady ?? false,
+        snapshotReady: statuses.get(d.name)?.snapshotReady ?? false,
+      }));
+    },
+  );
+
+  app.get(
+    '/v1/limits',
+    { schema: { tags: ['v1'], summary: 'Default limits, server maxima and request caps', security, response: { 200: LimitsResponse, ...errors(401) } } },
+    () => ({
+      defaults: DEFAULT_LIMITS,
+      maxima: MAX_LIMITS,
+      caps: {
+        bodyLimitBytes: ctx.settings.bodyLimitBytes,
+        maxFiles: ctx.settings.maxFiles,
+        maxStdinBytes: ctx.settings.maxStdinBytes,
+        maxTestCases: ctx.settings.maxTestCases,
+      },
+    }),
+  );
+}
