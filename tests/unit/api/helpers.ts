@@ -1,0 +1,144 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { buildApp, type App } from '../../../src/api/app.js';
+import type { ApiEngine } from '../../../src/api/service.js';
+import { loadSettings, type Settings } from '../../../src/config/settings.js';
+import type { ImageManifest } from '../../../src/images/manifest.js';
+import type { StoredImage } from '../../../src/images/store.js';
+import { LanguageRegistry } from '../../../src/languages/index.js';
+import type { PoolStats } from '../../../src/pool/pool.js';
+import { JobRunner, type JobRequest, type JobResult } from '../../../src/pool/runner.js';
+import type { StageResult } from '../../../src/protocol/index.js';
+import { JobStore, type JobQueue } from '../../../src/queue/index.js';
+
+/** The native error body. */
+export interface ErrorBody {
+  statusCode: number;
+  code: string;
+  error: string;
+  message: string;
+}
+
+/** What a fake job does: the stage results it returns, or an error it throws. */
+export type FakeBehavior = (request: JobRequest) => Promise<Partial<Pick<JobResult, 'status' | 'compile' | 'run'>>> | Partial<Pick<JobResult, 'status' | 'compile' | 'run'>>;
+
+/** A stage result with defaults; output given as text. */
+export function stage(over: Partial<StageResult> & { out?: string | Buffer; err?: string } = {}): StageResult {
+  const { out, err, ...rest } = over;
+  return {
+    status: 'ok',
+    exitCode: 0,
+    signal: null,
+    wallTimeMs: 12,
+    cpuTimeMs: 8,
+    memoryPeakBytes: 4_000_000,
+    stdout: Buffer.from(out ?? '').toString('base64'),
+    stderr: Buffer.from(err ?? '').toString('base64'),
+    stdoutTruncated: false,
+    stderrTruncated: false,
+    ...rest,
+  };
+}
+
+/** By default a job echoes its stdin (like `cat`), after a compile stage for compiled languages. */
+const echo: FakeBehavior = (request) => ({ run: stage({ out: request.stdin ?? Buffer.alloc(0) }) });
+
+/**
+ * A fake engine: the real language definitions and the real request validation (JobRunner.
+ * prepare), but no VM: run() answers from `behavior`. It records what it was asked to run.
+ */
+export class FakeEngine implements ApiEngine {
+  readonly languages: LanguageRegistry;
+  readonly runner: JobRunner;
+  readonly calls: JobRequest[] = [];
+  readonly snapshotsDir = mkdtempSync(join(tmpdir(), 'api-fake-snap-'));
+  readonly paths = { snapshotsDir: this.snapshotsDir };
+  behavior: FakeBehavior = echo;
+  capacity = 2;
+  readonly pool = { stats: (): PoolStats => ({ live: 0, ready: {}, busy: 0, starting: 0, capacity: this.capacity, hits: 0, misses: 0, failures: 0 }) };
+  /** Languages whose rootfs "is built". */
+  built = new Set(['python']);
+  readonly store = {
+    latest: (kind: 'kernel' | 'rootfs', language: string | null): Promise<StoredImage | undefined> => {
+      if (kind === 'kernel') return Promise.resolve(fakeImage('kernel-0123456789abcdef', null, 'kernel'));
+      if (language !== null && this.built.has(language)) return Promise.resolve(fakeImage(`${language}-0123456789ab`, language, 'rootfs'));
+      return Promise.resolve(undefined);
+    },
+  };
+
+  constructor(languages: LanguageRegistry = LanguageRegistry.fromDir()) {
+    this.languages = languages;
+    // prepare() validates without touching the pool.
+    this.runner = new JobRunner(languages, undefined as never);
+  }
+
+  async run(request: JobRequest): Promise<JobResult> {
+    this.calls.push(request);
+    const { definition } = this.languages.get(request.language, request.version);
+    const out = await this.behavior(request);
+    const compile = out.compile !== undefined ? out.compile : definition.compile === null ? null : stage();
+    const run = out.run !== undefined ? out.run : stage();
+    return {
+      id: `job-${this.calls.length}`,
+      language: definition.name,
+      version: definition.version,
+      status: out.status ?? (compile !== null && compile.status !== 'ok' ? 'compile_error' : (run?.status ?? 'ok')),
+      compile,
+      run,
+      vmId: 'vm-fake',
+      timings: { totalMs: 20, acquireMs: 2, executeMs: 18, guestMs: 12, hostOverheadMs: 8, poolHit: true },
+    };
+  }
+
+  cleanup(): void {
+    rmSync(this.snapshotsDir, { recursive: true, force: true });
+  }
+}
+
+function fakeImage(id: string, language: string | null, kind: 'kernel' | 'rootfs'): StoredImage {
+  return { dir: `/nonexistent/${id}`, manifest: { id, kind, language } as unknown as ImageManifest };
+}
+
+/** Settings for tests: the defaults, with overrides, never the caller's environment. */
+export function testSettings(overrides: Partial<Record<string, unknown>> = {}): Settings {
+  return loadSettings({ RUNNER_DATA_DIR: '/nonexistent-runner-data' }, { rateLimitPerMinute: 0, ...overrides });
+}
+
+/** An app on a fake engine and an in-memory job store; close() tears both down. */
+export interface TestApp extends App {
+  readonly engine: FakeEngine;
+  readonly jobStore: JobStore;
+  close(): Promise<void>;
+}
+
+export async function makeApp(
+  options: { settings?: Partial<Record<string, unknown>>; engine?: FakeEngine; jobStoreFile?: string; queue?: JobQueue } = {},
+): Promise<TestApp> {
+  const engine = options.engine ?? new FakeEngine();
+  const jobStore = new JobStore(options.jobStoreFile ?? ':memory:');
+  const built = buildApp({ engine, settings: testSettings(options.settings), jobStore, callbackGraceMs: 200, ...(options.queue && { queue: options.queue }) });
+  await built.app.ready();
+  return {
+    ...built,
+    engine,
+    jobStore,
+    close: async () => {
+      await built.app.close();
+      jobStore.close();
+      engine.cleanup();
+    },
+  };
+}
+
+/** A deferred promise: a gate tests open when they choose. */
+export function gate(): { promise: Promise<void>; open: () => void } {
+  let open!: () => void;
+  const promise = new Promise<void>((r) => (open = r));
+  return { promise, open };
+}
+
+/** The body of a small python job. */
+export function pyJob(extra: Record<string, unknown> = {}): Record<string, unknown> {
+  return { language: 'python', files: [{ content: 'print(input())' }], ...extra };
+}
