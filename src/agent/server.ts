@@ -146,6 +146,7 @@ export class AgentServer {
   ): Promise<void> {
     const { id, language, files, stdin, args, env, compileLimits, runLimits } = message;
     const job: JobRequest = { language, files, stdin, args, env, compileLimits, runLimits };
+    const received = performance.now();
     let result: JobResult;
     try {
       result = await this.options.executor.execute(job, signal);
@@ -157,7 +158,8 @@ export class AgentServer {
       const run = sandboxErrorResult(`the executor failed: ${messageOf(err)}`);
       result = { status: 'sandbox_error', compile: null, run };
     }
-    const reply: ResultMessage = { type: 'result', id, ...result };
+    const agentMs = Math.round((performance.now() - received) * 10) / 10;
+    const reply: ResultMessage = { type: 'result', id, ...result, agentMs };
     await this.send(channel, fitResult(reply, this.options.maxFrameBytes ?? MAX_FRAME_BYTES));
   }
 

@@ -3,6 +3,8 @@ import { RunnerError } from '../errors.js';
 import { registerLanguagesCommand } from './commands/languages.js';
 import { registerImagesCommand } from './commands/images.js';
 import { registerRunCommand } from './commands/run.js';
+import { registerBenchCommand } from './commands/bench.js';
+import { registerDoctorCommand } from './commands/doctor.js';
 import { registerServeCommand } from './commands/serve.js';
 import { AGENT_VERSION } from '../version.js';
 
@@ -15,6 +17,8 @@ export function buildProgram(): Command {
     .version(AGENT_VERSION)
     .showHelpAfterError('(run with --help for usage)');
   registerRunCommand(program);
+  registerDoctorCommand(program);
+  registerBenchCommand(program);
   registerLanguagesCommand(program);
   registerImagesCommand(program);
   registerServeCommand(program);

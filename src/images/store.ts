@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { mkdir, mkdtemp, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { RunnerError } from '../errors.js';
 import { sha256File } from './identity.js';
@@ -287,6 +287,8 @@ export class ImageStore {
     } catch (err) {
       if (!isEnoent(err)) throw err;
     }
+    // mkdtemp made it 0700; the VMM runs as its own unprivileged user and must read the files.
+    await chmod(stagingDir, 0o755);
     await rename(stagingDir, target);
     if (old !== undefined) await rm(old, { recursive: true, force: true });
     return { manifest, dir: target };

@@ -27,7 +27,10 @@ export interface Engine {
 }
 
 /** Looks a user up in /etc/passwd (no NSS: the service runs on plain Debian). */
-export function lookupUser(name: string, passwd = '/etc/passwd'): { uid: number; gid: number } | null {
+export function lookupUser(
+  name: string,
+  passwd = '/etc/passwd',
+): { uid: number; gid: number } | null {
   let text: string;
   try {
     text = readFileSync(passwd, 'utf8');
@@ -36,7 +39,8 @@ export function lookupUser(name: string, passwd = '/etc/passwd'): { uid: number;
   }
   for (const line of text.split('\n')) {
     const [user, , uid, gid] = line.split(':');
-    if (user === name && uid !== undefined && gid !== undefined) return { uid: Number(uid), gid: Number(gid) };
+    if (user === name && uid !== undefined && gid !== undefined)
+      return { uid: Number(uid), gid: Number(gid) };
   }
   return null;
 }
@@ -75,7 +79,10 @@ export async function sweepRunDir(runDir: string, log?: (line: string) => void):
 }
 
 /** Builds the engine from settings: picks the driver (probing KVM), sweeps leftovers. */
-export async function createEngine(settings: Settings, options: { log?: (line: string) => void; languagesDir?: string } = {}): Promise<Engine> {
+export async function createEngine(
+  settings: Settings,
+  options: { log?: (line: string) => void; languagesDir?: string } = {},
+): Promise<Engine> {
   const log = options.log;
   const paths = dataPaths({ ...process.env, RUNNER_DATA_DIR: settings.dataDir ?? undefined });
   const languages = LanguageRegistry.fromDir(options.languagesDir);
@@ -83,7 +90,10 @@ export async function createEngine(settings: Settings, options: { log?: (line: s
   await sweepRunDir(paths.runDir, log);
 
   if (settings.vmm !== 'qemu') {
-    throw new RunnerError('CONFIG_INVALID', `RUNNER_VMM=${settings.vmm} is not available in this build of the engine yet; use qemu`);
+    throw new RunnerError(
+      'CONFIG_INVALID',
+      `RUNNER_VMM=${settings.vmm} is not available in this build of the engine yet; use qemu`,
+    );
   }
   let accel: KvmProbeResult | null = null;
   let mode: 'kvm' | 'tcg' = settings.accel === 'kvm' ? 'kvm' : 'tcg';

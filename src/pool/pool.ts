@@ -69,7 +69,13 @@ export class VmPool {
 
   /** How many VMs may be alive at once. */
   get capacity(): number {
-    return Math.max(1, Math.min(this.options.maxVms, Math.floor(this.options.maxMemoryMib / this.options.vmMemoryMib)));
+    return Math.max(
+      1,
+      Math.min(
+        this.options.maxVms,
+        Math.floor(this.options.maxMemoryMib / this.options.vmMemoryMib),
+      ),
+    );
   }
 
   stats(): PoolStats {
@@ -77,7 +83,14 @@ export class VmPool {
     for (const [lang, list] of this.ready) ready[lang] = list.length;
     let starting = 0;
     for (const n of this.startingFor.values()) starting += n;
-    return { live: this.live, ready, busy: this.busy, starting, capacity: this.capacity, ...this.counters };
+    return {
+      live: this.live,
+      ready,
+      busy: this.busy,
+      starting,
+      capacity: this.capacity,
+      ...this.counters,
+    };
   }
 
   /** Keeps `targetPerLanguage` VMs of `language` ready from now on; resolves once one is ready. */
@@ -126,6 +139,18 @@ export class VmPool {
     }
   }
 
+  /** Like release, without waiting; close() waits for it. */
+  releaseInBackground(lease: Lease): void {
+    const task = this.release(lease)
+      .catch((err: unknown) =>
+        this.options.log?.(
+          `pool: destroying ${lease.vm.id} failed: ${err instanceof Error ? err.message : String(err)}`,
+        ),
+      )
+      .finally(() => this.background.delete(task));
+    this.background.add(task);
+  }
+
   /** Destroys every VM and stops refilling. */
   async close(): Promise<void> {
     this.closed = true;
@@ -172,7 +197,12 @@ export class VmPool {
     const vmId = `${language}-${randomBytes(6).toString('hex')}`;
     const started = Date.now();
     const vm = await this.options.driver.restore(
-      { ...snapshot.resources, vmId, runDir: join(this.options.runDir, vmId), timeoutMs: this.options.restoreTimeoutMs },
+      {
+        ...snapshot.resources,
+        vmId,
+        runDir: join(this.options.runDir, vmId),
+        timeoutMs: this.options.restoreTimeoutMs,
+      },
       snapshot.path,
     );
     try {
@@ -190,8 +220,14 @@ export class VmPool {
     if (this.closed) return;
     for (const language of this.warmed) {
       for (;;) {
-        const have = (this.ready.get(language)?.length ?? 0) + (this.startingFor.get(language) ?? 0);
-        if (have >= this.options.targetPerLanguage || this.live >= this.capacity || this.waiters.length > 0) break;
+        const have =
+          (this.ready.get(language)?.length ?? 0) + (this.startingFor.get(language) ?? 0);
+        if (
+          have >= this.options.targetPerLanguage ||
+          this.live >= this.capacity ||
+          this.waiters.length > 0
+        )
+          break;
         this.live++;
         this.startingFor.set(language, (this.startingFor.get(language) ?? 0) + 1);
         const task = this.prepare(language)
@@ -210,7 +246,9 @@ export class VmPool {
           .catch((err: unknown) => {
             this.live--;
             this.counters.failures++;
-            this.options.log?.(`pool: restoring ${language} failed: ${err instanceof Error ? err.message : String(err)}`);
+            this.options.log?.(
+              `pool: restoring ${language} failed: ${err instanceof Error ? err.message : String(err)}`,
+            );
             this.waiters.shift()?.();
           })
           .finally(() => {
@@ -253,6 +291,9 @@ export async function reseed(vm: MicroVm, timeoutMs: number): Promise<void> {
     const reply = await channel.next(timeoutMs);
     if (reply.type === 'hello') continue; // the agent began a new session on the port
     if (reply.type === 'seeded' && reply.id === id) return;
-    throw new RunnerError('SANDBOX_FAILURE', `agent answered seed with ${reply.type}${reply.type === 'error' ? `: ${reply.message}` : ''}`);
+    throw new RunnerError(
+      'SANDBOX_FAILURE',
+      `agent answered seed with ${reply.type}${reply.type === 'error' ? `: ${reply.message}` : ''}`,
+    );
   }
 }

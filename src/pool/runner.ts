@@ -2,7 +2,14 @@ import { randomUUID } from 'node:crypto';
 import { resolveLimits, type StageLimits, MAX_LIMITS } from '../config/limits.js';
 import { RunnerError } from '../errors.js';
 import type { LanguageRegistry } from '../languages/index.js';
-import type { ExecuteMessage, JobFile, Limits, ResultMessage, StageResult, Status } from '../protocol/index.js';
+import type {
+  ExecuteMessage,
+  JobFile,
+  Limits,
+  ResultMessage,
+  StageResult,
+  Status,
+} from '../protocol/index.js';
 import type { MicroVm } from '../vmm/index.js';
 import type { Lease, VmPool } from './pool.js';
 
@@ -26,9 +33,9 @@ export interface JobTimings {
   readonly acquireMs: number;
   /** From sending the job to the agent to its result. */
   readonly executeMs: number;
-  /** Wall time of the stages as the agent measured them. */
+  /** Time the guest's agent spent on the job (files, stages, cleanup), as it measured it. */
   readonly guestMs: number;
-  /** Everything that was not the program: totalMs − guestMs. */
+  /** Everything that was not spent inside the guest: totalMs − guestMs. */
   readonly hostOverheadMs: number;
   readonly poolHit: boolean;
 }
@@ -63,12 +70,22 @@ export class JobRunner {
   ) {}
 
   /** Turns a request into the agent's execute message (validation only, no VM). */
-  prepare(request: JobRequest, id: string = randomUUID()): { message: ExecuteMessage; language: string; version: string } {
+  prepare(
+    request: JobRequest,
+    id: string = randomUUID(),
+  ): { message: ExecuteMessage; language: string; version: string } {
     const { definition } = this.languages.get(request.language, request.version);
-    if (request.files.length === 0) throw new RunnerError('FILE_NAME_INVALID', 'a job needs at least one file');
-    if (request.files.length > MAX_FILES) throw new RunnerError('FILE_NAME_INVALID', `a job may have at most ${MAX_FILES} files`);
+    if (request.files.length === 0)
+      throw new RunnerError('FILE_NAME_INVALID', 'a job needs at least one file');
+    if (request.files.length > MAX_FILES)
+      throw new RunnerError('FILE_NAME_INVALID', `a job may have at most ${MAX_FILES} files`);
     const files: JobFile[] = request.files.map((f, i) => {
-      const name = f.name === undefined || f.name === '' ? (i === 0 ? definition.sourceFile : `file${i}`) : f.name;
+      const name =
+        f.name === undefined || f.name === ''
+          ? i === 0
+            ? definition.sourceFile
+            : `file${i}`
+          : f.name;
       checkFileName(name);
       const encoding = f.encoding ?? 'utf8';
       if (encoding === 'base64' && !/^[A-Za-z0-9+/]*={0,2}$/.test(f.content)) {
@@ -78,11 +95,16 @@ export class JobRunner {
     });
     const seen = new Set<string>();
     for (const f of files) {
-      if (seen.has(f.name)) throw new RunnerError('FILE_NAME_INVALID', `file ${f.name} appears twice`);
+      if (seen.has(f.name))
+        throw new RunnerError('FILE_NAME_INVALID', `file ${f.name} appears twice`);
       seen.add(f.name);
     }
     for (const key of Object.keys(request.env ?? {})) {
-      if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(key)) throw new RunnerError('LIMIT_INVALID', `environment variable name ${JSON.stringify(key)} is invalid`);
+      if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(key))
+        throw new RunnerError(
+          'LIMIT_INVALID',
+          `environment variable name ${JSON.stringify(key)} is invalid`,
+        );
     }
     const message: ExecuteMessage = {
       type: 'execute',
@@ -109,10 +131,12 @@ export class JobRunner {
     try {
       result = await executeOnVm(lease.vm, message);
     } finally {
-      await this.pool.release(lease);
+      // The VM's teardown is not part of the job's latency; the pool tracks it.
+      this.pool.releaseInBackground(lease);
     }
     const done = Date.now();
-    const guestMs = (result.compile?.wallTimeMs ?? 0) + (result.run?.wallTimeMs ?? 0);
+    const guestMs =
+      result.agentMs ?? (result.compile?.wallTimeMs ?? 0) + (result.run?.wallTimeMs ?? 0);
     return {
       id,
       language,
@@ -136,7 +160,10 @@ export class JobRunner {
 /** Checks a file name the way the agent will (the agent checks again and never trusts this). */
 export function checkFileName(name: string): void {
   const bad = (why: string): never => {
-    throw new RunnerError('FILE_NAME_INVALID', `file name ${JSON.stringify(name.slice(0, 80))} ${why}`);
+    throw new RunnerError(
+      'FILE_NAME_INVALID',
+      `file name ${JSON.stringify(name.slice(0, 80))} ${why}`,
+    );
   };
   if (name.length === 0) bad('is empty');
   if (Buffer.byteLength(name) > 4096) bad('is too long');
@@ -154,7 +181,8 @@ export function checkFileName(name: string): void {
  * breaks the protocol all end as a `sandbox_error` result (the system's fault, not the program's).
  */
 export async function executeOnVm(vm: MicroVm, message: ExecuteMessage): Promise<ResultMessage> {
-  const deadlineMs = message.compileLimits.wallTimeMs + message.runLimits.wallTimeMs + AGENT_GRACE_MS;
+  const deadlineMs =
+    message.compileLimits.wallTimeMs + message.runLimits.wallTimeMs + AGENT_GRACE_MS;
   try {
     const channel = vm.agent();
     await channel.send(message);
@@ -166,7 +194,8 @@ export async function executeOnVm(vm: MicroVm, message: ExecuteMessage): Promise
         // The agent restarted its session mid-job: the job is lost.
         return sandboxError(message.id, 'the agent restarted its session during the job');
       }
-      if (reply.type === 'error') return sandboxError(message.id, `agent error ${reply.code}: ${reply.message}`);
+      if (reply.type === 'error')
+        return sandboxError(message.id, `agent error ${reply.code}: ${reply.message}`);
       return sandboxError(message.id, `unexpected ${reply.type} message from the agent`);
     }
   } catch (err) {

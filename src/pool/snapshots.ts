@@ -34,7 +34,10 @@ export interface SnapshotManagerOptions {
   /** Which kernel file the driver boots: `vmlinuz` (QEMU) or `vmlinux` (Firecracker). */
   readonly kernelFile: 'vmlinuz' | 'vmlinux';
   /** Called when an image is missing locally; may fetch it (the S3 store) and return it. */
-  readonly fetchMissing?: (kind: 'kernel' | 'rootfs', language: string | null) => Promise<StoredImage | undefined>;
+  readonly fetchMissing?: (
+    kind: 'kernel' | 'rootfs',
+    language: string | null,
+  ) => Promise<StoredImage | undefined>;
   readonly log?: (line: string) => void;
 }
 
@@ -76,7 +79,14 @@ export class SnapshotManager {
     ).slice(0, 16);
     const dir = join(this.options.snapshotsDir, `${language}-${key}`);
     const path = join(dir, 'vm.snap');
-    const base = { language, key, path, resources, kernelId: kernel.manifest.id, rootfsId: rootfs.manifest.id };
+    const base = {
+      language,
+      key,
+      path,
+      resources,
+      kernelId: kernel.manifest.id,
+      rootfsId: rootfs.manifest.id,
+    };
     const existing = await stat(path).catch(() => null);
     if (existing) return { ...base, sizeBytes: existing.size };
     let pending = this.inflight.get(key);
@@ -92,7 +102,11 @@ export class SnapshotManager {
     const removed: string[] = [];
     const names = await readdir(this.options.snapshotsDir).catch(() => [] as string[]);
     for (const name of names) {
-      if (name.startsWith(`${language}-`) && name !== `${language}-${keep}` && /^[a-z0-9+#-]+-[0-9a-f]{16}$/.test(name)) {
+      if (
+        name.startsWith(`${language}-`) &&
+        name !== `${language}-${keep}` &&
+        /^[a-z0-9+#-]+-[0-9a-f]{16}$/.test(name)
+      ) {
         await rm(join(this.options.snapshotsDir, name), { recursive: true, force: true });
         removed.push(name);
       }
@@ -100,10 +114,7 @@ export class SnapshotManager {
     return removed;
   }
 
-  private async create(
-    base: Omit<SnapshotRef, 'sizeBytes'>,
-    dir: string,
-  ): Promise<SnapshotRef> {
+  private async create(base: Omit<SnapshotRef, 'sizeBytes'>, dir: string): Promise<SnapshotRef> {
     await mkdir(dir, { recursive: true });
     const vmId = `snap-${base.language}-${randomBytes(4).toString('hex')}`;
     this.options.log?.(`booting ${base.language} (${base.rootfsId}) to take its snapshot`);
@@ -118,14 +129,19 @@ export class SnapshotManager {
     try {
       const hello = vm.hello;
       if (hello && !hello.languages.includes(base.language)) {
-        throw new RunnerError('SNAPSHOT_FAILED', `the ${base.rootfsId} agent cannot run ${base.language} (it offers ${hello.languages.join(', ')})`);
+        throw new RunnerError(
+          'SNAPSHOT_FAILED',
+          `the ${base.rootfsId} agent cannot run ${base.language} (it offers ${hello.languages.join(', ')})`,
+        );
       }
       const info = await vm.snapshot(base.path);
       await writeFile(
         join(dir, 'meta.json'),
         `${JSON.stringify({ ...base, sizeBytes: info.sizeBytes, bootMs, snapshotMs: info.ms, takenAt: new Date().toISOString() }, null, 2)}\n`,
       );
-      this.options.log?.(`snapshot of ${base.language}: ${(info.sizeBytes / 1048576).toFixed(0)} MiB in ${info.ms} ms (boot ${bootMs} ms)`);
+      this.options.log?.(
+        `snapshot of ${base.language}: ${(info.sizeBytes / 1048576).toFixed(0)} MiB in ${info.ms} ms (boot ${bootMs} ms)`,
+      );
       await this.prune(base.language, base.key);
       return { ...base, sizeBytes: info.sizeBytes, bootMs, snapshotMs: info.ms };
     } finally {
@@ -143,7 +159,9 @@ export class SnapshotManager {
 }
 
 /** Reads a snapshot's meta.json (timings of the boot that made it), or null. */
-export async function readSnapshotMeta(ref: SnapshotRef): Promise<{ bootMs?: number; snapshotMs?: number } | null> {
+export async function readSnapshotMeta(
+  ref: SnapshotRef,
+): Promise<{ bootMs?: number; snapshotMs?: number } | null> {
   return readFile(join(ref.path, '..', 'meta.json'), 'utf8').then(
     (t) => JSON.parse(t) as { bootMs?: number; snapshotMs?: number },
     () => null,

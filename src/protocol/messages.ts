@@ -155,6 +155,9 @@ export const ResultMessageSchema = Type.Object(
     status: StatusSchema,
     compile: Type.Union([StageResultSchema, Type.Null()]),
     run: Type.Union([StageResultSchema, Type.Null()]),
+    /** Time the agent spent on the job, from the execute message to this result (the host's
+     * overhead is everything else). */
+    agentMs: Type.Optional(Type.Number({ minimum: 0 })),
   },
   closed,
 );

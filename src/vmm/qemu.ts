@@ -1,8 +1,8 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, openSync } from 'node:fs';
-import { chown, mkdir, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { chmod, chown, mkdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { connect, createServer, type Socket } from 'node:net';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { createWriteStream } from 'node:fs';
 import { pipeline } from 'node:stream/promises';
@@ -59,6 +59,9 @@ export const BASE_KERNEL_ARGS = [
   'random.trust_cpu=on',
   'runner.transport=serial',
 ];
+
+/** The longest a snapshot may take (a migration of the guest's memory to a local file). */
+const SNAPSHOT_TIMEOUT_MS = 120_000;
 
 /** A frame that has begun must be whole within this time, or the agent is broken. */
 const FRAME_TIMEOUT_MS = 10_000;
@@ -140,12 +143,16 @@ export class QemuDriver implements VmmDriver {
 
   async boot(options: VmLaunchOptions): Promise<MicroVm> {
     const vm = await QemuVm.launch(options, this.options, null);
+    // A backstop: whatever step hangs, the VM is killed at the deadline and every wait fails.
+    const backstop = setTimeout(() => void vm.destroy(), options.timeoutMs + 5000);
     try {
       await vm.awaitHello(options.timeoutMs);
       return vm;
     } catch (err) {
       await vm.destroy();
       throw err;
+    } finally {
+      clearTimeout(backstop);
     }
   }
 
@@ -157,12 +164,15 @@ export class QemuDriver implements VmmDriver {
     } finally {
       closeSync(fd);
     }
+    const backstop = setTimeout(() => void vm.destroy(), options.timeoutMs + 5000);
     try {
       await vm.awaitIncoming(options.timeoutMs);
       return vm;
     } catch (err) {
       await vm.destroy();
       throw err;
+    } finally {
+      clearTimeout(backstop);
     }
   }
 }
@@ -219,6 +229,9 @@ class QemuVm implements MicroVm {
     driver: QemuDriverOptions,
     incomingFd: number | null,
   ): Promise<QemuVm> {
+    // The VM's own dir is private to the VMM user; its parent only needs to be traversable.
+    await mkdir(dirname(options.runDir), { recursive: true, mode: 0o711 });
+    await chmod(dirname(options.runDir), 0o711);
     await mkdir(options.runDir, { recursive: true, mode: 0o700 });
     const user = process.getuid?.() === 0 ? (driver.user ?? null) : null;
     if (user) await chown(options.runDir, user.uid, user.gid);
@@ -341,7 +354,13 @@ class QemuVm implements MicroVm {
       const user = process.getuid?.() === 0 ? (this.driverOptions.user ?? null) : null;
       if (user) await chown(socketPath, user.uid, user.gid);
       await qmp.execute('migrate', { uri: `unix:${socketPath}` });
+      const deadline = Date.now() + SNAPSHOT_TIMEOUT_MS;
       for (;;) {
+        if (Date.now() > deadline)
+          throw new RunnerError(
+            'SNAPSHOT_FAILED',
+            `the snapshot did not finish within ${SNAPSHOT_TIMEOUT_MS} ms`,
+          );
         const info = await this.raceExit(
           qmp.execute<{ status?: string; 'error-desc'?: string }>('query-migrate'),
           'snapshotting',
@@ -434,7 +453,9 @@ class QemuVm implements MicroVm {
   }
 
   private bootError(err: unknown): RunnerError {
-    if (err instanceof RunnerError && err.code !== 'VM_TIMEOUT') return err;
+    if (err instanceof RunnerError && err.code !== 'VM_TIMEOUT') {
+      return new RunnerError(err.code, `${err.message}${this.lastConsoleLine()}`, { cause: err });
+    }
     const message = err instanceof Error ? err.message : String(err);
     return new RunnerError(
       'VM_BOOT_FAILED',

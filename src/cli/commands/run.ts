@@ -25,7 +25,9 @@ export function exitCodeFor(result: JobResult): number {
   if (result.status === 'runtime_error') {
     const run = result.run;
     if (run?.exitCode !== null && run?.exitCode !== undefined) return run.exitCode;
-    const signo = run?.signal ? (osConstants.signals as Record<string, number>)[run.signal] : undefined;
+    const signo = run?.signal
+      ? (osConstants.signals as Record<string, number>)[run.signal]
+      : undefined;
     return signo === undefined ? 1 : 128 + signo;
   }
   return RUN_EXIT_CODES[result.status];
@@ -34,19 +36,34 @@ export function exitCodeFor(result: JobResult): number {
 /** The language of a file from its extension (the definitions' `extension`). */
 export function languageForFile(registry: LanguageRegistry, file: string): string {
   const ext = extname(file).slice(1).toLowerCase();
-  const aliases: Record<string, string> = { cc: 'cpp', cxx: 'cpp', mjs: 'js', cjs: 'js', bash: 'sh' };
+  const aliases: Record<string, string> = {
+    cc: 'cpp',
+    cxx: 'cpp',
+    mjs: 'js',
+    cjs: 'js',
+    bash: 'sh',
+  };
   const wanted = aliases[ext] ?? ext;
   const match = registry.list().find((l) => l.definition.extension === wanted);
   if (!match) {
-    throw new RunnerError('LANGUAGE_UNKNOWN', `cannot tell the language of ${basename(file)} from its extension; pass -l LANGUAGE`);
+    throw new RunnerError(
+      'LANGUAGE_UNKNOWN',
+      `cannot tell the language of ${basename(file)} from its extension; pass -l LANGUAGE`,
+    );
   }
   return match.definition.name;
 }
 
-const intArg = (name: string) => (value: string): number => {
-  if (!/^\d+$/.test(value)) throw new RunnerError('LIMIT_INVALID', `${name} must be a positive integer, not ${JSON.stringify(value)}`);
-  return Number(value);
-};
+const intArg =
+  (name: string) =>
+  (value: string): number => {
+    if (!/^\d+$/.test(value))
+      throw new RunnerError(
+        'LIMIT_INVALID',
+        `${name} must be a positive integer, not ${JSON.stringify(value)}`,
+      );
+    return Number(value);
+  };
 
 async function readStdin(): Promise<Buffer> {
   if (process.stdin.isTTY) return Buffer.alloc(0);
@@ -59,21 +76,33 @@ async function readStdin(): Promise<Buffer> {
 export function registerRunCommand(program: Command): void {
   program
     .command('run')
-    .description('run a program in a throwaway microVM; its stdout, stderr and exit status are the program\'s')
+    .description(
+      "run a program in a throwaway microVM; its stdout, stderr and exit status are the program's",
+    )
     .argument('[file]', 'source file to run (the language comes from its extension, or -l)')
     .argument('[args...]', 'arguments for the program (put them after --)')
     .option('-l, --language <name>', 'language name or alias (python, js, c++, ...)')
     .option('-c, --code <code>', 'run this code instead of a file')
     .option('--version-req <version>', 'language version to require (e.g. 3.11)')
-    .option('--stdin <text>', 'give this as stdin (default: the stdin of runner when it is not a terminal)')
+    .option(
+      '--stdin <text>',
+      'give this as stdin (default: the stdin of runner when it is not a terminal)',
+    )
     .option('--wall-time-ms <ms>', 'run wall-time limit', intArg('--wall-time-ms'))
     .option('--cpu-time-ms <ms>', 'run CPU-time limit', intArg('--cpu-time-ms'))
     .option('--memory-mib <mib>', 'run memory limit', intArg('--memory-mib'))
     .option('--processes <n>', 'run process limit', intArg('--processes'))
     .option('--output-bytes <n>', 'cap on stdout and on stderr, each', intArg('--output-bytes'))
-    .option('--compile-wall-time-ms <ms>', 'compile wall-time limit', intArg('--compile-wall-time-ms'))
+    .option(
+      '--compile-wall-time-ms <ms>',
+      'compile wall-time limit',
+      intArg('--compile-wall-time-ms'),
+    )
     .option('--compile-memory-mib <mib>', 'compile memory limit', intArg('--compile-memory-mib'))
-    .option('--json', 'print the whole result as JSON (output base64-decoded into stdout/stderr text fields too)')
+    .option(
+      '--json',
+      'print the whole result as JSON (output base64-decoded into stdout/stderr text fields too)',
+    )
     .addOption(new Option('--quiet', 'no progress on stderr'))
     .addHelpText(
       'after',
@@ -101,10 +130,17 @@ Examples:
           files = [{ content: opts.code, encoding: 'utf8' }];
           if (file !== undefined) args = [file, ...args];
         } else {
-          if (file === undefined) throw new RunnerError('FILE_NAME_INVALID', 'give a FILE to run, or -l LANGUAGE -c CODE (see runner run --help)');
+          if (file === undefined)
+            throw new RunnerError(
+              'FILE_NAME_INVALID',
+              'give a FILE to run, or -l LANGUAGE -c CODE (see runner run --help)',
+            );
           language = opts.language ?? languageForFile(engine.languages, file);
           const content = await readFile(file).catch((err: unknown) => {
-            throw new RunnerError('FILE_NAME_INVALID', `cannot read ${file}: ${err instanceof Error ? err.message : String(err)}`);
+            throw new RunnerError(
+              'FILE_NAME_INVALID',
+              `cannot read ${file}: ${err instanceof Error ? err.message : String(err)}`,
+            );
           });
           const def = engine.languages.get(language).definition;
           // Keep the file's own name when it fits the language (Java needs Main.java to hold Main).
@@ -125,7 +161,15 @@ Examples:
         };
         const stdin = opts.stdin !== undefined ? Buffer.from(opts.stdin) : await readStdin();
         spinner.text(`starting a ${language} VM`);
-        const result = await engine.run({ language, version: opts.versionReq, files, stdin, args, runLimits, compileLimits });
+        const result = await engine.run({
+          language,
+          version: opts.versionReq,
+          files,
+          stdin,
+          args,
+          runLimits,
+          compileLimits,
+        });
         spinner.stop();
         if (opts.json) {
           process.stdout.write(`${JSON.stringify(withText(result), null, 2)}\n`);
@@ -140,7 +184,9 @@ Examples:
           }
           if (result.status !== 'ok' && result.status !== 'runtime_error') {
             const stage = result.run ?? result.compile;
-            process.stderr.write(`runner: ${result.status}${stage?.message ? `: ${stage.message}` : ''}\n`);
+            process.stderr.write(
+              `runner: ${result.status}${stage?.message ? `: ${stage.message}` : ''}\n`,
+            );
           }
         }
         process.exitCode = exitCodeFor(result);

@@ -12,7 +12,8 @@ export function formatSettings(settings: Settings): string {
   const lines: string[] = [];
   for (const spec of SETTINGS) {
     let value = values[spec.key];
-    if (SECRET_KEYS.has(spec.key) && Array.isArray(value)) value = value.length === 0 ? '' : `<${value.length} key(s) hidden>`;
+    if (SECRET_KEYS.has(spec.key) && Array.isArray(value))
+      value = value.length === 0 ? '' : `<${value.length} key(s) hidden>`;
     const shown = Array.isArray(value)
       ? value.join(',')
       : typeof value === 'string' || typeof value === 'number' || typeof value === 'boolean'
@@ -30,7 +31,15 @@ const cell = (s: string): string => s.replace(/\|/g, '\\|');
 export function configurationDoc(): string {
   const rows = SETTINGS.map((spec) => {
     const d = spec.default;
-    const shown = Array.isArray(d) ? (d.length === 0 ? '(empty)' : d.join(',')) : d === null ? '(see description)' : d === '' ? '(empty)' : String(d);
+    const shown = Array.isArray(d)
+      ? d.length === 0
+        ? '(empty)'
+        : d.join(',')
+      : d === null
+        ? '(see description)'
+        : d === ''
+          ? '(empty)'
+          : String(d);
     const kind = spec.kind === 'enum' && 'values' in spec ? spec.values.join(' | ') : spec.kind;
     const unit = 'unit' in spec ? spec.unit : '';
     return `| \`${spec.env}\` | \`${spec.key}\` | ${cell(kind)} | ${cell(unit)} | \`${cell(shown)}\` | ${cell(spec.description)} |`;
@@ -59,7 +68,9 @@ export function configurationDoc(): string {
 export function registerServeCommand(program: Command): void {
   program
     .command('serve')
-    .description('start the HTTP service: the native API (/v1) and the Piston-compatible API (/api/v2)')
+    .description(
+      'start the HTTP service: the native API (/v1) and the Piston-compatible API (/api/v2)',
+    )
     .option('--host <host>', 'address to listen on (RUNNER_HOST)')
     .option('--port <port>', 'TCP port (RUNNER_PORT)')
     .option('--print-config', 'print the validated configuration and exit')

@@ -1,0 +1,321 @@
+import type { Command } from '@commander-js/extra-typings';
+import { spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { cpus, tmpdir, totalmem } from 'node:os';
+import { join } from 'node:path';
+import { loadSettings } from '../../config/settings.js';
+import { RunnerError } from '../../errors.js';
+import { createEngine, type Engine } from '../../pool/engine.js';
+import { reseed } from '../../pool/pool.js';
+import type { JobRequest } from '../../pool/runner.js';
+import { startSpinner } from '../progress.js';
+
+/** Median and 95th percentile of a sample, in ms. */
+export interface Quantiles {
+  p50: number;
+  p95: number;
+  n: number;
+}
+
+/** Nearest-rank quantiles (no interpolation: every reported figure was really measured). */
+export function quantiles(samples: readonly number[]): Quantiles {
+  if (samples.length === 0) return { p50: NaN, p95: NaN, n: 0 };
+  const sorted = [...samples].sort((a, b) => a - b);
+  const at = (q: number): number =>
+    sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1))] as number;
+  return { p50: round(at(0.5)), p95: round(at(0.95)), n: sorted.length };
+}
+
+const round = (x: number): number => Math.round(x * 10) / 10;
+
+/** What `runner bench --json` prints. */
+export interface BenchReport {
+  machine: { cpus: number; cpuModel: string; memoryGib: number; accel: string; vmm: string };
+  language: string;
+  coldBootMs: Quantiles;
+  snapshotMs: Quantiles;
+  restoreMs: Quantiles;
+  poolHitMs: Quantiles;
+  poolMissMs: Quantiles;
+  hostOverheadMs: Quantiles;
+  guestMs: Quantiles;
+  nativeMs: Quantiles;
+  jobsPerSecond: number;
+  idleVmRssMib: number;
+  ratios: { restoreVsColdBoot: number; poolHitVsNative: number };
+}
+
+/** A hello-world per language, and the native command that runs the same program on the host. */
+const HELLO: Record<
+  string,
+  { file: string; code: string; native: (dir: string) => string[] | null }
+> = {
+  python: {
+    file: 'main.py',
+    code: 'print("hello")\n',
+    native: (d) => ['python3', join(d, 'main.py')],
+  },
+  javascript: {
+    file: 'main.js',
+    code: 'console.log("hello")\n',
+    native: (d) => ['node', join(d, 'main.js')],
+  },
+  bash: { file: 'main.sh', code: 'echo hello\n', native: (d) => ['bash', join(d, 'main.sh')] },
+  ruby: { file: 'main.rb', code: 'puts "hello"\n', native: (d) => ['ruby', join(d, 'main.rb')] },
+  php: {
+    file: 'main.php',
+    code: '<?php echo "hello\\n";\n',
+    native: (d) => ['php', join(d, 'main.php')],
+  },
+  c: {
+    file: 'main.c',
+    code: '#include <stdio.h>\nint main(void){puts("hello");return 0;}\n',
+    native: () => null,
+  },
+};
+
+function rssMib(pid: number | undefined): number | null {
+  if (pid === undefined) return null;
+  try {
+    const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return m?.[1] ? Number(m[1]) / 1024 : null;
+  } catch {
+    return null;
+  }
+}
+
+/** Runs the benchmark; every figure is measured in this one run, on this machine. */
+export async function runBench(
+  engine: Engine,
+  options: {
+    language: string;
+    boots: number;
+    restores: number;
+    jobs: number;
+    concurrency: number;
+    progress: (line: string) => void;
+  },
+): Promise<BenchReport> {
+  const { language } = options;
+  const hello = HELLO[language];
+  if (!hello)
+    throw new RunnerError(
+      'LANGUAGE_UNKNOWN',
+      `bench has a hello-world for ${Object.keys(HELLO).join(', ')}`,
+    );
+  const request: JobRequest = { language, files: [{ name: hello.file, content: hello.code }] };
+
+  // 1. Cold boots (and one snapshot each), straight through the driver.
+  const snap = await engine.snapshots.ensure(language);
+  const coldBoot: number[] = [];
+  const snapshotMs: number[] = [];
+  const scratch = mkdtempSync(join(tmpdir(), 'runner-bench-'));
+  try {
+    for (let i = 0; i < options.boots; i++) {
+      options.progress(`cold boot ${i + 1}/${options.boots}`);
+      const vmId = `bench-boot-${randomBytes(4).toString('hex')}`;
+      const started = Date.now();
+      const vm = await engine.driver.boot({
+        ...snap.resources,
+        vmId,
+        runDir: join(engine.paths.runDir, vmId),
+        timeoutMs: engine.settings.bootTimeoutMs,
+      });
+      coldBoot.push(Date.now() - started);
+      try {
+        snapshotMs.push((await vm.snapshot(join(scratch, `boot-${i}.snap`))).ms);
+      } finally {
+        await vm.destroy();
+        rmSync(join(scratch, `boot-${i}.snap`), { force: true });
+      }
+    }
+  } finally {
+    rmSync(scratch, { recursive: true, force: true });
+  }
+
+  // 2. Restores of the language's snapshot, up to the agent answering its reseed; RSS when idle.
+  const restore: number[] = [];
+  const rss: number[] = [];
+  for (let i = 0; i < options.restores; i++) {
+    options.progress(`restore ${i + 1}/${options.restores}`);
+    const vmId = `bench-restore-${randomBytes(4).toString('hex')}`;
+    const started = Date.now();
+    const vm = await engine.driver.restore(
+      {
+        ...snap.resources,
+        vmId,
+        runDir: join(engine.paths.runDir, vmId),
+        timeoutMs: engine.settings.restoreTimeoutMs,
+      },
+      snap.path,
+    );
+    try {
+      await reseed(vm, engine.settings.restoreTimeoutMs);
+      restore.push(Date.now() - started);
+      await new Promise((r) => setTimeout(r, 200));
+      const r = rssMib(vm.pid);
+      if (r !== null) rss.push(r);
+    } finally {
+      await vm.destroy();
+    }
+  }
+
+  // 3. Pool misses (nothing warm) then pool hits (a ready VM waiting for each job).
+  const miss: number[] = [];
+  for (let i = 0; i < Math.min(5, options.jobs); i++) {
+    options.progress(`pool miss ${i + 1}`);
+    const r = await engine.run(request);
+    if (r.status !== 'ok')
+      throw new RunnerError(
+        'SANDBOX_FAILURE',
+        `bench job failed: ${r.status} ${r.run?.message ?? ''}`,
+      );
+    if (!r.timings.poolHit) miss.push(r.timings.totalMs);
+  }
+  await engine.pool.warm(language);
+  const hit: number[] = [];
+  const overhead: number[] = [];
+  const guest: number[] = [];
+  for (let i = 0; i < options.jobs; i++) {
+    options.progress(`pool hit ${i + 1}/${options.jobs}`);
+    // Let the pool refill so that the job finds a ready VM.
+    for (let w = 0; w < 500 && (engine.pool.stats().ready[language] ?? 0) === 0; w++)
+      await new Promise((r) => setTimeout(r, 20));
+    const r = await engine.run(request);
+    if (r.status !== 'ok')
+      throw new RunnerError(
+        'SANDBOX_FAILURE',
+        `bench job failed: ${r.status} ${r.run?.message ?? ''}`,
+      );
+    if (!r.timings.poolHit) continue;
+    hit.push(r.timings.totalMs);
+    overhead.push(r.timings.hostOverheadMs);
+    guest.push(r.timings.guestMs);
+  }
+
+  // 4. Saturation: as many jobs at once as the pool has slots, for `jobs` jobs in all.
+  options.progress(`saturation: ${options.jobs} jobs, ${options.concurrency} at a time`);
+  const satStarted = Date.now();
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: options.concurrency }, async () => {
+      while (next < options.jobs) {
+        next++;
+        const r = await engine.run(request);
+        if (r.status !== 'ok')
+          throw new RunnerError('SANDBOX_FAILURE', `bench job failed under load: ${r.status}`);
+      }
+    }),
+  );
+  const jobsPerSecond = round(options.jobs / ((Date.now() - satStarted) / 1000));
+
+  // 5. The floor: the same program run natively on the host.
+  const native: number[] = [];
+  const nativeDir = mkdtempSync(join(tmpdir(), 'runner-native-'));
+  try {
+    writeFileSync(join(nativeDir, hello.file), hello.code);
+    const argv = hello.native(nativeDir);
+    for (let i = 0; argv && i < options.jobs; i++) {
+      const started = process.hrtime.bigint();
+      const r = spawnSync(argv[0] as string, argv.slice(1), { stdio: 'ignore' });
+      if (r.status === 0) native.push(Number(process.hrtime.bigint() - started) / 1e6);
+    }
+  } finally {
+    rmSync(nativeDir, { recursive: true, force: true });
+  }
+
+  const q = {
+    coldBootMs: quantiles(coldBoot),
+    snapshotMs: quantiles(snapshotMs),
+    restoreMs: quantiles(restore),
+    poolHitMs: quantiles(hit),
+    poolMissMs: quantiles(miss),
+    hostOverheadMs: quantiles(overhead),
+    guestMs: quantiles(guest),
+    nativeMs: quantiles(native),
+  };
+  return {
+    machine: {
+      cpus: cpus().length,
+      cpuModel: cpus()[0]?.model ?? 'unknown',
+      memoryGib: Math.round(totalmem() / 2 ** 30),
+      accel: engine.accel?.accel ?? engine.settings.accel,
+      vmm: engine.driver.name,
+    },
+    language,
+    ...q,
+    jobsPerSecond,
+    idleVmRssMib: round(quantiles(rss).p50),
+    ratios: {
+      restoreVsColdBoot: round(q.coldBootMs.p50 / q.restoreMs.p50),
+      poolHitVsNative: round(q.poolHitMs.p50 / q.nativeMs.p50),
+    },
+  };
+}
+
+/** `runner bench`: the numbers that matter, medians and p95, in one run. */
+export function registerBenchCommand(program: Command): void {
+  program
+    .command('bench')
+    .description(
+      'measure cold boot, snapshot restore, pool hit and miss, host overhead, throughput and idle VM memory',
+    )
+    .option('-l, --language <name>', 'language of the hello-world', 'python')
+    .option('--boots <n>', 'cold boots to time', '3')
+    .option('--restores <n>', 'restores to time', '10')
+    .option('--jobs <n>', 'jobs for the pool-hit, saturation and native samples', '20')
+    .option('--json', 'print the report as JSON')
+    .action(async (opts) => {
+      const settings = loadSettings(process.env, {
+        poolTarget: Math.max(1, Number(process.env.RUNNER_POOL_TARGET ?? 1)),
+      });
+      const spinner = startSpinner(opts.json !== true || !process.stderr.isTTY);
+      const engine = await createEngine(settings, { log: (l) => spinner.text(l) });
+      try {
+        const language = engine.languages.get(opts.language).definition.name;
+        const n = (v: string, name: string): number => {
+          if (!/^\d+$/.test(v) || Number(v) < 1)
+            throw new RunnerError('LIMIT_INVALID', `${name} must be a positive integer`);
+          return Number(v);
+        };
+        const report = await runBench(engine, {
+          language,
+          boots: n(opts.boots, '--boots'),
+          restores: n(opts.restores, '--restores'),
+          jobs: n(opts.jobs, '--jobs'),
+          concurrency: engine.pool.capacity,
+          progress: (l) => spinner.text(l),
+        });
+        spinner.stop();
+        if (opts.json) {
+          process.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
+          return;
+        }
+        const row = (name: string, q: Quantiles): string =>
+          `${name.padEnd(26)} ${String(q.p50).padStart(9)} ${String(q.p95).padStart(9)} ${String(q.n).padStart(4)}`;
+        const m = report.machine;
+        process.stdout.write(
+          [
+            `runner bench: ${language}, ${m.vmm} (${m.accel}), ${m.cpus} × ${m.cpuModel}, ${m.memoryGib} GiB`,
+            `${'measure (ms)'.padEnd(26)} ${'p50'.padStart(9)} ${'p95'.padStart(9)} ${'n'.padStart(4)}`,
+            row('cold boot to agent hello', report.coldBootMs),
+            row('snapshot', report.snapshotMs),
+            row('restore to agent reseeded', report.restoreMs),
+            row('job, pool miss', report.poolMissMs),
+            row('job, pool hit', report.poolHitMs),
+            row('  host overhead per job', report.hostOverheadMs),
+            row('  time in the guest', report.guestMs),
+            row('native run (the floor)', report.nativeMs),
+            `jobs per second at saturation: ${report.jobsPerSecond} (${engine.pool.capacity} VMs)`,
+            `host RSS per idle VM: ${report.idleVmRssMib} MiB`,
+            `restore is ${report.ratios.restoreVsColdBoot}x faster than a cold boot; a pool hit is ${report.ratios.poolHitVsNative}x the native run`,
+            '',
+          ].join('\n'),
+        );
+      } finally {
+        spinner.stop();
+        await engine.close();
+      }
+    });
+}

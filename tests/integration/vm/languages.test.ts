@@ -1,0 +1,51 @@
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { LanguageRegistry } from '../../../src/languages/index.js';
+import type { Engine } from '../../../src/pool/engine.js';
+import { ensureImages, testEngine, vmSkipReason } from '../../support/vm.js';
+
+const skip = vmSkipReason();
+if (skip) console.warn(`skipping the language tests in real VMs: ${skip}`);
+
+const registry = LanguageRegistry.fromDir();
+const languages = registry.list();
+
+/** Every wave-one language's own test program, run in a real microVM restored from a snapshot. */
+describe.skipIf(skip !== null)('every language in a real VM', () => {
+  let engine: Engine;
+
+  beforeAll(async () => {
+    await ensureImages(languages.map((l) => l.definition.name));
+    engine = await testEngine();
+  });
+
+  afterAll(async () => {
+    await engine?.close();
+  });
+
+  for (const { definition, dir } of languages) {
+    it(`${definition.name}: the test program prints its line`, async () => {
+      const source = readFileSync(join(dir, definition.test.file), 'utf8');
+      const name = definition.test.file.endsWith(`.${definition.extension}`)
+        ? definition.test.file
+        : definition.sourceFile;
+      const result = await engine.run({
+        language: definition.name,
+        files: [{ name, content: source }],
+      });
+      const stdout = Buffer.from(result.run?.stdout ?? '', 'base64').toString();
+      const stderr = Buffer.from(result.run?.stderr ?? '', 'base64').toString();
+      const compileErr = Buffer.from(result.compile?.stderr ?? '', 'base64').toString();
+      expect(
+        { status: result.status, stdout: stdout.trim(), vm: result.vmId },
+        `stderr: ${stderr} compile: ${compileErr} ${result.run?.message ?? ''}`,
+      ).toMatchObject({
+        status: 'ok',
+        stdout: definition.test.expected,
+      });
+      if (definition.compile) expect(result.compile?.status).toBe('ok');
+      else expect(result.compile).toBeNull();
+    });
+  }
+});

@@ -1,0 +1,234 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Engine } from '../../../src/pool/engine.js';
+import { executeOnVm, type JobRequest } from '../../../src/pool/runner.js';
+import type { StageResult } from '../../../src/protocol/index.js';
+import { ensureImages, testEngine, vmSkipReason } from '../../support/vm.js';
+
+const skip = vmSkipReason();
+if (skip) console.warn(`skipping the sandbox tests in real VMs: ${skip}`);
+
+const text = (s: StageResult | null | undefined, stream: 'stdout' | 'stderr' = 'stdout'): string =>
+  Buffer.from(s?.[stream] ?? '', 'base64').toString();
+
+/**
+ * Limits, faults and hostile programs, each in a real VM (qemu; TCG here). After each one the
+ * agent of that same VM must still answer (where the VM is meant to survive), and the next normal
+ * job must run correctly.
+ */
+describe.skipIf(skip !== null)('the sandbox in real VMs', () => {
+  let engine: Engine;
+
+  const python = (code: string, extra: Partial<JobRequest> = {}): JobRequest => ({
+    language: 'python',
+    files: [{ name: 'main.py', content: code }],
+    ...extra,
+  });
+
+  /** Runs a job on a leased VM, then checks the agent still answers a ping, then releases. */
+  async function runAndPing(
+    request: JobRequest,
+  ): Promise<{ result: Awaited<ReturnType<typeof executeOnVm>>; agentAlive: boolean }> {
+    const { message } = engine.runner.prepare(request);
+    const lease = await engine.pool.acquire('python');
+    try {
+      const result = await executeOnVm(lease.vm, message);
+      let agentAlive = false;
+      try {
+        const channel = lease.vm.agent();
+        await channel.send({ type: 'ping', id: 'after' });
+        const pong = await channel.next(10_000);
+        agentAlive = pong.type === 'pong' && pong.id === 'after';
+      } catch {
+        agentAlive = false;
+      }
+      return { result, agentAlive };
+    } finally {
+      await engine.pool.release(lease);
+    }
+  }
+
+  async function nextJobWorks(): Promise<void> {
+    const r = await engine.run(python('print("still fine")'));
+    expect(r.status).toBe('ok');
+    expect(text(r.run).trim()).toBe('still fine');
+  }
+
+  beforeAll(async () => {
+    await ensureImages(['python', 'bash']);
+    engine = await testEngine({ poolTarget: 0 });
+  });
+
+  afterAll(async () => {
+    await engine?.close();
+  });
+
+  it('a CPU loop is killed at the CPU limit as timeout, with times reported', async () => {
+    const { result, agentAlive } = await runAndPing(
+      python('while True: pass', { runLimits: { cpuTimeMs: 1000, wallTimeMs: 8000 } }),
+    );
+    expect(result.status).toBe('timeout');
+    expect(result.run?.cpuTimeMs).toBeGreaterThanOrEqual(900);
+    expect(result.run?.wallTimeMs).toBeLessThan(8000);
+    expect(agentAlive).toBe(true);
+    await nextJobWorks();
+  });
+
+  it('sleeping forever and waiting on stdin are killed at the wall limit', async () => {
+    const sleep = await runAndPing(
+      python('import time; time.sleep(1000)', { runLimits: { wallTimeMs: 1500 } }),
+    );
+    expect(sleep.result.status).toBe('timeout');
+    expect(sleep.result.run?.wallTimeMs).toBeGreaterThanOrEqual(1400);
+    const stdin = await engine.run(
+      python('import sys; print(len(sys.stdin.read()))', { stdin: Buffer.from('abc') }),
+    );
+    expect(text(stdin.run).trim()).toBe('3'); // stdin is closed after the given input
+  });
+
+  it('a fork bomb hits the process cap, ends at its limit, and no process survives', async () => {
+    const bomb =
+      'import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n';
+    const { result, agentAlive } = await runAndPing(
+      python(bomb, { runLimits: { processes: 32, wallTimeMs: 3000, cpuTimeMs: 3000 } }),
+    );
+    expect(['timeout', 'runtime_error']).toContain(result.status);
+    expect(agentAlive).toBe(true);
+    // A shell fork bomb too.
+    const shell = await runAndPing({
+      language: 'bash',
+      files: [{ name: 'main.sh', content: 'f() { f | f & }; f; sleep 2; echo done' }],
+      runLimits: { processes: 32, wallTimeMs: 4000 },
+    });
+    expect(['timeout', 'runtime_error', 'ok']).toContain(shell.result.status);
+    expect(shell.agentAlive).toBe(true);
+    await nextJobWorks();
+  });
+
+  it('a memory bomb ends as memory_limit and the agent lives', async () => {
+    const bomb = 'blocks = []\nwhile True:\n    blocks.append(bytearray(8 * 1024 * 1024))\n';
+    const { result, agentAlive } = await runAndPing(
+      python(bomb, { runLimits: { memoryMib: 64, wallTimeMs: 10000 } }),
+    );
+    expect(result.status).toBe('memory_limit');
+    expect(agentAlive).toBe(true);
+    await nextJobWorks();
+  });
+
+  it('endless output stops at the byte cap with truncated set', async () => {
+    const { result, agentAlive } = await runAndPing({
+      language: 'bash',
+      files: [{ name: 'main.sh', content: 'yes' }],
+      runLimits: { outputBytes: 65536 },
+    });
+    expect(result.status).toBe('output_limit');
+    expect(result.run?.stdoutTruncated).toBe(true);
+    expect(Buffer.from(result.run?.stdout ?? '', 'base64').length).toBe(65536);
+    expect(agentAlive).toBe(true);
+  });
+
+  it('user code cannot kill the agent or power the guest off (it runs unprivileged)', async () => {
+    const code = [
+      'import os, signal',
+      'out = []',
+      'for pid in [1] + [int(p) for p in os.listdir("/proc") if p.isdigit()]:',
+      '    try:',
+      '        os.kill(pid, signal.SIGKILL)',
+      '    except (PermissionError, ProcessLookupError):',
+      '        pass',
+      'try:',
+      '    open("/proc/sysrq-trigger", "w").write("o")',
+      '    out.append("sysrq-written")',
+      'except OSError as e:',
+      '    out.append("sysrq-denied")',
+      'print(os.getuid(), " ".join(out))',
+    ].join('\n');
+    const { result, agentAlive } = await runAndPing(python(code));
+    expect(text(result.run).trim()).toBe('1000 sysrq-denied');
+    expect(agentAlive).toBe(true);
+  });
+
+  it('a VM killed mid-job ends the job as sandbox_error, and the pool goes on', async () => {
+    const { message } = engine.runner.prepare(
+      python('import time; time.sleep(30)', { runLimits: { wallTimeMs: 40000 } }),
+    );
+    const lease = await engine.pool.acquire('python');
+    try {
+      const pending = executeOnVm(lease.vm, message);
+      await new Promise((r) => setTimeout(r, 1500));
+      expect(lease.vm.pid).toBeGreaterThan(1);
+      process.kill(lease.vm.pid as number, 'SIGKILL');
+      const started = Date.now();
+      const result = await pending;
+      expect(result.status).toBe('sandbox_error');
+      expect(result.run?.message).toMatch(/QEMU exited|closed/);
+      expect(Date.now() - started).toBeLessThan(5000);
+    } finally {
+      await engine.pool.release(lease);
+    }
+    await nextJobWorks();
+  });
+
+  it('a VM that hangs mid-job (VMM stopped) is detected at the deadline as sandbox_error', async () => {
+    const { message } = engine.runner.prepare(
+      python('import time; time.sleep(30)', { runLimits: { wallTimeMs: 1000, cpuTimeMs: 1000 } }),
+    );
+    const lease = await engine.pool.acquire('python');
+    try {
+      process.kill(lease.vm.pid as number, 'SIGSTOP');
+      const result = await executeOnVm(lease.vm, message);
+      expect(result.status).toBe('sandbox_error');
+      expect(result.run?.message).toMatch(/no message within/);
+    } finally {
+      process.kill(lease.vm.pid as number, 'SIGCONT');
+      await engine.pool.release(lease);
+    }
+    await nextJobWorks();
+  }, 120_000);
+
+  it('two restores of one snapshot see different random state', async () => {
+    const code =
+      'import os, random, uuid\nprint(os.urandom(16).hex(), random.getrandbits(64), uuid.uuid4())';
+    const a = await engine.run(python(code));
+    const b = await engine.run(python(code));
+    expect(a.status).toBe('ok');
+    expect(b.status).toBe('ok');
+    expect(a.vmId).not.toBe(b.vmId);
+    const [ua, ra, ida] = text(a.run).trim().split(' ');
+    const [ub, rb, idb] = text(b.run).trim().split(' ');
+    expect(ua).not.toBe(ub);
+    expect(ra).not.toBe(rb);
+    expect(ida).not.toBe(idb);
+  });
+
+  it('files left in /tmp, /dev/shm, /var/tmp and $HOME are invisible to the next job', async () => {
+    const write =
+      'import os\nfor d in ["/tmp", "/dev/shm", "/var/tmp", os.environ["HOME"]]:\n    try:\n        open(os.path.join(d, "left-behind"), "w").write("x")\n    except OSError:\n        pass\n';
+    await engine.run(python(write));
+    const look = await engine.run(
+      python(
+        'import os\nprint(sum(os.path.exists(os.path.join(d, "left-behind")) for d in ["/tmp", "/dev/shm", "/var/tmp", os.environ["HOME"]]))',
+      ),
+    );
+    expect(text(look.run).trim()).toBe('0');
+  });
+
+  it('the network is absent: no interface but loopback, connections fail at once', async () => {
+    const code = [
+      'import os, socket, time',
+      'print(sorted(os.listdir("/sys/class/net")))',
+      't = time.time()',
+      'for addr in [("169.254.169.254", 80), ("10.0.2.2", 22), ("1.1.1.1", 53)]:',
+      '    s = socket.socket(); s.settimeout(5)',
+      '    try:',
+      '        s.connect(addr); print("connected", addr)',
+      '    except OSError as e:',
+      '        print("failed", e.errno)',
+      'print("fast" if time.time() - t < 2 else "slow")',
+    ].join('\n');
+    const r = await engine.run(python(code));
+    const lines = text(r.run).trim().split('\n');
+    expect(lines[0]).toBe("['lo']");
+    expect(lines.filter((l) => l.startsWith('connected'))).toEqual([]);
+    expect(lines.at(-1)).toBe('fast');
+  });
+});

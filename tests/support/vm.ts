@@ -1,0 +1,67 @@
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { loadSettings, type Settings } from '../../src/config/settings.js';
+import { bundleAgent } from '../../src/images/agent-bundle.js';
+import { BuildLog } from '../../src/images/build-log.js';
+import { buildKernelImage } from '../../src/images/kernel.js';
+import { RootfsBuilder } from '../../src/images/rootfs.js';
+import { ImageStore } from '../../src/images/store.js';
+import { LanguageRegistry } from '../../src/languages/index.js';
+import { createEngine, type Engine } from '../../src/pool/engine.js';
+import { testDataDir, testDataPaths } from './paths.js';
+
+/**
+ * Why tests that boot VMs cannot run on this machine, or null when they can. They need root
+ * (debootstrap, chroot) and QEMU.
+ */
+export function vmSkipReason(): string | null {
+  if (process.getuid?.() !== 0)
+    return 'booting VMs needs root to build the images (debootstrap, chroot)';
+  if (!existsSync('/usr/bin/qemu-system-x86_64'))
+    return 'qemu-system-x86_64 is not installed (scripts/setup.sh installs it)';
+  if (!existsSync('/usr/sbin/debootstrap'))
+    return 'debootstrap is not installed (scripts/setup.sh installs it)';
+  return null;
+}
+
+/**
+ * Makes sure the kernel image and the rootfs of each language exist for the current agent, in
+ * the shared test data folder (built once per machine, reused by every test file and run).
+ */
+export async function ensureImages(languages: readonly string[]): Promise<void> {
+  const paths = testDataPaths();
+  const store = new ImageStore(paths.imagesDir);
+  const log = new BuildLog(join(paths.logsDir, 'test-kernel.log'));
+  try {
+    if ((await store.latest('kernel', null)) === undefined) {
+      await buildKernelImage({ store, workDir: join(paths.buildDir, 'kernel'), log });
+    }
+  } finally {
+    log.close();
+  }
+  const registry = LanguageRegistry.fromDir();
+  const agentBundlePath = await bundleAgent(join(paths.buildDir, 'agent', 'agent-test.mjs'));
+  const builder = new RootfsBuilder({ paths, store, agentBundlePath });
+  const { failed } = await builder.buildMany(languages.map((l) => registry.get(l)));
+  if (failed.length > 0) {
+    throw new Error(
+      `image builds failed: ${failed.map((f) => `${f.language} (${f.phase}): ${f.error.message} [log ${f.logPath ?? '-'}]`).join('; ')}`,
+    );
+  }
+}
+
+/** Settings for tests: the shared data folder, QEMU as the unprivileged VMM user when it exists. */
+export function testSettings(overrides: Partial<Record<keyof Settings, unknown>> = {}): Settings {
+  return loadSettings({ ...process.env, RUNNER_DATA_DIR: testDataDir() }, overrides);
+}
+
+/** An engine over the shared test data; the caller closes it. */
+export async function testEngine(
+  overrides: Partial<Record<keyof Settings, unknown>> = {},
+): Promise<Engine> {
+  return createEngine(testSettings(overrides), {
+    log: (line) => {
+      if (process.env.RUNNER_TEST_VERBOSE) console.info(line);
+    },
+  });
+}
