@@ -1,0 +1,156 @@
+import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import type { ExecuteResponse, JobView, PistonExecuteResponse } from '../../../src/api/schemas.js';
+import { startServer, type RunningServer } from '../../../src/api/server.js';
+import { loadSettings } from '../../../src/config/settings.js';
+import { bundleAgent } from '../../../src/images/agent-bundle.js';
+import { BuildLog } from '../../../src/images/build-log.js';
+import { buildKernelImage } from '../../../src/images/kernel.js';
+import { RootfsBuilder } from '../../../src/images/rootfs.js';
+import { ImageStore } from '../../../src/images/store.js';
+import { LanguageRegistry } from '../../../src/languages/index.js';
+import { testDataPaths } from '../../support/paths.js';
+
+/**
+ * The HTTP service end to end: `startServer` with the real engine (QEMU, TCG here), python
+ * only, over real HTTP. The images come from the shared test data folder (built there when
+ * missing); the snapshots, VM run dirs and job store live in a private folder, so this test
+ * neither sweeps nor prunes what other test files running at the same time use. VMs: one cold
+ * boot for the snapshot, then one restore per job (three jobs).
+ */
+const shared = testDataPaths();
+
+function skipReason(): string | null {
+  if (process.getuid?.() !== 0) return 'booting VMs needs root';
+  if (!existsSync('/usr/bin/qemu-system-x86_64')) return 'qemu-system-x86_64 is not installed';
+  return null;
+}
+const reason = skipReason();
+if (reason !== null) console.warn(`tests/integration/api skipped: ${reason}`);
+
+/** The kernel and the python rootfs, built into the shared store when missing. */
+async function ensurePythonImages(): Promise<void> {
+  const store = new ImageStore(shared.imagesDir);
+  if ((await store.latest('kernel', null)) === undefined) {
+    mkdirSync(shared.logsDir, { recursive: true });
+    const log = new BuildLog(join(shared.logsDir, 'test-api-kernel.log'));
+    try {
+      await buildKernelImage({ store, workDir: join(shared.buildDir, 'kernel'), log });
+    } finally {
+      log.close();
+    }
+  }
+  if ((await store.latest('rootfs', 'python')) === undefined) {
+    const agentBundlePath = await bundleAgent(join(shared.buildDir, 'agent', 'agent-test-api.mjs'));
+    const builder = new RootfsBuilder({ paths: shared, store, agentBundlePath });
+    const { failed } = await builder.buildMany([LanguageRegistry.fromDir().get('python')]);
+    if (failed.length > 0) throw new Error(`python rootfs build failed: ${failed.map((f) => f.error.message).join('; ')}`);
+  }
+}
+
+describe.skipIf(reason !== null)('runner serve with real VMs', () => {
+  let server: RunningServer | undefined;
+  let dir = '';
+  const savedImagesDir = process.env.RUNNER_IMAGES_DIR;
+
+  beforeAll(async () => {
+    await ensurePythonImages();
+    dir = mkdtempSync(join(tmpdir(), 'api-it-'));
+    // QEMU runs as an unprivileged user and must reach the VM run dirs below this one.
+    chmodSync(dir, 0o755);
+    // The engine reads the images from the shared store; all else is private.
+    process.env.RUNNER_IMAGES_DIR = shared.imagesDir;
+    const probe = join(shared.dataDir, 'kvm-probe.json');
+    if (existsSync(probe)) copyFileSync(probe, join(dir, 'kvm-probe.json'));
+    const settings = loadSettings(
+      { RUNNER_DATA_DIR: dir },
+      { host: '127.0.0.1', port: 0, jobStoreFile: join(dir, 'jobs.sqlite'), poolMaxVms: 2, logLevel: 'warn', qemuUser: process.env.RUNNER_QEMU_USER ?? 'runner-vmm' },
+    );
+    server = await startServer(settings);
+  });
+
+  afterAll(async () => {
+    try {
+      await server?.close();
+      // Every VM was destroyed: nothing is left in the private run dir.
+      if (dir !== '' && existsSync(join(dir, 'run'))) expect(readdirSync(join(dir, 'run'))).toEqual([]);
+    } finally {
+      if (savedImagesDir === undefined) delete process.env.RUNNER_IMAGES_DIR;
+      else process.env.RUNNER_IMAGES_DIR = savedImagesDir;
+      if (dir !== '') rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  const url = (path: string): string => {
+    if (!server) throw new Error('the server did not start');
+    return `${server.url}${path}`;
+  };
+  const post = async (path: string, body: unknown) => {
+    const res = await fetch(url(path), { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+    const json: unknown = await res.json();
+    return { status: res.status, body: json };
+  };
+
+  test('POST /v1/execute runs python in a microVM', async () => {
+    const { status, body } = await post('/v1/execute', {
+      language: 'python',
+      files: [{ content: 'import sys\nname = input()\nprint(f"hello {name}")\nprint("warn", file=sys.stderr)\nsys.exit(3)' }],
+      stdin: 'api\n',
+    });
+    expect(status).toBe(200);
+    const result = body as ExecuteResponse;
+    expect(result.status).toBe('runtime_error');
+    expect(result.run).toMatchObject({ exitCode: 3, stdoutText: 'hello api\n', stderrText: 'warn\n' });
+    expect(result.version).toBe('3.11.2');
+  });
+
+  test("POST /api/v2/execute takes Piston's request shape", async () => {
+    // Piston's documented example (docs/api-v2.md), with python in place of js.
+    const { status, body } = await post('/api/v2/execute', {
+      language: 'python',
+      version: '3.x',
+      files: [{ name: 'my_cool_code.py', content: 'import sys\nprint(sys.argv[1:])' }],
+      stdin: '',
+      args: ['1', '2', '3'],
+      compile_timeout: 10000,
+      run_timeout: 3000,
+      compile_memory_limit: -1,
+      run_memory_limit: -1,
+    });
+    expect(status).toBe(200);
+    const result = body as PistonExecuteResponse;
+    expect(result).toMatchObject({ language: 'python', version: '3.11.2' });
+    expect(result.run).toMatchObject({ stdout: "['1', '2', '3']\n", stderr: '', output: "['1', '2', '3']\n", code: 0, signal: null });
+  });
+
+  test('POST /v1/jobs, then GET /v1/jobs/:id to the result; runtimes and metrics show it', async () => {
+    const { status, body } = await post('/v1/jobs', { language: 'py', files: [{ content: 'print(6 * 7)' }] });
+    expect(status).toBe(202);
+    const { id } = body as { id: string };
+    let job: JobView | undefined;
+    await expect
+      .poll(
+        async () => {
+          job = (await (await fetch(url(`/v1/jobs/${id}`))).json()) as JobView;
+          return job.state;
+        },
+        { timeout: 120_000, interval: 250 },
+      )
+      .toBe('done');
+    expect(job?.result).toMatchObject({ status: 'ok', run: { stdoutText: '42\n' } });
+
+    const runtimes = (await (await fetch(url('/v1/runtimes'))).json()) as { language: string; imageReady: boolean; snapshotReady: boolean }[];
+    expect(runtimes.find((r) => r.language === 'python')).toMatchObject({ imageReady: true, snapshotReady: true });
+    const metrics = await (await fetch(url('/metrics'))).text();
+    expect(metrics).toMatch(/runner_jobs_total\{language="python",status="ok"\} 2/);
+    expect(metrics).toMatch(/runner_jobs_total\{language="python",status="runtime_error"\} 1/);
+  });
+
+  test('a bad request is refused before any VM', async () => {
+    const { status, body } = await post('/api/v2/execute', { language: 'python', files: [{ content: '' }] });
+    expect(status).toBe(400);
+    expect(body).toEqual({ message: 'body is missing the field "version"' });
+  });
+});

@@ -1,0 +1,50 @@
+import { readFileSync } from 'node:fs';
+import { describe, expect, test } from 'vitest';
+import { generateOpenApi } from '../../../src/api/openapi.js';
+import { configurationDoc, formatSettings } from '../../../src/cli/commands/serve.js';
+import { SETTINGS } from '../../../src/config/settings.js';
+import { testSettings } from './helpers.js';
+
+const read = (path: string): string => readFileSync(new URL(`../../../${path}`, import.meta.url), 'utf8');
+
+describe('generated documents are current', () => {
+  test('docs/openapi.json matches the route schemas (run `npm run openapi` when this fails)', async () => {
+    const current = await generateOpenApi();
+    const committed = JSON.parse(read('docs/openapi.json')) as unknown;
+    expect(committed).toEqual(current);
+  });
+
+  test('the OpenAPI document covers both APIs', async () => {
+    const doc = (await generateOpenApi()) as { paths: Record<string, Record<string, unknown>> };
+    for (const path of ['/v1/execute', '/v1/jobs', '/v1/jobs/{id}', '/v1/runtimes', '/v1/limits', '/api/v2/execute', '/api/v2/runtimes', '/api/v2/packages', '/healthz', '/readyz', '/metrics']) {
+      expect(doc.paths, path).toHaveProperty([path]);
+    }
+  });
+
+  test('docs/configuration.md is generated from SETTINGS (run `npm run docs:config` when this fails)', () => {
+    const doc = read('docs/configuration.md');
+    expect(doc).toBe(configurationDoc());
+    for (const spec of SETTINGS) expect(doc).toContain(`\`${spec.env}\``);
+  });
+
+  test('docs/api.md shows a curl example for every endpoint', async () => {
+    const curls = read('docs/api.md')
+      .split('\n')
+      .filter((line) => line.includes('curl '));
+    const doc = (await generateOpenApi()) as { paths: Record<string, Record<string, unknown>> };
+    const endpoints = Object.entries(doc.paths).flatMap(([path, methods]) => Object.keys(methods).map((m) => [m.toUpperCase(), path] as const));
+    expect(endpoints.length).toBeGreaterThan(10);
+    for (const [verb, path] of [...endpoints, ['GET', '/openapi.json'] as const]) {
+      const url = `$R${path.replace('{id}', '')}`;
+      // A POST example sends a body (-d); a GET example does not.
+      const found = curls.some((line) => line.includes(url) && (verb === 'POST') === line.includes(' -d '));
+      expect(found, `${verb} ${path}`).toBe(true);
+    }
+  });
+
+  test('--print-config hides API keys', () => {
+    const text = formatSettings(testSettings({ apiKeys: ['secret-1', 'secret-2'] }));
+    expect(text).toContain('RUNNER_API_KEYS=<2 key(s) hidden>');
+    expect(text).not.toContain('secret-1');
+  });
+});
