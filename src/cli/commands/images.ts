@@ -159,7 +159,7 @@ export function registerImagesCommand(program: Command): void {
       );
       for (const { manifest: m } of found) {
         out(
-          `${m.kind.padEnd(7)} ${m.id.padEnd(26)} ${(m.language ?? '-').padEnd(11)} ${(m.toolchainVersion ?? m.kernelVersion).padEnd(10)} ${mib(m.totalSizeBytes).padStart(11)}  ${m.builtAt}`,
+          `${m.kind.padEnd(7)} ${m.id.padEnd(26)} ${(m.language ?? '-').padEnd(11)} ${(m.toolchainVersion ?? m.kernelVersion.split(' ')[0] ?? '-').padEnd(10)} ${mib(m.totalSizeBytes).padStart(11)}  ${m.builtAt}`,
         );
       }
     });
