@@ -1,5 +1,5 @@
 import Type, { type Static } from 'typebox';
-import { LimitsSchema, StatusSchema } from '../protocol/index.js';
+import { LimitsSchema, StageResultSchema, StatusSchema } from '../protocol/index.js';
 
 /**
  * The HTTP bodies of both APIs. They are plain JSON Schema objects: Fastify validates requests
@@ -79,21 +79,11 @@ export const SubmitRequest = Type.Object(
 );
 export type SubmitRequest = Static<typeof SubmitRequest>;
 
-/** One stage's result: the guest's stage result plus the output decoded as UTF-8 when it is. */
+/** One stage's result: the guest's stage result (the same schema) plus the output as text. */
 export const StageView = Type.Object({
-  status: StatusSchema,
-  exitCode: Type.Union([Type.Integer(), Type.Null()]),
-  signal: Type.Union([Type.String(), Type.Null()]),
-  wallTimeMs: Type.Number(),
-  cpuTimeMs: Type.Union([Type.Number(), Type.Null()]),
-  memoryPeakBytes: Type.Union([Type.Integer(), Type.Null()]),
-  stdout: Type.String({ description: 'base64 bytes' }),
-  stderr: Type.String({ description: 'base64 bytes' }),
+  ...StageResultSchema.properties,
   stdoutText: Type.Union([Type.String(), Type.Null()], { description: 'stdout as text; null when it is not valid UTF-8' }),
   stderrText: Type.Union([Type.String(), Type.Null()], { description: 'stderr as text; null when it is not valid UTF-8' }),
-  stdoutTruncated: Type.Boolean(),
-  stderrTruncated: Type.Boolean(),
-  message: Type.Optional(Type.String()),
 });
 export type StageView = Static<typeof StageView>;
 
