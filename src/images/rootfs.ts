@@ -2,7 +2,6 @@ import { randomBytes } from 'node:crypto';
 import {
   chmodSync,
   chownSync,
-  copyFileSync,
   cpSync,
   existsSync,
   lstatSync,
@@ -171,15 +170,20 @@ export class RootfsBuilder {
   }
 
   /** What the identity of `language`'s image is computed from, but the toolchain layer's packages. */
-  private async identityInputs(language: Language): Promise<RootfsIdentityInputs> {
-    const bundle = this.options.agentBundlePath;
-    if (!existsSync(bundle) || !statSync(bundle).isFile()) {
-      throw new RunnerError('IMAGE_BUILD_FAILED', `agent bundle ${bundle} does not exist`);
+  private async identityInputs(
+    language: Language,
+  ): Promise<RootfsIdentityInputs & { readonly agentBundle: Buffer }> {
+    const path = this.options.agentBundlePath;
+    if (!existsSync(path) || !statSync(path).isFile()) {
+      throw new RunnerError('IMAGE_BUILD_FAILED', `agent bundle ${path} does not exist`);
     }
+    // Read once: the bytes hashed are the bytes installed, even if the file changes meanwhile.
+    const agentBundle = readFileSync(path);
     return {
       definition: language.definition,
       languageFiles: await folderDigests(language.dir),
-      agentSha256: await sha256File(bundle),
+      agentSha256: sha256Hex(agentBundle),
+      agentBundle,
       initScript: GUEST_INIT_SCRIPT,
       agentVersion: AGENT_VERSION,
     };
@@ -320,7 +324,12 @@ export class RootfsBuilder {
       const root = join(work, 'root');
       mkdirSync(work, { recursive: true });
       await copyTree(log, join(toolchain.dir, 'root'), root, this.options.signal);
-      const { toolchainVersion, warnings } = await this.finalLayer(language, root, log);
+      const { toolchainVersion, warnings } = await this.finalLayer(
+        language,
+        inputs.agentBundle,
+        root,
+        log,
+      );
       for (const message of warnings)
         this.reporter.event({ type: 'note', language: name, message });
 
@@ -538,6 +547,7 @@ export class RootfsBuilder {
   /** The final layer, in a copy of the toolchain layer. Returns the toolchain version read. */
   private async finalLayer(
     language: Language,
+    agentBundle: Buffer,
     root: string,
     log: BuildLog,
   ): Promise<{ toolchainVersion: string; warnings: string[] }> {
@@ -546,7 +556,8 @@ export class RootfsBuilder {
     // The agent, the language folder and the init.
     const agentPath = guestPath(root, GUEST_AGENT_PATH);
     mkdirSync(posix.dirname(agentPath), { recursive: true, mode: 0o755 });
-    copyFileSync(this.options.agentBundlePath, agentPath);
+    rmSync(agentPath, { force: true });
+    writeFileSync(agentPath, agentBundle, { mode: 0o644, flag: 'wx' });
     chmodSync(agentPath, 0o644);
     const langDir = join(guestPath(root, GUEST_LANGUAGES_DIR), definition.name);
     mkdirSync(langDir, { recursive: true, mode: 0o755 });
