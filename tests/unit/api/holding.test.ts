@@ -1,3 +1,4 @@
+import { connect } from 'node:net';
 import { afterEach, describe, expect, test } from 'vitest';
 import { RateLimiter } from '../../../src/api/auth.js';
 import type { ExecuteResponse, JobView } from '../../../src/api/schemas.js';
@@ -206,3 +207,70 @@ function cur(): TestApp {
   if (!t) throw new Error('no app yet');
   return t;
 }
+
+describe('slow clients, on a real socket', () => {
+  async function listen(settings: Partial<Record<string, unknown>>): Promise<{ port: number; app: TestApp }> {
+    const app = await makeApp({ settings });
+    await app.app.listen({ host: '127.0.0.1', port: 0 });
+    const address = app.app.server.address();
+    if (address === null || typeof address === 'string') throw new Error('no port');
+    return { port: address.port, app };
+  }
+
+  /** Writes `chunks` slowly and resolves with what the server answered when it closed. */
+  function slowClient(port: number, chunks: string[], gapMs: number): Promise<{ answer: string; ms: number }> {
+    return new Promise((resolve, reject) => {
+      const started = Date.now();
+      const socket = connect(port, '127.0.0.1');
+      let answer = '';
+      let i = 0;
+      const timer = setInterval(() => {
+        const chunk = chunks[i++];
+        if (chunk !== undefined && !socket.destroyed) socket.write(chunk);
+      }, gapMs);
+      socket.on('data', (d: Buffer) => (answer += d.toString()));
+      socket.on('error', () => undefined);
+      socket.on('close', () => {
+        clearInterval(timer);
+        resolve({ answer, ms: Date.now() - started });
+      });
+      setTimeout(() => {
+        clearInterval(timer);
+        socket.destroy();
+        reject(new Error('the server kept the slow client'));
+      }, 10_000);
+    });
+  }
+
+  test('headers that trickle in are cut off at the headers timeout, and run nothing', async () => {
+    const { port, app } = await listen({ headersTimeoutMs: 1000, requestTimeoutMs: 1000 });
+    t = app;
+    const trickle = Array.from({ length: 100 }, (_, i) => (i === 0 ? 'POST /v1/execute HTTP/1.1\r\nHost: x\r\n' : `X-Slow-${i}: 1\r\n`));
+    const { answer, ms } = await slowClient(port, trickle, 200);
+    expect(answer).toMatch(/^HTTP\/1\.1 408/);
+    expect(ms).toBeLessThan(4000);
+    expect(app.engine.calls).toHaveLength(0);
+  });
+
+  test('a body that trickles in is cut off at the request timeout, holding no job slot', async () => {
+    const { port, app } = await listen({ headersTimeoutMs: 1000, requestTimeoutMs: 1500 });
+    t = app;
+    const body = JSON.stringify(pyJob());
+    const head = `POST /v1/execute HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n`;
+    const { answer, ms } = await slowClient(port, [head, ...body.split('')], 200);
+    expect(answer).toMatch(/^HTTP\/1\.1 408/);
+    expect(ms).toBeLessThan(5000);
+    expect(app.queue.stats()).toMatchObject({ running: 0, queued: 0 });
+    expect(app.engine.calls).toHaveLength(0);
+  });
+});
+
+describe('many files', () => {
+  test('100,000 files are refused with 413, nothing run', async () => {
+    t = await makeApp();
+    const files = Array.from({ length: 100_000 }, () => ({ content: '' }));
+    const res = await t.app.inject({ method: 'POST', url: '/v1/execute', payload: { language: 'python', files } });
+    expect(res.statusCode).toBe(413);
+    expect(t.engine.calls).toHaveLength(0);
+  });
+});
