@@ -5,9 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(qemu-system-x86 debootstrap e2fsprogs busybox-static cpio socat zstd kmod util-linux)
+packages=(qemu-system-x86 debootstrap e2fsprogs cpio lz4 zstd util-linux)
 if [[ "${1:-}" == "--test" ]]; then
-  packages+=(python3 bash gcc libc6-dev redis-server)
+  packages+=(python3 bash gcc libc6-dev socat redis-server)
 fi
 
 missing=()
@@ -23,6 +23,12 @@ if ((${#missing[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -q
   apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# QEMU runs as this unprivileged user when the service runs as root (RUNNER_QEMU_USER).
+if [[ $(id -u) -eq 0 ]] && ! id runner-vmm >/dev/null 2>&1; then
+  echo "setup: creating the system user runner-vmm (QEMU runs as it)"
+  useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin runner-vmm
 fi
 
 if [[ ! -d node_modules ]] || [[ package-lock.json -nt node_modules/.package-lock.json ]]; then

@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, openSync } from 'node:fs';
+import { closeSync, openSync, readFileSync } from 'node:fs';
 import { chmod, chown, mkdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { connect, createServer, type Socket } from 'node:net';
 import { dirname, join } from 'node:path';
@@ -60,6 +60,29 @@ export const BASE_KERNEL_ARGS = [
   'runner.transport=serial',
 ];
 
+/**
+ * Kernel arguments for TCG. Under load, the guest kernel sometimes fails to calibrate its TSC
+ * against the emulated PIT ("tsc: Unable to calibrate against PIT"), marks the TSC unstable and
+ * then hangs calibrating the APIC timer: the boot never ends. Under TCG the guest's TSC is the
+ * host's (QEMU reads the host counter), so give the kernel the host's TSC frequency and tell it
+ * the TSC is reliable. Seen on Debian's 6.1 cloud kernel with QEMU 7.2 (docs/qemu.md).
+ */
+export function tcgKernelArgs(cpuinfo: string = readCpuinfo()): string[] {
+  const mhz = /^cpu MHz\s*:\s*([0-9.]+)/m.exec(cpuinfo)?.[1];
+  const khz = mhz === undefined ? null : Math.round(Number(mhz) * 1000);
+  return khz !== null && Number.isFinite(khz) && khz > 0
+    ? [`tsc_early_khz=${khz}`, 'tsc=reliable']
+    : ['tsc=reliable'];
+}
+
+function readCpuinfo(): string {
+  try {
+    return readFileSync('/proc/cpuinfo', 'utf8');
+  } catch {
+    return '';
+  }
+}
+
 /** The longest a snapshot may take (a migration of the guest's memory to a local file). */
 const SNAPSHOT_TIMEOUT_MS = 120_000;
 
@@ -102,7 +125,11 @@ export function qemuArgs(
     '-initrd',
     options.initrdPath,
     '-append',
-    [...BASE_KERNEL_ARGS, ...(driver.kernelArgs ?? [])].join(' '),
+    [
+      ...BASE_KERNEL_ARGS,
+      ...(driver.accel === 'tcg' ? tcgKernelArgs() : []),
+      ...(driver.kernelArgs ?? []),
+    ].join(' '),
     '-drive',
     `id=root,file=${options.rootfsPath},format=raw,if=none,readonly=on`,
     '-device',
@@ -150,7 +177,7 @@ export class QemuDriver implements VmmDriver {
       return vm;
     } catch (err) {
       await vm.destroy();
-      throw err;
+      throw vm.bootError(err);
     } finally {
       clearTimeout(backstop);
     }
@@ -452,7 +479,8 @@ class QemuVm implements MicroVm {
     return Promise.race([promise, died]);
   }
 
-  private bootError(err: unknown): RunnerError {
+  /** Wraps a failure of boot or restore with the last lines the guest printed. */
+  bootError(err: unknown): RunnerError {
     if (err instanceof RunnerError && err.code !== 'VM_TIMEOUT') {
       return new RunnerError(err.code, `${err.message}${this.lastConsoleLine()}`, { cause: err });
     }

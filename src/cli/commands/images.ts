@@ -1,4 +1,7 @@
+import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
+import { BuildLog } from '../../images/build-log.js';
+import { buildKernelImage } from '../../images/kernel.js';
 import type { Command } from '@commander-js/extra-typings';
 import { dataPaths } from '../../config/paths.js';
 import { RunnerError } from '../../errors.js';
@@ -27,6 +30,43 @@ async function resolveRef(store: ImageStore, ref: string): Promise<StoredImage> 
   );
 }
 
+/**
+ * Builds the kernel image (vmlinuz, vmlinux, initramfs) when the store has none, or always with
+ * `force`; phases are shown on stderr, the full log goes to a file.
+ */
+async function ensureKernel(
+  store: ImageStore,
+  paths: ReturnType<typeof dataPaths>,
+  force: boolean,
+): Promise<StoredImage> {
+  const existing = await store.latest('kernel', null);
+  if (existing && !force) return existing;
+  await mkdir(paths.logsDir, { recursive: true });
+  const log = new BuildLog(
+    join(paths.logsDir, `kernel-${new Date().toISOString().replace(/[:.]/g, '-')}.log`),
+  );
+  const started = Date.now();
+  try {
+    process.stderr.write(`[kernel] log: ${log.path}\n`);
+    return await buildKernelImage({
+      store,
+      workDir: join(paths.buildDir, 'kernel'),
+      log,
+      force,
+      onPhase: (phase) =>
+        process.stderr.write(`[kernel ${((Date.now() - started) / 1000).toFixed(1)}s] ${phase}\n`),
+    });
+  } catch (err) {
+    throw new RunnerError(
+      'IMAGE_BUILD_FAILED',
+      `kernel image: ${err instanceof Error ? err.message : String(err)} (log: ${log.path})`,
+      { cause: err },
+    );
+  } finally {
+    log.close();
+  }
+}
+
 /** `runner images ...`: build rootfs images and manage the local image store. */
 export function registerImagesCommand(program: Command): void {
   const images = program
@@ -49,6 +89,7 @@ export function registerImagesCommand(program: Command): void {
       'the bundled guest agent to install (default: bundle src/agent with scripts/bundle-agent.mjs)',
     )
     .option('--force', 'rebuild even when the store already holds an image with the same identity')
+    .option('--no-kernel', 'do not build the kernel image (by default it is built when missing)')
     .option(
       '--rebuild-layers',
       'ignore the cached base and toolchain layers (picks up new Debian updates)',
@@ -84,6 +125,12 @@ export function registerImagesCommand(program: Command): void {
       const store = new ImageStore(paths.imagesDir);
       const agentBundlePath =
         opts.agentBundle ?? (await bundleAgent(join(paths.buildDir, 'agent', 'agent.mjs')));
+      if (opts.kernel) {
+        const kernel = await ensureKernel(store, paths, opts.force === true);
+        out(
+          `kernel       ${kernel.manifest.id.padEnd(26)} ${mib(kernel.manifest.totalSizeBytes).padStart(11)}  ${kernel.manifest.kernelVersion}`,
+        );
+      }
       const kernelVersion =
         opts.kernelVersion ??
         (await store.latest('kernel', null))?.manifest.kernelVersion ??
