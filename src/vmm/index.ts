@@ -2,6 +2,7 @@
 export * from './types.js';
 export {
   QemuDriver,
+  tcgKernelArgs,
   qemuArgs,
   BASE_KERNEL_ARGS,
   type QemuAccel,

@@ -1,0 +1,144 @@
+import { describe, expect, it } from 'vitest';
+import { LanguageRegistry } from '../../../src/languages/index.js';
+import { checkFileName, JobRunner } from '../../../src/pool/runner.js';
+import type { VmPool } from '../../../src/pool/pool.js';
+import { quantiles } from '../../../src/cli/commands/bench.js';
+import { exitCodeFor, languageForFile } from '../../../src/cli/commands/run.js';
+import { tcgKernelArgs, qemuArgs, VmStateMachine } from '../../../src/vmm/index.js';
+
+const registry = LanguageRegistry.fromDir();
+// prepare() never touches the pool.
+const runner = new JobRunner(registry, null as unknown as VmPool);
+
+describe('JobRunner.prepare (validation before any VM)', () => {
+  it('names an unnamed entry file after the language, and fills limits', () => {
+    const { message, language } = runner.prepare({
+      language: 'py',
+      files: [{ content: 'print(1)' }],
+    });
+    expect(language).toBe('python');
+    expect(message.files[0]).toEqual({ name: 'main.py', content: 'print(1)', encoding: 'utf8' });
+    expect(message.runLimits.wallTimeMs).toBeGreaterThan(0);
+    expect(message.stdin).toBe('');
+  });
+
+  it('rejects bad file names, duplicates, no files, bad base64 and bad env names', () => {
+    for (const name of ['../x', '/etc/passwd', 'a/../b', 'a\0b', 'x'.repeat(300), 'a//b', '.']) {
+      expect(() => checkFileName(name), name).toThrow(
+        expect.objectContaining({ code: 'FILE_NAME_INVALID' }),
+      );
+    }
+    expect(() => runner.prepare({ language: 'python', files: [] })).toThrow(/at least one file/);
+    expect(() =>
+      runner.prepare({
+        language: 'python',
+        files: [
+          { name: 'a.py', content: '' },
+          { name: 'a.py', content: '' },
+        ],
+      }),
+    ).toThrow(/twice/);
+    expect(() =>
+      runner.prepare({ language: 'python', files: [{ content: '%%%', encoding: 'base64' }] }),
+    ).toThrow(/base64/);
+    expect(() =>
+      runner.prepare({ language: 'python', files: [{ content: '' }], env: { 'BAD-NAME': 'x' } }),
+    ).toThrow(/environment/);
+    expect(() => runner.prepare({ language: 'klingon', files: [{ content: '' }] })).toThrow(
+      expect.objectContaining({ code: 'LANGUAGE_UNKNOWN' }),
+    );
+  });
+});
+
+describe('CLI helpers', () => {
+  it('maps results to exit statuses', () => {
+    const base = {
+      id: 'x',
+      language: 'python',
+      version: '3',
+      compile: null,
+      vmId: null,
+      timings: {} as never,
+    };
+    const stage = (exitCode: number | null, signal: string | null) => ({
+      status: 'runtime_error' as const,
+      exitCode,
+      signal,
+      wallTimeMs: 1,
+      cpuTimeMs: 1,
+      memoryPeakBytes: 1,
+      stdout: '',
+      stderr: '',
+      stdoutTruncated: false,
+      stderrTruncated: false,
+    });
+    expect(exitCodeFor({ ...base, status: 'ok', run: null })).toBe(0);
+    expect(exitCodeFor({ ...base, status: 'runtime_error', run: stage(3, null) })).toBe(3);
+    expect(exitCodeFor({ ...base, status: 'runtime_error', run: stage(null, 'SIGSEGV') })).toBe(
+      139,
+    );
+    expect(exitCodeFor({ ...base, status: 'timeout', run: null })).toBe(124);
+    expect(exitCodeFor({ ...base, status: 'sandbox_error', run: null })).toBe(70);
+  });
+
+  it('tells the language from the extension', () => {
+    expect(languageForFile(registry, 'x/hello.py')).toBe('python');
+    expect(languageForFile(registry, 'a.cc')).toBe('c++');
+    expect(languageForFile(registry, 'Main.java')).toBe('java');
+    expect(() => languageForFile(registry, 'a.xyz')).toThrow(/-l LANGUAGE/);
+  });
+
+  it('computes nearest-rank quantiles', () => {
+    expect(quantiles([5, 1, 3, 2, 4])).toEqual({ p50: 3, p95: 5, n: 5 });
+    expect(quantiles(Array.from({ length: 100 }, (_, i) => i + 1))).toEqual({
+      p50: 50,
+      p95: 95,
+      n: 100,
+    });
+    expect(quantiles([]).n).toBe(0);
+  });
+});
+
+describe('qemu driver pieces', () => {
+  it('gives TCG guests the host TSC rate', () => {
+    expect(tcgKernelArgs('cpu MHz\t\t: 2596.126\n')).toEqual([
+      'tsc_early_khz=2596126',
+      'tsc=reliable',
+    ]);
+    expect(tcgKernelArgs('')).toEqual(['tsc=reliable']);
+  });
+
+  it('builds one command line for boot and restore, with the seccomp sandbox and no network device', () => {
+    const opts = {
+      vmId: 'v',
+      runDir: '/r/v',
+      timeoutMs: 1,
+      kernelPath: '/k',
+      initrdPath: '/i',
+      rootfsPath: '/f.ext4',
+      memoryMib: 512,
+      vcpus: 1,
+    };
+    const boot = qemuArgs(opts, { accel: 'tcg' }, false);
+    const restore = qemuArgs(opts, { accel: 'tcg' }, true);
+    expect(restore.slice(0, boot.length)).toEqual(boot);
+    expect(restore.slice(boot.length)).toEqual(['-incoming', 'fd:3']);
+    expect(boot.join(' ')).toContain(
+      '-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny',
+    );
+    expect(boot.join(' ')).toContain('readonly=on');
+    expect(boot.join(' ')).not.toMatch(/-netdev|-nic|virtio-net/);
+    expect(boot).toContain('-nodefaults');
+  });
+
+  it('refuses illegal VM state transitions', () => {
+    const m = new VmStateMachine('v');
+    expect(() => m.to('snapshotted')).toThrow(expect.objectContaining({ code: 'VM_STATE' }));
+    m.to('running');
+    m.to('paused');
+    m.to('snapshotted');
+    expect(() => m.to('running')).toThrow(/cannot go from snapshotted to running/);
+    m.to('destroyed');
+    expect(() => m.to('running')).toThrow();
+  });
+});
