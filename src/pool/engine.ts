@@ -4,7 +4,8 @@ import { join } from 'node:path';
 import { dataPaths, type DataPaths } from '../config/paths.js';
 import type { Settings } from '../config/settings.js';
 import { RunnerError } from '../errors.js';
-import { ImageStore } from '../images/store.js';
+import { RemoteImageStore, remoteStoreConfigFromEnv } from '../images/remote.js';
+import { ImageStore, type StoredImage } from '../images/store.js';
 import { LanguageRegistry } from '../languages/index.js';
 import { probeKvm, QemuDriver, type KvmProbeResult, type VmmDriver } from '../vmm/index.js';
 import { VmPool } from './pool.js';
@@ -78,6 +79,39 @@ export async function sweepRunDir(runDir: string, log?: (line: string) => void):
   return swept;
 }
 
+/**
+ * Pull on demand: when a VM needs an image that is not local and an S3 image store is
+ * configured (RUNNER_S3_BUCKET), the newest matching image there is downloaded (verified, and
+ * once even when many jobs ask at the same time).
+ */
+export function remoteFetcher(
+  store: ImageStore,
+  log?: (line: string) => void,
+  env: NodeJS.ProcessEnv = process.env,
+):
+  | ((kind: 'kernel' | 'rootfs', language: string | null) => Promise<StoredImage | undefined>)
+  | undefined {
+  const config = remoteStoreConfigFromEnv(env);
+  if (config === null) return undefined;
+  const remote = new RemoteImageStore(config);
+  return async (kind, language) => {
+    const refs = (await remote.list(kind)).filter((r) =>
+      language === null ? true : r.id.startsWith(`${language}-`),
+    );
+    let best: { id: string; builtAt: number } | null = null;
+    for (const ref of refs) {
+      const manifest = await remote.manifest(kind, ref.id);
+      if (manifest.language !== language) continue;
+      const builtAt = Date.parse(manifest.builtAt);
+      if (best === null || builtAt > best.builtAt) best = { id: ref.id, builtAt };
+    }
+    if (best === null) return undefined;
+    log?.(`pulling ${kind} ${best.id} from the S3 image store`);
+    await remote.pull(kind, best.id, store.root);
+    return store.find(best.id, kind);
+  };
+}
+
 /** Builds the engine from settings: picks the driver (probing KVM), sweeps leftovers. */
 export async function createEngine(
   settings: Settings,
@@ -123,6 +157,7 @@ export async function createEngine(
     vcpus: settings.vmVcpus,
     bootTimeoutMs: settings.bootTimeoutMs,
     kernelFile: 'vmlinuz',
+    fetchMissing: remoteFetcher(store, log),
     log,
   });
   const pool = new VmPool({

@@ -2,6 +2,11 @@ import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { BuildLog } from '../../images/build-log.js';
 import { buildKernelImage } from '../../images/kernel.js';
+import {
+  RemoteImageStore,
+  remoteStoreConfigFromEnv,
+  renderTransferProgress,
+} from '../../images/remote.js';
 import type { Command } from '@commander-js/extra-typings';
 import { dataPaths } from '../../config/paths.js';
 import { RunnerError } from '../../errors.js';
@@ -76,6 +81,7 @@ export function registerImagesCommand(program: Command): void {
       'after',
       '\nThe store is <data dir>/images (RUNNER_DATA_DIR, RUNNER_IMAGES_DIR); builds need root.',
     );
+  registerImagesRemoteCommands(images);
 
   images
     .command('build')
@@ -257,5 +263,83 @@ export function registerImagesCommand(program: Command): void {
       }
       if (targets.length === 0) out(`no images in ${store.root}`);
       if (bad > 0) process.exitCode = 1;
+    });
+}
+
+/** The S3 store from the environment, or a clear error saying which variables to set. */
+function remoteStore(): RemoteImageStore {
+  const config = remoteStoreConfigFromEnv();
+  if (config === null) {
+    throw new RunnerError(
+      'CONFIG_INVALID',
+      'no S3 image store is configured: set RUNNER_S3_BUCKET (and RUNNER_S3_ENDPOINT, AWS credentials; see docs/image-store.md)',
+    );
+  }
+  return new RemoteImageStore(config);
+}
+
+/** `runner images push|pull|remote`: the S3-compatible image store. */
+export function registerImagesRemoteCommands(images: Command): void {
+  images
+    .command('push')
+    .description('upload images to the S3 image store (files first, manifest last)')
+    .argument('<refs...>', 'image ids, or language names for their newest rootfs, or "kernel"')
+    .option('--force', 'upload again even when the remote store already has the image')
+    .action(async (refs, opts) => {
+      const store = new ImageStore(dataPaths().imagesDir);
+      const remote = remoteStore();
+      const bars = renderTransferProgress();
+      try {
+        for (const ref of refs) {
+          const image =
+            ref === 'kernel' ? await store.resolve('kernel', null) : await resolveRef(store, ref);
+          const r = await remote.push(image.dir, {
+            onProgress: bars.onProgress,
+            force: opts.force === true,
+          });
+          bars.stop();
+          out(
+            `${r.uploaded ? 'pushed' : 'already there'} ${r.kind}/${r.id} (${mib(r.uploadedBytes)} sent)`,
+          );
+        }
+      } finally {
+        bars.stop();
+        remote.close();
+      }
+    });
+
+  images
+    .command('pull')
+    .description('download images from the S3 image store, verified against their manifests')
+    .argument('<ids...>', 'image ids (kernel-... or <language>-...)')
+    .action(async (ids) => {
+      const paths = dataPaths();
+      const remote = remoteStore();
+      const bars = renderTransferProgress();
+      try {
+        for (const id of ids) {
+          const kind = id.startsWith('kernel-') ? 'kernel' : 'rootfs';
+          const r = await remote.pull(kind, id, paths.imagesDir, { onProgress: bars.onProgress });
+          bars.stop();
+          out(
+            `${r.downloaded ? 'pulled' : 'already here'} ${r.kind}/${r.id} (${mib(r.transferredBytes)} received)`,
+          );
+        }
+      } finally {
+        bars.stop();
+        remote.close();
+      }
+    });
+
+  images
+    .command('remote')
+    .description('list the images in the S3 image store')
+    .action(async () => {
+      const remote = remoteStore();
+      try {
+        for (const ref of await remote.list()) out(`${ref.kind.padEnd(7)} ${ref.id}`);
+      } finally {
+        remote.close();
+      }
     });
 }
