@@ -7,7 +7,13 @@ import { RunnerError } from '../errors.js';
 import { RemoteImageStore, remoteStoreConfigFromEnv } from '../images/remote.js';
 import { ImageStore, type StoredImage } from '../images/store.js';
 import { LanguageRegistry } from '../languages/index.js';
-import { probeKvm, QemuDriver, type KvmProbeResult, type VmmDriver } from '../vmm/index.js';
+import {
+  FirecrackerDriver,
+  probeKvm,
+  QemuDriver,
+  type KvmProbeResult,
+  type VmmDriver,
+} from '../vmm/index.js';
 import { VmPool } from './pool.js';
 import { JobRunner, type JobRequest, type JobResult } from './runner.js';
 import { SnapshotManager } from './snapshots.js';
@@ -123,15 +129,9 @@ export async function createEngine(
   const store = new ImageStore(paths.imagesDir);
   await sweepRunDir(paths.runDir, log);
 
-  if (settings.vmm !== 'qemu') {
-    throw new RunnerError(
-      'CONFIG_INVALID',
-      `RUNNER_VMM=${settings.vmm} is not available in this build of the engine yet; use qemu`,
-    );
-  }
   let accel: KvmProbeResult | null = null;
   let mode: 'kvm' | 'tcg' = settings.accel === 'kvm' ? 'kvm' : 'tcg';
-  if (settings.accel === 'auto') {
+  if (settings.accel === 'auto' && settings.vmm === 'qemu') {
     const kernel = await store.latest('kernel', null);
     if (kernel) {
       accel = await probeKvm({
@@ -146,17 +146,38 @@ export async function createEngine(
     }
   }
   const user = settings.qemuUser === '' ? null : lookupUser(settings.qemuUser);
-  const driver = new QemuDriver({ binary: settings.qemuBinary, accel: mode, user });
+  let driver: VmmDriver;
+  let driverTag: string;
+  if (settings.vmm === 'firecracker') {
+    // Firecracker always runs on KVM; the jailer, where configured, confines it (docs/firecracker.md).
+    const jailUser = user ?? { uid: 0, gid: 0 };
+    driver = new FirecrackerDriver({
+      binary: settings.firecrackerBinary,
+      jailer:
+        settings.jailerBinary === ''
+          ? null
+          : {
+              binary: settings.jailerBinary,
+              uid: jailUser.uid,
+              gid: jailUser.gid,
+              chrootBaseDir: join(paths.dataDir, 'jail'),
+            },
+    });
+    driverTag = settings.jailerBinary === '' ? 'firecracker' : 'firecracker-jailer';
+  } else {
+    driver = new QemuDriver({ binary: settings.qemuBinary, accel: mode, user });
+    driverTag = `qemu-${mode}`;
+  }
   const snapshots = new SnapshotManager({
     driver,
-    driverTag: `qemu-${mode}`,
+    driverTag,
     store,
     snapshotsDir: paths.snapshotsDir,
     runDir: paths.runDir,
     memoryMib: settings.vmMemoryMib,
     vcpus: settings.vmVcpus,
     bootTimeoutMs: settings.bootTimeoutMs,
-    kernelFile: 'vmlinuz',
+    kernelFile: settings.vmm === 'firecracker' ? 'vmlinux' : 'vmlinuz',
     fetchMissing: remoteFetcher(store, log),
     log,
   });
