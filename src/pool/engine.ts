@@ -3,7 +3,6 @@ import { readdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { dataPaths, type DataPaths } from '../config/paths.js';
 import type { Settings } from '../config/settings.js';
-import { RunnerError } from '../errors.js';
 import { RemoteImageStore, remoteStoreConfigFromEnv } from '../images/remote.js';
 import { ImageStore, type StoredImage } from '../images/store.js';
 import { LanguageRegistry } from '../languages/index.js';
