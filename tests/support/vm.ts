@@ -1,4 +1,4 @@
-import { existsSync } from 'node:fs';
+import { existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { loadSettings, type Settings } from '../../src/config/settings.js';
 import { bundleAgent } from '../../src/images/agent-bundle.js';
@@ -31,6 +31,7 @@ export function vmSkipReason(): string | null {
 export async function ensureImages(languages: readonly string[]): Promise<void> {
   const paths = testDataPaths();
   const store = new ImageStore(paths.imagesDir);
+  mkdirSync(paths.logsDir, { recursive: true });
   const log = new BuildLog(join(paths.logsDir, 'test-kernel.log'));
   try {
     if ((await store.latest('kernel', null)) === undefined) {
