@@ -1,0 +1,295 @@
+import { Duplex, PassThrough } from 'node:stream';
+import { describe, expect, it } from 'vitest';
+import { RunnerError } from '../../../src/errors.js';
+import { VmPool } from '../../../src/pool/pool.js';
+import { executeOnVm } from '../../../src/pool/runner.js';
+import type { SnapshotManager, SnapshotRef } from '../../../src/pool/snapshots.js';
+import {
+  encodeFrame,
+  FrameDecoder,
+  MessageChannel,
+  parseAgentMessage,
+  type AgentMessage,
+  type ExecuteMessage,
+  type HostMessage,
+} from '../../../src/protocol/index.js';
+import type {
+  AgentChannel,
+  MicroVm,
+  VmExit,
+  VmLaunchOptions,
+  VmmDriver,
+} from '../../../src/vmm/index.js';
+
+/**
+ * A stand-in VM whose "agent" is a function of the host's messages. The pool and the job
+ * runner are exercised for real; only the VMM is fake (the real one is in tests/integration).
+ */
+class FakeVm implements MicroVm {
+  readonly driver = 'fake';
+  readonly hello = null;
+  state: MicroVm['state'] = 'running';
+  readonly exited: Promise<VmExit>;
+  destroyed = false;
+  private exit!: (e: VmExit) => void;
+  private readonly channel: AgentChannel;
+  private readonly toAgent = new FrameDecoder();
+  readonly fromAgent = new PassThrough();
+
+  constructor(
+    readonly id: string,
+    respond: (m: HostMessage, vm: FakeVm) => Buffer | null,
+  ) {
+    this.exited = new Promise((resolve) => (this.exit = resolve));
+    const stream = new Duplex({
+      read() {},
+      write: (chunk: Buffer, _e, cb) => {
+        for (const m of this.toAgent.push(chunk)) {
+          const reply = respond(m as HostMessage, this);
+          if (reply) this.fromAgent.write(reply);
+        }
+        cb();
+      },
+    });
+    this.fromAgent.on('data', (d: Buffer) => stream.push(d));
+    this.fromAgent.on('end', () => stream.push(null));
+    this.channel = new MessageChannel<AgentMessage, HostMessage>(stream, {
+      parse: parseAgentMessage,
+      frameTimeoutMs: 200,
+    });
+  }
+
+  get pid(): number | undefined {
+    return undefined;
+  }
+  agent(): AgentChannel {
+    return this.channel;
+  }
+  snapshot(): never {
+    throw new RunnerError('VM_STATE', 'fake');
+  }
+  die(): void {
+    this.fromAgent.end();
+    this.exit({ code: null, signal: 'SIGKILL', expected: false });
+  }
+  destroy(): Promise<void> {
+    this.destroyed = true;
+    this.state = 'destroyed';
+    this.channel.close();
+    this.exit({ code: null, signal: 'SIGKILL', expected: true });
+    return Promise.resolve();
+  }
+  consoleTail(): string {
+    return '';
+  }
+}
+
+const stage = {
+  status: 'ok',
+  exitCode: 0,
+  signal: null,
+  wallTimeMs: 5,
+  cpuTimeMs: 1,
+  memoryPeakBytes: 1,
+  stdout: Buffer.from('hi\n').toString('base64'),
+  stderr: '',
+  stdoutTruncated: false,
+  stderrTruncated: false,
+} as const;
+
+/** An agent that seeds and runs jobs correctly. */
+const goodAgent = (m: HostMessage): Buffer | null => {
+  if (m.type === 'seed')
+    return encodeFrame({ type: 'seeded', id: m.id, vmId: m.vmId, entropyBytes: 64 });
+  if (m.type === 'ping') return encodeFrame({ type: 'pong', id: m.id });
+  return encodeFrame({
+    type: 'result',
+    id: m.id,
+    status: 'ok',
+    compile: null,
+    run: stage,
+    agentMs: 6,
+  });
+};
+
+function fakeDriver(
+  respond: (m: HostMessage, vm: FakeVm) => Buffer | null = goodAgent,
+): VmmDriver & { made: FakeVm[] } {
+  const made: FakeVm[] = [];
+  return {
+    name: 'qemu',
+    made,
+    boot: () => Promise.reject(new Error('not used')),
+    restore: (o: VmLaunchOptions) => {
+      const vm = new FakeVm(o.vmId, respond);
+      made.push(vm);
+      return Promise.resolve(vm);
+    },
+  };
+}
+
+const snapshots = {
+  ensure: (language: string): Promise<SnapshotRef> =>
+    Promise.resolve({
+      language,
+      key: 'k',
+      path: '/snap',
+      kernelId: 'k',
+      rootfsId: 'r',
+      sizeBytes: 1,
+      resources: { kernelPath: '', initrdPath: '', rootfsPath: '', memoryMib: 512, vcpus: 1 },
+    }),
+} as unknown as SnapshotManager;
+
+function pool(
+  driver: VmmDriver,
+  extra: Partial<ConstructorParameters<typeof VmPool>[0]> = {},
+): VmPool {
+  return new VmPool({
+    driver,
+    snapshots,
+    runDir: '/tmp/none',
+    targetPerLanguage: 1,
+    maxVms: 2,
+    maxMemoryMib: 100_000,
+    vmMemoryMib: 512,
+    restoreTimeoutMs: 2000,
+    ...extra,
+  });
+}
+
+const execute = (id: string): ExecuteMessage => {
+  const limits = {
+    wallTimeMs: 1000,
+    cpuTimeMs: 1000,
+    memoryMib: 64,
+    processes: 8,
+    outputBytes: 1024,
+    fileSizeBytes: 1024,
+    openFiles: 16,
+  };
+  return {
+    type: 'execute',
+    id,
+    language: 'python',
+    files: [{ name: 'a.py', content: '', encoding: 'utf8' }],
+    stdin: '',
+    args: [],
+    env: {},
+    compileLimits: limits,
+    runLimits: limits,
+  };
+};
+
+describe('VmPool', () => {
+  it('gives a restored, reseeded VM on a miss, a ready one on a hit, and destroys each after its job', async () => {
+    const driver = fakeDriver();
+    const p = pool(driver);
+    const miss = await p.acquire('python');
+    expect(miss.hit).toBe(false);
+    await p.release(miss);
+    expect(driver.made[0]?.destroyed).toBe(true);
+    await p.warm('python');
+    const hit = await p.acquire('python');
+    expect(hit.hit).toBe(true);
+    expect(hit.vm.state).toBe('running');
+    await p.release(hit);
+    expect(p.stats()).toMatchObject({ hits: 1, misses: 1, busy: 0 });
+    await p.close();
+    expect(driver.made.every((vm) => vm.destroyed)).toBe(true);
+  });
+
+  it('caps the VMs alive at once, by count and by memory, and makes a waiting job wait', async () => {
+    expect(pool(fakeDriver(), { maxVms: 10, maxMemoryMib: 1024, vmMemoryMib: 512 }).capacity).toBe(
+      2,
+    );
+    const p = pool(fakeDriver(), { maxVms: 1, targetPerLanguage: 0 });
+    const first = await p.acquire('python');
+    let second: Awaited<ReturnType<VmPool['acquire']>> | null = null;
+    const waiting = p.acquire('python').then((l) => (second = l));
+    await new Promise((r) => setTimeout(r, 50));
+    expect(second).toBeNull();
+    await p.release(first);
+    await waiting;
+    expect(second).not.toBeNull();
+    await p.close();
+  });
+
+  it('evicts an idle VM of another language when the host is full', async () => {
+    const driver = fakeDriver();
+    const p = pool(driver, { maxVms: 1 });
+    await p.warm('ruby');
+    expect(p.stats().ready.ruby).toBe(1);
+    const lease = await p.acquire('python');
+    expect(lease.language).toBe('python');
+    expect(driver.made[0]?.destroyed).toBe(true);
+    await p.release(lease);
+    await p.close();
+  });
+
+  it('replaces a ready VM that dies while idle', async () => {
+    const driver = fakeDriver();
+    const p = pool(driver);
+    await p.warm('python');
+    driver.made[0]?.die();
+    await new Promise((r) => setTimeout(r, 50));
+    expect(driver.made.length).toBe(2);
+    expect(p.stats().ready.python).toBe(1);
+    await p.close();
+  });
+});
+
+describe('executeOnVm: a broken guest ends the job as sandbox_error', () => {
+  it('returns the agent’s result when all is well', async () => {
+    const vm = new FakeVm('ok', goodAgent);
+    const r = await executeOnVm(vm, execute('j'));
+    expect(r.status).toBe('ok');
+    expect(r.agentMs).toBe(6);
+  });
+
+  const broken: [string, (m: HostMessage, vm: FakeVm) => Buffer | null][] = [
+    ['a lying length (0xFFFFFFFF)', () => Buffer.from([0xff, 0xff, 0xff, 0xff])],
+    ['a zero length', () => Buffer.from([0, 0, 0, 0])],
+    [
+      'a body that is not JSON',
+      () => Buffer.concat([Buffer.from([0, 0, 0, 3]), Buffer.from('abc')]),
+    ],
+    ['JSON of the wrong shape', () => encodeFrame({ type: 'result', id: 'j', status: 'great' })],
+    [
+      'a truncated frame, then silence',
+      () => encodeFrame({ type: 'pong', id: 'x' }).subarray(0, 6),
+    ],
+    [
+      'an error message',
+      (m) =>
+        encodeFrame({
+          type: 'error',
+          id: 'id' in m ? m.id : null,
+          code: 'BOOM',
+          message: 'agent broke',
+        }),
+    ],
+    [
+      'a new hello mid-job (the agent restarted)',
+      () =>
+        encodeFrame({ type: 'hello', protocol: 1, agentVersion: 'x', languages: [], vmId: null }),
+    ],
+    [
+      'the VM dying',
+      (_m, vm) => {
+        setTimeout(() => vm.die(), 10);
+        return null;
+      },
+    ],
+  ];
+  for (const [what, respond] of broken) {
+    it(what, async () => {
+      const vm = new FakeVm('bad', respond);
+      const started = Date.now();
+      const r = await executeOnVm(vm, execute('j'));
+      expect(r.status).toBe('sandbox_error');
+      expect(r.run?.message).toBeTruthy();
+      expect(Date.now() - started).toBeLessThan(5000);
+    });
+  }
+});
