@@ -2,7 +2,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { performance } from 'node:perf_hooks';
 import type { Readable, Writable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type { Limits, StageResult, Status } from '../protocol/index.js';
+import { sandboxStage, type Limits, type StageResult, type Status } from '../protocol/index.js';
 import { StageCgroup, type CgroupSupport } from './cgroup.js';
 import type { FileOwner } from './files.js';
 import {
@@ -130,21 +130,7 @@ class OutputCapture {
 }
 
 /** A stage result for a failure of the sandbox itself. */
-export function sandboxErrorResult(message: string, wallTimeMs = 0): StageResult {
-  return {
-    status: 'sandbox_error',
-    exitCode: null,
-    signal: null,
-    wallTimeMs,
-    cpuTimeMs: null,
-    memoryPeakBytes: null,
-    stdout: '',
-    stderr: '',
-    stdoutTruncated: false,
-    stderrTruncated: false,
-    message: message.slice(0, 4096),
-  };
-}
+export const sandboxErrorResult = sandboxStage;
 
 /**
  * Runs one stage under its limits and returns its result; never throws (a failure of the

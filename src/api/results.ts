@@ -1,5 +1,5 @@
 import type { JobResult, JobTimings } from '../pool/runner.js';
-import type { StageResult, Status } from '../protocol/index.js';
+import { sandboxStage, type StageResult, type Status } from '../protocol/index.js';
 import type { ExecuteResponse, PistonStage, StageView, Timings } from './schemas.js';
 
 const utf8 = new TextDecoder('utf-8', { fatal: true });
@@ -18,7 +18,14 @@ export function stageView(stage: StageResult): StageView {
   return { ...stage, stdoutText: textOrNull(stage.stdout), stderrText: textOrNull(stage.stderr) };
 }
 
-const ZERO_TIMINGS: Timings = { totalMs: 0, acquireMs: 0, executeMs: 0, guestMs: 0, hostOverheadMs: 0, poolHit: false };
+const ZERO_TIMINGS: Timings = {
+  totalMs: 0,
+  acquireMs: 0,
+  executeMs: 0,
+  guestMs: 0,
+  hostOverheadMs: 0,
+  poolHit: false,
+};
 
 /** The native result of one engine job. */
 export function executeResponse(result: JobResult): ExecuteResponse {
@@ -33,25 +40,15 @@ export function executeResponse(result: JobResult): ExecuteResponse {
   };
 }
 
-/** A stage that stands for a failure of the system, not of the program. */
-export function sandboxStage(message: string): StageResult {
-  return {
-    status: 'sandbox_error',
-    exitCode: null,
-    signal: null,
-    wallTimeMs: 0,
-    cpuTimeMs: null,
-    memoryPeakBytes: null,
-    stdout: '',
-    stderr: '',
-    stdoutTruncated: false,
-    stderrTruncated: false,
-    message: message.slice(0, 4000),
-  };
-}
+export { sandboxStage };
 
 /** The result of a job the system failed to run (the engine threw, or the server restarted). */
-export function sandboxResponse(id: string, language: string, version: string, message: string): ExecuteResponse {
+export function sandboxResponse(
+  id: string,
+  language: string,
+  version: string,
+  message: string,
+): ExecuteResponse {
   return {
     id,
     language,
@@ -107,7 +104,18 @@ const PISTON_MESSAGES: Partial<Record<Status, string>> = {
 /** A stage as Piston shows it: text output, `output` = stdout then stderr, code or signal. */
 export function pistonStage(stage: StageResult | null): PistonStage {
   if (stage === null) {
-    return { stdout: '', stderr: '', output: '', code: null, signal: null, message: null, status: null, cpu_time: null, wall_time: null, memory: null };
+    return {
+      stdout: '',
+      stderr: '',
+      output: '',
+      code: null,
+      signal: null,
+      message: null,
+      status: null,
+      cpu_time: null,
+      wall_time: null,
+      memory: null,
+    };
   }
   const stdout = Buffer.from(stage.stdout, 'base64').toString('utf8');
   const stderr = Buffer.from(stage.stderr, 'base64').toString('utf8');

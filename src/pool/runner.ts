@@ -10,6 +10,7 @@ import type {
   StageResult,
   Status,
 } from '../protocol/index.js';
+import { sandboxStage } from '../protocol/index.js';
 import type { MicroVm } from '../vmm/index.js';
 import type { Lease, VmPool } from './pool.js';
 
@@ -205,18 +206,6 @@ export async function executeOnVm(vm: MicroVm, message: ExecuteMessage): Promise
 }
 
 function sandboxError(id: string, message: string): ResultMessage {
-  const stage: StageResult = {
-    status: 'sandbox_error',
-    exitCode: null,
-    signal: null,
-    wallTimeMs: 0,
-    cpuTimeMs: null,
-    memoryPeakBytes: null,
-    stdout: '',
-    stderr: '',
-    stdoutTruncated: false,
-    stderrTruncated: false,
-    message: message.slice(0, 4000),
-  };
+  const stage = sandboxStage(message);
   return { type: 'result', id, status: 'sandbox_error', compile: null, run: stage };
 }

@@ -32,11 +32,12 @@ export const StatusSchema = Type.Union([
   Type.Literal('output_limit'),
   Type.Literal('sandbox_error'),
 ]);
-type SameStatuses = Static<typeof StatusSchema> extends Status
-  ? Status extends Static<typeof StatusSchema>
-    ? true
-    : never
-  : never;
+type SameStatuses =
+  Static<typeof StatusSchema> extends Status
+    ? Status extends Static<typeof StatusSchema>
+      ? true
+      : never
+    : never;
 /** Fails to compile when STATUSES and StatusSchema drift apart. */
 export const STATUS_SCHEMA_MATCHES: SameStatuses = true;
 
@@ -84,6 +85,23 @@ export const StageResultSchema = Type.Object(
   closed,
 );
 export type StageResult = Static<typeof StageResultSchema>;
+
+/** A stage that stands for a failure of the system, not of the program (status sandbox_error). */
+export function sandboxStage(message: string, wallTimeMs = 0): StageResult {
+  return {
+    status: 'sandbox_error',
+    exitCode: null,
+    signal: null,
+    wallTimeMs,
+    cpuTimeMs: null,
+    memoryPeakBytes: null,
+    stdout: '',
+    stderr: '',
+    stdoutTruncated: false,
+    stderrTruncated: false,
+    message: message.slice(0, 4096),
+  };
+}
 
 // ---- host → agent ----
 
