@@ -1,17 +1,12 @@
-import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { chmodSync, copyFileSync, existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import type { ExecuteResponse, JobView, PistonExecuteResponse } from '../../../src/api/schemas.js';
 import { startServer, type RunningServer } from '../../../src/api/server.js';
 import { loadSettings } from '../../../src/config/settings.js';
-import { bundleAgent } from '../../../src/images/agent-bundle.js';
-import { BuildLog } from '../../../src/images/build-log.js';
-import { buildKernelImage } from '../../../src/images/kernel.js';
-import { RootfsBuilder } from '../../../src/images/rootfs.js';
-import { ImageStore } from '../../../src/images/store.js';
-import { LanguageRegistry } from '../../../src/languages/index.js';
 import { testDataPaths } from '../../support/paths.js';
+import { ensureImages } from '../../support/vm.js';
 
 /**
  * The HTTP service end to end: `startServer` with the real engine (QEMU, TCG here), python
@@ -30,25 +25,6 @@ function skipReason(): string | null {
 const reason = skipReason();
 if (reason !== null) console.warn(`tests/integration/api skipped: ${reason}`);
 
-/** The kernel and the python rootfs, built into the shared store when missing. */
-async function ensurePythonImages(): Promise<void> {
-  const store = new ImageStore(shared.imagesDir);
-  if ((await store.latest('kernel', null)) === undefined) {
-    mkdirSync(shared.logsDir, { recursive: true });
-    const log = new BuildLog(join(shared.logsDir, 'test-api-kernel.log'));
-    try {
-      await buildKernelImage({ store, workDir: join(shared.buildDir, 'kernel'), log });
-    } finally {
-      log.close();
-    }
-  }
-  if ((await store.latest('rootfs', 'python')) === undefined) {
-    const agentBundlePath = await bundleAgent(join(shared.buildDir, 'agent', 'agent-test-api.mjs'));
-    const builder = new RootfsBuilder({ paths: shared, store, agentBundlePath });
-    const { failed } = await builder.buildMany([LanguageRegistry.fromDir().get('python')]);
-    if (failed.length > 0) throw new Error(`python rootfs build failed: ${failed.map((f) => f.error.message).join('; ')}`);
-  }
-}
 
 describe.skipIf(reason !== null)('runner serve with real VMs', () => {
   let server: RunningServer | undefined;
@@ -56,7 +32,7 @@ describe.skipIf(reason !== null)('runner serve with real VMs', () => {
   const savedImagesDir = process.env.RUNNER_IMAGES_DIR;
 
   beforeAll(async () => {
-    await ensurePythonImages();
+    await ensureImages(['python']);
     dir = mkdtempSync(join(tmpdir(), 'api-it-'));
     // QEMU runs as an unprivileged user and must reach the VM run dirs below this one.
     chmodSync(dir, 0o755);
