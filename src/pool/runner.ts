@@ -32,11 +32,15 @@ export interface JobTimings {
   readonly totalMs: number;
   /** Waiting for and (on a miss) restoring a VM. */
   readonly acquireMs: number;
-  /** From sending the job to the agent to its result. */
+  /** From sending the job to the agent to its result: the round trip through the VMM. */
   readonly executeMs: number;
   /** Time the guest's agent spent on the job (files, stages, cleanup), as it measured it. */
   readonly guestMs: number;
-  /** Everything that was not spent inside the guest: totalMs − guestMs. */
+  /**
+   * The host's own work on the job, outside the VM round trip: totalMs − executeMs
+   * (validation, handing out a VM, encoding and decoding). executeMs − guestMs is the transit
+   * through the VMM's device and the guest kernel.
+   */
   readonly hostOverheadMs: number;
   readonly poolHit: boolean;
 }
@@ -123,21 +127,24 @@ export class JobRunner {
 
   /** Runs one job to its result. */
   async run(request: JobRequest): Promise<JobResult> {
-    const started = Date.now();
+    const started = performance.now();
     const id = randomUUID();
     const { message, language, version } = this.prepare(request, id);
     const lease: Lease = await this.pool.acquire(language);
-    const acquired = Date.now();
+    const acquired = performance.now();
     let result: ResultMessage;
+    let answered: number;
     try {
       result = await executeOnVm(lease.vm, message);
+      answered = performance.now();
     } finally {
       // The VM's teardown is not part of the job's latency; the pool tracks it.
       this.pool.releaseInBackground(lease);
     }
-    const done = Date.now();
+    const done = performance.now();
     const guestMs =
       result.agentMs ?? (result.compile?.wallTimeMs ?? 0) + (result.run?.wallTimeMs ?? 0);
+    const ms = (x: number): number => Math.round(x * 10) / 10;
     return {
       id,
       language,
@@ -147,11 +154,11 @@ export class JobRunner {
       run: result.run,
       vmId: lease.vm.id,
       timings: {
-        totalMs: done - started,
-        acquireMs: acquired - started,
-        executeMs: done - acquired,
+        totalMs: ms(done - started),
+        acquireMs: ms(acquired - started),
+        executeMs: ms(answered - acquired),
         guestMs,
-        hostOverheadMs: Math.max(0, done - started - guestMs),
+        hostOverheadMs: ms(Math.max(0, done - started - (answered - acquired))),
         poolHit: lease.hit,
       },
     };
