@@ -3,6 +3,12 @@
 // TypeScript sources through tsx otherwise, so that `npx runner` works right after `npm ci`.
 import { existsSync } from 'node:fs';
 
+// `runner ... | head` closes the pipe early: that is not an error.
+process.stdout.on('error', (err) => {
+  if (err.code === 'EPIPE') process.exit(0);
+  throw err;
+});
+
 const built = new URL('../dist/cli/main.js', import.meta.url);
 if (existsSync(built) && !process.env.RUNNER_FROM_SOURCE) {
   const { main } = await import(built.href);

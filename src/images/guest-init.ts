@@ -71,9 +71,12 @@ mount_fs() { # TYPE TARGET OPTIONS
 }
 
 # --- file systems -------------------------------------------------------------------------
+# hidepid=invisible: user code sees only its own processes in /proc, not the agent or init.
 if [ ! -e /proc/self/stat ]; then
   mkdir -p /proc
-  mount -t proc -o nosuid,nodev,noexec proc /proc || log "cannot mount /proc"
+  mount -t proc -o nosuid,nodev,noexec,hidepid=invisible proc /proc || log "cannot mount /proc"
+else
+  mount -o remount,hidepid=invisible /proc || log "cannot remount /proc with hidepid"
 fi
 mount_fs sysfs /sys nosuid,nodev,noexec
 mount_fs devtmpfs /dev mode=0755,nosuid

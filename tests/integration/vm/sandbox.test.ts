@@ -212,6 +212,142 @@ describe.skipIf(skip !== null)('the sandbox in real VMs', () => {
     expect(text(look.run).trim()).toBe('0');
   });
 
+  it('disk fill, a huge file, many files and EMFILE stay inside the job, and the agent still works', async () => {
+    const code = [
+      'import os, errno',
+      'out = []',
+      'try:',
+      '    with open("/tmp/fill", "wb") as f:',
+      '        while True:',
+      '            f.write(b"x" * (1 << 20))',
+      'except OSError as e:',
+      '    out.append("fill:" + errno.errorcode[e.errno])',
+      'os.remove("/tmp/fill")',
+      'n = 0',
+      'try:',
+      '    os.mkdir("/tmp/many")',
+      '    for n in range(20000):',
+      '        open(f"/tmp/many/{n}", "w").close()',
+      '    out.append("files:ok")',
+      'except OSError as e:',
+      '    out.append("files:" + errno.errorcode[e.errno])',
+      'fds = []',
+      'try:',
+      '    while True:',
+      '        fds.append(open("/dev/null"))',
+      'except OSError as e:',
+      '    out.append("fds:" + errno.errorcode[e.errno])',
+      'print(" ".join(out))',
+    ].join('\n');
+    const { result, agentAlive } = await runAndPing(
+      python(code, {
+        runLimits: {
+          fileSizeBytes: 64 * 1024 * 1024,
+          openFiles: 64,
+          wallTimeMs: 60_000,
+          cpuTimeMs: 60_000,
+        },
+      }),
+    );
+    // The file-size limit stops the huge file (SIGXFSZ is ignored by Python: EFBIG).
+    expect(text(result.run).trim()).toMatch(/^fill:(EFBIG|ENOSPC) files:(ok|ENOSPC) fds:EMFILE$/);
+    expect(agentAlive).toBe(true);
+    await nextJobWorks();
+  });
+
+  it('probing: only its own processes, only the documented environment, no host files, no agent port, no privileges', async () => {
+    const code = [
+      'import os, json, subprocess',
+      'r = {}',
+      'r["procs"] = sorted(int(p) for p in os.listdir("/proc") if p.isdigit()) == sorted([os.getpid()]) or [p for p in os.listdir("/proc") if p.isdigit()]',
+      'r["env"] = sorted(os.environ)',
+      'def can_read(path):',
+      '    try:',
+      '        open(path, "rb").read(1); return True',
+      '    except OSError:',
+      '        return False',
+      'r["shadow"] = can_read("/etc/shadow")',
+      'r["ports"] = [p for p in os.listdir("/dev") if p.startswith("vport")]',
+      'r["port_open"] = any(can_read("/dev/" + p) for p in r["ports"])',
+      'r["nnp"] = [l.split()[1] for l in open("/proc/self/status") if l.startswith("NoNewPrivs")][0]',
+      'r["uid"] = os.getuid()',
+      'r["su"] = subprocess.run(["su", "-c", "id"], capture_output=True, stdin=subprocess.DEVNULL).returncode',
+      'r["mounts_host"] = [l.split()[1] for l in open("/proc/self/mounts") if l.split()[0] in ("9p", "virtiofs", "nfs")]',
+      'r["rootfs_ro"] = not os.access("/usr", os.W_OK)',
+      'print(json.dumps(r))',
+    ].join('\n');
+    const r = await engine.run(python(code, { env: { MY_VAR: 'x' } }));
+    expect(r.status, text(r.run, 'stderr')).toBe('ok');
+    const got = JSON.parse(text(r.run)) as Record<string, unknown>;
+    expect(got.procs).toBe(true);
+    expect(got.env).toEqual([
+      'HOME',
+      'LANG',
+      'MY_VAR',
+      'PATH',
+      'PYTHONDONTWRITEBYTECODE',
+      'PYTHONUNBUFFERED',
+      'TMPDIR',
+    ]);
+    expect(got.shadow).toBe(false);
+    expect(got.port_open).toBe(false);
+    expect(got.nnp).toBe('1');
+    expect(got.uid).toBe(1000);
+    expect(got.su).not.toBe(0);
+    expect(got.mounts_host).toEqual([]);
+    expect(got.rootfs_ro).toBe(true);
+  });
+
+  it('binary and invalid UTF-8 output, NUL bytes, come back byte-exact', async () => {
+    const code = 'import sys\nsys.stdout.buffer.write(bytes(range(256)) + b"\\xff\\xfe\\x00end")';
+    const r = await engine.run(python(code));
+    expect(r.status).toBe('ok');
+    expect(Buffer.from(r.run?.stdout ?? '', 'base64')).toEqual(
+      Buffer.concat([
+        Buffer.from(Array.from({ length: 256 }, (_, i) => i)),
+        Buffer.from([0xff, 0xfe, 0x00]),
+        Buffer.from('end'),
+      ]),
+    );
+  });
+
+  it('a program that dies by a signal has it reported; daemons and setsid children do not outlive the job', async () => {
+    const segv = await engine.run({
+      language: 'bash',
+      files: [{ name: 'main.sh', content: 'kill -SEGV $$' }],
+    });
+    expect(segv.status).toBe('runtime_error');
+    expect(segv.run?.signal).toBe('SIGSEGV');
+    const code = 'setsid sh -c "sleep 1000" & nohup sleep 1000 >/dev/null 2>&1 & echo started';
+    const { result, agentAlive } = await (async () => {
+      const { message } = engine.runner.prepare({
+        language: 'bash',
+        files: [{ name: 'main.sh', content: code }],
+      });
+      const lease = await engine.pool.acquire('bash');
+      try {
+        const result = await executeOnVm(lease.vm, message);
+        // The next job in this same VM (a second execute) finds no process of the first.
+        const check = engine.runner.prepare({
+          language: 'bash',
+          files: [
+            {
+              name: 'main.sh',
+              content:
+                'for p in /proc/[0-9]*; do cat $p/comm; done 2>/dev/null | grep -c sleep || true',
+            },
+          ],
+        }).message;
+        const after = await executeOnVm(lease.vm, check);
+        return { result, agentAlive: text(after.run).trim() === '0' };
+      } finally {
+        await engine.pool.release(lease);
+      }
+    })();
+    expect(result.status).toBe('ok');
+    expect(agentAlive).toBe(true);
+  });
+
   it('the network is absent: no interface but loopback, connections fail at once', async () => {
     const code = [
       'import os, socket, time',
