@@ -78,7 +78,7 @@ export class JobRunner {
   prepare(
     request: JobRequest,
     id: string = randomUUID(),
-  ): { message: ExecuteMessage; language: string; version: string } {
+  ): { message: ExecuteMessage; language: string; version: string; compiles: boolean } {
     const { definition } = this.languages.get(request.language, request.version);
     if (request.files.length === 0)
       throw new RunnerError('FILE_NAME_INVALID', 'a job needs at least one file');
@@ -122,20 +122,25 @@ export class JobRunner {
       compileLimits: resolveLimits('compile', definition, request.compileLimits, this.maxLimits),
       runLimits: resolveLimits('run', definition, request.runLimits, this.maxLimits),
     };
-    return { message, language: definition.name, version: definition.version };
+    return {
+      message,
+      language: definition.name,
+      version: definition.version,
+      compiles: definition.compile !== null,
+    };
   }
 
   /** Runs one job to its result. */
   async run(request: JobRequest): Promise<JobResult> {
     const started = performance.now();
     const id = randomUUID();
-    const { message, language, version } = this.prepare(request, id);
+    const { message, language, version, compiles } = this.prepare(request, id);
     const lease: Lease = await this.pool.acquire(language);
     const acquired = performance.now();
     let result: ResultMessage;
     let answered: number;
     try {
-      result = await executeOnVm(lease.vm, message);
+      result = await executeOnVm(lease.vm, message, compiles);
       answered = performance.now();
     } finally {
       // The VM's teardown is not part of the job's latency; the pool tracks it.
@@ -188,9 +193,15 @@ export function checkFileName(name: string): void {
  * stages' wall limits plus a grace: an agent that hangs past it, a VM that dies, or a peer that
  * breaks the protocol all end as a `sandbox_error` result (the system's fault, not the program's).
  */
-export async function executeOnVm(vm: MicroVm, message: ExecuteMessage): Promise<ResultMessage> {
+export async function executeOnVm(
+  vm: MicroVm,
+  message: ExecuteMessage,
+  compiles = true,
+): Promise<ResultMessage> {
   const deadlineMs =
-    message.compileLimits.wallTimeMs + message.runLimits.wallTimeMs + AGENT_GRACE_MS;
+    (compiles ? message.compileLimits.wallTimeMs : 0) +
+    message.runLimits.wallTimeMs +
+    AGENT_GRACE_MS;
   try {
     const channel = vm.agent();
     await channel.send(message);

@@ -28,10 +28,10 @@ describe.skipIf(skip !== null)('the sandbox in real VMs', () => {
   async function runAndPing(
     request: JobRequest,
   ): Promise<{ result: Awaited<ReturnType<typeof executeOnVm>>; agentAlive: boolean }> {
-    const { message } = engine.runner.prepare(request);
-    const lease = await engine.pool.acquire('python');
+    const { message, language, compiles } = engine.runner.prepare(request);
+    const lease = await engine.pool.acquire(language);
     try {
-      const result = await executeOnVm(lease.vm, message);
+      const result = await executeOnVm(lease.vm, message, compiles);
       let agentAlive = false;
       try {
         const channel = lease.vm.agent();
@@ -54,7 +54,7 @@ describe.skipIf(skip !== null)('the sandbox in real VMs', () => {
   }
 
   beforeAll(async () => {
-    await ensureImages(['python', 'bash']);
+    await ensureImages(['python', 'bash', 'c']);
     engine = await testEngine({ poolTarget: 0 });
   });
 
@@ -130,7 +130,7 @@ describe.skipIf(skip !== null)('the sandbox in real VMs', () => {
     const code = [
       'import os, signal',
       'out = []',
-      'for pid in [1] + [int(p) for p in os.listdir("/proc") if p.isdigit()]:',
+      'for pid in [1] + [int(p) for p in os.listdir("/proc") if p.isdigit() and int(p) != os.getpid()]:',
       '    try:',
       '        os.kill(pid, signal.SIGKILL)',
       '    except (PermissionError, ProcessLookupError):',
@@ -175,7 +175,7 @@ describe.skipIf(skip !== null)('the sandbox in real VMs', () => {
     const lease = await engine.pool.acquire('python');
     try {
       process.kill(lease.vm.pid as number, 'SIGSTOP');
-      const result = await executeOnVm(lease.vm, message);
+      const result = await executeOnVm(lease.vm, message, false);
       expect(result.status).toBe('sandbox_error');
       expect(result.run?.message).toMatch(/no message within/);
     } finally {
@@ -183,7 +183,7 @@ describe.skipIf(skip !== null)('the sandbox in real VMs', () => {
       await engine.pool.release(lease);
     }
     await nextJobWorks();
-  }, 120_000);
+  }, 60_000);
 
   it('two restores of one snapshot see different random state', async () => {
     const code =
@@ -271,7 +271,10 @@ describe.skipIf(skip !== null)('the sandbox in real VMs', () => {
       'r["port_open"] = any(can_read("/dev/" + p) for p in r["ports"])',
       'r["nnp"] = [l.split()[1] for l in open("/proc/self/status") if l.startswith("NoNewPrivs")][0]',
       'r["uid"] = os.getuid()',
-      'r["su"] = subprocess.run(["su", "-c", "id"], capture_output=True, stdin=subprocess.DEVNULL).returncode',
+      'try:',
+      '    r["su"] = subprocess.run(["su", "-c", "id"], capture_output=True, stdin=subprocess.DEVNULL, timeout=20).returncode',
+      'except FileNotFoundError:',
+      '    r["su"] = "absent"',
       'r["mounts_host"] = [l.split()[1] for l in open("/proc/self/mounts") if l.split()[0] in ("9p", "virtiofs", "nfs")]',
       'r["rootfs_ro"] = not os.access("/usr", os.W_OK)',
       'print(json.dumps(r))',
@@ -346,6 +349,61 @@ describe.skipIf(skip !== null)('the sandbox in real VMs', () => {
     })();
     expect(result.status).toBe('ok');
     expect(agentAlive).toBe(true);
+  });
+
+  it('SIGABRT is reported; a program that traps SIGTERM is killed at the wall limit anyway', async () => {
+    const abort = await engine.run(python('import os\nos.abort()'));
+    expect(abort.status).toBe('runtime_error');
+    expect(abort.run?.signal).toBe('SIGABRT');
+    const trap = await engine.run({
+      language: 'bash',
+      files: [
+        { name: 'main.sh', content: "trap 'echo ignored' TERM\nwhile :; do sleep 0.1; done" },
+      ],
+      runLimits: { wallTimeMs: 2000 },
+    });
+    expect(trap.status).toBe('timeout');
+    expect(trap.run?.signal).toBe('SIGKILL');
+    expect(trap.run?.wallTimeMs).toBeLessThan(6000);
+  });
+
+  it('one 100 MB line without a newline stops at the byte cap', async () => {
+    const r = await engine.run(
+      python('import sys\nsys.stdout.write("x" * (100 * 1024 * 1024))', {
+        runLimits: { outputBytes: 1024 * 1024, memoryMib: 512 },
+      }),
+    );
+    expect(r.status).toBe('output_limit');
+    expect(r.run?.stdoutTruncated).toBe(true);
+    expect(Buffer.from(r.run?.stdout ?? '', 'base64').length).toBe(1024 * 1024);
+  });
+
+  it('closing stdout and running on: the job still ends at the wall limit, and grandchildren die with it', async () => {
+    const r = await engine.run({
+      language: 'bash',
+      files: [{ name: 'main.sh', content: 'echo before\nexec 1>&-\n(sleep 1000 &)\nsleep 1000' }],
+      runLimits: { wallTimeMs: 2000 },
+    });
+    expect(r.status).toBe('timeout');
+    expect(text(r.run)).toBe('before\n');
+  });
+
+  it('a compile-time read of a secret file fails: no host file is in the guest, and guest secrets are root-only', async () => {
+    const r = await engine.run({
+      language: 'c',
+      files: [{ name: 'main.c', content: '#include "/etc/shadow"\nint main(void){return 0;}\n' }],
+    });
+    expect(r.status).toBe('compile_error');
+    expect(text(r.compile, 'stderr')).toMatch(/Permission denied|No such file/);
+  });
+
+  it('DNS lookups fail at once', async () => {
+    const r = await engine.run(
+      python(
+        'import socket, time\nt = time.time()\ntry:\n    socket.getaddrinfo("example.com", 80)\n    print("resolved")\nexcept OSError:\n    print("failed")\nprint("fast" if time.time() - t < 2 else "slow")',
+      ),
+    );
+    expect(text(r.run).trim().split('\n')).toEqual(['failed', 'fast']);
   });
 
   it('the network is absent: no interface but loopback, connections fail at once', async () => {
