@@ -17,6 +17,8 @@ export interface Check {
   detail: string;
   /** What to do when not ok. */
   fix?: string;
+  /** A missing optional piece (a language not built yet): shown, but not a failure. */
+  optional?: boolean;
 }
 
 function versionOf(binary: string, args: string[] = ['--version']): string | null {
@@ -109,8 +111,9 @@ export async function runChecks(options: { refreshKvm?: boolean } = {}): Promise
       ok: rootfs !== undefined,
       detail: rootfs
         ? `image ${rootfs.manifest.id}, snapshot ${snap ? 'present' : 'not yet taken (made on first use)'}`
-        : 'no image',
+        : 'no image yet',
       fix: `runner images build ${definition.name}`,
+      optional: true,
     });
   }
   return checks;
@@ -131,10 +134,11 @@ export function registerDoctorCommand(program: Command): void {
         process.stdout.write(`${JSON.stringify(checks, null, 2)}\n`);
       } else {
         for (const c of checks) {
-          process.stdout.write(`${c.ok ? 'ok  ' : 'FAIL'} ${c.name.padEnd(14)} ${c.detail}\n`);
+          const mark = c.ok ? 'ok  ' : c.optional ? '--  ' : 'FAIL';
+          process.stdout.write(`${mark} ${c.name.padEnd(14)} ${c.detail}\n`);
           if (!c.ok && c.fix) process.stdout.write(`     ${''.padEnd(14)} fix: ${c.fix}\n`);
         }
       }
-      if (checks.some((c) => !c.ok)) process.exitCode = 1;
+      if (checks.some((c) => !c.ok && c.optional !== true)) process.exitCode = 1;
     });
 }
