@@ -41,6 +41,8 @@ export interface JobResult {
   readonly status: Status;
   readonly compile: StageResult | null;
   readonly run: StageResult | null;
+  /** One run per test case, when the job had `cases` (then `run` is null). */
+  readonly cases?: StageResult[];
 }
 
 export interface ExecutorOptions {
@@ -264,6 +266,25 @@ export class Executor {
         );
         if (compile.status === 'runtime_error') compile = { ...compile, status: 'compile_error' };
         if (compile.status !== 'ok') return { status: compile.status, compile, run: null };
+      }
+      if (job.cases !== undefined) {
+        // Compiled once; each case runs in the same work dir with its own stdin.
+        const cases: StageResult[] = [];
+        for (const caseStdin of job.cases) {
+          cases.push(
+            await this.stage(
+              runArgv,
+              workDir,
+              { ...baseEnv, ...job.env },
+              Buffer.from(caseStdin, 'base64'),
+              job.runLimits,
+              signal,
+            ),
+          );
+          if (cases.at(-1)?.status === 'sandbox_error') break;
+        }
+        const bad = cases.find((c) => c.status !== 'ok');
+        return { status: bad?.status ?? 'ok', compile, run: null, cases };
       }
       const run = await this.stage(
         runArgv,

@@ -144,8 +144,17 @@ export class AgentServer {
     message: ExecuteMessage,
     signal: AbortSignal,
   ): Promise<void> {
-    const { id, language, files, stdin, args, env, compileLimits, runLimits } = message;
-    const job: JobRequest = { language, files, stdin, args, env, compileLimits, runLimits };
+    const { id, language, files, stdin, args, env, compileLimits, runLimits, cases } = message;
+    const job: JobRequest = {
+      language,
+      files,
+      stdin,
+      args,
+      env,
+      compileLimits,
+      runLimits,
+      ...(cases && { cases }),
+    };
     const received = performance.now();
     let result: JobResult;
     try {
@@ -209,7 +218,7 @@ export class AgentServer {
 export function fitResult(reply: ResultMessage, maxFrameBytes: number): ResultMessage {
   const size = Buffer.byteLength(JSON.stringify(reply));
   if (size <= maxFrameBytes) return reply;
-  const stages = [reply.compile, reply.run];
+  const stages = [reply.compile, reply.run, ...(reply.cases ?? [])];
   let streamChars = 0;
   let streams = 0;
   for (const s of stages) {
@@ -231,5 +240,10 @@ export function fitResult(reply: ResultMessage, maxFrameBytes: number): ResultMe
     }
     return out;
   };
-  return { ...reply, compile: trim(reply.compile), run: trim(reply.run) };
+  return {
+    ...reply,
+    compile: trim(reply.compile),
+    run: trim(reply.run),
+    ...(reply.cases && { cases: reply.cases.map((c) => trim(c) ?? c) }),
+  };
 }

@@ -10,8 +10,20 @@ import type { Status } from '../protocol/index.js';
 import type { JobQueue, JobRecord, JobStore } from '../queue/index.js';
 import { CallbackSender, checkCallbackUrl } from './callbacks.js';
 import type { ApiMetrics } from './metrics.js';
-import { executeResponse, outputMatches, sandboxResponse, textOrNull } from './results.js';
-import type { ExecuteRequest, ExecuteResponse, JobView, SubmitRequest, TestCaseResult } from './schemas.js';
+import {
+  executeResponse,
+  outputMatches,
+  sandboxResponse,
+  stageView,
+  textOrNull,
+} from './results.js';
+import type {
+  ExecuteRequest,
+  ExecuteResponse,
+  JobView,
+  SubmitRequest,
+  TestCaseResult,
+} from './schemas.js';
 
 /**
  * The part of the engine (src/pool/engine.ts) the HTTP layer uses. The real Engine satisfies
@@ -29,7 +41,14 @@ export interface ApiEngine {
 /** Settings the service reads. */
 export type ServiceSettings = Pick<
   Settings,
-  'maxFiles' | 'maxStdinBytes' | 'maxTestCases' | 'callbackAllowedHosts' | 'callbackAttempts' | 'callbackBackoffMs' | 'callbackTimeoutMs' | 'jobRetentionHours'
+  | 'maxFiles'
+  | 'maxStdinBytes'
+  | 'maxTestCases'
+  | 'callbackAllowedHosts'
+  | 'callbackAttempts'
+  | 'callbackBackoffMs'
+  | 'callbackTimeoutMs'
+  | 'jobRetentionHours'
 >;
 
 /** A checked request, ready for the queue: nothing in it can fail validation later. */
@@ -37,16 +56,22 @@ export interface PreparedJob {
   readonly request: JobRequest;
   readonly language: string;
   readonly version: string;
-  readonly cases: readonly { stdin: Buffer; expected: string; compare: 'exact' | 'trim-trailing' }[] | null;
+  readonly cases:
+    readonly { stdin: Buffer; expected: string; compare: 'exact' | 'trim-trailing' }[] | null;
 }
 
 const RESTART_MESSAGE = 'the server restarted before the job finished';
 const BASE64 = /^[A-Za-z0-9+/]*={0,2}$/;
 
-function decodeStdin(value: string | undefined, encoding: 'utf8' | 'base64' | undefined, where: string): Buffer {
+function decodeStdin(
+  value: string | undefined,
+  encoding: 'utf8' | 'base64' | undefined,
+  where: string,
+): Buffer {
   if (value === undefined) return Buffer.alloc(0);
   if (encoding === 'base64') {
-    if (!BASE64.test(value)) throw new RunnerError('REQUEST_INVALID', `${where} is not valid base64`);
+    if (!BASE64.test(value))
+      throw new RunnerError('REQUEST_INVALID', `${where} is not valid base64`);
     return Buffer.from(value, 'base64');
   }
   return Buffer.from(value, 'utf8');
@@ -66,7 +91,11 @@ export class JobService {
     private readonly jobs: JobStore,
     private readonly metrics: ApiMetrics,
     private readonly settings: ServiceSettings,
-    private readonly log: { info(msg: string): void; warn(msg: string): void; error(msg: string): void },
+    private readonly log: {
+      info(msg: string): void;
+      warn(msg: string): void;
+      error(msg: string): void;
+    },
   ) {
     this.callbacks = new CallbackSender({
       attempts: settings.callbackAttempts,
@@ -80,24 +109,44 @@ export class JobService {
   prepare(body: ExecuteRequest): PreparedJob {
     const s = this.settings;
     if (body.files.length > s.maxFiles) {
-      throw new RunnerError('PAYLOAD_TOO_LARGE', `a job may have at most ${s.maxFiles} files, not ${body.files.length}`);
+      throw new RunnerError(
+        'PAYLOAD_TOO_LARGE',
+        `a job may have at most ${s.maxFiles} files, not ${body.files.length}`,
+      );
     }
     const stdin = decodeStdin(body.stdin, body.stdinEncoding, 'stdin');
     if (stdin.length > s.maxStdinBytes) {
-      throw new RunnerError('PAYLOAD_TOO_LARGE', `stdin is ${stdin.length} bytes, over the cap of ${s.maxStdinBytes}`);
+      throw new RunnerError(
+        'PAYLOAD_TOO_LARGE',
+        `stdin is ${stdin.length} bytes, over the cap of ${s.maxStdinBytes}`,
+      );
     }
     let cases: PreparedJob['cases'] = null;
     if (body.testCases !== undefined) {
       if (body.testCases.length > s.maxTestCases) {
-        throw new RunnerError('PAYLOAD_TOO_LARGE', `a request may have at most ${s.maxTestCases} test cases, not ${body.testCases.length}`);
+        throw new RunnerError(
+          'PAYLOAD_TOO_LARGE',
+          `a request may have at most ${s.maxTestCases} test cases, not ${body.testCases.length}`,
+        );
       }
-      if (body.stdin !== undefined) throw new RunnerError('REQUEST_INVALID', 'give stdin in each test case, not beside testCases');
+      if (body.stdin !== undefined)
+        throw new RunnerError(
+          'REQUEST_INVALID',
+          'give stdin in each test case, not beside testCases',
+        );
       cases = body.testCases.map((c, i) => {
         const caseStdin = decodeStdin(c.stdin, c.stdinEncoding, `testCases/${i}/stdin`);
         if (caseStdin.length > s.maxStdinBytes) {
-          throw new RunnerError('PAYLOAD_TOO_LARGE', `testCases/${i}/stdin is ${caseStdin.length} bytes, over the cap of ${s.maxStdinBytes}`);
+          throw new RunnerError(
+            'PAYLOAD_TOO_LARGE',
+            `testCases/${i}/stdin is ${caseStdin.length} bytes, over the cap of ${s.maxStdinBytes}`,
+          );
         }
-        return { stdin: caseStdin, expected: c.expectedOutput, compare: c.compare ?? 'trim-trailing' };
+        return {
+          stdin: caseStdin,
+          expected: c.expectedOutput,
+          compare: c.compare ?? 'trim-trailing',
+        };
       });
     }
     const request: JobRequest = {
@@ -125,11 +174,20 @@ export class JobService {
    * the queue. Throws QUEUE_FULL or SHUTTING_DOWN, with no record made, when it cannot be taken.
    */
   submit(body: SubmitRequest, owner: string | null): JobRecord {
-    const callbackUrl = body.callbackUrl === undefined ? null : checkCallbackUrl(body.callbackUrl, this.settings.callbackAllowedHosts);
+    const callbackUrl =
+      body.callbackUrl === undefined
+        ? null
+        : checkCallbackUrl(body.callbackUrl, this.settings.callbackAllowedHosts);
     const job = this.prepare(body);
     // Checked and recorded synchronously, so the push below cannot be refused.
     this.queue.admit();
-    const record = this.jobs.create({ id: randomUUID(), language: job.language, version: job.version, owner, callbackUrl });
+    const record = this.jobs.create({
+      id: randomUUID(),
+      language: job.language,
+      version: job.version,
+      owner,
+      callbackUrl,
+    });
     this.queue
       .push(async () => {
         this.jobs.markRunning(record.id);
@@ -139,7 +197,10 @@ export class JobService {
         (result) => this.finish(record.id, result),
         (err: unknown) => {
           this.log.error(`job ${record.id}: ${err instanceof Error ? err.message : String(err)}`);
-          this.finish(record.id, sandboxResponse(record.id, job.language, job.version, 'the job failed to run'));
+          this.finish(
+            record.id,
+            sandboxResponse(record.id, job.language, job.version, 'the job failed to run'),
+          );
         },
       );
     return record;
@@ -156,7 +217,8 @@ export class JobService {
 
   /** The API's view of a record. */
   view(record: JobRecord): JobView {
-    const iso = (t: number | null): string | null => (t === null ? null : new Date(t).toISOString());
+    const iso = (t: number | null): string | null =>
+      t === null ? null : new Date(t).toISOString();
     return {
       id: record.id,
       state: record.state,
@@ -202,9 +264,12 @@ export class JobService {
   private finish(id: string, result: ExecuteResponse): void {
     try {
       const record = this.jobs.finish(id, result.status, result);
-      if (record.callbackUrl !== null) void this.callbacks.send(record.callbackUrl, this.view(record));
+      if (record.callbackUrl !== null)
+        void this.callbacks.send(record.callbackUrl, this.view(record));
     } catch (err) {
-      this.log.error(`job ${id}: could not record its result: ${err instanceof Error ? err.message : String(err)}`);
+      this.log.error(
+        `job ${id}: could not record its result: ${err instanceof Error ? err.message : String(err)}`,
+      );
     }
   }
 
@@ -233,44 +298,53 @@ export class JobService {
   }
 
   /**
-   * Test cases. The engine runs one job per VM (compile and run together), so each case is its
-   * own job: the program is compiled again for each. The first case runs alone; when it fails
-   * to compile, the others are not run. Cases run one after another in one queue slot, so one
-   * request cannot take every VM.
+   * Test cases: one job, compiled once, then run once per case with its own stdin in the same
+   * VM (the agent's `cases`); each case gets its verdict. When compiling fails no case runs.
    */
-  private async runCases(job: PreparedJob, cases: NonNullable<PreparedJob['cases']>, id: string): Promise<ExecuteResponse> {
-    const results: TestCaseResult[] = [];
-    let compile: ExecuteResponse['compile'] = null;
-    let compileFailed = false;
-    const totals = { totalMs: 0, acquireMs: 0, executeMs: 0, guestMs: 0, hostOverheadMs: 0, poolHit: true };
-    for (const [index, c] of cases.entries()) {
-      if (compileFailed) {
-        results.push({ index, status: 'compile_error', passed: false, run: null, timings: null });
-        continue;
-      }
-      const r = await this.runOne(job, { ...job.request, stdin: c.stdin });
-      if (index === 0) compile = r.compile;
-      if (r.status === 'compile_error') compileFailed = true;
-      for (const k of ['totalMs', 'acquireMs', 'executeMs', 'guestMs', 'hostOverheadMs'] as const) totals[k] += r.timings[k];
-      totals.poolHit &&= r.timings.poolHit;
-      const stdout = r.run === null ? null : textOrNull(r.run.stdout);
-      const passed = r.status === 'ok' && stdout !== null && outputMatches(stdout, c.expected, c.compare);
-      results.push({ index, status: r.status, passed, run: r.run, timings: r.timings });
+  private async runCases(
+    job: PreparedJob,
+    cases: NonNullable<PreparedJob['cases']>,
+    id: string,
+  ): Promise<ExecuteResponse> {
+    const started = Date.now();
+    let result: JobResult;
+    try {
+      result = await this.engine.run({ ...job.request, cases: cases.map((c) => c.stdin) });
+    } catch (err) {
+      const message = err instanceof Error ? err.message : String(err);
+      this.log.error(`engine failed a ${job.language} job: ${message}`);
+      this.metrics.job(job.language, 'sandbox_error', Date.now() - started);
+      return sandboxResponse(id, job.language, job.version, message);
     }
-    const firstBad = results.find((r) => r.status !== 'ok');
-    const status: Status = firstBad?.status ?? 'ok';
+    this.metrics.job(result.language, result.status, result.timings.totalMs, result.timings);
+    const runs = result.cases ?? [];
+    const results: TestCaseResult[] = cases.map((c, index) => {
+      const run = runs[index];
+      if (run === undefined) {
+        const status: Status =
+          result.status === 'compile_error'
+            ? 'compile_error'
+            : result.status === 'ok'
+              ? 'sandbox_error'
+              : result.status;
+        return { index, status, passed: false, run: null, timings: null };
+      }
+      const stdout = textOrNull(run.stdout);
+      const passed =
+        run.status === 'ok' && stdout !== null && outputMatches(stdout, c.expected, c.compare);
+      return { index, status: run.status, passed, run: stageView(run), timings: null };
+    });
     const passed = results.filter((r) => r.passed).length;
     return {
       id,
-      language: job.language,
-      version: job.version,
-      status,
-      compile,
+      language: result.language,
+      version: result.version,
+      status: result.status,
+      compile: result.compile === null ? null : stageView(result.compile),
       run: null,
-      timings: totals,
+      timings: { ...result.timings },
       testCases: results,
       summary: { total: results.length, passed, failed: results.length - passed },
     };
   }
 }
-

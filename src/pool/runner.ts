@@ -25,6 +25,8 @@ export interface JobRequest {
   readonly env?: Readonly<Record<string, string>>;
   readonly compileLimits?: Partial<Limits>;
   readonly runLimits?: Partial<Limits>;
+  /** Test cases: compile once, then one run per entry with that stdin (`stdin` is then unused). */
+  readonly cases?: readonly Buffer[];
 }
 
 /** Where the time of a job went, in ms. */
@@ -53,6 +55,8 @@ export interface JobResult {
   readonly status: Status;
   readonly compile: StageResult | null;
   readonly run: StageResult | null;
+  /** One run stage per test case, when the request had `cases` (then `run` is null). */
+  readonly cases?: StageResult[] | null;
   readonly vmId: string | null;
   readonly timings: JobTimings;
 }
@@ -121,7 +125,14 @@ export class JobRunner {
       env: { ...(request.env ?? {}) },
       compileLimits: resolveLimits('compile', definition, request.compileLimits, this.maxLimits),
       runLimits: resolveLimits('run', definition, request.runLimits, this.maxLimits),
+      ...(request.cases !== undefined && { cases: request.cases.map((c) => c.toString('base64')) }),
     };
+    if (
+      request.cases !== undefined &&
+      (request.cases.length === 0 || request.cases.length > MAX_FILES)
+    ) {
+      throw new RunnerError('LIMIT_INVALID', `a job may have 1 to ${MAX_FILES} test cases`);
+    }
     return {
       message,
       language: definition.name,
@@ -157,6 +168,7 @@ export class JobRunner {
       status: result.status,
       compile: result.compile,
       run: result.run,
+      cases: result.cases ?? null,
       vmId: lease.vm.id,
       timings: {
         totalMs: ms(done - started),

@@ -119,6 +119,11 @@ export const ExecuteMessageSchema = Type.Object(
     ),
     compileLimits: LimitsSchema,
     runLimits: LimitsSchema,
+    /**
+     * Test cases: when present, the program is compiled once and then run once per entry, each
+     * with that stdin (base64) instead of `stdin`; the result carries `cases` and no `run`.
+     */
+    cases: Type.Optional(Type.Array(Base64, { minItems: 1, maxItems: 1000 })),
   },
   closed,
 );
@@ -176,6 +181,8 @@ export const ResultMessageSchema = Type.Object(
     /** Time the agent spent on the job, from the execute message to this result (the host's
      * overhead is everything else). */
     agentMs: Type.Optional(Type.Number({ minimum: 0 })),
+    /** One run stage per test case, in order (only when the execute message had `cases`). */
+    cases: Type.Optional(Type.Array(StageResultSchema, { maxItems: 1000 })),
   },
   closed,
 );

@@ -24,6 +24,25 @@ describe.skipIf(skip !== null)('every language in a real VM', () => {
     await engine?.close();
   });
 
+  it('test cases: c compiles once in the VM, then each case runs with its own stdin', async () => {
+    const source =
+      '#include <stdio.h>\nint main(void){int a,b;if(scanf("%d %d",&a,&b)!=2)return 3;printf("%d\\n",a+b);return 0;}\n';
+    const result = await engine.run({
+      language: 'c',
+      files: [{ name: 'main.c', content: source }],
+      cases: [Buffer.from('1 2'), Buffer.from('40 2'), Buffer.from('x')],
+    });
+    expect(result.compile?.status).toBe('ok');
+    expect(result.run).toBeNull();
+    expect(
+      result.cases?.map((c) => [c.status, Buffer.from(c.stdout, 'base64').toString()]),
+    ).toEqual([
+      ['ok', '3\n'],
+      ['ok', '42\n'],
+      ['runtime_error', ''],
+    ]);
+  });
+
   for (const { definition, dir } of languages) {
     it(`${definition.name}: the test program prints its line`, async () => {
       const source = readFileSync(join(dir, definition.test.file), 'utf8');

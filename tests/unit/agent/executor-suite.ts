@@ -143,6 +143,23 @@ export function defineExecutorSuite(mode: 'cgroup' | 'fallback', uidBase: number
       expect(text(stage(r.run).stdout)).toBe('42 first arg from stdin\n');
     });
 
+    it_('compiles once and runs each test case with its own stdin', async () => {
+      const src =
+        '#include <stdio.h>\nint main(void){int a,b;if(scanf("%d %d",&a,&b)!=2)return 3;printf("%d\\n",a+b);return 0;}\n';
+      const b64 = (t: string) => Buffer.from(t).toString('base64');
+      const result = await run(
+        job('c', 'main.c', src, { cases: [b64('1 2'), b64('40 2'), b64('oops')] }),
+      );
+      expect(stage(result.compile).status).toBe('ok');
+      expect(result.run).toBeNull();
+      expect(result.cases?.map((c) => [c.status, text(c.stdout), c.exitCode])).toEqual([
+        ['ok', '3\n', 0],
+        ['ok', '42\n', 0],
+        ['runtime_error', '', 3],
+      ]);
+      expect(result.status).toBe('runtime_error');
+    });
+
     it_('closes stdin after the given input', async () => {
       const r = await run(
         bash('cat; echo "<eof>"', {}, { stdin: Buffer.from('abc').toString('base64') }),

@@ -21,10 +21,16 @@ export interface ErrorBody {
 }
 
 /** What a fake job does: the stage results it returns, or an error it throws. */
-export type FakeBehavior = (request: JobRequest) => Promise<Partial<Pick<JobResult, 'status' | 'compile' | 'run'>>> | Partial<Pick<JobResult, 'status' | 'compile' | 'run'>>;
+export type FakeBehavior = (
+  request: JobRequest,
+) =>
+  | Promise<Partial<Pick<JobResult, 'status' | 'compile' | 'run'>>>
+  | Partial<Pick<JobResult, 'status' | 'compile' | 'run'>>;
 
 /** A stage result with defaults; output given as text. */
-export function stage(over: Partial<StageResult> & { out?: string | Buffer; err?: string } = {}): StageResult {
+export function stage(
+  over: Partial<StageResult> & { out?: string | Buffer; err?: string } = {},
+): StageResult {
   const { out, err, ...rest } = over;
   return {
     status: 'ok',
@@ -56,13 +62,29 @@ export class FakeEngine implements ApiEngine {
   readonly paths = { snapshotsDir: this.snapshotsDir };
   behavior: FakeBehavior = echo;
   capacity = 2;
-  readonly pool = { stats: (): PoolStats => ({ live: 0, ready: {}, busy: 0, starting: 0, capacity: this.capacity, hits: 0, misses: 0, failures: 0 }) };
+  readonly pool = {
+    stats: (): PoolStats => ({
+      live: 0,
+      ready: {},
+      busy: 0,
+      starting: 0,
+      capacity: this.capacity,
+      hits: 0,
+      misses: 0,
+      failures: 0,
+    }),
+  };
   /** Languages whose rootfs "is built". */
   built = new Set(['python']);
   readonly store = {
-    latest: (kind: 'kernel' | 'rootfs', language: string | null): Promise<StoredImage | undefined> => {
-      if (kind === 'kernel') return Promise.resolve(fakeImage('kernel-0123456789abcdef', null, 'kernel'));
-      if (language !== null && this.built.has(language)) return Promise.resolve(fakeImage(`${language}-0123456789ab`, language, 'rootfs'));
+    latest: (
+      kind: 'kernel' | 'rootfs',
+      language: string | null,
+    ): Promise<StoredImage | undefined> => {
+      if (kind === 'kernel')
+        return Promise.resolve(fakeImage('kernel-0123456789abcdef', null, 'kernel'));
+      if (language !== null && this.built.has(language))
+        return Promise.resolve(fakeImage(`${language}-0123456789ab`, language, 'rootfs'));
       return Promise.resolve(undefined);
     },
   };
@@ -76,18 +98,60 @@ export class FakeEngine implements ApiEngine {
   async run(request: JobRequest): Promise<JobResult> {
     this.calls.push(request);
     const { definition } = this.languages.get(request.language, request.version);
+    if (request.cases !== undefined) {
+      // Like the agent: compile once, then one run per case with that stdin.
+      const outs = [];
+      for (const c of request.cases)
+        outs.push(await this.behavior({ ...request, stdin: c, cases: undefined }));
+      const first = outs[0] ?? {};
+      const compile =
+        first.compile !== undefined ? first.compile : definition.compile === null ? null : stage();
+      const failedCompile = compile !== null && compile.status !== 'ok';
+      const cases = failedCompile
+        ? null
+        : outs.map((o) => (o.run !== undefined && o.run !== null ? o.run : stage()));
+      const bad = cases?.find((c) => c.status !== 'ok');
+      return {
+        id: `job-${this.calls.length}`,
+        language: definition.name,
+        version: definition.version,
+        status: failedCompile ? 'compile_error' : (first.status ?? bad?.status ?? 'ok'),
+        compile,
+        run: null,
+        cases,
+        vmId: 'vm-fake',
+        timings: {
+          totalMs: 20,
+          acquireMs: 2,
+          executeMs: 18,
+          guestMs: 12,
+          hostOverheadMs: 8,
+          poolHit: true,
+        },
+      };
+    }
     const out = await this.behavior(request);
-    const compile = out.compile !== undefined ? out.compile : definition.compile === null ? null : stage();
+    const compile =
+      out.compile !== undefined ? out.compile : definition.compile === null ? null : stage();
     const run = out.run !== undefined ? out.run : stage();
     return {
       id: `job-${this.calls.length}`,
       language: definition.name,
       version: definition.version,
-      status: out.status ?? (compile !== null && compile.status !== 'ok' ? 'compile_error' : (run?.status ?? 'ok')),
+      status:
+        out.status ??
+        (compile !== null && compile.status !== 'ok' ? 'compile_error' : (run?.status ?? 'ok')),
       compile,
       run,
       vmId: 'vm-fake',
-      timings: { totalMs: 20, acquireMs: 2, executeMs: 18, guestMs: 12, hostOverheadMs: 8, poolHit: true },
+      timings: {
+        totalMs: 20,
+        acquireMs: 2,
+        executeMs: 18,
+        guestMs: 12,
+        hostOverheadMs: 8,
+        poolHit: true,
+      },
     };
   }
 
@@ -97,12 +161,18 @@ export class FakeEngine implements ApiEngine {
 }
 
 function fakeImage(id: string, language: string | null, kind: 'kernel' | 'rootfs'): StoredImage {
-  return { dir: `/nonexistent/${id}`, manifest: { id, kind, language } as unknown as ImageManifest };
+  return {
+    dir: `/nonexistent/${id}`,
+    manifest: { id, kind, language } as unknown as ImageManifest,
+  };
 }
 
 /** Settings for tests: the defaults, with overrides, never the caller's environment. */
 export function testSettings(overrides: Partial<Record<string, unknown>> = {}): Settings {
-  return loadSettings({ RUNNER_DATA_DIR: '/nonexistent-runner-data' }, { rateLimitPerMinute: 0, ...overrides });
+  return loadSettings(
+    { RUNNER_DATA_DIR: '/nonexistent-runner-data' },
+    { rateLimitPerMinute: 0, ...overrides },
+  );
 }
 
 /** An app on a fake engine and an in-memory job store; close() tears both down. */
@@ -113,11 +183,22 @@ export interface TestApp extends App {
 }
 
 export async function makeApp(
-  options: { settings?: Partial<Record<string, unknown>>; engine?: FakeEngine; jobStoreFile?: string; queue?: JobQueue } = {},
+  options: {
+    settings?: Partial<Record<string, unknown>>;
+    engine?: FakeEngine;
+    jobStoreFile?: string;
+    queue?: JobQueue;
+  } = {},
 ): Promise<TestApp> {
   const engine = options.engine ?? new FakeEngine();
   const jobStore = new JobStore(options.jobStoreFile ?? ':memory:');
-  const built = buildApp({ engine, settings: testSettings(options.settings), jobStore, callbackGraceMs: 200, ...(options.queue && { queue: options.queue }) });
+  const built = buildApp({
+    engine,
+    settings: testSettings(options.settings),
+    jobStore,
+    callbackGraceMs: 200,
+    ...(options.queue && { queue: options.queue }),
+  });
   await built.app.ready();
   return {
     ...built,

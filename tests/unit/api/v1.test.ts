@@ -150,7 +150,9 @@ describe('test cases', () => {
     expect(body.testCases?.map((c) => c.passed)).toEqual([true, true, false, false]);
     expect(body.summary).toEqual({ total: 4, passed: 2, failed: 2 });
     expect(body.status).toBe('ok');
-    expect(cur().engine.calls.map((c) => c.stdin?.toString())).toEqual(['a', 'b  \n\n', 'b \n', 'c']);
+    // One job: compiled once, one run per case with its own stdin.
+    expect(cur().engine.calls).toHaveLength(1);
+    expect(cur().engine.calls[0]?.cases?.map((c) => c.toString())).toEqual(['a', 'b  \n\n', 'b \n', 'c']);
   });
 
   test('a compile error stops the cases after the first', async () => {
