@@ -1,5 +1,11 @@
+import type { VmTiming } from '../pool/engine.js';
 import { STATUS_CODES } from 'node:http';
-import Fastify, { type FastifyError, type FastifyReply, type FastifyRequest, type FastifyServerOptions } from 'fastify';
+import Fastify, {
+  type FastifyError,
+  type FastifyReply,
+  type FastifyRequest,
+  type FastifyServerOptions,
+} from 'fastify';
 import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
@@ -53,7 +59,11 @@ const OPENAPI_BASE = {
   ],
   components: {
     securitySchemes: {
-      bearer: { type: 'http' as const, scheme: 'bearer', description: 'Authorization: Bearer KEY (when RUNNER_API_KEYS is set)' },
+      bearer: {
+        type: 'http' as const,
+        scheme: 'bearer',
+        description: 'Authorization: Bearer KEY (when RUNNER_API_KEYS is set)',
+      },
       apiKey: { type: 'apiKey' as const, in: 'header' as const, name: 'X-API-Key' },
     },
   },
@@ -71,17 +81,25 @@ const firstValidationMessage = (err: FastifyError): string => {
   if (v === undefined) return err.message;
   const where = `${err.validationContext ?? 'body'}${v.instancePath.replace(/\//g, '.').replace(/\.(\d+)/g, '[$1]')}`;
   const params = v.params;
-  if (v.keyword === 'additionalProperties') return `${where} has an unknown field ${JSON.stringify(params.additionalProperty)}`;
-  if (v.keyword === 'required') return `${where} is missing the field ${JSON.stringify(params.missingProperty)}`;
-  if (v.keyword === 'enum' && Array.isArray(params.allowedValues)) return `${where} must be one of ${params.allowedValues.map((x) => JSON.stringify(x)).join(', ')}`;
+  if (v.keyword === 'additionalProperties')
+    return `${where} has an unknown field ${JSON.stringify(params.additionalProperty)}`;
+  if (v.keyword === 'required')
+    return `${where} is missing the field ${JSON.stringify(params.missingProperty)}`;
+  if (v.keyword === 'enum' && Array.isArray(params.allowedValues))
+    return `${where} must be one of ${params.allowedValues.map((x) => JSON.stringify(x)).join(', ')}`;
   return `${where} ${v.message ?? 'is invalid'}`;
 };
 
 /** Maps anything a handler or Fastify threw to a status, a stable code and a clear message. */
 function toApiError(err: unknown, bodyLimitBytes: number): ApiError {
-  if (err instanceof RunnerError) return { status: err.status, code: err.code, message: err.message };
+  if (err instanceof RunnerError)
+    return { status: err.status, code: err.code, message: err.message };
   const e = err as FastifyError;
-  const r = (code: ErrorCode, message: string): ApiError => ({ status: new RunnerError(code, '').status, code, message });
+  const r = (code: ErrorCode, message: string): ApiError => ({
+    status: new RunnerError(code, '').status,
+    code,
+    message,
+  });
   if (e.validation !== undefined) return r('REQUEST_INVALID', firstValidationMessage(e));
   switch (e.code) {
     case 'FST_ERR_CTP_BODY_TOO_LARGE':
@@ -95,7 +113,8 @@ function toApiError(err: unknown, bodyLimitBytes: number): ApiError {
     default:
       break;
   }
-  if (e instanceof SyntaxError) return r('REQUEST_INVALID', `the body is not valid JSON: ${e.message}`);
+  if (e instanceof SyntaxError)
+    return r('REQUEST_INVALID', `the body is not valid JSON: ${e.message}`);
   if (typeof e.statusCode === 'number' && e.statusCode >= 400 && e.statusCode < 500) {
     return { status: e.statusCode, code: 'REQUEST_INVALID', message: e.message };
   }
@@ -118,15 +137,33 @@ export function buildApp(deps: AppDeps): App {
     http: { connectionsCheckingInterval: 1000 },
     return503OnClosing: true,
     forceCloseConnections: 'idle',
-    ajv: { customOptions: { removeAdditional: false, coerceTypes: false, useDefaults: false, allErrors: false } },
+    ajv: {
+      customOptions: {
+        removeAdditional: false,
+        coerceTypes: false,
+        useDefaults: false,
+        allErrors: false,
+      },
+    },
   }).withTypeProvider<TypeBoxTypeProvider>();
   // Slowloris: the headers must arrive within this; Node requires it to be at most requestTimeout.
   app.server.headersTimeout = Math.min(settings.headersTimeoutMs, settings.requestTimeoutMs);
   // Only JSON bodies: a text/plain body gets 415 instead of a confusing schema error.
   app.removeContentTypeParser('text/plain');
 
-  const queue = deps.queue ?? new LocalQueue({ concurrency: engine.pool.stats().capacity, maxQueued: settings.queueMax });
-  const metrics = new ApiMetrics({ queue: () => queue.stats(), pool: () => engine.pool.stats() }, { defaultMetrics: deps.processMetrics ?? false });
+  const queue =
+    deps.queue ??
+    new LocalQueue({ concurrency: engine.pool.stats().capacity, maxQueued: settings.queueMax });
+  const metrics = new ApiMetrics(
+    { queue: () => queue.stats(), pool: () => engine.pool.stats() },
+    { defaultMetrics: deps.processMetrics ?? false },
+  );
+  const onVm = (t: VmTiming): void => metrics.vm(t.kind, t.language, t.ms);
+  engine.events?.on('vm', onVm);
+  app.addHook('onClose', (_app, done) => {
+    engine.events?.off('vm', onVm);
+    done();
+  });
   const service = new JobService(engine, queue, deps.jobStore, metrics, settings, {
     info: (m) => app.log.info(m),
     warn: (m) => app.log.warn(m),
@@ -146,7 +183,11 @@ export function buildApp(deps: AppDeps): App {
       if (config.public !== true && !req.url.startsWith('/docs')) {
         req.owner = keys.check(req.headers);
         if (config.createsJobs === true) {
-          if (draining) throw new RunnerError('SHUTTING_DOWN', 'the server is shutting down and takes no new jobs');
+          if (draining)
+            throw new RunnerError(
+              'SHUTTING_DOWN',
+              'the server is shutting down and takes no new jobs',
+            );
           limiter.take(req.owner ?? req.ip);
         }
       }
@@ -157,15 +198,22 @@ export function buildApp(deps: AppDeps): App {
   });
 
   app.addHook('onResponse', (req, reply, done) => {
-    metrics.http(req.method, req.routeOptions.url ?? 'unmatched', reply.statusCode, reply.elapsedTime / 1000);
+    metrics.http(
+      req.method,
+      req.routeOptions.url ?? 'unmatched',
+      reply.statusCode,
+      reply.elapsedTime / 1000,
+    );
     done();
   });
 
   app.setErrorHandler(async (err: unknown, req: FastifyRequest, reply: FastifyReply) => {
     const e = toApiError(err, settings.bodyLimitBytes);
-    if (e.status >= 500 && e.code !== 'QUEUE_FULL' && e.code !== 'SHUTTING_DOWN') req.log.error({ err }, 'request failed');
+    if (e.status >= 500 && e.code !== 'QUEUE_FULL' && e.code !== 'SHUTTING_DOWN')
+      req.log.error({ err }, 'request failed');
     metrics.rejection(e.code);
-    if (e.code === 'QUEUE_FULL' || e.code === 'SHUTTING_DOWN') reply.header('retry-after', String(queue.retryAfterSeconds()));
+    if (e.code === 'QUEUE_FULL' || e.code === 'SHUTTING_DOWN')
+      reply.header('retry-after', String(queue.retryAfterSeconds()));
     if (e.code === 'RATE_LIMITED' && err instanceof RunnerError) {
       const details = err.details as { retryAfterSeconds?: number } | undefined;
       reply.header('retry-after', String(details?.retryAfterSeconds ?? 60));
@@ -173,7 +221,12 @@ export function buildApp(deps: AppDeps): App {
     if (e.code === 'UNAUTHORIZED') reply.header('www-authenticate', 'Bearer');
     reply.code(e.status);
     if (req.url.startsWith('/api/v2/')) return { message: e.message };
-    return { statusCode: e.status, code: e.code, error: STATUS_CODES[e.status] ?? 'Error', message: e.message };
+    return {
+      statusCode: e.status,
+      code: e.code,
+      error: STATUS_CODES[e.status] ?? 'Error',
+      message: e.message,
+    };
   });
 
   app.setNotFoundHandler(async (req: FastifyRequest, reply: FastifyReply) => {
@@ -187,7 +240,9 @@ export function buildApp(deps: AppDeps): App {
   void app.register(swaggerUi, { routePrefix: '/docs' });
   void app.register((scope, _opts, done) => {
     const typed = scope.withTypeProvider<TypeBoxTypeProvider>();
-    typed.get('/openapi.json', { config: { public: true }, schema: { hide: true } }, () => app.swagger());
+    typed.get('/openapi.json', { config: { public: true }, schema: { hide: true } }, () =>
+      app.swagger(),
+    );
     registerV1Routes(typed, ctx);
     registerPistonRoutes(typed, ctx);
     done();

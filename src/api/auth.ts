@@ -24,7 +24,11 @@ export class ApiKeys {
   check(headers: IncomingHttpHeaders): string | null {
     if (!this.enabled) return null;
     const key = presentedKey(headers);
-    if (key === undefined) throw new RunnerError('UNAUTHORIZED', 'an API key is required (Authorization: Bearer KEY or X-API-Key: KEY)');
+    if (key === undefined)
+      throw new RunnerError(
+        'UNAUTHORIZED',
+        'an API key is required (Authorization: Bearer KEY or X-API-Key: KEY)',
+      );
     const d = digest(key);
     // Check every key, so the time does not tell which one matched.
     let ok = false;
@@ -80,9 +84,13 @@ export class RateLimiter {
     }
     if (bucket.tokens < 1) {
       const retryAfterSeconds = Math.max(1, Math.ceil((1 - bucket.tokens) / ratePerMs / 1000));
-      throw new RunnerError('RATE_LIMITED', `rate limit of ${this.perMinute} jobs per minute reached; retry in ${retryAfterSeconds} s`, {
-        details: { retryAfterSeconds },
-      });
+      throw new RunnerError(
+        'RATE_LIMITED',
+        `rate limit of ${this.perMinute} jobs per minute reached; retry in ${retryAfterSeconds} s`,
+        {
+          details: { retryAfterSeconds },
+        },
+      );
     }
     bucket.tokens -= 1;
   }

@@ -6,10 +6,16 @@ export function checkCallbackUrl(raw: string, allowedHosts: readonly string[]): 
   try {
     url = new URL(raw);
   } catch {
-    throw new RunnerError('CALLBACK_URL_INVALID', `callbackUrl ${JSON.stringify(raw.slice(0, 100))} is not a URL`);
+    throw new RunnerError(
+      'CALLBACK_URL_INVALID',
+      `callbackUrl ${JSON.stringify(raw.slice(0, 100))} is not a URL`,
+    );
   }
   if (url.protocol !== 'http:' && url.protocol !== 'https:') {
-    throw new RunnerError('CALLBACK_URL_INVALID', `callbackUrl must be http or https, not ${url.protocol.replace(/:$/, '')}`);
+    throw new RunnerError(
+      'CALLBACK_URL_INVALID',
+      `callbackUrl must be http or https, not ${url.protocol.replace(/:$/, '')}`,
+    );
   }
   if (url.username !== '' || url.password !== '') {
     throw new RunnerError('CALLBACK_URL_INVALID', 'callbackUrl must not carry credentials');
@@ -17,7 +23,10 @@ export function checkCallbackUrl(raw: string, allowedHosts: readonly string[]): 
   // URL keeps IPv6 hosts in brackets; the allow list is written without them.
   const host = url.hostname.replace(/^\[|\]$/g, '');
   if (allowedHosts.length > 0 && !allowedHosts.includes(host)) {
-    throw new RunnerError('CALLBACK_URL_INVALID', `callbackUrl host ${host} is not allowed (allowed: ${allowedHosts.join(', ')})`);
+    throw new RunnerError(
+      'CALLBACK_URL_INVALID',
+      `callbackUrl host ${host} is not allowed (allowed: ${allowedHosts.join(', ')})`,
+    );
   }
   return url.href;
 }
@@ -87,7 +96,9 @@ export class CallbackSender {
       } catch (err) {
         why = err instanceof Error ? err.message : String(err);
       }
-      this.options.log?.(`callback ${url} attempt ${attempt}/${this.options.attempts} failed: ${why}`);
+      this.options.log?.(
+        `callback ${url} attempt ${attempt}/${this.options.attempts} failed: ${why}`,
+      );
       if (attempt < this.options.attempts) {
         await sleep(wait, this.abort.signal);
         wait = Math.min(MAX_BACKOFF_MS, wait * 2);

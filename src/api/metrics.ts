@@ -24,12 +24,25 @@ export class ApiMetrics {
   private readonly httpRequests: Counter<'method' | 'route' | 'status_code'>;
   private readonly httpSeconds: Histogram<'method' | 'route'>;
   private readonly rejected: Counter<'code'>;
+  private readonly vmSeconds: Histogram<'kind' | 'language'>;
 
   constructor(sources: MetricSources, options: { defaultMetrics?: boolean } = {}) {
     const registers = [this.registry];
-    if (options.defaultMetrics !== false) collectDefaultMetrics({ register: this.registry, prefix: 'runner_process_' });
-    this.jobs = new Counter({ name: 'runner_jobs_total', help: 'Jobs that ended, by language and status.', labelNames: ['language', 'status'], registers });
-    this.jobSeconds = new Histogram({ name: 'runner_job_duration_seconds', help: 'Request-to-result time of a job.', labelNames: ['language'], buckets: SECONDS, registers });
+    if (options.defaultMetrics !== false)
+      collectDefaultMetrics({ register: this.registry, prefix: 'runner_process_' });
+    this.jobs = new Counter({
+      name: 'runner_jobs_total',
+      help: 'Jobs that ended, by language and status.',
+      labelNames: ['language', 'status'],
+      registers,
+    });
+    this.jobSeconds = new Histogram({
+      name: 'runner_job_duration_seconds',
+      help: 'Request-to-result time of a job.',
+      labelNames: ['language'],
+      buckets: SECONDS,
+      registers,
+    });
     this.acquireSeconds = new Histogram({
       name: 'runner_vm_acquire_duration_seconds',
       help: 'Time to get a VM for a job: a ready one (pool_hit=true) or a snapshot restore (pool_hit=false).',
@@ -37,9 +50,32 @@ export class ApiMetrics {
       buckets: [0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30],
       registers,
     });
-    this.httpRequests = new Counter({ name: 'runner_http_requests_total', help: 'HTTP requests, by method, route and status code.', labelNames: ['method', 'route', 'status_code'], registers });
-    this.httpSeconds = new Histogram({ name: 'runner_http_request_duration_seconds', help: 'HTTP request time.', labelNames: ['method', 'route'], buckets: SECONDS, registers });
-    this.rejected = new Counter({ name: 'runner_http_rejected_total', help: 'Requests refused with an error, by error code.', labelNames: ['code'], registers });
+    this.httpRequests = new Counter({
+      name: 'runner_http_requests_total',
+      help: 'HTTP requests, by method, route and status code.',
+      labelNames: ['method', 'route', 'status_code'],
+      registers,
+    });
+    this.httpSeconds = new Histogram({
+      name: 'runner_http_request_duration_seconds',
+      help: 'HTTP request time.',
+      labelNames: ['method', 'route'],
+      buckets: SECONDS,
+      registers,
+    });
+    this.vmSeconds = new Histogram({
+      name: 'runner_vm_lifecycle_duration_seconds',
+      help: 'Cold boots (kind=boot: to the agent hello, for a snapshot) and snapshot restores (kind=restore: to the agent reseeded).',
+      labelNames: ['kind', 'language'],
+      buckets: [0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 60, 120],
+      registers,
+    });
+    this.rejected = new Counter({
+      name: 'runner_http_rejected_total',
+      help: 'Requests refused with an error, by error code.',
+      labelNames: ['code'],
+      registers,
+    });
     new Gauge({
       name: 'runner_queue_depth',
       help: 'Jobs waiting for a VM.',
@@ -66,7 +102,10 @@ export class ApiMetrics {
         this.set({ state: 'live' }, s.live);
         this.set({ state: 'busy' }, s.busy);
         this.set({ state: 'starting' }, s.starting);
-        this.set({ state: 'ready' }, Object.values(s.ready).reduce((a, b) => a + b, 0));
+        this.set(
+          { state: 'ready' },
+          Object.values(s.ready).reduce((a, b) => a + b, 0),
+        );
       },
     });
     new Gauge({
@@ -95,12 +134,18 @@ export class ApiMetrics {
   job(language: string, status: Status, totalMs: number, timings?: JobResult['timings']): void {
     this.jobs.inc({ language, status });
     this.jobSeconds.observe({ language }, totalMs / 1000);
-    if (timings) this.acquireSeconds.observe({ pool_hit: String(timings.poolHit) }, timings.acquireMs / 1000);
+    if (timings)
+      this.acquireSeconds.observe({ pool_hit: String(timings.poolHit) }, timings.acquireMs / 1000);
   }
 
   http(method: string, route: string, statusCode: number, seconds: number): void {
     this.httpRequests.inc({ method, route, status_code: String(statusCode) });
     this.httpSeconds.observe({ method, route }, seconds);
+  }
+
+  /** Counts one cold boot or restore. */
+  vm(kind: 'boot' | 'restore', language: string, ms: number): void {
+    this.vmSeconds.observe({ kind, language }, ms / 1000);
   }
 
   rejection(code: string): void {

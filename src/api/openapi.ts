@@ -15,7 +15,18 @@ export async function generateOpenApi(): Promise<Record<string, unknown>> {
   const idle: ApiEngine = {
     languages,
     runner: new JobRunner(languages, undefined as never),
-    pool: { stats: () => ({ live: 0, ready: {}, busy: 0, starting: 0, capacity: 1, hits: 0, misses: 0, failures: 0 }) },
+    pool: {
+      stats: () => ({
+        live: 0,
+        ready: {},
+        busy: 0,
+        starting: 0,
+        capacity: 1,
+        hits: 0,
+        misses: 0,
+        failures: 0,
+      }),
+    },
     store: { latest: () => Promise.resolve(undefined) },
     paths: { snapshotsDir: '/nonexistent' },
     run: () => Promise.reject(new Error('this engine runs nothing')),

@@ -16,14 +16,28 @@ import {
 const MIB = 1024 * 1024;
 
 /** A Piston limit: absent → the default; -1 → the server maximum; else converted to our unit. */
-function pistonLimit(stage: Stage, name: keyof Limits, value: number | undefined, scale: (v: number) => number): number | undefined {
+function pistonLimit(
+  stage: Stage,
+  name: keyof Limits,
+  value: number | undefined,
+  scale: (v: number) => number,
+): number | undefined {
   if (value === undefined) return undefined;
   if (value === -1) return MAX_LIMITS[stage][name];
-  if (value <= 0) throw new RunnerError('LIMIT_INVALID', `${stage} ${name === 'memoryMib' ? 'memory limit' : 'timeout'} must be positive or -1, not ${value}`);
+  if (value <= 0)
+    throw new RunnerError(
+      'LIMIT_INVALID',
+      `${stage} ${name === 'memoryMib' ? 'memory limit' : 'timeout'} must be positive or -1, not ${value}`,
+    );
   return scale(value);
 }
 
-function stageLimits(stage: Stage, timeoutMs?: number, cpuTimeMs?: number, memoryBytes?: number): Partial<Limits> {
+function stageLimits(
+  stage: Stage,
+  timeoutMs?: number,
+  cpuTimeMs?: number,
+  memoryBytes?: number,
+): Partial<Limits> {
   const out: Partial<Limits> = {};
   const wall = pistonLimit(stage, 'wallTimeMs', timeoutMs, Math.ceil);
   const cpu = pistonLimit(stage, 'cpuTimeMs', cpuTimeMs, Math.ceil);
@@ -38,10 +52,19 @@ function stageLimits(stage: Stage, timeoutMs?: number, cpuTimeMs?: number, memor
 export function fromPiston(body: PistonExecuteRequest): ExecuteRequest {
   const files = body.files.map((f, i) => {
     if (f.encoding === 'hex') {
-      if (!/^(?:[0-9a-fA-F]{2})*$/.test(f.content)) throw new RunnerError('REQUEST_INVALID', `files[${i}].content is not valid hex`);
-      return { ...(f.name !== undefined && { name: f.name }), content: Buffer.from(f.content, 'hex').toString('base64'), encoding: 'base64' as const };
+      if (!/^(?:[0-9a-fA-F]{2})*$/.test(f.content))
+        throw new RunnerError('REQUEST_INVALID', `files[${i}].content is not valid hex`);
+      return {
+        ...(f.name !== undefined && { name: f.name }),
+        content: Buffer.from(f.content, 'hex').toString('base64'),
+        encoding: 'base64' as const,
+      };
     }
-    return { ...(f.name !== undefined && { name: f.name }), content: f.content, encoding: f.encoding ?? 'utf8' };
+    return {
+      ...(f.name !== undefined && { name: f.name }),
+      content: f.content,
+      encoding: f.encoding ?? 'utf8',
+    };
   });
   return {
     language: body.language,
@@ -49,12 +72,24 @@ export function fromPiston(body: PistonExecuteRequest): ExecuteRequest {
     files,
     ...(body.stdin !== undefined && { stdin: body.stdin }),
     ...(body.args !== undefined && { args: body.args }),
-    compileLimits: stageLimits('compile', body.compile_timeout, body.compile_cpu_time, body.compile_memory_limit),
+    compileLimits: stageLimits(
+      'compile',
+      body.compile_timeout,
+      body.compile_cpu_time,
+      body.compile_memory_limit,
+    ),
     runLimits: stageLimits('run', body.run_timeout, body.run_cpu_time, body.run_memory_limit),
   };
 }
 
-const errors = { 400: PistonError, 401: PistonError, 413: PistonError, 415: PistonError, 429: PistonError, 503: PistonError };
+const errors = {
+  400: PistonError,
+  401: PistonError,
+  413: PistonError,
+  415: PistonError,
+  429: PistonError,
+  503: PistonError,
+};
 const security: { [scheme: string]: string[] }[] = [{ bearer: [] }, { apiKey: [] }];
 
 /**
@@ -64,18 +99,45 @@ const security: { [scheme: string]: string[] }[] = [{ bearer: [] }, { apiKey: []
  * not kept); packages are read-only (POST/DELETE /api/v2/packages are not offered).
  */
 export function registerPistonRoutes(app: ApiInstance, ctx: ApiContext): void {
-  app.get('/api/v2/runtimes', { schema: { tags: ['piston'], summary: 'Piston: languages, versions and aliases', security, response: { 200: PistonRuntimes, 401: PistonError } } }, () =>
-    ctx.engine.languages.list().map(({ definition: d }) => ({ language: d.name, version: d.version, aliases: [...d.aliases] })),
+  app.get(
+    '/api/v2/runtimes',
+    {
+      schema: {
+        tags: ['piston'],
+        summary: 'Piston: languages, versions and aliases',
+        security,
+        response: { 200: PistonRuntimes, 401: PistonError },
+      },
+    },
+    () =>
+      ctx.engine.languages
+        .list()
+        .map(({ definition: d }) => ({
+          language: d.name,
+          version: d.version,
+          aliases: [...d.aliases],
+        })),
   );
 
-  app.get('/api/v2/packages', { schema: { tags: ['piston'], summary: 'Piston: packages and whether each is installed (its image is built)', security, response: { 200: PistonPackages, 401: PistonError } } }, async () => {
-    const statuses = await runtimeStatuses(ctx.engine);
-    return ctx.engine.languages.list().map(({ definition: d }) => ({
-      language: d.name,
-      language_version: d.version,
-      installed: statuses.get(d.name)?.imageReady ?? false,
-    }));
-  });
+  app.get(
+    '/api/v2/packages',
+    {
+      schema: {
+        tags: ['piston'],
+        summary: 'Piston: packages and whether each is installed (its image is built)',
+        security,
+        response: { 200: PistonPackages, 401: PistonError },
+      },
+    },
+    async () => {
+      const statuses = await runtimeStatuses(ctx.engine);
+      return ctx.engine.languages.list().map(({ definition: d }) => ({
+        language: d.name,
+        language_version: d.version,
+        installed: statuses.get(d.name)?.imageReady ?? false,
+      }));
+    },
+  );
 
   app.post(
     '/api/v2/execute',

@@ -21,7 +21,13 @@ export async function runtimeStatuses(engine: ApiEngine): Promise<Map<string, Ru
     const rootfs = await engine.store.latest('rootfs', definition.name);
     const imageReady = kernel !== undefined && rootfs !== undefined;
     const snapshotReady =
-      imageReady && snapshots.some((s) => s.language === definition.name && s.rootfsId === rootfs.manifest.id && s.kernelId === kernel.manifest.id);
+      imageReady &&
+      snapshots.some(
+        (s) =>
+          s.language === definition.name &&
+          s.rootfsId === rootfs.manifest.id &&
+          s.kernelId === kernel.manifest.id,
+      );
     out.set(definition.name, { imageReady, snapshotReady });
   }
   return out;

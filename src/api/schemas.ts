@@ -8,20 +8,34 @@ import { LimitsSchema, StageResultSchema, StatusSchema } from '../protocol/index
  */
 const closed = { additionalProperties: false } as const;
 
-const Encoding = Type.Enum(['utf8', 'base64'], { description: 'How `content` (or stdin) is encoded; utf8 by default.' });
+const Encoding = Type.Enum(['utf8', 'base64'], {
+  description: 'How `content` (or stdin) is encoded; utf8 by default.',
+});
 
 /** Per-stage limits a request may ask for; each is checked against the server maximum. */
 export const LimitsRequest = Type.Object(
   Object.fromEntries(
     Object.entries(LimitsSchema.properties).map(([k, v]) => [k, Type.Optional(v)]),
-  ) as { [K in keyof typeof LimitsSchema.properties]: Type.TOptional<(typeof LimitsSchema.properties)[K]> },
-  { ...closed, description: 'Limits of one stage; omitted ones take the default (see GET /v1/limits in docs/api.md).' },
+  ) as {
+    [K in keyof typeof LimitsSchema.properties]: Type.TOptional<
+      (typeof LimitsSchema.properties)[K]
+    >;
+  },
+  {
+    ...closed,
+    description:
+      'Limits of one stage; omitted ones take the default (see GET /v1/limits in docs/api.md).',
+  },
 );
 
 export const FileRequest = Type.Object(
   {
     name: Type.Optional(
-      Type.String({ maxLength: 4096, description: 'Relative path; the first file is the entry and gets the language’s source file name when it has none.' }),
+      Type.String({
+        maxLength: 4096,
+        description:
+          'Relative path; the first file is the entry and gets the language’s source file name when it has none.',
+      }),
     ),
     content: Type.String(),
     encoding: Type.Optional(Encoding),
@@ -36,7 +50,8 @@ export const TestCaseRequest = Type.Object(
     expectedOutput: Type.String({ description: 'Expected stdout (UTF-8).' }),
     compare: Type.Optional(
       Type.Enum(['exact', 'trim-trailing'], {
-        description: 'exact: byte for byte; trim-trailing (default): ignoring white space at the end of each line and at the end of the output.',
+        description:
+          'exact: byte for byte; trim-trailing (default): ignoring white space at the end of each line and at the end of the output.',
       }),
     ),
   },
@@ -44,14 +59,27 @@ export const TestCaseRequest = Type.Object(
 );
 
 const jobFields = {
-  language: Type.String({ minLength: 1, maxLength: 64, description: 'Language name or alias (python, py, js, c++, ...).' }),
-  version: Type.Optional(Type.String({ maxLength: 64, description: 'Version selector: 3, 3.11, 3.x or * (default: the installed one).' })),
+  language: Type.String({
+    minLength: 1,
+    maxLength: 64,
+    description: 'Language name or alias (python, py, js, c++, ...).',
+  }),
+  version: Type.Optional(
+    Type.String({
+      maxLength: 64,
+      description: 'Version selector: 3, 3.11, 3.x or * (default: the installed one).',
+    }),
+  ),
   files: Type.Array(FileRequest, { minItems: 1 }),
   stdin: Type.Optional(Type.String()),
   stdinEncoding: Type.Optional(Encoding),
   args: Type.Optional(Type.Array(Type.String({ maxLength: 65536 }), { maxItems: 1000 })),
   env: Type.Optional(
-    Type.Record(Type.String({ pattern: '^[A-Za-z_][A-Za-z0-9_]*$', maxLength: 256 }), Type.String({ maxLength: 65536 }), closed),
+    Type.Record(
+      Type.String({ pattern: '^[A-Za-z_][A-Za-z0-9_]*$', maxLength: 256 }),
+      Type.String({ maxLength: 65536 }),
+      closed,
+    ),
   ),
   compileLimits: Type.Optional(LimitsRequest),
   runLimits: Type.Optional(LimitsRequest),
@@ -72,7 +100,10 @@ export const SubmitRequest = Type.Object(
   {
     ...jobFields,
     callbackUrl: Type.Optional(
-      Type.String({ maxLength: 2048, description: 'http(s) URL the final job record is POSTed to (retried with backoff).' }),
+      Type.String({
+        maxLength: 2048,
+        description: 'http(s) URL the final job record is POSTed to (retried with backoff).',
+      }),
     ),
   },
   closed,
@@ -82,8 +113,12 @@ export type SubmitRequest = Static<typeof SubmitRequest>;
 /** One stage's result: the guest's stage result (the same schema) plus the output as text. */
 export const StageView = Type.Object({
   ...StageResultSchema.properties,
-  stdoutText: Type.Union([Type.String(), Type.Null()], { description: 'stdout as text; null when it is not valid UTF-8' }),
-  stderrText: Type.Union([Type.String(), Type.Null()], { description: 'stderr as text; null when it is not valid UTF-8' }),
+  stdoutText: Type.Union([Type.String(), Type.Null()], {
+    description: 'stdout as text; null when it is not valid UTF-8',
+  }),
+  stderrText: Type.Union([Type.String(), Type.Null()], {
+    description: 'stderr as text; null when it is not valid UTF-8',
+  }),
 });
 export type StageView = Static<typeof StageView>;
 
@@ -116,7 +151,9 @@ export const ExecuteResponse = Type.Object({
   run: Type.Union([StageView, Type.Null()]),
   timings: Timings,
   testCases: Type.Optional(Type.Array(TestCaseResult)),
-  summary: Type.Optional(Type.Object({ total: Type.Integer(), passed: Type.Integer(), failed: Type.Integer() })),
+  summary: Type.Optional(
+    Type.Object({ total: Type.Integer(), passed: Type.Integer(), failed: Type.Integer() }),
+  ),
 });
 export type ExecuteResponse = Static<typeof ExecuteResponse>;
 
@@ -132,7 +169,11 @@ export const JobView = Type.Object({
 });
 export type JobView = Static<typeof JobView>;
 
-export const JobAccepted = Type.Object({ id: Type.String(), state: Type.Literal('queued'), url: Type.String() });
+export const JobAccepted = Type.Object({
+  id: Type.String(),
+  state: Type.Literal('queued'),
+  url: Type.String(),
+});
 
 export const JobParams = Type.Object({ id: Type.String({ maxLength: 128 }) }, closed);
 
@@ -141,8 +182,12 @@ export const RuntimeView = Type.Object({
   version: Type.String(),
   aliases: Type.Array(Type.String()),
   compiled: Type.Boolean(),
-  imageReady: Type.Boolean({ description: 'A rootfs image (and the kernel) is in the local store.' }),
-  snapshotReady: Type.Boolean({ description: 'A snapshot of the current images exists, so a job needs no cold boot.' }),
+  imageReady: Type.Boolean({
+    description: 'A rootfs image (and the kernel) is in the local store.',
+  }),
+  snapshotReady: Type.Boolean({
+    description: 'A snapshot of the current images exists, so a job needs no cold boot.',
+  }),
 });
 export const RuntimesResponse = Type.Array(RuntimeView);
 
@@ -157,7 +202,12 @@ export const ErrorResponse = Type.Object({
 export const HealthResponse = Type.Object({ status: Type.String() });
 export const ReadyResponse = Type.Object({
   status: Type.String(),
-  queue: Type.Object({ queued: Type.Integer(), running: Type.Integer(), concurrency: Type.Integer(), maxQueued: Type.Integer() }),
+  queue: Type.Object({
+    queued: Type.Integer(),
+    running: Type.Integer(),
+    concurrency: Type.Integer(),
+    maxQueued: Type.Integer(),
+  }),
 });
 
 // ---- Piston (/api/v2) ----
@@ -213,11 +263,15 @@ export type PistonExecuteRequest = Static<typeof PistonExecuteRequest>;
 export const PistonStage = Type.Object({
   stdout: Type.String(),
   stderr: Type.String(),
-  output: Type.String({ description: 'stdout then stderr (this server does not keep their interleaving)' }),
+  output: Type.String({
+    description: 'stdout then stderr (this server does not keep their interleaving)',
+  }),
   code: Type.Union([Type.Integer(), Type.Null()]),
   signal: Type.Union([Type.String(), Type.Null()]),
   message: Type.Union([Type.String(), Type.Null()]),
-  status: Type.Union([Type.String(), Type.Null()], { description: 'RE, SG, TO, OL, EL or XX as Piston reports them; null when it ended well' }),
+  status: Type.Union([Type.String(), Type.Null()], {
+    description: 'RE, SG, TO, OL, EL or XX as Piston reports them; null when it ended well',
+  }),
   cpu_time: Type.Union([Type.Number(), Type.Null()]),
   wall_time: Type.Union([Type.Number(), Type.Null()]),
   memory: Type.Union([Type.Integer(), Type.Null()]),

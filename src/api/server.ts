@@ -25,7 +25,10 @@ const PRUNE_EVERY_MS = 3_600_000;
  * builds the engine (sweeping that run's VMs), warms the configured languages in the
  * background, and listens.
  */
-export async function startServer(settings: Settings, options: { engine?: Engine } = {}): Promise<RunningServer> {
+export async function startServer(
+  settings: Settings,
+  options: { engine?: Engine } = {},
+): Promise<RunningServer> {
   const dataDir = settings.dataDir ?? '.';
   const jobStore = new JobStore(settings.jobStoreFile ?? join(dataDir, 'jobs.sqlite'));
   let engine: Engine;
@@ -59,15 +62,23 @@ export async function startServer(settings: Settings, options: { engine?: Engine
   try {
     await app.ready();
     const ended = service.recover();
-    if (ended.length > 0) app.log.warn(`${ended.length} job(s) left unfinished by an earlier run were ended as sandbox_error`);
+    if (ended.length > 0)
+      app.log.warn(
+        `${ended.length} job(s) left unfinished by an earlier run were ended as sandbox_error`,
+      );
     for (const language of settings.warmLanguages) {
       engine.pool.warm(language).then(
         () => app.log.info(`warmed ${language}`),
-        (err: unknown) => app.log.error(`warming ${language} failed: ${err instanceof Error ? err.message : String(err)}`),
+        (err: unknown) =>
+          app.log.error(
+            `warming ${language} failed: ${err instanceof Error ? err.message : String(err)}`,
+          ),
       );
     }
     const url = await app.listen({ host: settings.host, port: settings.port });
-    app.log.info(`runner serve: listening on ${url} (VM driver ${engine.driver.constructor.name}, accel ${engine.accel?.accel ?? 'as configured'})`);
+    app.log.info(
+      `runner serve: listening on ${url} (VM driver ${engine.driver.constructor.name}, accel ${engine.accel?.accel ?? 'as configured'})`,
+    );
     return { app, engine, url, close };
   } catch (err) {
     await close();

@@ -1,3 +1,4 @@
+import type { EventEmitter } from 'node:events';
 import { randomUUID } from 'node:crypto';
 import type { Settings } from '../config/settings.js';
 import type { DataPaths } from '../config/paths.js';
@@ -35,6 +36,8 @@ export interface ApiEngine {
   readonly pool: Pick<VmPool, 'stats'>;
   readonly store: Pick<ImageStore, 'latest'>;
   readonly paths: Pick<DataPaths, 'snapshotsDir'>;
+  /** The engine's VM timings (`vm` events: cold boots and restores), when it has them. */
+  readonly events?: Pick<EventEmitter, 'on' | 'off'>;
   run(request: JobRequest): Promise<JobResult>;
 }
 

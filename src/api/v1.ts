@@ -23,24 +23,49 @@ const StageLimitsView = Type.Object({ compile: LimitsSchema, run: LimitsSchema }
 const LimitsResponse = Type.Object({
   defaults: StageLimitsView,
   maxima: StageLimitsView,
-  caps: Type.Object({ bodyLimitBytes: Type.Integer(), maxFiles: Type.Integer(), maxStdinBytes: Type.Integer(), maxTestCases: Type.Integer() }),
+  caps: Type.Object({
+    bodyLimitBytes: Type.Integer(),
+    maxFiles: Type.Integer(),
+    maxStdinBytes: Type.Integer(),
+    maxTestCases: Type.Integer(),
+  }),
 });
 
 /** The native API (/v1), health, readiness and metrics. */
 export function registerV1Routes(app: ApiInstance, ctx: ApiContext): void {
-  app.get('/healthz', { config: { public: true }, schema: { tags: ['health'], summary: 'Liveness: the process answers', response: { 200: HealthResponse } } }, () => ({
-    status: 'ok',
-  }));
+  app.get(
+    '/healthz',
+    {
+      config: { public: true },
+      schema: {
+        tags: ['health'],
+        summary: 'Liveness: the process answers',
+        response: { 200: HealthResponse },
+      },
+    },
+    () => ({
+      status: 'ok',
+    }),
+  );
 
   app.get(
     '/readyz',
     {
       config: { public: true },
-      schema: { tags: ['health'], summary: 'Readiness: takes jobs (503 while draining)', response: { 200: ReadyResponse, 503: ReadyResponse } },
+      schema: {
+        tags: ['health'],
+        summary: 'Readiness: takes jobs (503 while draining)',
+        response: { 200: ReadyResponse, 503: ReadyResponse },
+      },
     },
     async (_req, reply) => {
       const q = ctx.queue.stats();
-      const queue = { queued: q.queued, running: q.running, concurrency: q.concurrency, maxQueued: q.maxQueued };
+      const queue = {
+        queued: q.queued,
+        running: q.running,
+        concurrency: q.concurrency,
+        maxQueued: q.maxQueued,
+      };
       if (ctx.draining()) return reply.code(503).send({ status: 'draining', queue });
       return { status: 'ready', queue };
     },
@@ -48,7 +73,15 @@ export function registerV1Routes(app: ApiInstance, ctx: ApiContext): void {
 
   app.get(
     '/metrics',
-    { schema: { tags: ['health'], summary: 'Prometheus metrics', security, produces: ['text/plain'], response: { 200: Type.String(), ...errors(401) } } },
+    {
+      schema: {
+        tags: ['health'],
+        summary: 'Prometheus metrics',
+        security,
+        produces: ['text/plain'],
+        response: { 200: Type.String(), ...errors(401) },
+      },
+    },
     async (_req, reply) => {
       const text = await ctx.metrics.text();
       return reply.type(ctx.metrics.contentType).send(text);
@@ -90,7 +123,10 @@ export function registerV1Routes(app: ApiInstance, ctx: ApiContext): void {
     async (req, reply) => {
       const record = ctx.service.submit(req.body, req.owner);
       const url = `/v1/jobs/${record.id}`;
-      return reply.code(202).header('location', url).send({ id: record.id, state: 'queued' as const, url });
+      return reply
+        .code(202)
+        .header('location', url)
+        .send({ id: record.id, state: 'queued' as const, url });
     },
   );
 
@@ -110,7 +146,14 @@ export function registerV1Routes(app: ApiInstance, ctx: ApiContext): void {
 
   app.get(
     '/v1/runtimes',
-    { schema: { tags: ['v1'], summary: 'Languages, versions, aliases, and whether each is ready', security, response: { 200: RuntimesResponse, ...errors(401) } } },
+    {
+      schema: {
+        tags: ['v1'],
+        summary: 'Languages, versions, aliases, and whether each is ready',
+        security,
+        response: { 200: RuntimesResponse, ...errors(401) },
+      },
+    },
     async () => {
       const statuses = await runtimeStatuses(ctx.engine);
       return ctx.engine.languages.list().map(({ definition: d }) => ({
@@ -126,7 +169,14 @@ export function registerV1Routes(app: ApiInstance, ctx: ApiContext): void {
 
   app.get(
     '/v1/limits',
-    { schema: { tags: ['v1'], summary: 'Default limits, server maxima and request caps', security, response: { 200: LimitsResponse, ...errors(401) } } },
+    {
+      schema: {
+        tags: ['v1'],
+        summary: 'Default limits, server maxima and request caps',
+        security,
+        response: { 200: LimitsResponse, ...errors(401) },
+      },
+    },
     () => ({
       defaults: DEFAULT_LIMITS,
       maxima: MAX_LIMITS,

@@ -1,3 +1,4 @@
+import { EventEmitter } from 'node:events';
 import { readFileSync } from 'node:fs';
 import { readdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -28,8 +29,17 @@ export interface Engine {
   readonly snapshots: SnapshotManager;
   readonly pool: VmPool;
   readonly runner: JobRunner;
+  /** Cold boots and restores as they happen: `vm` events of {@link VmTiming}. */
+  readonly events: EventEmitter;
   run(request: JobRequest): Promise<JobResult>;
   close(): Promise<void>;
+}
+
+/** One VM lifecycle timing, emitted as the engine's `vm` event. */
+export interface VmTiming {
+  readonly kind: 'boot' | 'restore';
+  readonly language: string;
+  readonly ms: number;
 }
 
 /** Looks a user up in /etc/passwd (no NSS: the service runs on plain Debian). */
@@ -167,7 +177,14 @@ export async function createEngine(
     driver = new QemuDriver({ binary: settings.qemuBinary, accel: mode, user });
     driverTag = `qemu-${mode}`;
   }
+  const events = new EventEmitter();
+  const emit =
+    (kind: VmTiming['kind']) =>
+    (language: string, ms: number): void => {
+      events.emit('vm', { kind, language, ms } satisfies VmTiming);
+    };
   const snapshots = new SnapshotManager({
+    onBoot: emit('boot'),
     driver,
     driverTag,
     store,
@@ -181,6 +198,7 @@ export async function createEngine(
     log,
   });
   const pool = new VmPool({
+    onRestore: emit('restore'),
     driver,
     snapshots,
     runDir: paths.runDir,
@@ -202,6 +220,7 @@ export async function createEngine(
     snapshots,
     pool,
     runner,
+    events,
     run: (request) => runner.run(request),
     close: () => pool.close(),
   };

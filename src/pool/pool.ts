@@ -18,6 +18,8 @@ export interface PoolOptions {
   readonly vmMemoryMib: number;
   readonly restoreTimeoutMs: number;
   readonly log?: (line: string) => void;
+  /** Told how long each restore took, to the agent reseeded (for metrics). */
+  readonly onRestore?: (language: string, ms: number) => void;
 }
 
 /** A VM handed out for one job. It is destroyed on release: one job per VM. */
@@ -212,7 +214,9 @@ export class VmPool {
       this.counters.failures++;
       throw err;
     }
-    return { vm, language, restoreMs: Date.now() - started };
+    const restoreMs = Date.now() - started;
+    this.options.onRestore?.(language, restoreMs);
+    return { vm, language, restoreMs };
   }
 
   /** Starts background restores until every warmed language has its target (within capacity). */

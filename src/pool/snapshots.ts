@@ -39,6 +39,8 @@ export interface SnapshotManagerOptions {
     language: string | null,
   ) => Promise<StoredImage | undefined>;
   readonly log?: (line: string) => void;
+  /** Told how long each cold boot took (for metrics). */
+  readonly onBoot?: (language: string, ms: number) => void;
 }
 
 /**
@@ -126,6 +128,7 @@ export class SnapshotManager {
       timeoutMs: this.options.bootTimeoutMs,
     });
     const bootMs = Date.now() - started;
+    this.options.onBoot?.(base.language, bootMs);
     try {
       const hello = vm.hello;
       if (hello && !hello.languages.includes(base.language)) {

@@ -25,7 +25,6 @@ function skipReason(): string | null {
 const reason = skipReason();
 if (reason !== null) console.warn(`tests/integration/api skipped: ${reason}`);
 
-
 describe.skipIf(reason !== null)('runner serve with real VMs', () => {
   let server: RunningServer | undefined;
   let dir = '';
@@ -42,7 +41,14 @@ describe.skipIf(reason !== null)('runner serve with real VMs', () => {
     if (existsSync(probe)) copyFileSync(probe, join(dir, 'kvm-probe.json'));
     const settings = loadSettings(
       { RUNNER_DATA_DIR: dir },
-      { host: '127.0.0.1', port: 0, jobStoreFile: join(dir, 'jobs.sqlite'), poolMaxVms: 2, logLevel: 'warn', qemuUser: process.env.RUNNER_QEMU_USER ?? 'runner-vmm' },
+      {
+        host: '127.0.0.1',
+        port: 0,
+        jobStoreFile: join(dir, 'jobs.sqlite'),
+        poolMaxVms: 2,
+        logLevel: 'warn',
+        qemuUser: process.env.RUNNER_QEMU_USER ?? 'runner-vmm',
+      },
     );
     server = await startServer(settings);
   });
@@ -51,7 +57,8 @@ describe.skipIf(reason !== null)('runner serve with real VMs', () => {
     try {
       await server?.close();
       // Every VM was destroyed: nothing is left in the private run dir.
-      if (dir !== '' && existsSync(join(dir, 'run'))) expect(readdirSync(join(dir, 'run'))).toEqual([]);
+      if (dir !== '' && existsSync(join(dir, 'run')))
+        expect(readdirSync(join(dir, 'run'))).toEqual([]);
     } finally {
       if (savedImagesDir === undefined) delete process.env.RUNNER_IMAGES_DIR;
       else process.env.RUNNER_IMAGES_DIR = savedImagesDir;
@@ -64,7 +71,11 @@ describe.skipIf(reason !== null)('runner serve with real VMs', () => {
     return `${server.url}${path}`;
   };
   const post = async (path: string, body: unknown) => {
-    const res = await fetch(url(path), { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+    const res = await fetch(url(path), {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify(body),
+    });
     const json: unknown = await res.json();
     return { status: res.status, body: json };
   };
@@ -72,13 +83,22 @@ describe.skipIf(reason !== null)('runner serve with real VMs', () => {
   test('POST /v1/execute runs python in a microVM', async () => {
     const { status, body } = await post('/v1/execute', {
       language: 'python',
-      files: [{ content: 'import sys\nname = input()\nprint(f"hello {name}")\nprint("warn", file=sys.stderr)\nsys.exit(3)' }],
+      files: [
+        {
+          content:
+            'import sys\nname = input()\nprint(f"hello {name}")\nprint("warn", file=sys.stderr)\nsys.exit(3)',
+        },
+      ],
       stdin: 'api\n',
     });
     expect(status).toBe(200);
     const result = body as ExecuteResponse;
     expect(result.status).toBe('runtime_error');
-    expect(result.run).toMatchObject({ exitCode: 3, stdoutText: 'hello api\n', stderrText: 'warn\n' });
+    expect(result.run).toMatchObject({
+      exitCode: 3,
+      stdoutText: 'hello api\n',
+      stderrText: 'warn\n',
+    });
     expect(result.version).toBe('3.11.2');
   });
 
@@ -98,11 +118,20 @@ describe.skipIf(reason !== null)('runner serve with real VMs', () => {
     expect(status).toBe(200);
     const result = body as PistonExecuteResponse;
     expect(result).toMatchObject({ language: 'python', version: '3.11.2' });
-    expect(result.run).toMatchObject({ stdout: "['1', '2', '3']\n", stderr: '', output: "['1', '2', '3']\n", code: 0, signal: null });
+    expect(result.run).toMatchObject({
+      stdout: "['1', '2', '3']\n",
+      stderr: '',
+      output: "['1', '2', '3']\n",
+      code: 0,
+      signal: null,
+    });
   });
 
   test('POST /v1/jobs, then GET /v1/jobs/:id to the result; runtimes and metrics show it', async () => {
-    const { status, body } = await post('/v1/jobs', { language: 'py', files: [{ content: 'print(6 * 7)' }] });
+    const { status, body } = await post('/v1/jobs', {
+      language: 'py',
+      files: [{ content: 'print(6 * 7)' }],
+    });
     expect(status).toBe(202);
     const { id } = body as { id: string };
     let job: JobView | undefined;
@@ -117,15 +146,32 @@ describe.skipIf(reason !== null)('runner serve with real VMs', () => {
       .toBe('done');
     expect(job?.result).toMatchObject({ status: 'ok', run: { stdoutText: '42\n' } });
 
-    const runtimes = (await (await fetch(url('/v1/runtimes'))).json()) as { language: string; imageReady: boolean; snapshotReady: boolean }[];
-    expect(runtimes.find((r) => r.language === 'python')).toMatchObject({ imageReady: true, snapshotReady: true });
+    const runtimes = (await (await fetch(url('/v1/runtimes'))).json()) as {
+      language: string;
+      imageReady: boolean;
+      snapshotReady: boolean;
+    }[];
+    expect(runtimes.find((r) => r.language === 'python')).toMatchObject({
+      imageReady: true,
+      snapshotReady: true,
+    });
     const metrics = await (await fetch(url('/metrics'))).text();
     expect(metrics).toMatch(/runner_jobs_total\{language="python",status="ok"\} 2/);
     expect(metrics).toMatch(/runner_jobs_total\{language="python",status="runtime_error"\} 1/);
+    // The snapshot's cold boot and every restore are timed.
+    expect(metrics).toMatch(
+      /runner_vm_lifecycle_duration_seconds_count\{kind="boot",language="python"\} 1/,
+    );
+    expect(metrics).toMatch(
+      /runner_vm_lifecycle_duration_seconds_count\{kind="restore",language="python"\} [3-9]/,
+    );
   });
 
   test('a bad request is refused before any VM', async () => {
-    const { status, body } = await post('/api/v2/execute', { language: 'python', files: [{ content: '' }] });
+    const { status, body } = await post('/api/v2/execute', {
+      language: 'python',
+      files: [{ content: '' }],
+    });
     expect(status).toBe(400);
     expect(body).toEqual({ message: 'body is missing the field "version"' });
   });
