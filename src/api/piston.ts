@@ -110,13 +110,11 @@ export function registerPistonRoutes(app: ApiInstance, ctx: ApiContext): void {
       },
     },
     () =>
-      ctx.engine.languages
-        .list()
-        .map(({ definition: d }) => ({
-          language: d.name,
-          version: d.version,
-          aliases: [...d.aliases],
-        })),
+      ctx.engine.languages.list().map(({ definition: d }) => ({
+        language: d.name,
+        version: d.version,
+        aliases: [...d.aliases],
+      })),
   );
 
   app.get(
@@ -153,7 +151,7 @@ export function registerPistonRoutes(app: ApiInstance, ctx: ApiContext): void {
     },
     async (req) => {
       const job = ctx.service.prepare(fromPiston(req.body));
-      const result = await ctx.service.execute(job);
+      const result = await ctx.service.execute(job, req.owner);
       const compiled = ctx.engine.languages.get(job.language).definition.compile !== null;
       return {
         language: result.language,

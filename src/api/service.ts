@@ -167,9 +167,35 @@ export class JobService {
     return { request, language, version, cases };
   }
 
-  /** Runs a checked job through the queue and waits for its result. */
-  execute(job: PreparedJob): Promise<ExecuteResponse> {
-    return this.queue.push(() => this.run(job));
+  /**
+   * Runs a checked job through the queue and waits for its result. The job is recorded in the
+   * durable store too (its id is the result's id, readable at GET /v1/jobs/:id), so that a
+   * crash mid-job leaves a final status behind, not nothing.
+   */
+  async execute(job: PreparedJob, owner: string | null = null): Promise<ExecuteResponse> {
+    this.queue.admit();
+    const record = this.jobs.create({
+      id: randomUUID(),
+      language: job.language,
+      version: job.version,
+      owner,
+      callbackUrl: null,
+    });
+    let result: ExecuteResponse;
+    try {
+      result = await this.queue.push(async () => {
+        this.jobs.markRunning(record.id);
+        return this.run(job, record.id);
+      });
+    } catch (err) {
+      this.finish(
+        record.id,
+        sandboxResponse(record.id, job.language, job.version, 'the job failed to run'),
+      );
+      throw err;
+    }
+    this.finish(record.id, result);
+    return result;
   }
 
   /**

@@ -104,7 +104,7 @@ export function registerV1Routes(app: ApiInstance, ctx: ApiContext): void {
     },
     async (req) => {
       const job = ctx.service.prepare(req.body);
-      return ctx.service.execute(job);
+      return ctx.service.execute(job, req.owner);
     },
   );
 

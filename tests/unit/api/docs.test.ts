@@ -5,7 +5,8 @@ import { configurationDoc, formatSettings } from '../../../src/cli/commands/serv
 import { SETTINGS } from '../../../src/config/settings.js';
 import { testSettings } from './helpers.js';
 
-const read = (path: string): string => readFileSync(new URL(`../../../${path}`, import.meta.url), 'utf8');
+const read = (path: string): string =>
+  readFileSync(new URL(`../../../${path}`, import.meta.url), 'utf8');
 
 describe('generated documents are current', () => {
   test('docs/openapi.json matches the route schemas (run `npm run openapi` when this fails)', async () => {
@@ -16,7 +17,19 @@ describe('generated documents are current', () => {
 
   test('the OpenAPI document covers both APIs', async () => {
     const doc = (await generateOpenApi()) as { paths: Record<string, Record<string, unknown>> };
-    for (const path of ['/v1/execute', '/v1/jobs', '/v1/jobs/{id}', '/v1/runtimes', '/v1/limits', '/api/v2/execute', '/api/v2/runtimes', '/api/v2/packages', '/healthz', '/readyz', '/metrics']) {
+    for (const path of [
+      '/v1/execute',
+      '/v1/jobs',
+      '/v1/jobs/{id}',
+      '/v1/runtimes',
+      '/v1/limits',
+      '/api/v2/execute',
+      '/api/v2/runtimes',
+      '/api/v2/packages',
+      '/healthz',
+      '/readyz',
+      '/metrics',
+    ]) {
       expect(doc.paths, path).toHaveProperty([path]);
     }
   });
@@ -32,12 +45,16 @@ describe('generated documents are current', () => {
       .split('\n')
       .filter((line) => line.includes('curl '));
     const doc = (await generateOpenApi()) as { paths: Record<string, Record<string, unknown>> };
-    const endpoints = Object.entries(doc.paths).flatMap(([path, methods]) => Object.keys(methods).map((m) => [m.toUpperCase(), path] as const));
+    const endpoints = Object.entries(doc.paths).flatMap(([path, methods]) =>
+      Object.keys(methods).map((m) => [m.toUpperCase(), path] as const),
+    );
     expect(endpoints.length).toBeGreaterThan(10);
     for (const [verb, path] of [...endpoints, ['GET', '/openapi.json'] as const]) {
       const url = `$R${path.replace('{id}', '')}`;
       // A POST example sends a body (-d); a GET example does not.
-      const found = curls.some((line) => line.includes(url) && (verb === 'POST') === line.includes(' -d '));
+      const found = curls.some(
+        (line) => line.includes(url) && (verb === 'POST') === line.includes(' -d '),
+      );
       expect(found, `${verb} ${path}`).toBe(true);
     }
   });

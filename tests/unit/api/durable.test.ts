@@ -29,7 +29,10 @@ describe('durable job records', () => {
       await hang.promise;
       return { run: stage() };
     };
-    const submit = async () => (await first.app.inject({ method: 'POST', url: '/v1/jobs', payload: pyJob() })).json<{ id: string }>().id;
+    const submit = async () =>
+      (await first.app.inject({ method: 'POST', url: '/v1/jobs', payload: pyJob() })).json<{
+        id: string;
+      }>().id;
     const done = await submit();
     await expect.poll(() => first.jobStore.get(done)?.state).toBe('done');
     const running = await submit();
@@ -44,11 +47,15 @@ describe('durable job records', () => {
       const ended = second.service.recover();
       expect(ended.map((j) => j.id).sort()).toEqual([running, queued].sort());
       for (const id of [running, queued]) {
-        const job = (await second.app.inject({ method: 'GET', url: `/v1/jobs/${id}` })).json<JobView>();
+        const job = (
+          await second.app.inject({ method: 'GET', url: `/v1/jobs/${id}` })
+        ).json<JobView>();
         expect(job).toMatchObject({ id, state: 'done', status: 'sandbox_error' });
         expect(job.result?.run?.message).toBe('the server restarted before the job finished');
       }
-      const kept = (await second.app.inject({ method: 'GET', url: `/v1/jobs/${done}` })).json<JobView>();
+      const kept = (
+        await second.app.inject({ method: 'GET', url: `/v1/jobs/${done}` })
+      ).json<JobView>();
       expect(kept.result?.run?.stdoutText).toBe('first');
       expect(second.jobStore.counts()).toEqual({ queued: 0, running: 0, done: 3 });
       // Recovery is idempotent.
@@ -64,7 +71,9 @@ describe('durable job records', () => {
     const file = join(dir, 'jobs.sqlite');
     const app = await makeApp({ jobStoreFile: file });
     try {
-      const { id } = (await app.app.inject({ method: 'POST', url: '/v1/jobs', payload: pyJob() })).json<{ id: string }>();
+      const { id } = (
+        await app.app.inject({ method: 'POST', url: '/v1/jobs', payload: pyJob() })
+      ).json<{ id: string }>();
       const other = new JobStore(file); // another connection sees it
       expect(other.get(id)).toBeDefined();
       other.close();
@@ -75,7 +84,13 @@ describe('durable job records', () => {
 
   test('the job state machine refuses illegal transitions', () => {
     const store = new JobStore(':memory:');
-    const job = store.create({ id: 'j1', language: 'python', version: '3.11.2', owner: null, callbackUrl: null });
+    const job = store.create({
+      id: 'j1',
+      language: 'python',
+      version: '3.11.2',
+      owner: null,
+      callbackUrl: null,
+    });
     expect(job.state).toBe('queued');
     store.markRunning('j1');
     expect(() => store.markRunning('j1')).toThrow(/cannot go from running to running/);
@@ -88,11 +103,20 @@ describe('durable job records', () => {
 
   test('old finished records are pruned; unfinished ones never', () => {
     const store = new JobStore(':memory:');
-    store.create({ id: 'old', language: 'python', version: null, owner: null, callbackUrl: null }, 0);
+    store.create(
+      { id: 'old', language: 'python', version: null, owner: null, callbackUrl: null },
+      0,
+    );
     store.finish('old', 'ok', {}, 1000);
-    store.create({ id: 'new', language: 'python', version: null, owner: null, callbackUrl: null }, 0);
+    store.create(
+      { id: 'new', language: 'python', version: null, owner: null, callbackUrl: null },
+      0,
+    );
     store.finish('new', 'ok', {}, 10_000);
-    store.create({ id: 'waiting', language: 'python', version: null, owner: null, callbackUrl: null }, 0);
+    store.create(
+      { id: 'waiting', language: 'python', version: null, owner: null, callbackUrl: null },
+      0,
+    );
     expect(store.prune(5000, 11_000)).toBe(1);
     expect(store.get('old')).toBeUndefined();
     expect(store.get('new')).toBeDefined();
@@ -140,7 +164,9 @@ describe('LocalQueue', () => {
     });
     const b = q.push(() => Promise.resolve('b'));
     const drained = q.drain();
-    await expect(q.push(() => Promise.resolve('c'))).rejects.toMatchObject({ code: 'SHUTTING_DOWN' });
+    await expect(q.push(() => Promise.resolve('c'))).rejects.toMatchObject({
+      code: 'SHUTTING_DOWN',
+    });
     g.open();
     await drained;
     expect(await Promise.all([a, b])).toEqual(['a', 'b']);

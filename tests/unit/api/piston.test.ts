@@ -37,14 +37,24 @@ function pistonDocEngine(): FakeEngine {
   const real = LanguageRegistry.fromDir();
   return new FakeEngine(
     new LanguageRegistry(
-      real.list().map((l) => (l.definition.name === 'javascript' ? { ...l, definition: { ...l.definition, version: '24.16.0' } } : l)),
+      real
+        .list()
+        .map((l) =>
+          l.definition.name === 'javascript'
+            ? { ...l, definition: { ...l.definition, version: '24.16.0' } }
+            : l,
+        ),
     ),
   );
 }
 
 async function pistonPost(payload: unknown): Promise<{ status: number; body: unknown }> {
   t ??= await makeApp();
-  const res = await t.app.inject({ method: 'POST', url: '/api/v2/execute', payload: payload as Record<string, unknown> });
+  const res = await t.app.inject({
+    method: 'POST',
+    url: '/api/v2/execute',
+    payload: payload as Record<string, unknown>,
+  });
   return { status: res.statusCode, body: res.json<unknown>() };
 }
 
@@ -53,26 +63,50 @@ describe('POST /api/v2/execute', () => {
     t = await makeApp({ engine: pistonDocEngine() });
     const argv = "[\n  '/usr/bin/node',\n  '/work/my_cool_code.js',\n  '1',\n  '2',\n  '3'\n]\n";
     t.engine.behavior = () => ({ run: stage({ out: argv }) });
-    const res = await t.app.inject({ method: 'POST', url: '/api/v2/execute', payload: PISTON_DOC_REQUEST, headers: { 'content-type': 'application/json' } });
+    const res = await t.app.inject({
+      method: 'POST',
+      url: '/api/v2/execute',
+      payload: PISTON_DOC_REQUEST,
+      headers: { 'content-type': 'application/json' },
+    });
     expect(res.statusCode).toBe(200);
     const body = res.json<PistonExecuteResponse>();
     expect(body.language).toBe('javascript');
     expect(body.version).toBe('24.16.0');
-    expect(body.run).toMatchObject({ stdout: argv, stderr: '', output: argv, code: 0, signal: null });
+    expect(body.run).toMatchObject({
+      stdout: argv,
+      stderr: '',
+      output: argv,
+      code: 0,
+      signal: null,
+    });
     expect(body.compile).toBeUndefined(); // javascript has no compile stage
     // What the engine was asked: the named file, the args, Piston's units converted, -1 = maximum.
     const call = t.engine.calls[0];
-    expect(call?.files).toEqual([{ name: 'my_cool_code.js', content: 'console.log(process.argv)', encoding: 'utf8' }]);
+    expect(call?.files).toEqual([
+      { name: 'my_cool_code.js', content: 'console.log(process.argv)', encoding: 'utf8' },
+    ]);
     expect(call?.args).toEqual(['1', '2', '3']);
     expect(call?.stdin?.length).toBe(0);
     expect(call?.runLimits).toEqual({ wallTimeMs: 3000, memoryMib: MAX_LIMITS.run.memoryMib });
-    expect(call?.compileLimits).toEqual({ wallTimeMs: 10000, memoryMib: MAX_LIMITS.compile.memoryMib });
+    expect(call?.compileLimits).toEqual({
+      wallTimeMs: 10000,
+      memoryMib: MAX_LIMITS.compile.memoryMib,
+    });
   });
 
   test('a file with no name, stdin, and a compiled language with its compile stage', async () => {
     t = await makeApp();
-    t.engine.behavior = (r) => ({ compile: stage({ err: 'warning: x' }), run: stage({ out: r.stdin ?? '', err: 'e' }) });
-    const { status, body } = await pistonPost({ language: 'c', version: '*', files: [{ content: 'int main(){}' }], stdin: 'in' });
+    t.engine.behavior = (r) => ({
+      compile: stage({ err: 'warning: x' }),
+      run: stage({ out: r.stdin ?? '', err: 'e' }),
+    });
+    const { status, body } = await pistonPost({
+      language: 'c',
+      version: '*',
+      files: [{ content: 'int main(){}' }],
+      stdin: 'in',
+    });
     expect(status).toBe(200);
     expect(body).toMatchObject({
       language: 'c',
@@ -84,20 +118,43 @@ describe('POST /api/v2/execute', () => {
 
   test('a program killed by a signal has code null and the signal; a timeout says TO', async () => {
     t = await makeApp();
-    t.engine.behavior = () => ({ run: stage({ status: 'timeout', exitCode: null, signal: 'SIGKILL' }) });
-    const { body } = await pistonPost({ language: 'python', version: '3.11.2', files: [{ content: 'while 1: pass' }] });
-    expect(body).toMatchObject({ run: { code: null, signal: 'SIGKILL', status: 'TO', message: 'Time limit exceeded' } });
+    t.engine.behavior = () => ({
+      run: stage({ status: 'timeout', exitCode: null, signal: 'SIGKILL' }),
+    });
+    const { body } = await pistonPost({
+      language: 'python',
+      version: '3.11.2',
+      files: [{ content: 'while 1: pass' }],
+    });
+    expect(body).toMatchObject({
+      run: { code: null, signal: 'SIGKILL', status: 'TO', message: 'Time limit exceeded' },
+    });
   });
 
   test('memory limits in bytes become MiB; timeouts stay ms; cpu times are taken', async () => {
     t = await makeApp();
-    await pistonPost({ language: 'python', version: '3', files: [{ content: '' }], run_memory_limit: 100 * 1024 * 1024, run_timeout: 1500, run_cpu_time: 1000 });
-    expect(t.engine.calls[0]?.runLimits).toEqual({ wallTimeMs: 1500, cpuTimeMs: 1000, memoryMib: 100 });
+    await pistonPost({
+      language: 'python',
+      version: '3',
+      files: [{ content: '' }],
+      run_memory_limit: 100 * 1024 * 1024,
+      run_timeout: 1500,
+      run_cpu_time: 1000,
+    });
+    expect(t.engine.calls[0]?.runLimits).toEqual({
+      wallTimeMs: 1500,
+      cpuTimeMs: 1000,
+      memoryMib: 100,
+    });
   });
 
   test('hex file content is taken', async () => {
     t = await makeApp();
-    await pistonPost({ language: 'python', version: '3', files: [{ content: Buffer.from('print(1)').toString('hex'), encoding: 'hex' }] });
+    await pistonPost({
+      language: 'python',
+      version: '3',
+      files: [{ content: Buffer.from('print(1)').toString('hex'), encoding: 'hex' }],
+    });
     const file = t.engine.calls[0]?.files[0];
     expect(file?.encoding).toBe('base64');
     expect(Buffer.from(file?.content ?? '', 'base64').toString()).toBe('print(1)');
@@ -106,13 +163,41 @@ describe('POST /api/v2/execute', () => {
   test.each([
     ['no version', { language: 'python', files: [{ content: '' }] }, /missing the field "version"/],
     ['no files', { language: 'python', version: '3' }, /missing the field "files"/],
-    ['an unknown language', { language: 'cobol', version: '1', files: [{ content: '' }] }, /unknown language "cobol"/],
-    ['a version not installed', { language: 'python', version: '2.7.0', files: [{ content: '' }] }, /not "2.7.0"/],
-    ['an unknown field', { language: 'python', version: '3', files: [{ content: '' }], timeout: 5 }, /unknown field "timeout"/],
-    ['a timeout over the maximum', { language: 'python', version: '3', files: [{ content: '' }], run_timeout: 10_000_000 }, /over the server maximum/],
-    ['a zero timeout', { language: 'python', version: '3', files: [{ content: '' }], run_timeout: 0 }, /positive or -1/],
-    ['a limit below -1', { language: 'python', version: '3', files: [{ content: '' }], run_timeout: -2 }, /must be >= -1/],
-    ['bad hex', { language: 'python', version: '3', files: [{ content: 'xyz', encoding: 'hex' }] }, /not valid hex/],
+    [
+      'an unknown language',
+      { language: 'cobol', version: '1', files: [{ content: '' }] },
+      /unknown language "cobol"/,
+    ],
+    [
+      'a version not installed',
+      { language: 'python', version: '2.7.0', files: [{ content: '' }] },
+      /not "2.7.0"/,
+    ],
+    [
+      'an unknown field',
+      { language: 'python', version: '3', files: [{ content: '' }], timeout: 5 },
+      /unknown field "timeout"/,
+    ],
+    [
+      'a timeout over the maximum',
+      { language: 'python', version: '3', files: [{ content: '' }], run_timeout: 10_000_000 },
+      /over the server maximum/,
+    ],
+    [
+      'a zero timeout',
+      { language: 'python', version: '3', files: [{ content: '' }], run_timeout: 0 },
+      /positive or -1/,
+    ],
+    [
+      'a limit below -1',
+      { language: 'python', version: '3', files: [{ content: '' }], run_timeout: -2 },
+      /must be >= -1/,
+    ],
+    [
+      'bad hex',
+      { language: 'python', version: '3', files: [{ content: 'xyz', encoding: 'hex' }] },
+      /not valid hex/,
+    ],
   ])('%s is a 400 with a Piston {message}', async (_name, payload, message) => {
     const { status, body } = await pistonPost(payload);
     expect(status).toBe(400);
@@ -123,7 +208,12 @@ describe('POST /api/v2/execute', () => {
 
   test('415 and 404 keep the Piston error shape', async () => {
     t = await makeApp();
-    const r415 = await t.app.inject({ method: 'POST', url: '/api/v2/execute', payload: 'x', headers: { 'content-type': 'text/plain' } });
+    const r415 = await t.app.inject({
+      method: 'POST',
+      url: '/api/v2/execute',
+      payload: 'x',
+      headers: { 'content-type': 'text/plain' },
+    });
     expect(r415.statusCode).toBe(415);
     expect(Object.keys(r415.json<object>())).toEqual(['message']);
     const r404 = await t.app.inject({ method: 'GET', url: '/api/v2/nothing' });
@@ -135,16 +225,26 @@ describe('POST /api/v2/execute', () => {
 describe('GET /api/v2/runtimes and /api/v2/packages', () => {
   test("runtimes have Piston's fields and its aliases", async () => {
     t = await makeApp();
-    const list = (await t.app.inject({ method: 'GET', url: '/api/v2/runtimes' })).json<{ language: string; version: string; aliases: string[] }[]>();
+    const list = (await t.app.inject({ method: 'GET', url: '/api/v2/runtimes' })).json<
+      { language: string; version: string; aliases: string[] }[]
+    >();
     for (const r of list) expect(Object.keys(r).sort()).toEqual(['aliases', 'language', 'version']);
-    expect(list.find((r) => r.language === 'javascript')?.aliases).toEqual(expect.arrayContaining(['node-javascript', 'node-js', 'js']) as unknown);
+    expect(list.find((r) => r.language === 'javascript')?.aliases).toEqual(
+      expect.arrayContaining(['node-javascript', 'node-js', 'js']) as unknown,
+    );
     expect(list.find((r) => r.language === 'python')?.aliases).toContain('py');
   });
 
   test('packages say which languages are installed', async () => {
     t = await makeApp();
-    const list = (await t.app.inject({ method: 'GET', url: '/api/v2/packages' })).json<{ language: string; language_version: string; installed: boolean }[]>();
-    expect(list.find((p) => p.language === 'python')).toEqual({ language: 'python', language_version: '3.11.2', installed: true });
+    const list = (await t.app.inject({ method: 'GET', url: '/api/v2/packages' })).json<
+      { language: string; language_version: string; installed: boolean }[]
+    >();
+    expect(list.find((p) => p.language === 'python')).toEqual({
+      language: 'python',
+      language_version: '3.11.2',
+      installed: true,
+    });
     expect(list.find((p) => p.language === 'rust')?.installed).toBe(false);
   });
 });

@@ -4,7 +4,15 @@ import { join } from 'node:path';
 import type { AddressInfo } from 'node:net';
 import { afterEach, describe, expect, test } from 'vitest';
 import type { ExecuteResponse, JobView } from '../../../src/api/schemas.js';
-import { FakeEngine, gate, makeApp, pyJob, stage, type ErrorBody, type TestApp } from './helpers.js';
+import {
+  FakeEngine,
+  gate,
+  makeApp,
+  pyJob,
+  stage,
+  type ErrorBody,
+  type TestApp,
+} from './helpers.js';
 
 let t: TestApp | undefined;
 /** The app of the running test. */
@@ -19,7 +27,12 @@ afterEach(async () => {
 
 async function post(url: string, payload: unknown, headers: Record<string, string> = {}) {
   if (!t) t = await makeApp();
-  return t.app.inject({ method: 'POST', url, payload: payload as Record<string, unknown>, headers });
+  return t.app.inject({
+    method: 'POST',
+    url,
+    payload: payload as Record<string, unknown>,
+    headers,
+  });
 }
 
 describe('POST /v1/execute', () => {
@@ -27,7 +40,12 @@ describe('POST /v1/execute', () => {
     const res = await post('/v1/execute', pyJob({ stdin: 'hello' }));
     expect(res.statusCode).toBe(200);
     const body = res.json<ExecuteResponse>();
-    expect(body).toMatchObject({ language: 'python', version: '3.11.2', status: 'ok', compile: null });
+    expect(body).toMatchObject({
+      language: 'python',
+      version: '3.11.2',
+      status: 'ok',
+      compile: null,
+    });
     expect(body.run?.stdout).toBe(Buffer.from('hello').toString('base64'));
     expect(body.run?.stdoutText).toBe('hello');
     expect(body.timings).toMatchObject({ totalMs: 20, poolHit: true });
@@ -41,7 +59,10 @@ describe('POST /v1/execute', () => {
     const res = await post('/v1/execute', {
       language: 'py3',
       version: '3.x',
-      files: [{ name: 'main.py', content: Buffer.from('x').toString('base64'), encoding: 'base64' }, { name: 'lib/util.py', content: '' }],
+      files: [
+        { name: 'main.py', content: Buffer.from('x').toString('base64'), encoding: 'base64' },
+        { name: 'lib/util.py', content: '' },
+      ],
       stdin: Buffer.from([0, 1, 2]).toString('base64'),
       stdinEncoding: 'base64',
       args: ['a', 'b'],
@@ -66,10 +87,16 @@ describe('POST /v1/execute', () => {
 
   test('a failing program is a 200 result with its status', async () => {
     t = await makeApp();
-    t.engine.behavior = () => ({ status: 'runtime_error', run: stage({ status: 'runtime_error', exitCode: 3, err: 'boom' }) });
+    t.engine.behavior = () => ({
+      status: 'runtime_error',
+      run: stage({ status: 'runtime_error', exitCode: 3, err: 'boom' }),
+    });
     const res = await post('/v1/execute', pyJob());
     expect(res.statusCode).toBe(200);
-    expect(res.json<ExecuteResponse>()).toMatchObject({ status: 'runtime_error', run: { exitCode: 3, stderrText: 'boom' } });
+    expect(res.json<ExecuteResponse>()).toMatchObject({
+      status: 'runtime_error',
+      run: { exitCode: 3, stderrText: 'boom' },
+    });
   });
 
   test('an engine failure is a sandbox_error result, never a 500', async () => {
@@ -79,27 +106,68 @@ describe('POST /v1/execute', () => {
     };
     const res = await post('/v1/execute', pyJob());
     expect(res.statusCode).toBe(200);
-    expect(res.json<ExecuteResponse>()).toMatchObject({ status: 'sandbox_error', run: { status: 'sandbox_error', message: 'the VM died' } });
+    expect(res.json<ExecuteResponse>()).toMatchObject({
+      status: 'sandbox_error',
+      run: { status: 'sandbox_error', message: 'the VM died' },
+    });
   });
 
   test.each([
     ['an unknown field', pyJob({ bogus: 1 }), /unknown field "bogus"/],
-    ['an unknown field in a file', { language: 'python', files: [{ content: '', mode: 755 }] }, /files\[0\] has an unknown field "mode"/],
+    [
+      'an unknown field in a file',
+      { language: 'python', files: [{ content: '', mode: 755 }] },
+      /files\[0\] has an unknown field "mode"/,
+    ],
     ['a missing language', { files: [{ content: '' }] }, /missing the field "language"/],
     ['no files', { language: 'python', files: [] }, /files must NOT have fewer than 1 items/],
     ['a wrong type', pyJob({ args: 'x' }), /args must be array/],
-    ['a bad encoding', { language: 'python', files: [{ content: '', encoding: 'hex' }] }, /must be one of "utf8", "base64"/],
+    [
+      'a bad encoding',
+      { language: 'python', files: [{ content: '', encoding: 'hex' }] },
+      /must be one of "utf8", "base64"/,
+    ],
     ['a negative limit', pyJob({ runLimits: { wallTimeMs: -5 } }), /wallTimeMs must be >= 1/],
-    ['a limit over the server maximum', pyJob({ runLimits: { wallTimeMs: 500_000 } }), /over the server maximum/],
+    [
+      'a limit over the server maximum',
+      pyJob({ runLimits: { wallTimeMs: 500_000 } }),
+      /over the server maximum/,
+    ],
     ['a fractional limit', pyJob({ runLimits: { memoryMib: 1.5 } }), /memoryMib must be integer/],
     ['an unknown limit', pyJob({ runLimits: { gpus: 1 } }), /unknown field "gpus"/],
     ['an unknown language', pyJob({ language: 'cobol' }), /unknown language "cobol"/],
     ['a version not installed', pyJob({ version: '2.7' }), /not "2.7"/],
-    ['a file name with ..', { language: 'python', files: [{ name: '../x.py', content: '' }] }, /has an empty, \. or \.\. component/],
-    ['an absolute file name', { language: 'python', files: [{ name: '/etc/passwd', content: '' }] }, /is absolute/],
-    ['two files with one name', { language: 'python', files: [{ name: 'a.py', content: '' }, { name: 'a.py', content: '' }] }, /appears twice/],
-    ['bad base64 content', { language: 'python', files: [{ content: '***', encoding: 'base64' }] }, /not valid base64/],
-    ['bad base64 stdin', pyJob({ stdin: '***', stdinEncoding: 'base64' }), /stdin is not valid base64/],
+    [
+      'a file name with ..',
+      { language: 'python', files: [{ name: '../x.py', content: '' }] },
+      /has an empty, \. or \.\. component/,
+    ],
+    [
+      'an absolute file name',
+      { language: 'python', files: [{ name: '/etc/passwd', content: '' }] },
+      /is absolute/,
+    ],
+    [
+      'two files with one name',
+      {
+        language: 'python',
+        files: [
+          { name: 'a.py', content: '' },
+          { name: 'a.py', content: '' },
+        ],
+      },
+      /appears twice/,
+    ],
+    [
+      'bad base64 content',
+      { language: 'python', files: [{ content: '***', encoding: 'base64' }] },
+      /not valid base64/,
+    ],
+    [
+      'bad base64 stdin',
+      pyJob({ stdin: '***', stdinEncoding: 'base64' }),
+      /stdin is not valid base64/,
+    ],
     ['a bad env name', pyJob({ env: { 'A-B': '1' } }), /env/],
     ['a body that is not an object', [1, 2], /body must be object/],
   ])('%s is a 400 that says what is wrong, and runs nothing', async (_name, body, message) => {
@@ -115,7 +183,12 @@ describe('POST /v1/execute', () => {
   test('invalid JSON and an empty body are 400s', async () => {
     t = await makeApp();
     for (const payload of ['{"language":', '']) {
-      const res = await t.app.inject({ method: 'POST', url: '/v1/execute', payload, headers: { 'content-type': 'application/json' } });
+      const res = await t.app.inject({
+        method: 'POST',
+        url: '/v1/execute',
+        payload,
+        headers: { 'content-type': 'application/json' },
+      });
       expect(res.statusCode).toBe(400);
       expect(res.json<ErrorBody>().code).toBe('REQUEST_INVALID');
     }
@@ -123,8 +196,18 @@ describe('POST /v1/execute', () => {
 
   test('a body that is not JSON is a 415', async () => {
     t = await makeApp();
-    for (const type of ['text/plain', 'application/x-www-form-urlencoded', 'application/xml', 'multipart/form-data; boundary=x']) {
-      const res = await t.app.inject({ method: 'POST', url: '/v1/execute', payload: 'language=python', headers: { 'content-type': type } });
+    for (const type of [
+      'text/plain',
+      'application/x-www-form-urlencoded',
+      'application/xml',
+      'multipart/form-data; boundary=x',
+    ]) {
+      const res = await t.app.inject({
+        method: 'POST',
+        url: '/v1/execute',
+        payload: 'language=python',
+        headers: { 'content-type': type },
+      });
       expect(res.statusCode, type).toBe(415);
       expect(res.json<ErrorBody>().code).toBe('CONTENT_TYPE_UNSUPPORTED');
     }
@@ -152,13 +235,25 @@ describe('test cases', () => {
     expect(body.status).toBe('ok');
     // One job: compiled once, one run per case with its own stdin.
     expect(cur().engine.calls).toHaveLength(1);
-    expect(cur().engine.calls[0]?.cases?.map((c) => c.toString())).toEqual(['a', 'b  \n\n', 'b \n', 'c']);
+    expect(cur().engine.calls[0]?.cases?.map((c) => c.toString())).toEqual([
+      'a',
+      'b  \n\n',
+      'b \n',
+      'c',
+    ]);
   });
 
   test('a compile error stops the cases after the first', async () => {
     t = await makeApp();
-    t.engine.behavior = () => ({ compile: stage({ status: 'compile_error', exitCode: 1, err: 'main.c:1: error' }), run: null });
-    const res = await post('/v1/execute', { language: 'c', files: [{ content: 'int main(' }], testCases: [{ expectedOutput: '1' }, { expectedOutput: '2' }] });
+    t.engine.behavior = () => ({
+      compile: stage({ status: 'compile_error', exitCode: 1, err: 'main.c:1: error' }),
+      run: null,
+    });
+    const res = await post('/v1/execute', {
+      language: 'c',
+      files: [{ content: 'int main(' }],
+      testCases: [{ expectedOutput: '1' }, { expectedOutput: '2' }],
+    });
     const body = res.json<ExecuteResponse>();
     expect(body.status).toBe('compile_error');
     expect(body.compile?.stderrText).toBe('main.c:1: error');
@@ -172,15 +267,30 @@ describe('test cases', () => {
   test('a runtime error fails the case and sets the overall status', async () => {
     t = await makeApp();
     t.engine.behavior = (r) =>
-      r.stdin?.toString() === 'bad' ? { run: stage({ status: 'timeout', signal: 'SIGKILL', exitCode: null }) } : { run: stage({ out: 'ok' }) };
-    const body = (await post('/v1/execute', pyJob({ testCases: [{ stdin: 'x', expectedOutput: 'ok' }, { stdin: 'bad', expectedOutput: 'ok' }] }))).json<ExecuteResponse>();
+      r.stdin?.toString() === 'bad'
+        ? { run: stage({ status: 'timeout', signal: 'SIGKILL', exitCode: null }) }
+        : { run: stage({ out: 'ok' }) };
+    const body = (
+      await post(
+        '/v1/execute',
+        pyJob({
+          testCases: [
+            { stdin: 'x', expectedOutput: 'ok' },
+            { stdin: 'bad', expectedOutput: 'ok' },
+          ],
+        }),
+      )
+    ).json<ExecuteResponse>();
     expect(body.testCases?.map((c) => c.status)).toEqual(['ok', 'timeout']);
     expect(body.status).toBe('timeout');
     expect(body.summary?.passed).toBe(1);
   });
 
   test('stdin beside testCases is a 400', async () => {
-    const res = await post('/v1/execute', pyJob({ stdin: 'x', testCases: [{ expectedOutput: '' }] }));
+    const res = await post(
+      '/v1/execute',
+      pyJob({ stdin: 'x', testCases: [{ expectedOutput: '' }] }),
+    );
     expect(res.statusCode).toBe(400);
   });
 });
@@ -193,7 +303,11 @@ describe('jobs: submit, poll, callback', () => {
       await g.promise;
       return { run: stage({ out: r.stdin ?? '' }) };
     };
-    const res = await t.app.inject({ method: 'POST', url: '/v1/jobs', payload: pyJob({ stdin: 'later' }) });
+    const res = await t.app.inject({
+      method: 'POST',
+      url: '/v1/jobs',
+      payload: pyJob({ stdin: 'later' }),
+    });
     expect(res.statusCode).toBe(202);
     const { id, url } = res.json<{ id: string; url: string }>();
     expect(res.headers.location).toBe(url);
@@ -202,9 +316,15 @@ describe('jobs: submit, poll, callback', () => {
     expect(['queued', 'running']).toContain(job.state);
     expect(job.result).toBeNull();
     g.open();
-    await expect.poll(async () => (await cur().app.inject({ method: 'GET', url })).json<JobView>().state).toBe('done');
+    await expect
+      .poll(async () => (await cur().app.inject({ method: 'GET', url })).json<JobView>().state)
+      .toBe('done');
     job = (await t.app.inject({ method: 'GET', url })).json<JobView>();
-    expect(job).toMatchObject({ state: 'done', status: 'ok', result: { id, status: 'ok', run: { stdoutText: 'later' } } });
+    expect(job).toMatchObject({
+      state: 'done',
+      status: 'ok',
+      result: { id, status: 'ok', run: { stdoutText: 'later' } },
+    });
     expect(job.finishedAt).toMatch(/^\d{4}-/);
   });
 
@@ -217,7 +337,11 @@ describe('jobs: submit, poll, callback', () => {
 
   test('a bad job is refused with 400 and no record', async () => {
     t = await makeApp();
-    const res = await t.app.inject({ method: 'POST', url: '/v1/jobs', payload: pyJob({ language: 'cobol' }) });
+    const res = await t.app.inject({
+      method: 'POST',
+      url: '/v1/jobs',
+      payload: pyJob({ language: 'cobol' }),
+    });
     expect(res.statusCode).toBe(400);
     expect(t.jobStore.counts()).toEqual({ queued: 0, running: 0, done: 0 });
   });
@@ -242,12 +366,22 @@ describe('jobs: submit, poll, callback', () => {
     await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
     try {
       const port = (server.address() as AddressInfo).port;
-      t = await makeApp({ settings: { callbackAllowedHosts: ['127.0.0.1'], callbackBackoffMs: 20 } });
-      const res = await t.app.inject({ method: 'POST', url: '/v1/jobs', payload: pyJob({ stdin: 'cb', callbackUrl: `http://127.0.0.1:${port}/hook` }) });
+      t = await makeApp({
+        settings: { callbackAllowedHosts: ['127.0.0.1'], callbackBackoffMs: 20 },
+      });
+      const res = await t.app.inject({
+        method: 'POST',
+        url: '/v1/jobs',
+        payload: pyJob({ stdin: 'cb', callbackUrl: `http://127.0.0.1:${port}/hook` }),
+      });
       expect(res.statusCode).toBe(202);
       await expect.poll(() => received.length, { timeout: 5000 }).toBe(1);
       expect(hits).toBe(2);
-      expect(received[0]).toMatchObject({ id: res.json<{ id: string }>().id, state: 'done', result: { run: { stdoutText: 'cb' } } });
+      expect(received[0]).toMatchObject({
+        id: res.json<{ id: string }>().id,
+        state: 'done',
+        result: { run: { stdoutText: 'cb' } },
+      });
     } finally {
       await t?.close();
       t = undefined;
@@ -263,7 +397,11 @@ describe('jobs: submit, poll, callback', () => {
     ['not a url', /is not a URL/],
   ])('callbackUrl %s is a 400', async (url, message) => {
     t = await makeApp({ settings: { callbackAllowedHosts: ['127.0.0.1'] } });
-    const res = await t.app.inject({ method: 'POST', url: '/v1/jobs', payload: pyJob({ callbackUrl: url }) });
+    const res = await t.app.inject({
+      method: 'POST',
+      url: '/v1/jobs',
+      payload: pyJob({ callbackUrl: url }),
+    });
     expect(res.statusCode).toBe(400);
     expect(res.json<ErrorBody>().code).toBe('CALLBACK_URL_INVALID');
     expect(res.json<ErrorBody>().message).toMatch(message);
@@ -273,11 +411,27 @@ describe('jobs: submit, poll, callback', () => {
 describe('runtimes, limits, health, metrics', () => {
   test('GET /v1/runtimes lists every language with readiness', async () => {
     t = await makeApp();
-    const list = (await t.app.inject({ method: 'GET', url: '/v1/runtimes' })).json<{ language: string; aliases: string[]; imageReady: boolean; snapshotReady: boolean; compiled: boolean }[]>();
+    const list = (await t.app.inject({ method: 'GET', url: '/v1/runtimes' })).json<
+      {
+        language: string;
+        aliases: string[];
+        imageReady: boolean;
+        snapshotReady: boolean;
+        compiled: boolean;
+      }[]
+    >();
     const python = list.find((r) => r.language === 'python');
-    expect(python).toMatchObject({ version: '3.11.2', compiled: false, imageReady: true, snapshotReady: false });
+    expect(python).toMatchObject({
+      version: '3.11.2',
+      compiled: false,
+      imageReady: true,
+      snapshotReady: false,
+    });
     expect(python?.aliases).toContain('py');
-    expect(list.find((r) => r.language === 'rust')).toMatchObject({ compiled: true, imageReady: false });
+    expect(list.find((r) => r.language === 'rust')).toMatchObject({
+      compiled: true,
+      imageReady: false,
+    });
   });
 
   test('snapshotReady follows a snapshot of the current images', async () => {
@@ -285,22 +439,37 @@ describe('runtimes, limits, health, metrics', () => {
     const dir = join(engine.snapshotsDir, 'python-0123456789abcdef');
     mkdirSync(dir);
     writeFileSync(join(dir, 'vm.snap'), 'x');
-    writeFileSync(join(dir, 'meta.json'), JSON.stringify({ language: 'python', rootfsId: 'python-0123456789ab', kernelId: 'kernel-0123456789abcdef' }));
+    writeFileSync(
+      join(dir, 'meta.json'),
+      JSON.stringify({
+        language: 'python',
+        rootfsId: 'python-0123456789ab',
+        kernelId: 'kernel-0123456789abcdef',
+      }),
+    );
     t = await makeApp({ engine });
-    const list = (await t.app.inject({ method: 'GET', url: '/v1/runtimes' })).json<{ language: string; snapshotReady: boolean }[]>();
+    const list = (await t.app.inject({ method: 'GET', url: '/v1/runtimes' })).json<
+      { language: string; snapshotReady: boolean }[]
+    >();
     expect(list.find((r) => r.language === 'python')?.snapshotReady).toBe(true);
   });
 
   test('GET /v1/limits gives defaults, maxima and caps', async () => {
     t = await makeApp({ settings: { maxFiles: 7 } });
-    const body = (await t.app.inject({ method: 'GET', url: '/v1/limits' })).json<{ defaults: { run: { wallTimeMs: number } }; maxima: { run: { wallTimeMs: number } }; caps: { maxFiles: number } }>();
+    const body = (await t.app.inject({ method: 'GET', url: '/v1/limits' })).json<{
+      defaults: { run: { wallTimeMs: number } };
+      maxima: { run: { wallTimeMs: number } };
+      caps: { maxFiles: number };
+    }>();
     expect(body.maxima.run.wallTimeMs).toBeGreaterThan(body.defaults.run.wallTimeMs);
     expect(body.caps.maxFiles).toBe(7);
   });
 
   test('healthz and readyz', async () => {
     t = await makeApp();
-    expect((await t.app.inject({ method: 'GET', url: '/healthz' })).json<unknown>()).toEqual({ status: 'ok' });
+    expect((await t.app.inject({ method: 'GET', url: '/healthz' })).json<unknown>()).toEqual({
+      status: 'ok',
+    });
     const ready = await t.app.inject({ method: 'GET', url: '/readyz' });
     expect(ready.statusCode).toBe(200);
     expect(ready.json<unknown>()).toMatchObject({ status: 'ready', queue: { concurrency: 2 } });
@@ -316,7 +485,9 @@ describe('runtimes, limits, health, metrics', () => {
     expect(res.headers['content-type']).toMatch(/^text\/plain/);
     const text = res.body;
     expect(text).toMatch(/runner_jobs_total\{language="python",status="ok"\} 1/);
-    expect(text).toMatch(/runner_http_requests_total\{method="POST",route="\/v1\/execute",status_code="400"\} 1/);
+    expect(text).toMatch(
+      /runner_http_requests_total\{method="POST",route="\/v1\/execute",status_code="400"\} 1/,
+    );
     expect(text).toMatch(/runner_http_rejected_total\{code="REQUEST_INVALID"\} 1/);
     expect(text).toMatch(/runner_queue_depth 0/);
     expect(text).toMatch(/runner_pool_capacity 2/);
