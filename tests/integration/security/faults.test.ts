@@ -193,4 +193,29 @@ describe.skipIf(skip !== null)('faults against a real runner serve', () => {
     expect((await api('GET', '/healthz')).status).toBe(200);
     expect(server?.exitCode).toBeNull();
   });
+  it('SIGTERM with a job in flight: the job finishes, new requests are refused, the server exits cleanly', async () => {
+    const pending = api('POST', '/v1/execute', {
+      language: 'python',
+      files: [{ content: 'import time\ntime.sleep(4)\nprint("drained")' }],
+    });
+    // Wait until the job holds a VM.
+    const deadline = Date.now() + 60_000;
+    while (vmmsUnder(join(dir, 'run')).length === 0 && Date.now() < deadline)
+      await new Promise((r) => setTimeout(r, 200));
+    const exited = new Promise<number | null>((resolve) =>
+      server?.once('exit', (code) => resolve(code)),
+    );
+    server?.kill('SIGTERM');
+    await new Promise((r) => setTimeout(r, 300));
+    const refused = await api('POST', '/v1/execute', {
+      language: 'python',
+      files: [{ content: 'print(1)' }],
+    }).catch(() => null);
+    if (refused !== null) expect(refused.status).toBe(503);
+    const done = await pending;
+    expect(done.status).toBe(200);
+    expect((done.body.run as { stdoutText: string }).stdoutText).toBe('drained\n');
+    expect(await exited).toBe(0);
+    expect(vmmsUnder(join(dir, 'run'))).toEqual([]);
+  });
 });

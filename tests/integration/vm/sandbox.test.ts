@@ -1,8 +1,13 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import type { ExecuteResponse } from '../../../src/api/schemas.js';
+import { startServer, type RunningServer } from '../../../src/api/server.js';
 import type { Engine } from '../../../src/pool/engine.js';
 import { executeOnVm, type JobRequest } from '../../../src/pool/runner.js';
 import type { StageResult } from '../../../src/protocol/index.js';
-import { ensureImages, testEngine, vmSkipReason } from '../../support/vm.js';
+import { ensureImages, testEngine, testSettings, vmSkipReason } from '../../support/vm.js';
 
 const skip = vmSkipReason();
 if (skip) console.warn(`skipping the sandbox tests in real VMs: ${skip}`);
@@ -11,12 +16,40 @@ const text = (s: StageResult | null | undefined, stream: 'stdout' | 'stderr' = '
   Buffer.from(s?.[stream] ?? '', 'base64').toString();
 
 /**
- * Limits, faults and hostile programs, each in a real VM (qemu; TCG here). After each one the
- * agent of that same VM must still answer (where the VM is meant to survive), and the next normal
- * job must run correctly.
+ * Limits, faults and hostile programs, each in a real VM (qemu; TCG here), sent through the real
+ * HTTP service (`POST /v1/execute` of `runner serve`'s server) unless the case needs the VM
+ * itself (to kill or stop its VMM, or to ping its agent afterwards). After each case the agent of
+ * that same VM must still answer (where the VM is meant to survive), and the next normal job must
+ * run correctly (afterEach).
  */
 describe.skipIf(skip !== null)('the sandbox in real VMs', () => {
   let engine: Engine;
+  let server: RunningServer | undefined;
+  let storeDir = '';
+
+  /** Runs a job through the HTTP service and returns its result (the stage shapes of the engine). */
+  async function service(request: JobRequest): Promise<ExecuteResponse> {
+    if (!server) throw new Error('the server did not start');
+    const body = {
+      language: request.language,
+      files: request.files.map((f) => ({ ...f })),
+      ...(request.stdin !== undefined && {
+        stdin: request.stdin.toString('base64'),
+        stdinEncoding: 'base64',
+      }),
+      ...(request.args !== undefined && { args: request.args }),
+      ...(request.env !== undefined && { env: request.env }),
+      ...(request.runLimits !== undefined && { runLimits: request.runLimits }),
+      ...(request.compileLimits !== undefined && { compileLimits: request.compileLimits }),
+    };
+    const res = await fetch(`${server.url}/v1/execute`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify(body),
+    });
+    expect(res.status).toBe(200);
+    return (await res.json()) as ExecuteResponse;
+  }
 
   const python = (code: string, extra: Partial<JobRequest> = {}): JobRequest => ({
     language: 'python',
@@ -48,7 +81,7 @@ describe.skipIf(skip !== null)('the sandbox in real VMs', () => {
   }
 
   async function nextJobWorks(): Promise<void> {
-    const r = await engine.run(python('print("still fine")'));
+    const r = await service(python('print("still fine")'));
     expect(r.status).toBe('ok');
     expect(text(r.run).trim()).toBe('still fine');
   }
@@ -56,10 +89,28 @@ describe.skipIf(skip !== null)('the sandbox in real VMs', () => {
   beforeAll(async () => {
     await ensureImages(['python', 'bash', 'c']);
     engine = await testEngine({ poolTarget: 0 });
+    storeDir = mkdtempSync(join(tmpdir(), 'runner-sandbox-jobs-'));
+    server = await startServer(
+      testSettings({
+        host: '127.0.0.1',
+        port: 0,
+        jobStoreFile: join(storeDir, 'jobs.sqlite'),
+        logLevel: 'warn',
+        queueMax: 16,
+      }),
+      { engine },
+    );
+  });
+
+  afterEach(async () => {
+    await nextJobWorks();
   });
 
   afterAll(async () => {
-    await engine?.close();
+    // Closing the server closes the engine (every VM destroyed).
+    if (server) await server.close();
+    else await engine?.close();
+    if (storeDir !== '') rmSync(storeDir, { recursive: true, force: true });
   });
 
   it('a CPU loop is killed at the CPU limit as timeout, with times reported', async () => {
@@ -70,7 +121,6 @@ describe.skipIf(skip !== null)('the sandbox in real VMs', () => {
     expect(result.run?.cpuTimeMs).toBeGreaterThanOrEqual(900);
     expect(result.run?.wallTimeMs).toBeLessThan(8000);
     expect(agentAlive).toBe(true);
-    await nextJobWorks();
   });
 
   it('sleeping forever and waiting on stdin are killed at the wall limit', async () => {
@@ -79,7 +129,7 @@ describe.skipIf(skip !== null)('the sandbox in real VMs', () => {
     );
     expect(sleep.result.status).toBe('timeout');
     expect(sleep.result.run?.wallTimeMs).toBeGreaterThanOrEqual(1400);
-    const stdin = await engine.run(
+    const stdin = await service(
       python('import sys; print(len(sys.stdin.read()))', { stdin: Buffer.from('abc') }),
     );
     expect(text(stdin.run).trim()).toBe('3'); // stdin is closed after the given input
@@ -101,7 +151,6 @@ describe.skipIf(skip !== null)('the sandbox in real VMs', () => {
     });
     expect(['timeout', 'runtime_error', 'ok']).toContain(shell.result.status);
     expect(shell.agentAlive).toBe(true);
-    await nextJobWorks();
   });
 
   it('a memory bomb ends as memory_limit and the agent lives', async () => {
@@ -111,7 +160,6 @@ describe.skipIf(skip !== null)('the sandbox in real VMs', () => {
     );
     expect(result.status).toBe('memory_limit');
     expect(agentAlive).toBe(true);
-    await nextJobWorks();
   });
 
   it('endless output stops at the byte cap with truncated set', async () => {
@@ -165,7 +213,6 @@ describe.skipIf(skip !== null)('the sandbox in real VMs', () => {
     } finally {
       await engine.pool.release(lease);
     }
-    await nextJobWorks();
   });
 
   it('a VM that hangs mid-job (VMM stopped) is detected at the deadline as sandbox_error', async () => {
@@ -182,17 +229,16 @@ describe.skipIf(skip !== null)('the sandbox in real VMs', () => {
       process.kill(lease.vm.pid as number, 'SIGCONT');
       await engine.pool.release(lease);
     }
-    await nextJobWorks();
   }, 60_000);
 
   it('two restores of one snapshot see different random state', async () => {
     const code =
       'import os, random, uuid\nprint(os.urandom(16).hex(), random.getrandbits(64), uuid.uuid4())';
-    const a = await engine.run(python(code));
-    const b = await engine.run(python(code));
+    const a = await service(python(code));
+    const b = await service(python(code));
     expect(a.status).toBe('ok');
     expect(b.status).toBe('ok');
-    expect(a.vmId).not.toBe(b.vmId);
+    expect(a.id).not.toBe(b.id);
     const [ua, ra, ida] = text(a.run).trim().split(' ');
     const [ub, rb, idb] = text(b.run).trim().split(' ');
     expect(ua).not.toBe(ub);
@@ -203,8 +249,8 @@ describe.skipIf(skip !== null)('the sandbox in real VMs', () => {
   it('files left in /tmp, /dev/shm, /var/tmp and $HOME are invisible to the next job', async () => {
     const write =
       'import os\nfor d in ["/tmp", "/dev/shm", "/var/tmp", os.environ["HOME"]]:\n    try:\n        open(os.path.join(d, "left-behind"), "w").write("x")\n    except OSError:\n        pass\n';
-    await engine.run(python(write));
-    const look = await engine.run(
+    await service(python(write));
+    const look = await service(
       python(
         'import os\nprint(sum(os.path.exists(os.path.join(d, "left-behind")) for d in ["/tmp", "/dev/shm", "/var/tmp", os.environ["HOME"]]))',
       ),
@@ -252,7 +298,6 @@ describe.skipIf(skip !== null)('the sandbox in real VMs', () => {
     // The file-size limit stops the huge file (SIGXFSZ is ignored by Python: EFBIG).
     expect(text(result.run).trim()).toMatch(/^fill:(EFBIG|ENOSPC) files:(ok|ENOSPC) fds:EMFILE$/);
     expect(agentAlive).toBe(true);
-    await nextJobWorks();
   });
 
   it('probing: only its own processes, only the documented environment, no host files, no agent port, no privileges', async () => {
@@ -279,7 +324,7 @@ describe.skipIf(skip !== null)('the sandbox in real VMs', () => {
       'r["rootfs_ro"] = not os.access("/usr", os.W_OK)',
       'print(json.dumps(r))',
     ].join('\n');
-    const r = await engine.run(python(code, { env: { MY_VAR: 'x' } }));
+    const r = await service(python(code, { env: { MY_VAR: 'x' } }));
     expect(r.status, text(r.run, 'stderr')).toBe('ok');
     const got = JSON.parse(text(r.run)) as Record<string, unknown>;
     expect(got.procs).toBe(true);
@@ -303,7 +348,7 @@ describe.skipIf(skip !== null)('the sandbox in real VMs', () => {
 
   it('binary and invalid UTF-8 output, NUL bytes, come back byte-exact', async () => {
     const code = 'import sys\nsys.stdout.buffer.write(bytes(range(256)) + b"\\xff\\xfe\\x00end")';
-    const r = await engine.run(python(code));
+    const r = await service(python(code));
     expect(r.status).toBe('ok');
     expect(Buffer.from(r.run?.stdout ?? '', 'base64')).toEqual(
       Buffer.concat([
@@ -315,7 +360,7 @@ describe.skipIf(skip !== null)('the sandbox in real VMs', () => {
   });
 
   it('a program that dies by a signal has it reported; daemons and setsid children do not outlive the job', async () => {
-    const segv = await engine.run({
+    const segv = await service({
       language: 'bash',
       files: [{ name: 'main.sh', content: 'kill -SEGV $$' }],
     });
@@ -352,10 +397,10 @@ describe.skipIf(skip !== null)('the sandbox in real VMs', () => {
   });
 
   it('SIGABRT is reported; a program that traps SIGTERM is killed at the wall limit anyway', async () => {
-    const abort = await engine.run(python('import os\nos.abort()'));
+    const abort = await service(python('import os\nos.abort()'));
     expect(abort.status).toBe('runtime_error');
     expect(abort.run?.signal).toBe('SIGABRT');
-    const trap = await engine.run({
+    const trap = await service({
       language: 'bash',
       files: [
         { name: 'main.sh', content: "trap 'echo ignored' TERM\nwhile :; do sleep 0.1; done" },
@@ -368,7 +413,7 @@ describe.skipIf(skip !== null)('the sandbox in real VMs', () => {
   });
 
   it('one 100 MB line without a newline stops at the byte cap', async () => {
-    const r = await engine.run(
+    const r = await service(
       python('import sys\nsys.stdout.write("x" * (100 * 1024 * 1024))', {
         runLimits: { outputBytes: 1024 * 1024, memoryMib: 512 },
       }),
@@ -379,7 +424,7 @@ describe.skipIf(skip !== null)('the sandbox in real VMs', () => {
   });
 
   it('closing stdout and running on: the job still ends at the wall limit, and grandchildren die with it', async () => {
-    const r = await engine.run({
+    const r = await service({
       language: 'bash',
       files: [{ name: 'main.sh', content: 'echo before\nexec 1>&-\n(sleep 1000 &)\nsleep 1000' }],
       runLimits: { wallTimeMs: 2000 },
@@ -389,7 +434,7 @@ describe.skipIf(skip !== null)('the sandbox in real VMs', () => {
   });
 
   it('a compile-time read of a secret file fails: no host file is in the guest, and guest secrets are root-only', async () => {
-    const r = await engine.run({
+    const r = await service({
       language: 'c',
       files: [{ name: 'main.c', content: '#include "/etc/shadow"\nint main(void){return 0;}\n' }],
     });
@@ -398,7 +443,7 @@ describe.skipIf(skip !== null)('the sandbox in real VMs', () => {
   });
 
   it('DNS lookups fail at once', async () => {
-    const r = await engine.run(
+    const r = await service(
       python(
         'import socket, time\nt = time.time()\ntry:\n    socket.getaddrinfo("example.com", 80)\n    print("resolved")\nexcept OSError:\n    print("failed")\nprint("fast" if time.time() - t < 2 else "slow")',
       ),
@@ -419,7 +464,7 @@ describe.skipIf(skip !== null)('the sandbox in real VMs', () => {
       '        print("failed", e.errno)',
       'print("fast" if time.time() - t < 2 else "slow")',
     ].join('\n');
-    const r = await engine.run(python(code));
+    const r = await service(python(code));
     const lines = text(r.run).trim().split('\n');
     expect(lines[0]).toBe("['lo']");
     expect(lines.filter((l) => l.startsWith('connected'))).toEqual([]);
