@@ -174,13 +174,7 @@ export class JobService {
    */
   async execute(job: PreparedJob, owner: string | null = null): Promise<ExecuteResponse> {
     this.queue.admit();
-    const record = this.jobs.create({
-      id: randomUUID(),
-      language: job.language,
-      version: job.version,
-      owner,
-      callbackUrl: null,
-    });
+    const record = this.record(job, owner, null);
     let result: ExecuteResponse;
     try {
       result = await this.queue.push(async () => {
@@ -210,13 +204,7 @@ export class JobService {
     const job = this.prepare(body);
     // Checked and recorded synchronously, so the push below cannot be refused.
     this.queue.admit();
-    const record = this.jobs.create({
-      id: randomUUID(),
-      language: job.language,
-      version: job.version,
-      owner,
-      callbackUrl,
-    });
+    const record = this.record(job, owner, callbackUrl);
     this.queue
       .push(async () => {
         this.jobs.markRunning(record.id);
@@ -233,6 +221,17 @@ export class JobService {
         },
       );
     return record;
+  }
+
+  /** Records an accepted job as queued, under a new id. */
+  private record(job: PreparedJob, owner: string | null, callbackUrl: string | null): JobRecord {
+    return this.jobs.create({
+      id: randomUUID(),
+      language: job.language,
+      version: job.version,
+      owner,
+      callbackUrl,
+    });
   }
 
   /** A submitted job, if it exists and belongs to `owner`. */

@@ -41,7 +41,7 @@ import {
 
 export * from './firecracker-api.js';
 import { BASE_KERNEL_ARGS } from './qemu.js';
-import { TailBuffer } from './tail-buffer.js';
+import { VmmProcess } from './supervisor.js';
 import {
   VmStateMachine,
   type AgentChannel,
@@ -356,15 +356,12 @@ export class FirecrackerDriver implements VmmDriver {
 
 class FirecrackerVm implements MicroVm {
   readonly driver = 'firecracker';
-  readonly exited: Promise<VmExit>;
   hello: HelloMessage | null = null;
   private readonly machine: VmStateMachine;
-  private readonly console: TailBuffer;
+  private readonly process: VmmProcess;
   private readonly jailed: boolean;
   private api: FirecrackerApiClient | null = null;
   private channel: AgentChannel | null = null;
-  private destroying = false;
-  private exitInfo: VmExit | null = null;
 
   private constructor(
     private readonly options: VmLaunchOptions,
@@ -377,22 +374,19 @@ class FirecrackerVm implements MicroVm {
   ) {
     this.jailed = layout.jailDir !== null;
     this.machine = new VmStateMachine(options.vmId);
-    this.console = new TailBuffer(options.consoleBytes ?? 64 * 1024);
-    child.stdout?.on('data', (d: Buffer) => this.console.push(d));
-    child.stderr?.on('data', (d: Buffer) => this.console.push(d));
-    this.exited = new Promise<VmExit>((resolveExit) => {
-      child.once('exit', (code, signal) => {
-        this.exitInfo = { code, signal, expected: this.destroying };
-        this.api?.close();
-        this.channel?.close(
-          new RunnerError(
-            'VM_DIED',
-            `Firecracker exited (${signal ?? `status ${code}`})${this.lastConsoleLine()}`,
-          ),
-        );
-        resolveExit(this.exitInfo);
-      });
+    this.process = new VmmProcess(child, 'Firecracker', options.consoleBytes ?? 64 * 1024, () => {
+      this.api?.close();
+      this.channel?.close(
+        new RunnerError(
+          'VM_DIED',
+          `Firecracker ${this.process.exitDescription()}${this.process.lastConsoleLine()}`,
+        ),
+      );
     });
+  }
+
+  get exited(): Promise<VmExit> {
+    return this.process.exited;
   }
 
   get id(): string {
@@ -499,7 +493,7 @@ class FirecrackerVm implements MicroVm {
     try {
       await FirecrackerApiClient.waitForSocket(layout.apiSocket, {
         deadline,
-        alive: () => vm.exitInfo === null,
+        alive: () => vm.process.alive,
       });
     } catch (err) {
       await vm.destroy();
@@ -558,7 +552,7 @@ class FirecrackerVm implements MicroVm {
     const port = GUEST_VSOCK_PORT;
     let lastReason = 'no attempt yet';
     for (;;) {
-      if (this.exitInfo !== null) throw this.diedError(doing);
+      if (!this.process.alive) throw this.process.died(doing);
       const remaining = this.deadline - Date.now();
       if (remaining <= 0) {
         throw new RunnerError(
@@ -708,13 +702,9 @@ class FirecrackerVm implements MicroVm {
 
   async destroy(): Promise<void> {
     if (this.machine.state !== 'destroyed') this.machine.to('destroyed');
-    this.destroying = true;
     this.channel?.close(new RunnerError('VM_DIED', `VM ${this.id} was destroyed`));
     this.api?.close();
-    if (this.exitInfo === null) {
-      this.child.kill('SIGKILL');
-      await this.exited;
-    }
+    await this.process.kill();
     await removeVmFiles(this.options.runDir, this.layout.jailDir);
     const jailer = this.driverOptions.jailer ?? null;
     if (jailer !== null) {
@@ -725,7 +715,7 @@ class FirecrackerVm implements MicroVm {
   }
 
   consoleTail(): string {
-    return this.console.text();
+    return this.process.consoleText();
   }
 
   bootError(err: unknown): RunnerError {
@@ -749,7 +739,7 @@ class FirecrackerVm implements MicroVm {
   ): Promise<void> {
     const api = this.api;
     if (api === null) throw new RunnerError('VM_STATE', `VM ${this.id} has no API connection`);
-    if (this.exitInfo !== null) throw this.diedError(doing);
+    if (!this.process.alive) throw this.process.died(doing);
     try {
       await this.raceExit(api.send(req, code, timeoutMs), doing);
     } catch (err) {
@@ -757,31 +747,19 @@ class FirecrackerVm implements MicroVm {
         err instanceof RunnerError ? (err.details as FirecrackerFault | undefined) : undefined;
       if (fault !== undefined && fault.status === null) {
         await Promise.race([this.exited, sleep(250)]);
-        if (this.exitInfo !== null) throw this.diedError(doing);
+        if (!this.process.alive) throw this.process.died(doing);
       }
       throw err;
     }
   }
 
-  private diedError(doing: string): RunnerError {
-    const exit = this.exitInfo;
-    const how = exit === null ? 'exited' : `exited (${exit.signal ?? `status ${exit.code}`})`;
-    return new RunnerError('VM_DIED', `Firecracker ${how} while ${doing}${this.lastConsoleLine()}`);
-  }
-
   /** Races `promise` against the VMM's exit, so that a dead Firecracker is seen at once. */
-  private async raceExit<T>(promise: Promise<T>, doing: string): Promise<T> {
-    const died = this.exited.then(() => {
-      throw this.diedError(doing);
-    });
-    died.catch(() => undefined);
-    return Promise.race([promise, died]);
+  private raceExit<T>(promise: Promise<T>, doing: string): Promise<T> {
+    return this.process.raceExit(promise, doing);
   }
 
   private lastConsoleLine(): string {
-    const lines = this.console.text().trim().split('\n');
-    const last = lines.slice(-3).join(' | ').trim();
-    return last === '' ? '' : `; console: ${last.slice(-300)}`;
+    return this.process.lastConsoleLine();
   }
 }
 

@@ -16,7 +16,7 @@ import {
   type HostMessage,
 } from '../protocol/index.js';
 import { QmpClient } from './qmp.js';
-import { TailBuffer } from './tail-buffer.js';
+import { VmmProcess } from './supervisor.js';
 import {
   VmStateMachine,
   type AgentChannel,
@@ -170,17 +170,12 @@ export class QemuDriver implements VmmDriver {
 
   async boot(options: VmLaunchOptions): Promise<MicroVm> {
     const vm = await QemuVm.launch(options, this.options, null);
-    // A backstop: whatever step hangs, the VM is killed at the deadline and every wait fails.
-    const backstop = setTimeout(() => void vm.destroy(), options.timeoutMs + 5000);
-    try {
-      await vm.awaitHello(options.timeoutMs);
-      return vm;
-    } catch (err) {
-      await vm.destroy();
-      throw vm.bootError(err);
-    } finally {
-      clearTimeout(backstop);
-    }
+    return bringUp(
+      vm,
+      options.timeoutMs,
+      () => vm.awaitHello(options.timeoutMs),
+      (err) => vm.bootError(err),
+    );
   }
 
   async restore(options: VmLaunchOptions, snapshotPath: string): Promise<MicroVm> {
@@ -191,29 +186,44 @@ export class QemuDriver implements VmmDriver {
     } finally {
       closeSync(fd);
     }
-    const backstop = setTimeout(() => void vm.destroy(), options.timeoutMs + 5000);
-    try {
-      await vm.awaitIncoming(options.timeoutMs);
-      return vm;
-    } catch (err) {
-      await vm.destroy();
-      throw err;
-    } finally {
-      clearTimeout(backstop);
-    }
+    return bringUp(
+      vm,
+      options.timeoutMs,
+      () => vm.awaitIncoming(options.timeoutMs),
+      (err) => err,
+    );
+  }
+}
+
+/**
+ * Runs the last step of a boot or restore. A backstop kills the VM at the deadline whatever step
+ * hangs, so every wait fails; on failure the VM is destroyed and the error rethrown (`wrap`ped).
+ */
+async function bringUp(
+  vm: QemuVm,
+  timeoutMs: number,
+  step: () => Promise<void>,
+  wrap: (err: unknown) => unknown,
+): Promise<MicroVm> {
+  const backstop = setTimeout(() => void vm.destroy(), timeoutMs + 5000);
+  try {
+    await step();
+    return vm;
+  } catch (err) {
+    await vm.destroy();
+    throw wrap(err);
+  } finally {
+    clearTimeout(backstop);
   }
 }
 
 class QemuVm implements MicroVm {
   readonly driver = 'qemu';
-  readonly exited: Promise<VmExit>;
   hello: HelloMessage | null = null;
   private readonly machine: VmStateMachine;
-  private readonly console: TailBuffer;
+  private readonly process: VmmProcess;
   private qmp: QmpClient | null = null;
   private channel: AgentChannel | null = null;
-  private destroying = false;
-  private exitInfo: VmExit | null = null;
 
   private constructor(
     private readonly options: VmLaunchOptions,
@@ -221,22 +231,19 @@ class QemuVm implements MicroVm {
     private readonly child: ChildProcess,
   ) {
     this.machine = new VmStateMachine(options.vmId);
-    this.console = new TailBuffer(options.consoleBytes ?? 64 * 1024);
-    child.stdout?.on('data', (d: Buffer) => this.console.push(d));
-    child.stderr?.on('data', (d: Buffer) => this.console.push(d));
-    this.exited = new Promise<VmExit>((resolve) => {
-      child.once('exit', (code, signal) => {
-        this.exitInfo = { code, signal, expected: this.destroying };
-        this.qmp?.close();
-        this.channel?.close(
-          new RunnerError(
-            'VM_DIED',
-            `QEMU exited (${signal ?? `status ${code}`})${this.lastConsoleLine()}`,
-          ),
-        );
-        resolve(this.exitInfo);
-      });
+    this.process = new VmmProcess(child, 'QEMU', options.consoleBytes ?? 64 * 1024, () => {
+      this.qmp?.close();
+      this.channel?.close(
+        new RunnerError(
+          'VM_DIED',
+          `QEMU ${this.process.exitDescription()}${this.process.lastConsoleLine()}`,
+        ),
+      );
     });
+  }
+
+  get exited(): Promise<VmExit> {
+    return this.process.exited;
   }
 
   get id(): string {
@@ -291,7 +298,7 @@ class QemuVm implements MicroVm {
     try {
       vm.qmp = await QmpClient.connect(join(options.runDir, 'qmp.sock'), {
         timeoutMs: options.timeoutMs,
-        alive: () => vm.exitInfo === null,
+        alive: () => vm.process.alive,
       });
     } catch (err) {
       await vm.destroy();
@@ -418,18 +425,14 @@ class QemuVm implements MicroVm {
 
   async destroy(): Promise<void> {
     if (this.machine.state !== 'destroyed') this.machine.to('destroyed');
-    this.destroying = true;
     this.channel?.close(new RunnerError('VM_DIED', `VM ${this.id} was destroyed`));
     this.qmp?.close();
-    if (this.exitInfo === null) {
-      this.child.kill('SIGKILL');
-      await this.exited;
-    }
+    await this.process.kill();
     await rm(this.options.runDir, { recursive: true, force: true });
   }
 
   consoleTail(): string {
-    return this.console.text();
+    return this.process.consoleText();
   }
 
   private async openChannel(timeoutMs: number): Promise<AgentChannel> {
@@ -437,7 +440,7 @@ class QemuVm implements MicroVm {
     const deadline = Date.now() + timeoutMs;
     let socket: Socket | null = null;
     while (socket === null) {
-      if (this.exitInfo !== null) throw this.bootError(new Error('QEMU exited'));
+      if (!this.process.alive) throw this.bootError(new Error('QEMU exited'));
       try {
         socket = await new Promise<Socket>((resolve, reject) => {
           const s = connect(path);
@@ -468,15 +471,8 @@ class QemuVm implements MicroVm {
   }
 
   /** Races `promise` against the VMM's exit, so that a dead QEMU is seen at once. */
-  private async raceExit<T>(promise: Promise<T>, doing: string): Promise<T> {
-    const died = this.exited.then((exit) => {
-      throw new RunnerError(
-        'VM_DIED',
-        `QEMU exited (${exit.signal ?? `status ${exit.code}`}) while ${doing}${this.lastConsoleLine()}`,
-      );
-    });
-    died.catch(() => undefined);
-    return Promise.race([promise, died]);
+  private raceExit<T>(promise: Promise<T>, doing: string): Promise<T> {
+    return this.process.raceExit(promise, doing);
   }
 
   /** Wraps a failure of boot or restore with the last lines the guest printed. */
@@ -493,8 +489,6 @@ class QemuVm implements MicroVm {
   }
 
   private lastConsoleLine(): string {
-    const lines = this.console.text().trim().split('\n');
-    const last = lines.slice(-3).join(' | ').trim();
-    return last === '' ? '' : `; console: ${last.slice(-300)}`;
+    return this.process.lastConsoleLine();
   }
 }

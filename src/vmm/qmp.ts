@@ -67,7 +67,10 @@ export class QmpClient {
           await Promise.race([
             client.greeting,
             new Promise<never>((_, reject) => {
-              timer = setTimeout(() => reject(new RunnerError('VM_TIMEOUT', 'no QMP greeting')), Math.max(1, deadline - Date.now()));
+              timer = setTimeout(
+                () => reject(new RunnerError('VM_TIMEOUT', 'no QMP greeting')),
+                Math.max(1, deadline - Date.now()),
+              );
             }),
           ]);
         } finally {

@@ -54,6 +54,16 @@ const echo: FakeBehavior = (request) => ({ run: stage({ out: request.stdin ?? Bu
  * A fake engine: the real language definitions and the real request validation (JobRunner.
  * prepare), but no VM: run() answers from `behavior`. It records what it was asked to run.
  */
+/** The timings every fake job reports. */
+const FAKE_TIMINGS = {
+  totalMs: 20,
+  acquireMs: 2,
+  executeMs: 18,
+  guestMs: 12,
+  hostOverheadMs: 8,
+  poolHit: true,
+};
+
 export class FakeEngine implements ApiEngine {
   readonly languages: LanguageRegistry;
   readonly runner: JobRunner;
@@ -120,14 +130,7 @@ export class FakeEngine implements ApiEngine {
         run: null,
         cases,
         vmId: 'vm-fake',
-        timings: {
-          totalMs: 20,
-          acquireMs: 2,
-          executeMs: 18,
-          guestMs: 12,
-          hostOverheadMs: 8,
-          poolHit: true,
-        },
+        timings: FAKE_TIMINGS,
       };
     }
     const out = await this.behavior(request);
@@ -144,14 +147,7 @@ export class FakeEngine implements ApiEngine {
       compile,
       run,
       vmId: 'vm-fake',
-      timings: {
-        totalMs: 20,
-        acquireMs: 2,
-        executeMs: 18,
-        guestMs: 12,
-        hostOverheadMs: 8,
-        poolHit: true,
-      },
+      timings: FAKE_TIMINGS,
     };
   }
 
