@@ -2,7 +2,16 @@ import { constants as fsc } from 'node:fs';
 import { access, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Compile } from 'typebox/compile';
-import { hasCode, RunnerError } from '../errors.js';
+import {
+  ConfigInvalidError,
+  FileNameInvalidError,
+  hasCode,
+  LanguageUnknownError,
+  LimitInvalidError,
+  MessageInvalidError,
+  RunnerError,
+  SandboxFailureError,
+} from '../errors.js';
 import type { LanguageRegistry, Language } from '../languages/index.js';
 import {
   LimitsSchema,
@@ -70,7 +79,7 @@ export function checkLimits(limits: Limits, stage: string): void {
   if (limitsValidator.Check(limits)) return;
   const first = limitsValidator.Errors(limits)[0];
   const where = first ? `${first.instancePath || '/'} ${first.message}` : 'invalid';
-  throw new RunnerError('LIMIT_INVALID', `${stage} limits: ${where}`);
+  throw new LimitInvalidError(`${stage} limits: ${where}`);
 }
 
 /**
@@ -84,7 +93,7 @@ export function expandCommand(
   extension: string,
 ): string[] {
   const entry = fileNames[0];
-  if (entry === undefined) throw new RunnerError('FILE_NAME_INVALID', 'a job needs a file');
+  if (entry === undefined) throw new FileNameInvalidError('a job needs a file');
   const slash = entry.lastIndexOf('/');
   const dot = entry.lastIndexOf('.');
   const entryStem = dot > slash + 1 ? entry.slice(0, dot) : entry;
@@ -126,8 +135,7 @@ export async function findSandboxTools(): Promise<SandboxTools> {
     const missing = ['sh', 'prlimit', 'setpriv', 'env'].filter(
       (_, i) => [sh, prlimit, setpriv, env][i] === null,
     );
-    throw new RunnerError(
-      'SANDBOX_FAILURE',
+    throw new SandboxFailureError(
       `missing sandbox tools: ${missing.join(', ')} (util-linux, coreutils)`,
     );
   }
@@ -158,10 +166,7 @@ export class Executor {
   static async create(options: ExecutorOptions): Promise<Executor> {
     const log = options.log ?? (() => undefined);
     if (options.runAs && process.getuid?.() !== 0) {
-      throw new RunnerError(
-        'CONFIG_INVALID',
-        'running code as another uid needs the agent to run as root',
-      );
+      throw new ConfigInvalidError('running code as another uid needs the agent to run as root');
     }
     const tools = options.tools ?? (await findSandboxTools());
     const cgroup = options.cgroupRoot === null ? null : await probeCgroup(options.cgroupRoot);
@@ -195,14 +200,12 @@ export class Executor {
   language(nameOrAlias: string): Language {
     const language = this.options.languages.find(nameOrAlias);
     if (language === undefined) {
-      throw new RunnerError(
-        'LANGUAGE_UNKNOWN',
+      throw new LanguageUnknownError(
         `unknown language ${JSON.stringify(nameOrAlias.slice(0, 64))}; this agent runs: ${this.languages().join(', ')}`,
       );
     }
     if (!this.runnable.has(language.definition.name)) {
-      throw new RunnerError(
-        'LANGUAGE_UNKNOWN',
+      throw new LanguageUnknownError(
         `${language.definition.name} is not installed here; this agent runs: ${this.languages().join(', ')}`,
       );
     }
@@ -347,13 +350,9 @@ export class Executor {
     try {
       workDir = await createWorkDir(this.options.workRoot, this.options.runAs);
     } catch (err) {
-      throw new RunnerError(
-        'SANDBOX_FAILURE',
-        `work root ${this.options.workRoot}: ${messageOf(err)}`,
-        {
-          cause: err,
-        },
-      );
+      throw new SandboxFailureError(`work root ${this.options.workRoot}: ${messageOf(err)}`, {
+        cause: err,
+      });
     }
     try {
       // `cd "$HOME"` also checks that the run user can reach its work dir from /.
@@ -368,8 +367,7 @@ export class Executor {
       const out = Buffer.from(result.stdout, 'base64').toString();
       if (result.status !== 'ok' || out !== 'ok\n') {
         const err = Buffer.from(result.stderr, 'base64').toString().slice(0, 500);
-        throw new RunnerError(
-          'SANDBOX_FAILURE',
+        throw new SandboxFailureError(
           `sandbox self-test failed: ${result.status} ${result.message ?? ''} ${err}`.trim(),
         );
       }
@@ -386,11 +384,11 @@ export class Executor {
 function checkArgsAndEnv(job: JobRequest): void {
   for (const [k, v] of Object.entries(job.env)) {
     if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(k) || v.includes('\0')) {
-      throw new RunnerError('MESSAGE_INVALID', `env ${JSON.stringify(k.slice(0, 64))} is invalid`);
+      throw new MessageInvalidError(`env ${JSON.stringify(k.slice(0, 64))} is invalid`);
     }
   }
   if (job.args.some((a) => a.includes('\0'))) {
-    throw new RunnerError('MESSAGE_INVALID', 'an argument holds a NUL byte');
+    throw new MessageInvalidError('an argument holds a NUL byte');
   }
 }
 

@@ -1,7 +1,13 @@
 import { constants as fsc } from 'node:fs';
 import { chmod, chown, lstat, mkdir, mkdtemp, open, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { RunnerError } from '../errors.js';
+import {
+  FileNameInvalidError,
+  FileWriteFailedError,
+  MessageInvalidError,
+  RunnerError,
+  SandboxFailureError,
+} from '../errors.js';
 import type { JobFile } from '../protocol/index.js';
 
 /** The longest single path component, in bytes (NAME_MAX on Linux). */
@@ -24,8 +30,7 @@ export interface FileOwner {
  */
 export function checkFileName(name: string): string[] {
   const bad = (why: string): never => {
-    throw new RunnerError(
-      'FILE_NAME_INVALID',
+    throw new FileNameInvalidError(
       `file name ${JSON.stringify(name.slice(0, 80))} is invalid: ${why}`,
     );
   };
@@ -49,7 +54,7 @@ export function checkFileName(name: string): string[] {
 export function fileBytes(file: JobFile): Buffer {
   if (file.encoding === 'utf8') return Buffer.from(file.content, 'utf8');
   if (!/^[A-Za-z0-9+/]*={0,2}$/.test(file.content) || file.content.length % 4 === 1) {
-    throw new RunnerError('MESSAGE_INVALID', `file ${file.name}: content is not valid base64`);
+    throw new MessageInvalidError(`file ${file.name}: content is not valid base64`);
   }
   return Buffer.from(file.content, 'base64');
 }
@@ -63,7 +68,7 @@ export async function createWorkDir(root: string, owner: FileOwner | null): Prom
   await mkdir(root, { recursive: true, mode: 0o711 });
   const st = await lstat(root);
   if (!st.isDirectory()) {
-    throw new RunnerError('SANDBOX_FAILURE', `work root ${root} is not a directory`);
+    throw new SandboxFailureError(`work root ${root} is not a directory`);
   }
   const dir = await mkdtemp(join(root, 'job-'));
   await chmod(dir, 0o700);
@@ -123,13 +128,10 @@ async function makeDirNoFollow(dir: string, name: string, owner: FileOwner | nul
     throw writeFailed(name, err);
   });
   if (st.isSymbolicLink()) {
-    throw new RunnerError('FILE_WRITE_FAILED', `file ${name}: a folder on its path is a symlink`);
+    throw new FileWriteFailedError(`file ${name}: a folder on its path is a symlink`);
   }
   if (!st.isDirectory()) {
-    throw new RunnerError(
-      'FILE_NAME_INVALID',
-      `file ${name}: a folder on its path is also given as a file`,
-    );
+    throw new FileNameInvalidError(`file ${name}: a folder on its path is also given as a file`);
   }
 }
 
@@ -145,8 +147,7 @@ async function writeFileExclusive(
     handle = await open(path, flags, 0o644);
   } catch (err) {
     if (errnoOf(err) === 'EEXIST') {
-      throw new RunnerError(
-        'FILE_NAME_INVALID',
+      throw new FileNameInvalidError(
         `file ${name}: the name is given twice, or something already exists there`,
       );
     }
@@ -165,7 +166,7 @@ async function writeFileExclusive(
 function writeFailed(name: string, err: unknown): RunnerError {
   if (err instanceof RunnerError) return err;
   const why = err instanceof Error ? err.message : String(err);
-  return new RunnerError('FILE_WRITE_FAILED', `file ${name}: ${why}`, { cause: err });
+  return new FileWriteFailedError(`file ${name}: ${why}`, { cause: err });
 }
 
 /** The errno code of a Node system error, or undefined. */

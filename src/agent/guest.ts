@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process';
-import { RunnerError } from '../errors.js';
+import { SandboxFailureError } from '../errors.js';
 
 /**
  * What the agent changes in its guest after a snapshot restore: the kernel's random state and
@@ -40,7 +40,7 @@ export class SystemGuestActions implements GuestActions {
     const out = await this.run('perl', ['-e', ENTROPY_SCRIPT], bytes);
     const credited = Number(out.trim());
     if (!Number.isInteger(credited)) {
-      throw new RunnerError('SANDBOX_FAILURE', `entropy: unexpected output ${JSON.stringify(out)}`);
+      throw new SandboxFailureError(`entropy: unexpected output ${JSON.stringify(out)}`);
     }
     return credited;
   }
@@ -60,11 +60,9 @@ export class SystemGuestActions implements GuestActions {
         (err, stdout, stderr) => {
           if (err) {
             reject(
-              new RunnerError(
-                'SANDBOX_FAILURE',
-                `${command} failed: ${stderr.trim() || err.message}`,
-                { cause: err },
-              ),
+              new SandboxFailureError(`${command} failed: ${stderr.trim() || err.message}`, {
+                cause: err,
+              }),
             );
           } else {
             resolve(stdout);

@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { RunnerError } from '../errors.js';
+import { ConfigInvalidError } from '../errors.js';
 import { LanguageRegistry } from '../languages/index.js';
 import { AGENT_VERSION } from '../version.js';
 import { Executor } from './executor.js';
@@ -63,12 +63,12 @@ export function parseAgentArgs(argv: readonly string[]): AgentCliOptions | 'help
       },
     }));
   } catch (err) {
-    throw new RunnerError('CONFIG_INVALID', messageOf(err));
+    throw new ConfigInvalidError(messageOf(err));
   }
   if (values.help) return 'help';
   if (values.version) return 'version';
   const bad = (m: string): never => {
-    throw new RunnerError('CONFIG_INVALID', m);
+    throw new ConfigInvalidError(m);
   };
   if ((values.unix === undefined) === (values.serial === undefined)) {
     bad('give exactly one of --unix PATH and --serial DEVICE');

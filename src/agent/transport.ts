@@ -4,7 +4,7 @@ import { createServer, type Server, type Socket } from 'node:net';
 import { dirname } from 'node:path';
 import { Duplex } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { RunnerError } from '../errors.js';
+import { ConfigInvalidError } from '../errors.js';
 import { errnoOf } from './files.js';
 import type { AgentServer } from './server.js';
 import { messageOf } from './stage.js';
@@ -38,7 +38,7 @@ export class UnixTransport implements Transport {
     try {
       const st = await lstat(this.path);
       if (!st.isSocket()) {
-        throw new RunnerError('CONFIG_INVALID', `${this.path} exists and is not a socket`);
+        throw new ConfigInvalidError(`${this.path} exists and is not a socket`);
       }
       await unlink(this.path);
     } catch (err) {

@@ -10,7 +10,7 @@ import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import type { Settings } from '../config/settings.js';
-import { RunnerError, type ErrorCode } from '../errors.js';
+import { ERROR_CATALOGUE, type ErrorCode, RunnerError, ShuttingDownError } from '../errors.js';
 import { LocalQueue, type JobQueue, type JobStore } from '../queue/index.js';
 import { AGENT_VERSION } from '../version.js';
 import { ApiKeys, RateLimiter } from './auth.js';
@@ -96,7 +96,7 @@ function toApiError(err: unknown, bodyLimitBytes: number): ApiError {
     return { status: err.status, code: err.code, message: err.message };
   const e = err as FastifyError;
   const r = (code: ErrorCode, message: string): ApiError => ({
-    status: new RunnerError(code, '').status,
+    status: ERROR_CATALOGUE[code].status,
     code,
     message,
   });
@@ -184,10 +184,7 @@ export function buildApp(deps: AppDeps): App {
         req.owner = keys.check(req.headers);
         if (config.createsJobs === true) {
           if (draining)
-            throw new RunnerError(
-              'SHUTTING_DOWN',
-              'the server is shutting down and takes no new jobs',
-            );
+            throw new ShuttingDownError('the server is shutting down and takes no new jobs');
           limiter.take(req.owner ?? req.ip);
         }
       }

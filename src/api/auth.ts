@@ -1,6 +1,6 @@
 import { createHash, timingSafeEqual } from 'node:crypto';
 import type { IncomingHttpHeaders } from 'node:http';
-import { RunnerError } from '../errors.js';
+import { RateLimitedError, UnauthorizedError } from '../errors.js';
 
 const digest = (s: string): Buffer => createHash('sha256').update(s).digest();
 
@@ -25,15 +25,14 @@ export class ApiKeys {
     if (!this.enabled) return null;
     const key = presentedKey(headers);
     if (key === undefined)
-      throw new RunnerError(
-        'UNAUTHORIZED',
+      throw new UnauthorizedError(
         'an API key is required (Authorization: Bearer KEY or X-API-Key: KEY)',
       );
     const d = digest(key);
     // Check every key, so the time does not tell which one matched.
     let ok = false;
     for (const known of this.digests) ok = timingSafeEqual(known, d) || ok;
-    if (!ok) throw new RunnerError('UNAUTHORIZED', 'the API key is not valid');
+    if (!ok) throw new UnauthorizedError('the API key is not valid');
     return d.subarray(0, 8).toString('hex');
   }
 }
@@ -84,8 +83,7 @@ export class RateLimiter {
     }
     if (bucket.tokens < 1) {
       const retryAfterSeconds = Math.max(1, Math.ceil((1 - bucket.tokens) / ratePerMs / 1000));
-      throw new RunnerError(
-        'RATE_LIMITED',
+      throw new RateLimitedError(
         `rate limit of ${this.perMinute} jobs per minute reached; retry in ${retryAfterSeconds} s`,
         {
           details: { retryAfterSeconds },

@@ -1,4 +1,4 @@
-import { RunnerError } from '../errors.js';
+import { CallbackUrlInvalidError } from '../errors.js';
 
 /** Checks a callbackUrl at submission: http(s) only, no credentials, an allowed host. */
 export function checkCallbackUrl(raw: string, allowedHosts: readonly string[]): string {
@@ -6,25 +6,22 @@ export function checkCallbackUrl(raw: string, allowedHosts: readonly string[]): 
   try {
     url = new URL(raw);
   } catch {
-    throw new RunnerError(
-      'CALLBACK_URL_INVALID',
+    throw new CallbackUrlInvalidError(
       `callbackUrl ${JSON.stringify(raw.slice(0, 100))} is not a URL`,
     );
   }
   if (url.protocol !== 'http:' && url.protocol !== 'https:') {
-    throw new RunnerError(
-      'CALLBACK_URL_INVALID',
+    throw new CallbackUrlInvalidError(
       `callbackUrl must be http or https, not ${url.protocol.replace(/:$/, '')}`,
     );
   }
   if (url.username !== '' || url.password !== '') {
-    throw new RunnerError('CALLBACK_URL_INVALID', 'callbackUrl must not carry credentials');
+    throw new CallbackUrlInvalidError('callbackUrl must not carry credentials');
   }
   // URL keeps IPv6 hosts in brackets; the allow list is written without them.
   const host = url.hostname.replace(/^\[|\]$/g, '');
   if (allowedHosts.length > 0 && !allowedHosts.includes(host)) {
-    throw new RunnerError(
-      'CALLBACK_URL_INVALID',
+    throw new CallbackUrlInvalidError(
       `callbackUrl host ${host} is not allowed (allowed: ${allowedHosts.join(', ')})`,
     );
   }

@@ -1,5 +1,5 @@
 import { MAX_LIMITS, type Stage } from '../config/limits.js';
-import { RunnerError } from '../errors.js';
+import { LimitInvalidError, RequestInvalidError } from '../errors.js';
 import type { Limits } from '../protocol/index.js';
 import type { ApiContext, ApiInstance } from './context.js';
 import { pistonStage } from './results.js';
@@ -25,8 +25,7 @@ function pistonLimit(
   if (value === undefined) return undefined;
   if (value === -1) return MAX_LIMITS[stage][name];
   if (value <= 0)
-    throw new RunnerError(
-      'LIMIT_INVALID',
+    throw new LimitInvalidError(
       `${stage} ${name === 'memoryMib' ? 'memory limit' : 'timeout'} must be positive or -1, not ${value}`,
     );
   return scale(value);
@@ -53,7 +52,7 @@ export function fromPiston(body: PistonExecuteRequest): ExecuteRequest {
   const files = body.files.map((f, i) => {
     if (f.encoding === 'hex') {
       if (!/^(?:[0-9a-fA-F]{2})*$/.test(f.content))
-        throw new RunnerError('REQUEST_INVALID', `files[${i}].content is not valid hex`);
+        throw new RequestInvalidError(`files[${i}].content is not valid hex`);
       return {
         ...(f.name !== undefined && { name: f.name }),
         content: Buffer.from(f.content, 'hex').toString('base64'),

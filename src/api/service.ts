@@ -2,7 +2,7 @@ import type { EventEmitter } from 'node:events';
 import { randomUUID } from 'node:crypto';
 import type { Settings } from '../config/settings.js';
 import type { DataPaths } from '../config/paths.js';
-import { RunnerError } from '../errors.js';
+import { JobNotFoundError, PayloadTooLargeError, RequestInvalidError } from '../errors.js';
 import type { ImageStore } from '../images/store.js';
 import type { LanguageRegistry } from '../languages/index.js';
 import type { VmPool } from '../pool/pool.js';
@@ -73,8 +73,7 @@ function decodeStdin(
 ): Buffer {
   if (value === undefined) return Buffer.alloc(0);
   if (encoding === 'base64') {
-    if (!BASE64.test(value))
-      throw new RunnerError('REQUEST_INVALID', `${where} is not valid base64`);
+    if (!BASE64.test(value)) throw new RequestInvalidError(`${where} is not valid base64`);
     return Buffer.from(value, 'base64');
   }
   return Buffer.from(value, 'utf8');
@@ -112,36 +111,29 @@ export class JobService {
   prepare(body: ExecuteRequest): PreparedJob {
     const s = this.settings;
     if (body.files.length > s.maxFiles) {
-      throw new RunnerError(
-        'PAYLOAD_TOO_LARGE',
+      throw new PayloadTooLargeError(
         `a job may have at most ${s.maxFiles} files, not ${body.files.length}`,
       );
     }
     const stdin = decodeStdin(body.stdin, body.stdinEncoding, 'stdin');
     if (stdin.length > s.maxStdinBytes) {
-      throw new RunnerError(
-        'PAYLOAD_TOO_LARGE',
+      throw new PayloadTooLargeError(
         `stdin is ${stdin.length} bytes, over the cap of ${s.maxStdinBytes}`,
       );
     }
     let cases: PreparedJob['cases'] = null;
     if (body.testCases !== undefined) {
       if (body.testCases.length > s.maxTestCases) {
-        throw new RunnerError(
-          'PAYLOAD_TOO_LARGE',
+        throw new PayloadTooLargeError(
           `a request may have at most ${s.maxTestCases} test cases, not ${body.testCases.length}`,
         );
       }
       if (body.stdin !== undefined)
-        throw new RunnerError(
-          'REQUEST_INVALID',
-          'give stdin in each test case, not beside testCases',
-        );
+        throw new RequestInvalidError('give stdin in each test case, not beside testCases');
       cases = body.testCases.map((c, i) => {
         const caseStdin = decodeStdin(c.stdin, c.stdinEncoding, `testCases/${i}/stdin`);
         if (caseStdin.length > s.maxStdinBytes) {
-          throw new RunnerError(
-            'PAYLOAD_TOO_LARGE',
+          throw new PayloadTooLargeError(
             `testCases/${i}/stdin is ${caseStdin.length} bytes, over the cap of ${s.maxStdinBytes}`,
           );
         }
@@ -238,7 +230,7 @@ export class JobService {
   get(id: string, owner: string | null): JobRecord {
     const record = this.jobs.get(id);
     if (record === undefined || (record.owner !== null && record.owner !== owner)) {
-      throw new RunnerError('JOB_NOT_FOUND', `no job ${id}`);
+      throw new JobNotFoundError(`no job ${id}`);
     }
     return record;
   }

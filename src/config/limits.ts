@@ -1,4 +1,4 @@
-import { RunnerError } from '../errors.js';
+import { LimitInvalidError } from '../errors.js';
 import type { LanguageDefinition } from '../languages/index.js';
 import type { Limits } from '../protocol/index.js';
 
@@ -76,14 +76,12 @@ export function resolveLimits(
     const value = requested[name];
     if (value === undefined) continue;
     if (!Number.isInteger(value) || value < 1) {
-      throw new RunnerError(
-        'LIMIT_INVALID',
+      throw new LimitInvalidError(
         `${stage} limit ${name} must be a positive integer, not ${JSON.stringify(value)}`,
       );
     }
     if (value > max[stage][name]) {
-      throw new RunnerError(
-        'LIMIT_INVALID',
+      throw new LimitInvalidError(
         `${stage} limit ${name}=${value} is over the server maximum ${max[stage][name]}`,
       );
     }

@@ -1,5 +1,5 @@
 import { readFileSync } from 'node:fs';
-import { RunnerError } from '../errors.js';
+import { ConfigInvalidError } from '../errors.js';
 import { dataPaths } from './paths.js';
 
 type Kind = 'string' | 'integer' | 'boolean' | 'enum' | 'list';
@@ -78,7 +78,7 @@ export type Settings = { readonly [S in Spec as S['key']]: ValueOf<S> };
 
 function parseValue(spec: SettingSpec, raw: unknown, origin: string): unknown {
   const bad = (why: string): never => {
-    throw new RunnerError('CONFIG_INVALID', `${spec.env} (${origin}): ${why}`);
+    throw new ConfigInvalidError(`${spec.env} (${origin}): ${why}`);
   };
   switch (spec.kind) {
     case 'integer': {
@@ -113,11 +113,11 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env, overrides: Pa
     try {
       file = JSON.parse(readFileSync(env.RUNNER_CONFIG, 'utf8')) as Record<string, unknown>;
     } catch (err) {
-      throw new RunnerError('CONFIG_INVALID', `RUNNER_CONFIG ${env.RUNNER_CONFIG}: ${err instanceof Error ? err.message : String(err)}`);
+      throw new ConfigInvalidError(`RUNNER_CONFIG ${env.RUNNER_CONFIG}: ${err instanceof Error ? err.message : String(err)}`);
     }
     const known = new Set<string>(SETTINGS.map((s) => s.key));
     for (const k of Object.keys(file)) {
-      if (!known.has(k)) throw new RunnerError('CONFIG_INVALID', `RUNNER_CONFIG ${env.RUNNER_CONFIG}: unknown setting ${k}`);
+      if (!known.has(k)) throw new ConfigInvalidError(`RUNNER_CONFIG ${env.RUNNER_CONFIG}: unknown setting ${k}`);
     }
   }
   const out: Record<string, unknown> = {};

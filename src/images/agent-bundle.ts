@@ -2,7 +2,7 @@ import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, statSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { RunnerError } from '../errors.js';
+import { ImageBuildFailedError } from '../errors.js';
 
 /** The root of this source tree (src/images/ and dist/images/ both sit two levels below it). */
 export function projectRoot(): string {
@@ -18,8 +18,7 @@ export async function bundleAgent(outFile: string, root: string = projectRoot())
   const script = join(root, 'scripts', 'bundle-agent.mjs');
   const entry = join(root, 'src', 'agent', 'main.ts');
   if (!existsSync(script) || !existsSync(entry)) {
-    throw new RunnerError(
-      'IMAGE_BUILD_FAILED',
+    throw new ImageBuildFailedError(
       `cannot bundle the agent: ${existsSync(script) ? entry : script} does not exist (pass --agent-bundle FILE)`,
     );
   }
@@ -38,18 +37,14 @@ export async function bundleAgent(outFile: string, root: string = projectRoot())
       if (code === 0) resolvePromise(text);
       else
         reject(
-          new RunnerError(
-            'IMAGE_BUILD_FAILED',
+          new ImageBuildFailedError(
             `bundling the agent failed (exit ${code ?? 'signal'}):\n${text.trim()}`,
           ),
         );
     });
   });
   if (!existsSync(outFile) || statSync(outFile).size === 0) {
-    throw new RunnerError(
-      'IMAGE_BUILD_FAILED',
-      `the agent bundler wrote no ${outFile}: ${output.trim()}`,
-    );
+    throw new ImageBuildFailedError(`the agent bundler wrote no ${outFile}: ${output.trim()}`);
   }
   return outFile;
 }

@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process';
 import { closeSync, openSync, readFileSync, writeSync } from 'node:fs';
-import { RunnerError } from '../errors.js';
+import { ImageBuildFailedError } from '../errors.js';
 
 /** Options of one command run by the builder. */
 export interface RunOptions {
@@ -83,7 +83,7 @@ export class BuildLog {
       child.on('error', (err) => {
         this.write(`# failed to run ${command}: ${err.message}`);
         reject(
-          new RunnerError('IMAGE_BUILD_FAILED', `${command}: ${err.message}`, {
+          new ImageBuildFailedError(`${command}: ${err.message}`, {
             cause: err,
           }),
         );
@@ -96,8 +96,7 @@ export class BuildLog {
           return;
         }
         reject(
-          new RunnerError(
-            'IMAGE_BUILD_FAILED',
+          new ImageBuildFailedError(
             `${command} ${args.slice(0, 3).join(' ')}${args.length > 3 ? ' ...' : ''} ${
               code === null ? `was killed by ${signal ?? 'a signal'}` : `exited with status ${code}`
             }`,

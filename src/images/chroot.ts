@@ -1,7 +1,7 @@
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { RunnerError } from '../errors.js';
+import { ImageBuildFailedError } from '../errors.js';
 import type { BuildLog, RunOptions } from './build-log.js';
 
 /** PATH inside a build chroot. */
@@ -77,7 +77,7 @@ export function unmountUnder(dir: string): void {
   }
   const left = mountsUnder(dir);
   if (left.length > 0) {
-    throw new RunnerError('IMAGE_BUILD_FAILED', `cannot unmount ${left.join(', ')}`);
+    throw new ImageBuildFailedError(`cannot unmount ${left.join(', ')}`);
   }
 }
 

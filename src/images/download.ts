@@ -5,7 +5,7 @@ import { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { inspect } from 'node:util';
 import { GetObjectCommand, type S3Client } from '@aws-sdk/client-s3';
-import { RunnerError } from '../errors.js';
+import { ImageCorruptError, RunnerError, S3TransferFailedError } from '../errors.js';
 import { isRetryable } from './s3.js';
 
 /** How often and how patiently a transfer is retried. */
@@ -106,7 +106,7 @@ async function fetchFrom(
   );
   const body = response.Body;
   if (!(body instanceof Readable)) {
-    throw new RunnerError('S3_TRANSFER_FAILED', `${job.key}: the response body is not a stream`);
+    throw new S3TransferFailedError(`${job.key}: the response body is not a stream`);
   }
   try {
     let start = offset;
@@ -193,7 +193,7 @@ export async function downloadVerified(job: VerifiedDownload): Promise<DownloadS
       if (failure instanceof MismatchError) {
         mismatch = failure.message;
       } else if (failure instanceof LocalWriteError) {
-        throw new RunnerError('S3_TRANSFER_FAILED', `${job.key}: ${failure.message}`, {
+        throw new S3TransferFailedError(`${job.key}: ${failure.message}`, {
           cause: failure.cause,
         });
       } else if (failure instanceof RunnerError) {
@@ -202,8 +202,7 @@ export async function downloadVerified(job: VerifiedDownload): Promise<DownloadS
         failures = appended > 0 ? 1 : failures + 1;
         if (!isRetryable(failure) || failures >= job.retry.attempts) {
           const why = failure instanceof Error ? failure.message : inspect(failure);
-          throw new RunnerError(
-            'S3_TRANSFER_FAILED',
+          throw new S3TransferFailedError(
             `${job.key}: download failed after ${requests} request(s): ${why}`,
             { cause: failure },
           );
@@ -223,7 +222,7 @@ export async function downloadVerified(job: VerifiedDownload): Promise<DownloadS
       mismatch = `${job.key}: sha256 ${actual} does not match the manifest's ${job.sha256}`;
     }
     await rm(job.partialPath, { force: true });
-    if (refetched) throw new RunnerError('IMAGE_CORRUPT', mismatch);
+    if (refetched) throw new ImageCorruptError(mismatch);
     refetched = true;
     failures = 0;
   }

@@ -14,7 +14,7 @@ import {
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { createGzip } from 'node:zlib';
-import { RunnerError } from '../errors.js';
+import { ImageBuildFailedError, ImageCorruptError } from '../errors.js';
 import type { BuildLog } from './build-log.js';
 import { canonicalJson, DEBIAN_SUITE, sha256File, sha256Hex } from './identity.js';
 import type { ImageManifest } from './manifest.js';
@@ -89,16 +89,10 @@ export function orderModules(depends: ReadonlyMap<string, readonly string[]>): s
     const s = state.get(name);
     if (s === 'done') return;
     if (s === 'visiting')
-      throw new RunnerError(
-        'IMAGE_BUILD_FAILED',
-        `module dependency cycle: ${[...path, name].join(' -> ')}`,
-      );
+      throw new ImageBuildFailedError(`module dependency cycle: ${[...path, name].join(' -> ')}`);
     const deps = depends.get(name);
     if (deps === undefined)
-      throw new RunnerError(
-        'IMAGE_BUILD_FAILED',
-        `module ${name} is needed but not in the kernel package`,
-      );
+      throw new ImageBuildFailedError(`module ${name} is needed but not in the kernel package`);
     state.set(name, 'visiting');
     for (const d of deps) visit(d, [...path, name]);
     state.set(name, 'done');
@@ -152,8 +146,7 @@ export async function extractVmlinux(vmlinuz: string, out: string): Promise<stri
     }
   }
   await rm(out, { force: true });
-  throw new RunnerError(
-    'IMAGE_BUILD_FAILED',
+  throw new ImageBuildFailedError(
     `no ELF kernel found inside ${vmlinuz} (tried ${tried.join(', ') || 'nothing'})`,
   );
 }
@@ -165,11 +158,9 @@ function decompressTo(command: string[], input: Buffer, out: string): Promise<vo
     const sink = createWriteStream(out);
     child.on('error', (err) =>
       reject(
-        new RunnerError(
-          'IMAGE_BUILD_FAILED',
-          `${cmd} is needed to extract vmlinux: ${err.message}`,
-          { cause: err },
-        ),
+        new ImageBuildFailedError(`${cmd} is needed to extract vmlinux: ${err.message}`, {
+          cause: err,
+        }),
       ),
     );
     child.stdin.on('error', () => undefined); // the decompressor stops reading at the payload's end
@@ -319,10 +310,7 @@ async function findModules(root: string, names: readonly string[]): Promise<Map<
   await walk(root);
   const missing = names.filter((n) => !found.has(n));
   if (missing.length > 0) {
-    throw new RunnerError(
-      'IMAGE_BUILD_FAILED',
-      `the kernel package lacks the modules ${missing.join(', ')}`,
-    );
+    throw new ImageBuildFailedError(`the kernel package lacks the modules ${missing.join(', ')}`);
   }
   return found;
 }
@@ -343,12 +331,12 @@ async function writeCpioGz(dir: string, out: string, log: BuildLog): Promise<voi
     let stderr = '';
     child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
     child.on('error', (err) =>
-      reject(new RunnerError('IMAGE_BUILD_FAILED', `cpio: ${err.message}`, { cause: err })),
+      reject(new ImageBuildFailedError(`cpio: ${err.message}`, { cause: err })),
     );
     child.on('close', (code) =>
       code === 0
         ? resolve()
-        : reject(new RunnerError('IMAGE_BUILD_FAILED', `cpio exited with ${code}: ${stderr}`)),
+        : reject(new ImageBuildFailedError(`cpio exited with ${code}: ${stderr}`)),
     );
     child.stdin.end(`${names.join('\n')}\n`);
   });
@@ -422,8 +410,7 @@ async function privateApt(workDir: string, log: BuildLog): Promise<PrivateApt> {
       const show = await capture('apt-cache', ['show', '--no-all-versions', pkg]);
       const field = (name: string): string => {
         const m = new RegExp(`^${name}: (.+)$`, 'm').exec(show);
-        if (!m?.[1])
-          throw new RunnerError('IMAGE_BUILD_FAILED', `apt-cache show ${pkg} has no ${name}`);
+        if (!m?.[1]) throw new ImageBuildFailedError(`apt-cache show ${pkg} has no ${name}`);
         return m[1].trim();
       };
       const version = field('Version');
@@ -437,13 +424,12 @@ async function privateApt(workDir: string, log: BuildLog): Promise<PrivateApt> {
         await log.run('apt-get', [...opts, '-q', 'download', `${pkg}=${version}`], { cwd: tmpDir });
         const [got] = await readdir(tmpDir);
         if (got === undefined)
-          throw new RunnerError('IMAGE_BUILD_FAILED', `apt-get download ${pkg} wrote nothing`);
+          throw new ImageBuildFailedError(`apt-get download ${pkg} wrote nothing`);
         await copyFile(join(tmpDir, got), file);
         await rm(tmpDir, { recursive: true, force: true });
         const sum = await sha256File(file);
         if (sum !== sha256)
-          throw new RunnerError(
-            'IMAGE_CORRUPT',
+          throw new ImageCorruptError(
             `${pkg} ${version}: sha256 ${sum} is not the archive's ${sha256}`,
           );
       }
@@ -456,10 +442,7 @@ async function resolveKernelPackage(apt: PrivateApt, log: BuildLog): Promise<str
   const out = await apt.capture('apt-cache', ['depends', KERNEL_META_PACKAGE]);
   const m = /Depends: (linux-image-[0-9][^\s]*)/.exec(out);
   if (!m?.[1])
-    throw new RunnerError(
-      'IMAGE_BUILD_FAILED',
-      `cannot tell which kernel ${KERNEL_META_PACKAGE} depends on`,
-    );
+    throw new ImageBuildFailedError(`cannot tell which kernel ${KERNEL_META_PACKAGE} depends on`);
   log.write(`# ${KERNEL_META_PACKAGE} -> ${m[1]}`);
   return m[1];
 }

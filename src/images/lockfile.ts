@@ -1,7 +1,7 @@
 import { open, readFile, stat, unlink } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { RunnerError } from '../errors.js';
+import { ImageLockedError } from '../errors.js';
 
 /** A held lock; release it in `finally`. */
 export interface HeldLock {
@@ -91,7 +91,7 @@ export async function acquireLock(path: string, options: LockOptions = {}): Prom
       continue;
     }
     if (Date.now() >= deadline) {
-      throw new RunnerError('IMAGE_LOCKED', `${path} is still held after ${waitMs} ms`);
+      throw new ImageLockedError(`${path} is still held after ${waitMs} ms`);
     }
     await sleep(pollMs);
   }

@@ -1,6 +1,6 @@
 import Type, { type Static } from 'typebox';
 import { Compile } from 'typebox/compile';
-import { RunnerError } from '../errors.js';
+import { ImageCorruptError } from '../errors.js';
 
 /** One file of an image, with its size and checksum. */
 export const ManifestFileSchema = Type.Object(
@@ -51,8 +51,7 @@ const validator = Compile(ImageManifestSchema);
 export function parseManifest(value: unknown, origin: string): ImageManifest {
   if (validator.Check(value)) return value;
   const first = validator.Errors(value)[0];
-  throw new RunnerError(
-    'IMAGE_CORRUPT',
+  throw new ImageCorruptError(
     `${origin}: bad manifest (${first ? `${first.instancePath || '/'} ${first.message}` : 'invalid'})`,
   );
 }

@@ -1,6 +1,6 @@
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { RunnerError } from '../errors.js';
+import { ConfigInvalidError } from '../errors.js';
 
 /**
  * Where the image builder fetches Debian packages from. No mirror is written into this code:
@@ -129,8 +129,7 @@ export function resolveDebianMirrors(
   const override = env.RUNNER_DEBIAN_MIRROR;
   if (override !== undefined && override !== '') {
     if (!USABLE_URI.test(override)) {
-      throw new RunnerError(
-        'CONFIG_INVALID',
+      throw new ConfigInvalidError(
         `RUNNER_DEBIAN_MIRROR must be an http(s):// or file:// URL, not ${JSON.stringify(override)}`,
       );
     }
@@ -138,8 +137,7 @@ export function resolveDebianMirrors(
   }
   const main = firstUriFor(sources, suite);
   if (main === undefined) {
-    throw new RunnerError(
-      'CONFIG_INVALID',
+    throw new ConfigInvalidError(
       `no apt source in ${aptDir} serves Debian ${suite} main; set RUNNER_DEBIAN_MIRROR to a Debian mirror URL`,
     );
   }

@@ -12,7 +12,12 @@ import {
   type S3Client,
 } from '@aws-sdk/client-s3';
 import { Upload } from '@aws-sdk/lib-storage';
-import { RunnerError } from '../errors.js';
+import {
+  ImageCorruptError,
+  ImageNotFoundError,
+  RunnerError,
+  S3TransferFailedError,
+} from '../errors.js';
 import { DEFAULT_RETRY, downloadVerified, withRetry, type RetryPolicy } from './download.js';
 import { acquireLock, type LockOptions } from './lockfile.js';
 import { parseManifest, type ImageManifest, type ManifestFile } from './manifest.js';
@@ -85,7 +90,7 @@ export function isImageKind(value: string): value is ImageKind {
 function refError(kind: string, id: string): RunnerError | null {
   return isImageKind(kind) && ID_PATTERN.test(id)
     ? null
-    : new RunnerError('IMAGE_NOT_FOUND', `${kind}/${id} is not a valid image reference`);
+    : new ImageNotFoundError(`${kind}/${id} is not a valid image reference`);
 }
 
 function checkRef(kind: string, id: string): void {
@@ -101,7 +106,7 @@ function checkFileNames(manifest: ImageManifest, origin: string): void {
   const seen = new Set<string>();
   for (const file of manifest.files) {
     if (file.name.startsWith('.') || file.name === 'manifest.json' || seen.has(file.name)) {
-      throw new RunnerError('IMAGE_CORRUPT', `${origin}: bad or repeated file name ${file.name}`);
+      throw new ImageCorruptError(`${origin}: bad or repeated file name ${file.name}`);
     }
     seen.add(file.name);
   }
@@ -216,7 +221,7 @@ export class RemoteImageStore {
       return true;
     } catch (err) {
       if (isNotFound(err)) return false;
-      throw new RunnerError('S3_TRANSFER_FAILED', `HEAD ${this.key(kind, id)} failed`, {
+      throw new S3TransferFailedError(`HEAD ${this.key(kind, id)} failed`, {
         cause: err,
       });
     }
@@ -241,7 +246,7 @@ export class RemoteImageStore {
         );
         if ((response.ContentLength ?? 0) > MAX_MANIFEST_BYTES) {
           (response.Body as Readable | undefined)?.destroy();
-          throw new RunnerError('IMAGE_CORRUPT', `${key} is over ${MAX_MANIFEST_BYTES} bytes`);
+          throw new ImageCorruptError(`${key} is over ${MAX_MANIFEST_BYTES} bytes`);
         }
         if (response.Body === undefined) throw new Error(`${key}: empty response`);
         return response.Body.transformToByteArray();
@@ -249,22 +254,19 @@ export class RemoteImageStore {
     } catch (err) {
       if (err instanceof RunnerError) throw err;
       if (isNotFound(err)) {
-        throw new RunnerError(
-          'IMAGE_NOT_FOUND',
-          `no image ${kind}/${id} in s3://${this.config.bucket}/${key}`,
-        );
+        throw new ImageNotFoundError(`no image ${kind}/${id} in s3://${this.config.bucket}/${key}`);
       }
-      throw new RunnerError('S3_TRANSFER_FAILED', `GET ${key} failed`, { cause: err });
+      throw new S3TransferFailedError(`GET ${key} failed`, { cause: err });
     }
     let value: unknown;
     try {
       value = JSON.parse(Buffer.from(raw).toString('utf8'));
     } catch (cause) {
-      throw new RunnerError('IMAGE_CORRUPT', `${key} is not JSON`, { cause });
+      throw new ImageCorruptError(`${key} is not JSON`, { cause });
     }
     const manifest = parseManifest(value, key);
     if (manifest.kind !== kind || manifest.id !== id) {
-      throw new RunnerError('IMAGE_CORRUPT', `${key} describes ${manifest.kind}/${manifest.id}`);
+      throw new ImageCorruptError(`${key} describes ${manifest.kind}/${manifest.id}`);
     }
     checkFileNames(manifest, key);
     return { manifest, raw };
@@ -280,7 +282,7 @@ export class RemoteImageStore {
     const manifestPath = join(localImageDir, 'manifest.json');
     const raw = await readFile(manifestPath).catch((err: unknown) => {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
-        throw new RunnerError('IMAGE_NOT_FOUND', `${manifestPath} does not exist`, { cause: err });
+        throw new ImageNotFoundError(`${manifestPath} does not exist`, { cause: err });
       }
       throw err;
     });
@@ -288,7 +290,7 @@ export class RemoteImageStore {
     try {
       value = JSON.parse(raw.toString('utf8'));
     } catch (cause) {
-      throw new RunnerError('IMAGE_CORRUPT', `${manifestPath} is not JSON`, { cause });
+      throw new ImageCorruptError(`${manifestPath} is not JSON`, { cause });
     }
     const manifest = parseManifest(value, manifestPath);
     checkFileNames(manifest, manifestPath);
@@ -306,8 +308,7 @@ export class RemoteImageStore {
       const path = join(localImageDir, file.name);
       const size = (await stat(path)).size;
       if (size !== file.sizeBytes) {
-        throw new RunnerError(
-          'IMAGE_CORRUPT',
+        throw new ImageCorruptError(
           `${path} is ${size} bytes, the manifest says ${file.sizeBytes}`,
         );
       }
@@ -342,7 +343,7 @@ export class RemoteImageStore {
         ),
       );
     } catch (err) {
-      throw new RunnerError('S3_TRANSFER_FAILED', `PUT ${this.key(kind, id)} failed`, {
+      throw new S3TransferFailedError(`PUT ${this.key(kind, id)} failed`, {
         cause: err,
       });
     }
@@ -364,7 +365,7 @@ export class RemoteImageStore {
       return head.ContentLength === file.sizeBytes && head.Metadata?.sha256 === file.sha256;
     } catch (err) {
       if (isNotFound(err)) return false;
-      throw new RunnerError('S3_TRANSFER_FAILED', `HEAD ${this.key(kind, id, file.name)} failed`, {
+      throw new S3TransferFailedError(`HEAD ${this.key(kind, id, file.name)} failed`, {
         cause: err,
       });
     }
@@ -408,7 +409,7 @@ export class RemoteImageStore {
     try {
       await upload.done();
     } catch (err) {
-      throw new RunnerError('S3_TRANSFER_FAILED', `upload of ${key} failed`, { cause: err });
+      throw new S3TransferFailedError(`upload of ${key} failed`, { cause: err });
     }
     const actual = hash.digest('hex');
     if (actual !== file.sha256) {
@@ -416,8 +417,7 @@ export class RemoteImageStore {
       await this.client
         .send(new DeleteObjectCommand({ Bucket: this.config.bucket, Key: key }))
         .catch(() => undefined);
-      throw new RunnerError(
-        'IMAGE_CORRUPT',
+      throw new ImageCorruptError(
         `${path}: sha256 ${actual} does not match the manifest's ${file.sha256}`,
       );
     }
@@ -551,7 +551,7 @@ export class RemoteImageStore {
     try {
       value = JSON.parse(await readFile(path, 'utf8'));
     } catch (cause) {
-      throw new RunnerError('IMAGE_CORRUPT', `${path} is not JSON`, { cause });
+      throw new ImageCorruptError(`${path} is not JSON`, { cause });
     }
     const manifest = parseManifest(value, path);
     return { kind, id, dir, manifest, downloaded: false, transferredBytes: 0 };

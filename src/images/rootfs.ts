@@ -17,7 +17,7 @@ import {
 import { mkdir } from 'node:fs/promises';
 import { isAbsolute, join, posix } from 'node:path';
 import type { DataPaths } from '../config/paths.js';
-import { hasCode, RunnerError } from '../errors.js';
+import { hasCode, ImageBuildFailedError, RunnerError } from '../errors.js';
 import type { Language } from '../languages/index.js';
 import { AGENT_VERSION } from '../version.js';
 import { BuildLog } from './build-log.js';
@@ -175,7 +175,7 @@ export class RootfsBuilder {
   ): Promise<RootfsIdentityInputs & { readonly agentBundle: Buffer }> {
     const path = this.options.agentBundlePath;
     if (!existsSync(path) || !statSync(path).isFile()) {
-      throw new RunnerError('IMAGE_BUILD_FAILED', `agent bundle ${path} does not exist`);
+      throw new ImageBuildFailedError(`agent bundle ${path} does not exist`);
     }
     // Read once: the bytes hashed are the bytes installed, even if the file changes meanwhile.
     const agentBundle = readFileSync(path);
@@ -397,8 +397,7 @@ export class RootfsBuilder {
       const message = err instanceof Error ? err.message : String(err);
       log.write(`### FAILED in phase ${phase}: ${message}`);
       this.reporter.event({ type: 'failed', language: name, phase, message, logPath: log.path });
-      throw new RunnerError(
-        'IMAGE_BUILD_FAILED',
+      throw new ImageBuildFailedError(
         `rootfs ${name}: phase ${phase} failed: ${message} (log: ${log.path})`,
         { cause: err, details: { language: name, phase, logPath: log.path, tail: log.tail() } },
       );
@@ -681,7 +680,7 @@ function toFailure(language: string, err: unknown): RootfsBuildFailure {
   const error =
     err instanceof RunnerError
       ? err
-      : new RunnerError('IMAGE_BUILD_FAILED', err instanceof Error ? err.message : String(err), {
+      : new ImageBuildFailedError(err instanceof Error ? err.message : String(err), {
           cause: err,
         });
   const details = error.details as { phase?: BuildPhase; logPath?: string } | undefined;
@@ -691,16 +690,12 @@ function toFailure(language: string, err: unknown): RootfsBuildFailure {
 /** Fails early, and clearly, where a build cannot work. */
 function checkHost(): void {
   if (process.getuid?.() !== 0) {
-    throw new RunnerError(
-      'IMAGE_BUILD_FAILED',
-      'building a rootfs needs root (debootstrap, chroot and mount)',
-    );
+    throw new ImageBuildFailedError('building a rootfs needs root (debootstrap, chroot and mount)');
   }
   for (const tool of ['debootstrap', 'mkfs.ext4', 'chroot', 'mount', 'e2fsck']) {
     const found = ['/usr/sbin', '/usr/bin', '/sbin', '/bin'].some((d) => existsSync(join(d, tool)));
     if (!found) {
-      throw new RunnerError(
-        'IMAGE_BUILD_FAILED',
+      throw new ImageBuildFailedError(
         `${tool} is not installed (apt-get install debootstrap e2fsprogs)`,
       );
     }
@@ -803,7 +798,7 @@ export function guestPath(root: string, path: string): string {
       continue;
     }
     hops += 1;
-    if (hops > 40) throw new RunnerError('IMAGE_BUILD_FAILED', `too many symlinks in ${path}`);
+    if (hops > 40) throw new ImageBuildFailedError(`too many symlinks in ${path}`);
     if (isAbsolute(link)) resolved.length = 0;
     pending.unshift(...link.split('/').filter((p) => p !== '' && p !== '.'));
   }

@@ -1,5 +1,5 @@
 import { S3Client } from '@aws-sdk/client-s3';
-import { RunnerError } from '../errors.js';
+import { ConfigInvalidError } from '../errors.js';
 
 /** Where and how the remote image store reaches its S3-compatible server. */
 export interface RemoteStoreConfig {
@@ -104,28 +104,25 @@ export function remoteStoreConfig(
 ): RemoteStoreConfig {
   const prefix = normalisePrefix(input.prefix ?? 'images');
   const partSizeMib = input.partSizeMib ?? 8;
-  if (input.bucket.trim() === '') throw new RunnerError('CONFIG_INVALID', 'S3 bucket is empty');
+  if (input.bucket.trim() === '') throw new ConfigInvalidError('S3 bucket is empty');
   if (!Number.isInteger(partSizeMib) || partSizeMib < 5 || partSizeMib > 5120) {
-    throw new RunnerError(
-      'CONFIG_INVALID',
-      `S3 part size ${partSizeMib} MiB is not an integer in 5..5120`,
-    );
+    throw new ConfigInvalidError(`S3 part size ${partSizeMib} MiB is not an integer in 5..5120`);
   }
   if (input.endpoint !== undefined) {
     let url: URL;
     try {
       url = new URL(input.endpoint);
     } catch (cause) {
-      throw new RunnerError('CONFIG_INVALID', `S3 endpoint ${input.endpoint} is not a URL`, {
+      throw new ConfigInvalidError(`S3 endpoint ${input.endpoint} is not a URL`, {
         cause,
       });
     }
     if (url.protocol !== 'http:' && url.protocol !== 'https:') {
-      throw new RunnerError('CONFIG_INVALID', `S3 endpoint ${input.endpoint} is not http(s)`);
+      throw new ConfigInvalidError(`S3 endpoint ${input.endpoint} is not http(s)`);
     }
   }
   if ((input.accessKeyId === undefined) !== (input.secretAccessKey === undefined)) {
-    throw new RunnerError('CONFIG_INVALID', 'S3 access key id and secret key must be set together');
+    throw new ConfigInvalidError('S3 access key id and secret key must be set together');
   }
   return Object.freeze({
     bucket: input.bucket,
@@ -153,7 +150,7 @@ function fromEnv(env: NodeJS.ProcessEnv, key: keyof RemoteStoreConfig): string |
 function parseBoolean(name: string, value: string): boolean {
   if (/^(true|1|yes)$/i.test(value)) return true;
   if (/^(false|0|no)$/i.test(value)) return false;
-  throw new RunnerError('CONFIG_INVALID', `${name}=${value} is not a boolean`);
+  throw new ConfigInvalidError(`${name}=${value} is not a boolean`);
 }
 
 /**
@@ -167,10 +164,7 @@ export function remoteStoreConfigFromEnv(
   if (bucket === undefined) return null;
   const partSize = fromEnv(env, 'partSizeMib') ?? '8';
   if (!/^\d+$/.test(partSize)) {
-    throw new RunnerError(
-      'CONFIG_INVALID',
-      `RUNNER_S3_PART_SIZE_MIB=${partSize} is not an integer`,
-    );
+    throw new ConfigInvalidError(`RUNNER_S3_PART_SIZE_MIB=${partSize} is not an integer`);
   }
   return remoteStoreConfig({
     bucket,

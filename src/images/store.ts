@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { chmod, mkdir, mkdtemp, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { RunnerError } from '../errors.js';
+import { ImageCorruptError, ImageNotFoundError } from '../errors.js';
 import { sha256File } from './identity.js';
 import { parseManifest, type ImageManifest } from './manifest.js';
 
@@ -69,7 +69,7 @@ export class ImageStore {
   }
 
   imageDir(kind: ImageKind, id: string): string {
-    if (!isImageId(id)) throw new RunnerError('IMAGE_NOT_FOUND', `${id} is not an image id`);
+    if (!isImageId(id)) throw new ImageNotFoundError(`${id} is not an image id`);
     return join(this.kindDir(kind), id);
   }
 
@@ -91,9 +91,7 @@ export class ImageStore {
         try {
           const manifest = await this.readManifest(dir);
           if (manifest.kind !== k || manifest.id !== name) {
-            throw new RunnerError(
-              'IMAGE_CORRUPT',
-              `${dir}: manifest describes ${manifest.kind}/${manifest.id}`,
+            throw new ImageCorruptError(`${dir}: manifest describes ${manifest.kind}/${manifest.id}`,
             );
           }
           images.push({ manifest, dir });
@@ -123,9 +121,7 @@ export class ImageStore {
         throw err;
       }
       if (manifest.kind !== k || manifest.id !== id) {
-        throw new RunnerError(
-          'IMAGE_CORRUPT',
-          `${dir}: manifest describes ${manifest.kind}/${manifest.id}`,
+        throw new ImageCorruptError(`${dir}: manifest describes ${manifest.kind}/${manifest.id}`,
         );
       }
       return { manifest, dir };
@@ -142,7 +138,7 @@ export class ImageStore {
   async inspect(id: string, kind?: ImageKind): Promise<StoredImage> {
     const image = await this.find(id, kind);
     if (image === undefined) {
-      throw new RunnerError('IMAGE_NOT_FOUND', `no image ${id} in ${this.root}`);
+      throw new ImageNotFoundError(`no image ${id} in ${this.root}`);
     }
     return image;
   }
@@ -150,7 +146,7 @@ export class ImageStore {
   /** The path of one of an image's files. */
   filePath(image: StoredImage, name: string): string {
     if (!image.manifest.files.some((f) => f.name === name)) {
-      throw new RunnerError('IMAGE_NOT_FOUND', `image ${image.manifest.id} has no file ${name}`);
+      throw new ImageNotFoundError(`image ${image.manifest.id} has no file ${name}`);
     }
     return join(image.dir, name);
   }
@@ -174,9 +170,7 @@ export class ImageStore {
     const image = await this.latest(kind, language);
     if (image === undefined) {
       const what = language === null ? kind : `${kind} for ${language}`;
-      throw new RunnerError(
-        'IMAGE_NOT_FOUND',
-        `no ${what} image in ${this.root}${kind === 'rootfs' && language !== null ? ` (build one: runner images build ${language})` : ''}`,
+      throw new ImageNotFoundError(`no ${what} image in ${this.root}${kind === 'rootfs' && language !== null ? ` (build one: runner images build ${language})` : ''}`,
       );
     }
     return image;
@@ -249,7 +243,7 @@ export class ImageStore {
    * the image's files and then its manifest into it.
    */
   async createStaging(kind: ImageKind, id: string): Promise<string> {
-    if (!isImageId(id)) throw new RunnerError('IMAGE_NOT_FOUND', `${id} is not an image id`);
+    if (!isImageId(id)) throw new ImageNotFoundError(`${id} is not an image id`);
     await mkdir(this.kindDir(kind), { recursive: true });
     return mkdtemp(join(this.kindDir(kind), `.tmp-${id}-`));
   }
@@ -264,9 +258,7 @@ export class ImageStore {
     for (const file of manifest.files) {
       const size = (await stat(join(stagingDir, file.name))).size;
       if (size !== file.sizeBytes) {
-        throw new RunnerError(
-          'IMAGE_CORRUPT',
-          `${stagingDir}/${file.name} has ${size} bytes, manifest says ${file.sizeBytes}`,
+        throw new ImageCorruptError(`${stagingDir}/${file.name} has ${size} bytes, manifest says ${file.sizeBytes}`,
         );
       }
     }
@@ -325,7 +317,7 @@ export class ImageStore {
     try {
       value = JSON.parse(text);
     } catch (cause) {
-      throw new RunnerError('IMAGE_CORRUPT', `${path}: not valid JSON`, { cause });
+      throw new ImageCorruptError(`${path}: not valid JSON`, { cause });
     }
     const manifest = parseManifest(value, path);
     // The schema allows `..` or `manifest.json` as file names; they would escape or clobber the
@@ -333,7 +325,7 @@ export class ImageStore {
     const seen = new Set<string>();
     for (const file of manifest.files) {
       if (file.name.startsWith('.') || file.name === 'manifest.json' || seen.has(file.name)) {
-        throw new RunnerError('IMAGE_CORRUPT', `${path}: bad or repeated file name ${file.name}`);
+        throw new ImageCorruptError(`${path}: bad or repeated file name ${file.name}`);
       }
       seen.add(file.name);
     }

@@ -2,7 +2,7 @@ import { readdirSync, readFileSync, existsSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Compile } from 'typebox/compile';
-import { RunnerError } from '../errors.js';
+import { LanguageInvalidError, LanguageUnknownError } from '../errors.js';
 import { LanguageDefinitionSchema, type LanguageDefinition } from './schema.js';
 
 export {
@@ -33,7 +33,7 @@ export function parseLanguageDefinition(value: unknown, origin: string): Languag
       .slice(0, 5)
       .map((e) => `${e.instancePath || '/'} ${e.message}`)
       .join('; ');
-    throw new RunnerError('LANGUAGE_INVALID', `${origin}: ${errors}`);
+    throw new LanguageInvalidError(`${origin}: ${errors}`);
   }
   return value;
 }
@@ -49,14 +49,13 @@ export class LanguageRegistry {
     for (const language of languages) {
       const { name, aliases } = language.definition;
       if (this.byName.has(name) || this.byAlias.has(name)) {
-        throw new RunnerError('LANGUAGE_INVALID', `language ${name} is defined twice`);
+        throw new LanguageInvalidError(`language ${name} is defined twice`);
       }
       this.byName.set(name, language);
       for (const alias of aliases) {
         const holder = this.byAlias.get(alias) ?? this.byName.get(alias);
         if (holder !== undefined && holder !== language) {
-          throw new RunnerError(
-            'LANGUAGE_INVALID',
+          throw new LanguageInvalidError(
             `alias ${alias} is claimed by ${holder.definition.name} and ${name}`,
           );
         }
@@ -67,8 +66,7 @@ export class LanguageRegistry {
 
   /** Loads every `<dir>/<name>/language.json`. */
   static fromDir(dir: string = defaultLanguagesDir()): LanguageRegistry {
-    if (!existsSync(dir))
-      throw new RunnerError('LANGUAGE_INVALID', `languages folder ${dir} does not exist`);
+    if (!existsSync(dir)) throw new LanguageInvalidError(`languages folder ${dir} does not exist`);
     const languages: Language[] = [];
     for (const entry of readdirSync(dir, { withFileTypes: true }).sort((a, b) =>
       a.name.localeCompare(b.name),
@@ -81,12 +79,11 @@ export class LanguageRegistry {
       try {
         raw = JSON.parse(readFileSync(file, 'utf8'));
       } catch (cause) {
-        throw new RunnerError('LANGUAGE_INVALID', `${file}: not valid JSON`, { cause });
+        throw new LanguageInvalidError(`${file}: not valid JSON`, { cause });
       }
       const definition = parseLanguageDefinition(raw, file);
       if (definition.name !== entry.name) {
-        throw new RunnerError(
-          'LANGUAGE_INVALID',
+        throw new LanguageInvalidError(
           `${file}: name ${definition.name} differs from its folder ${entry.name}`,
         );
       }
@@ -113,14 +110,12 @@ export class LanguageRegistry {
   get(nameOrAlias: string, version?: string): Language {
     const language = this.find(nameOrAlias);
     if (language === undefined) {
-      throw new RunnerError(
-        'LANGUAGE_UNKNOWN',
+      throw new LanguageUnknownError(
         `unknown language ${JSON.stringify(nameOrAlias)}; known: ${this.names().join(', ')}`,
       );
     }
     if (version !== undefined && !versionMatches(language.definition.version, version)) {
-      throw new RunnerError(
-        'LANGUAGE_UNKNOWN',
+      throw new LanguageUnknownError(
         `${language.definition.name} has version ${language.definition.version}, not ${JSON.stringify(version)}`,
       );
     }

@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
-import { RunnerError } from '../errors.js';
+import { SandboxFailureError, VmStateError } from '../errors.js';
 import type { MicroVm, VmmDriver } from '../vmm/index.js';
 import type { SnapshotManager } from './snapshots.js';
 
@@ -108,7 +108,7 @@ export class VmPool {
 
   /** A VM for one job: a ready one (hit) or one restored now (miss). */
   async acquire(language: string): Promise<Lease> {
-    if (this.closed) throw new RunnerError('VM_STATE', 'the pool is closed');
+    if (this.closed) throw new VmStateError('the pool is closed');
     const list = this.ready.get(language);
     const ready = list?.shift();
     if (ready) {
@@ -165,7 +165,7 @@ export class VmPool {
 
   private async reserveSlot(language: string): Promise<void> {
     for (;;) {
-      if (this.closed) throw new RunnerError('VM_STATE', 'the pool is closed');
+      if (this.closed) throw new VmStateError('the pool is closed');
       if (this.live < this.capacity) {
         this.live++;
         return;
@@ -295,8 +295,7 @@ export async function reseed(vm: MicroVm, timeoutMs: number): Promise<void> {
     const reply = await channel.next(timeoutMs);
     if (reply.type === 'hello') continue; // the agent began a new session on the port
     if (reply.type === 'seeded' && reply.id === id) return;
-    throw new RunnerError(
-      'SANDBOX_FAILURE',
+    throw new SandboxFailureError(
       `agent answered seed with ${reply.type}${reply.type === 'error' ? `: ${reply.message}` : ''}`,
     );
   }

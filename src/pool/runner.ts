@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { resolveLimits, type StageLimits, MAX_LIMITS } from '../config/limits.js';
-import { RunnerError } from '../errors.js';
+import { FileNameInvalidError, LimitInvalidError } from '../errors.js';
 import type { LanguageRegistry } from '../languages/index.js';
 import type {
   ExecuteMessage,
@@ -84,10 +84,9 @@ export class JobRunner {
     id: string = randomUUID(),
   ): { message: ExecuteMessage; language: string; version: string; compiles: boolean } {
     const { definition } = this.languages.get(request.language, request.version);
-    if (request.files.length === 0)
-      throw new RunnerError('FILE_NAME_INVALID', 'a job needs at least one file');
+    if (request.files.length === 0) throw new FileNameInvalidError('a job needs at least one file');
     if (request.files.length > MAX_FILES)
-      throw new RunnerError('FILE_NAME_INVALID', `a job may have at most ${MAX_FILES} files`);
+      throw new FileNameInvalidError(`a job may have at most ${MAX_FILES} files`);
     const files: JobFile[] = request.files.map((f, i) => {
       const name =
         f.name === undefined || f.name === ''
@@ -98,22 +97,18 @@ export class JobRunner {
       checkFileName(name);
       const encoding = f.encoding ?? 'utf8';
       if (encoding === 'base64' && !/^[A-Za-z0-9+/]*={0,2}$/.test(f.content)) {
-        throw new RunnerError('FILE_NAME_INVALID', `file ${name}: content is not valid base64`);
+        throw new FileNameInvalidError(`file ${name}: content is not valid base64`);
       }
       return { name, content: f.content, encoding };
     });
     const seen = new Set<string>();
     for (const f of files) {
-      if (seen.has(f.name))
-        throw new RunnerError('FILE_NAME_INVALID', `file ${f.name} appears twice`);
+      if (seen.has(f.name)) throw new FileNameInvalidError(`file ${f.name} appears twice`);
       seen.add(f.name);
     }
     for (const key of Object.keys(request.env ?? {})) {
       if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(key))
-        throw new RunnerError(
-          'LIMIT_INVALID',
-          `environment variable name ${JSON.stringify(key)} is invalid`,
-        );
+        throw new LimitInvalidError(`environment variable name ${JSON.stringify(key)} is invalid`);
     }
     const message: ExecuteMessage = {
       type: 'execute',
@@ -131,7 +126,7 @@ export class JobRunner {
       request.cases !== undefined &&
       (request.cases.length === 0 || request.cases.length > MAX_FILES)
     ) {
-      throw new RunnerError('LIMIT_INVALID', `a job may have 1 to ${MAX_FILES} test cases`);
+      throw new LimitInvalidError(`a job may have 1 to ${MAX_FILES} test cases`);
     }
     return {
       message,
@@ -185,10 +180,7 @@ export class JobRunner {
 /** Checks a file name the way the agent will (the agent checks again and never trusts this). */
 export function checkFileName(name: string): void {
   const bad = (why: string): never => {
-    throw new RunnerError(
-      'FILE_NAME_INVALID',
-      `file name ${JSON.stringify(name.slice(0, 80))} ${why}`,
-    );
+    throw new FileNameInvalidError(`file name ${JSON.stringify(name.slice(0, 80))} ${why}`);
   };
   if (name.length === 0) bad('is empty');
   if (Buffer.byteLength(name) > 4096) bad('is too long');

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { mkdir, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { RunnerError } from '../errors.js';
+import { SnapshotFailedError } from '../errors.js';
 import { canonicalJson, sha256Hex } from '../images/identity.js';
 import type { ImageStore, StoredImage } from '../images/store.js';
 import type { VmmDriver, VmResources } from '../vmm/index.js';
@@ -132,8 +132,7 @@ export class SnapshotManager {
     try {
       const hello = vm.hello;
       if (hello && !hello.languages.includes(base.language)) {
-        throw new RunnerError(
-          'SNAPSHOT_FAILED',
+        throw new SnapshotFailedError(
           `the ${base.rootfsId} agent cannot run ${base.language} (it offers ${hello.languages.join(', ')})`,
         );
       }

@@ -1,5 +1,10 @@
 import type { Duplex } from 'node:stream';
-import { ProtocolError, RunnerError } from '../errors.js';
+import {
+  FrameTruncatedError,
+  MessageInvalidError,
+  SandboxFailureError,
+  VmTimeoutError,
+} from '../errors.js';
 import { encodeFrame, FrameDecoder, MAX_FRAME_BYTES } from './frame.js';
 import type { MessageParser } from './messages.js';
 
@@ -42,17 +47,15 @@ export class MessageChannel<In, Out> {
     stream.on('end', () => {
       try {
         this.decoder.end();
-        this.close(new RunnerError('SANDBOX_FAILURE', 'the peer closed the channel'));
+        this.close(new SandboxFailureError('the peer closed the channel'));
       } catch (err) {
         this.close(err as Error);
       }
     });
     stream.on('error', (err) =>
-      this.close(
-        new RunnerError('SANDBOX_FAILURE', `channel error: ${err.message}`, { cause: err }),
-      ),
+      this.close(new SandboxFailureError(`channel error: ${err.message}`, { cause: err })),
     );
-    stream.on('close', () => this.close(new RunnerError('SANDBOX_FAILURE', 'the channel closed')));
+    stream.on('close', () => this.close(new SandboxFailureError('the channel closed')));
   }
 
   /** The error the channel closed with, or null while open. */
@@ -86,7 +89,7 @@ export class MessageChannel<In, Out> {
         waiter.timer = setTimeout(() => {
           const i = this.waiters.indexOf(waiter);
           if (i >= 0) this.waiters.splice(i, 1);
-          reject(new RunnerError('VM_TIMEOUT', `no message within ${timeoutMs} ms`));
+          reject(new VmTimeoutError(`no message within ${timeoutMs} ms`));
         }, timeoutMs);
       }
       this.waiters.push(waiter);
@@ -94,7 +97,7 @@ export class MessageChannel<In, Out> {
   }
 
   /** Closes the channel and the stream; pending reads fail with `reason`. */
-  close(reason: Error = new RunnerError('SANDBOX_FAILURE', 'channel closed')): void {
+  close(reason: Error = new SandboxFailureError('channel closed')): void {
     if (this.closedWith) return;
     this.closedWith = reason;
     if (this.frameTimer) clearTimeout(this.frameTimer);
@@ -114,7 +117,7 @@ export class MessageChannel<In, Out> {
       this.armFrameTimer();
       for (const raw of messages) this.deliver(this.options.parse(raw));
     } catch (err) {
-      this.close(err instanceof Error ? err : new ProtocolError('MESSAGE_INVALID', String(err)));
+      this.close(err instanceof Error ? err : new MessageInvalidError(String(err)));
     }
   }
 
@@ -137,9 +140,7 @@ export class MessageChannel<In, Out> {
       return;
     }
     this.frameTimer ??= setTimeout(() => {
-      this.close(
-        new ProtocolError('FRAME_TRUNCATED', `a frame was not complete within ${timeoutMs} ms`),
-      );
+      this.close(new FrameTruncatedError(`a frame was not complete within ${timeoutMs} ms`));
     }, timeoutMs);
   }
 }

@@ -1,4 +1,10 @@
-import { ProtocolError } from '../errors.js';
+import {
+  FrameBadJsonError,
+  FrameEmptyError,
+  FrameTooLargeError,
+  FrameTruncatedError,
+  ProtocolError,
+} from '../errors.js';
 
 /** The largest frame either side accepts: checked before any allocation. */
 export const MAX_FRAME_BYTES = 16 * 1024 * 1024;
@@ -10,8 +16,7 @@ const utf8 = new TextDecoder('utf-8', { fatal: true });
 export function encodeFrame(message: unknown, maxFrameBytes = MAX_FRAME_BYTES): Buffer {
   const body = Buffer.from(JSON.stringify(message), 'utf8');
   if (body.length === 0 || body.length > maxFrameBytes) {
-    throw new ProtocolError(
-      'FRAME_TOO_LARGE',
+    throw new FrameTooLargeError(
       `outgoing frame of ${body.length} bytes is over the cap of ${maxFrameBytes}`,
     );
   }
@@ -57,12 +62,10 @@ export class FrameDecoder {
         data = data.subarray(take.length);
         if (this.buffered < HEADER_BYTES) break;
         const length = this.drain().readUInt32BE(0);
-        if (length === 0)
-          return this.fail(new ProtocolError('FRAME_EMPTY', 'frame of length zero'));
+        if (length === 0) return this.fail(new FrameEmptyError('frame of length zero'));
         if (length > this.maxFrameBytes) {
           return this.fail(
-            new ProtocolError(
-              'FRAME_TOO_LARGE',
+            new FrameTooLargeError(
               `frame of ${length} bytes is over the cap of ${this.maxFrameBytes}`,
             ),
           );
@@ -85,9 +88,7 @@ export class FrameDecoder {
   end(): void {
     if (this.failed) throw this.failed;
     if (this.midFrame) {
-      this.fail(
-        new ProtocolError('FRAME_TRUNCATED', `stream ended ${this.buffered} bytes into a frame`),
-      );
+      this.fail(new FrameTruncatedError(`stream ended ${this.buffered} bytes into a frame`));
     }
   }
 
@@ -96,16 +97,12 @@ export class FrameDecoder {
     try {
       text = utf8.decode(body);
     } catch (cause) {
-      return this.fail(
-        new ProtocolError('FRAME_BAD_JSON', 'frame body is not valid UTF-8', { cause }),
-      );
+      return this.fail(new FrameBadJsonError('frame body is not valid UTF-8', { cause }));
     }
     try {
       return JSON.parse(text) as unknown;
     } catch (cause) {
-      return this.fail(
-        new ProtocolError('FRAME_BAD_JSON', 'frame body is not valid JSON', { cause }),
-      );
+      return this.fail(new FrameBadJsonError('frame body is not valid JSON', { cause }));
     }
   }
 

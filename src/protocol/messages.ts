@@ -1,6 +1,6 @@
 import Type, { type Static, type TSchema } from 'typebox';
 import { Compile } from 'typebox/compile';
-import { ProtocolError } from '../errors.js';
+import { MessageInvalidError } from '../errors.js';
 
 /** Bumped on any incompatible change to a message; sent in the agent's hello. */
 export const PROTOCOL_VERSION = 1;
@@ -229,8 +229,7 @@ function parser<S extends TSchema>(schema: S, side: string): MessageParser<Stati
     const where = first ? `${first.instancePath || '/'}: ${first.message}` : 'invalid';
     const type =
       typeof value === 'object' && value !== null && 'type' in value ? String(value.type) : '?';
-    throw new ProtocolError(
-      'MESSAGE_INVALID',
+    throw new MessageInvalidError(
       `${side} message of type ${JSON.stringify(type).slice(0, 40)} is malformed (${where})`,
     );
   };

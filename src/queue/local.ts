@@ -1,4 +1,4 @@
-import { RunnerError } from '../errors.js';
+import { ConfigInvalidError, QueueFullError, ShuttingDownError } from '../errors.js';
 import type { JobQueue, QueueStats } from './types.js';
 
 interface Waiting {
@@ -21,14 +21,14 @@ export class LocalQueue implements JobQueue {
     private readonly options: { readonly concurrency: number; readonly maxQueued: number },
   ) {
     if (!Number.isInteger(options.concurrency) || options.concurrency < 1) {
-      throw new RunnerError('CONFIG_INVALID', `queue concurrency must be a positive integer, not ${options.concurrency}`);
+      throw new ConfigInvalidError(`queue concurrency must be a positive integer, not ${options.concurrency}`);
     }
   }
 
   admit(): void {
-    if (this.draining) throw new RunnerError('SHUTTING_DOWN', 'the server is shutting down and takes no new jobs');
+    if (this.draining) throw new ShuttingDownError('the server is shutting down and takes no new jobs');
     if (this.running >= this.options.concurrency && this.waiting.length >= this.options.maxQueued) {
-      throw new RunnerError('QUEUE_FULL', `the job queue is full (${this.waiting.length} waiting, ${this.running} running); retry later`);
+      throw new QueueFullError(`the job queue is full (${this.waiting.length} waiting, ${this.running} running); retry later`);
     }
   }
 

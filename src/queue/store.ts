@@ -1,7 +1,7 @@
 import { mkdirSync } from 'node:fs';
 import { dirname } from 'node:path';
 import Database from 'better-sqlite3';
-import { RunnerError } from '../errors.js';
+import { JobNotFoundError, SandboxFailureError } from '../errors.js';
 import type { Status } from '../protocol/index.js';
 
 /**
@@ -169,14 +169,14 @@ export class JobStore {
       .run(to, ...values, id, ...from).changes;
     if (changes === 0) {
       const job = this.get(id);
-      if (job === undefined) throw new RunnerError('JOB_NOT_FOUND', `no job ${id}`);
-      throw new RunnerError('SANDBOX_FAILURE', `job ${id} cannot go from ${job.state} to ${to}`);
+      if (job === undefined) throw new JobNotFoundError(`no job ${id}`);
+      throw new SandboxFailureError(`job ${id} cannot go from ${job.state} to ${to}`);
     }
   }
 
   private require(id: string): JobRecord {
     const job = this.get(id);
-    if (job === undefined) throw new RunnerError('JOB_NOT_FOUND', `no job ${id}`);
+    if (job === undefined) throw new JobNotFoundError(`no job ${id}`);
     return job;
   }
 }

@@ -1,7 +1,7 @@
 import { Agent, request as httpRequest } from 'node:http';
 import { connect } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { RunnerError, type ErrorCode } from '../errors.js';
+import { type ErrorCode, errorOf, RunnerError, VmDiedError, VmTimeoutError } from '../errors.js';
 
 /*
  * Firecracker's REST API, as far as the driver uses it. Every body the driver sends is built by
@@ -330,7 +330,7 @@ export const MAX_UNIX_PATH_BYTES = 107;
 /** Throws `code` when a unix socket path is too long to connect to or bind. */
 export function checkUnixPath(path: string, code: ErrorCode): void {
   if (Buffer.byteLength(path) > MAX_UNIX_PATH_BYTES) {
-    throw new RunnerError(
+    throw errorOf(
       code,
       `unix socket path ${path} is ${Buffer.byteLength(path)} bytes, over the limit of ${MAX_UNIX_PATH_BYTES}: use a shorter run or chroot folder`,
     );
@@ -374,7 +374,7 @@ export class FirecrackerApiClient {
     checkUnixPath(path, 'VM_BOOT_FAILED');
     for (;;) {
       if (!options.alive()) {
-        throw new RunnerError('VM_DIED', 'Firecracker exited before its API socket opened');
+        throw new VmDiedError('Firecracker exited before its API socket opened');
       }
       const ok = await new Promise<boolean>((resolve) => {
         const socket = connect(path);
@@ -386,7 +386,7 @@ export class FirecrackerApiClient {
       });
       if (ok) return;
       if (Date.now() > options.deadline) {
-        throw new RunnerError('VM_TIMEOUT', `Firecracker's API socket ${path} did not open`);
+        throw new VmTimeoutError(`Firecracker's API socket ${path} did not open`);
       }
       await sleep(5);
     }
@@ -404,7 +404,7 @@ export class FirecrackerApiClient {
       why: string,
       cause?: unknown,
     ): RunnerError =>
-      new RunnerError(code, `Firecracker ${req.method} ${req.path}: ${why}`, {
+      errorOf(code, `Firecracker ${req.method} ${req.path}: ${why}`, {
         cause,
         details: {
           method: req.method,

@@ -18,7 +18,19 @@ import {
 import { connect, type Socket } from 'node:net';
 import { basename, delimiter, isAbsolute, join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { hasCode, RunnerError, type ErrorCode } from '../errors.js';
+import {
+  ConfigInvalidError,
+  type ErrorCode,
+  errorOf,
+  hasCode,
+  ProtocolVersionError,
+  RunnerError,
+  SnapshotFailedError,
+  VmBootFailedError,
+  VmDiedError,
+  VmStateError,
+  VmTimeoutError,
+} from '../errors.js';
 import { GUEST_VSOCK_PORT } from '../images/guest-init.js';
 import {
   MessageChannel,
@@ -309,16 +321,16 @@ export class FirecrackerDriver implements VmmDriver {
         ['gid', jailer.gid],
       ] as const) {
         if (!Number.isInteger(value) || value < 0) {
-          throw new RunnerError('CONFIG_INVALID', `jailer ${key} must be an integer >= 0`);
+          throw new ConfigInvalidError(`jailer ${key} must be an integer >= 0`);
         }
       }
       if (!isAbsolute(jailer.chrootBaseDir)) {
-        throw new RunnerError('CONFIG_INVALID', 'the jailer chroot base dir must be absolute');
+        throw new ConfigInvalidError('the jailer chroot base dir must be absolute');
       }
     }
     const cid = options.guestCid ?? 3;
     if (!Number.isInteger(cid) || cid < 3) {
-      throw new RunnerError('CONFIG_INVALID', 'the guest vsock CID must be an integer >= 3');
+      throw new ConfigInvalidError('the guest vsock CID must be an integer >= 3');
     }
   }
 
@@ -337,7 +349,7 @@ export class FirecrackerDriver implements VmmDriver {
   async restore(options: VmLaunchOptions, snapshotPath: string): Promise<MicroVm> {
     for (const file of [snapshotPath, snapshotMemoryPath(snapshotPath)]) {
       await access(file, constants.R_OK).catch((err: unknown) => {
-        throw new RunnerError('SNAPSHOT_FAILED', `cannot read snapshot file ${file}`, {
+        throw new SnapshotFailedError(`cannot read snapshot file ${file}`, {
           cause: err,
         });
       });
@@ -377,8 +389,7 @@ class FirecrackerVm implements MicroVm {
     this.process = new VmmProcess(child, 'Firecracker', options.consoleBytes ?? 64 * 1024, () => {
       this.api?.close();
       this.channel?.close(
-        new RunnerError(
-          'VM_DIED',
+        new VmDiedError(
           `Firecracker ${this.process.exitDescription()}${this.process.lastConsoleLine()}`,
         ),
       );
@@ -413,8 +424,7 @@ class FirecrackerVm implements MicroVm {
     const deadline = Date.now() + options.timeoutMs;
     const failCode: ErrorCode = snapshotPath === null ? 'VM_BOOT_FAILED' : 'SNAPSHOT_FAILED';
     if (!isFirecrackerVmId(options.vmId)) {
-      throw new RunnerError(
-        'VM_BOOT_FAILED',
+      throw new VmBootFailedError(
         `VM id ${JSON.stringify(options.vmId)} is not one Firecracker takes (letters, digits, hyphens; at most 64)`,
       );
     }
@@ -455,11 +465,9 @@ class FirecrackerVm implements MicroVm {
       }
     } catch (err) {
       await removeVmFiles(options.runDir, layout.jailDir);
-      throw new RunnerError(
-        failCode,
-        `cannot prepare the files of VM ${options.vmId}: ${messageOf(err)}`,
-        { cause: err },
-      );
+      throw errorOf(failCode, `cannot prepare the files of VM ${options.vmId}: ${messageOf(err)}`, {
+        cause: err,
+      });
     }
 
     const command = firecrackerCommand(options, driver, execFile);
@@ -476,7 +484,7 @@ class FirecrackerVm implements MicroVm {
       child.once('spawn', resolveSpawn);
       child.once('error', (err) =>
         reject(
-          new RunnerError(failCode, `cannot start ${command.file}: ${err.message}`, {
+          errorOf(failCode, `cannot start ${command.file}: ${err.message}`, {
             cause: err,
           }),
         ),
@@ -555,8 +563,7 @@ class FirecrackerVm implements MicroVm {
       if (!this.process.alive) throw this.process.died(doing);
       const remaining = this.deadline - Date.now();
       if (remaining <= 0) {
-        throw new RunnerError(
-          'VM_TIMEOUT',
+        throw new VmTimeoutError(
           `the agent of VM ${this.id} did not say hello on vsock port ${port} within ${this.options.timeoutMs} ms (last: ${lastReason})${this.lastConsoleLine()}`,
         );
       }
@@ -590,8 +597,7 @@ class FirecrackerVm implements MicroVm {
           continue;
         }
         if (hasCode(err, 'VM_TIMEOUT')) {
-          throw new RunnerError(
-            'VM_TIMEOUT',
+          throw new VmTimeoutError(
             `the agent of VM ${this.id} accepted the vsock connection but sent nothing within ${this.options.timeoutMs} ms${this.lastConsoleLine()}`,
             { cause: err },
           );
@@ -606,15 +612,11 @@ class FirecrackerVm implements MicroVm {
       }
       if (first.type !== 'hello') {
         channel.close();
-        throw new RunnerError(
-          'VM_BOOT_FAILED',
-          `the agent's first message was ${first.type}, not hello`,
-        );
+        throw new VmBootFailedError(`the agent's first message was ${first.type}, not hello`);
       }
       if (first.protocol !== PROTOCOL_VERSION) {
         channel.close();
-        throw new RunnerError(
-          'PROTOCOL_VERSION',
+        throw new ProtocolVersionError(
           `the agent speaks protocol ${first.protocol}, the host ${PROTOCOL_VERSION}`,
         );
       }
@@ -629,7 +631,7 @@ class FirecrackerVm implements MicroVm {
   agent(): AgentChannel {
     this.machine.require('talk to the agent', 'running');
     if (!this.channel || this.channel.closeReason) {
-      throw new RunnerError('VM_DIED', `the agent channel of VM ${this.id} is closed`);
+      throw new VmDiedError(`the agent channel of VM ${this.id} is closed`);
     }
     return this.channel;
   }
@@ -662,7 +664,7 @@ class FirecrackerVm implements MicroVm {
           hostState: statePartial,
           hostMem: memPartial,
         };
-    this.channel?.close(new RunnerError('VM_STATE', `VM ${this.id} is being snapshotted`));
+    this.channel?.close(new VmStateError(`VM ${this.id} is being snapshotted`));
     const [pause, create] = snapshotRequests(written);
     await this.call(pause, 'SNAPSHOT_FAILED', 'pausing');
     this.machine.to('paused');
@@ -687,7 +689,7 @@ class FirecrackerVm implements MicroVm {
       );
       throw err instanceof RunnerError
         ? err
-        : new RunnerError('SNAPSHOT_FAILED', `snapshot failed: ${messageOf(err)}`, {
+        : new SnapshotFailedError(`snapshot failed: ${messageOf(err)}`, {
             cause: err,
           });
     }
@@ -702,7 +704,7 @@ class FirecrackerVm implements MicroVm {
 
   async destroy(): Promise<void> {
     if (this.machine.state !== 'destroyed') this.machine.to('destroyed');
-    this.channel?.close(new RunnerError('VM_DIED', `VM ${this.id} was destroyed`));
+    this.channel?.close(new VmDiedError(`VM ${this.id} was destroyed`));
     this.api?.close();
     await this.process.kill();
     await removeVmFiles(this.options.runDir, this.layout.jailDir);
@@ -720,8 +722,7 @@ class FirecrackerVm implements MicroVm {
 
   bootError(err: unknown): RunnerError {
     if (err instanceof RunnerError && err.code !== 'VM_TIMEOUT') return err;
-    return new RunnerError(
-      'VM_BOOT_FAILED',
+    return new VmBootFailedError(
       `VM ${this.id} failed to start: ${messageOf(err)}${this.lastConsoleLine()}`,
       { cause: err },
     );
@@ -738,7 +739,7 @@ class FirecrackerVm implements MicroVm {
     timeoutMs?: number,
   ): Promise<void> {
     const api = this.api;
-    if (api === null) throw new RunnerError('VM_STATE', `VM ${this.id} has no API connection`);
+    if (api === null) throw new VmStateError(`VM ${this.id} has no API connection`);
     if (!this.process.alive) throw this.process.died(doing);
     try {
       await this.raceExit(api.send(req, code, timeoutMs), doing);
@@ -823,8 +824,7 @@ async function resolveExecutable(binary: string): Promise<string> {
       await access(candidate, constants.X_OK);
       const real = await realpath(candidate);
       if (!basename(real).includes('firecracker')) {
-        throw new RunnerError(
-          'CONFIG_INVALID',
+        throw new ConfigInvalidError(
           `the jailer runs only binaries whose name contains "firecracker", not ${real}`,
         );
       }
@@ -833,7 +833,7 @@ async function resolveExecutable(binary: string): Promise<string> {
       if (err instanceof RunnerError) throw err;
     }
   }
-  throw new RunnerError('CONFIG_INVALID', `no executable Firecracker binary ${binary} found`);
+  throw new ConfigInvalidError(`no executable Firecracker binary ${binary} found`);
 }
 
 function messageOf(err: unknown): string {

@@ -6,7 +6,16 @@ import { dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { createWriteStream } from 'node:fs';
 import { pipeline } from 'node:stream/promises';
-import { RunnerError } from '../errors.js';
+import {
+  withContext,
+  ProtocolVersionError,
+  RunnerError,
+  SnapshotFailedError,
+  VmBootFailedError,
+  VmDiedError,
+  VmStateError,
+  VmTimeoutError,
+} from '../errors.js';
 import {
   MessageChannel,
   parseAgentMessage,
@@ -234,10 +243,7 @@ class QemuVm implements MicroVm {
     this.process = new VmmProcess(child, 'QEMU', options.consoleBytes ?? 64 * 1024, () => {
       this.qmp?.close();
       this.channel?.close(
-        new RunnerError(
-          'VM_DIED',
-          `QEMU ${this.process.exitDescription()}${this.process.lastConsoleLine()}`,
-        ),
+        new VmDiedError(`QEMU ${this.process.exitDescription()}${this.process.lastConsoleLine()}`),
       );
     });
   }
@@ -284,8 +290,7 @@ class QemuVm implements MicroVm {
       child.once('spawn', resolve);
       child.once('error', (err) =>
         reject(
-          new RunnerError(
-            'VM_BOOT_FAILED',
+          new VmBootFailedError(
             `cannot start ${driver.binary ?? 'qemu-system-x86_64'}: ${err.message}`,
             { cause: err },
           ),
@@ -312,14 +317,10 @@ class QemuVm implements MicroVm {
     const channel = await this.openChannel(timeoutMs);
     const first = await this.raceExit(channel.next(timeoutMs), 'waiting for the agent');
     if (first.type !== 'hello') {
-      throw new RunnerError(
-        'VM_BOOT_FAILED',
-        `the agent's first message was ${first.type}, not hello`,
-      );
+      throw new VmBootFailedError(`the agent's first message was ${first.type}, not hello`);
     }
     if (first.protocol !== PROTOCOL_VERSION) {
-      throw new RunnerError(
-        'PROTOCOL_VERSION',
+      throw new ProtocolVersionError(
         `the agent speaks protocol ${first.protocol}, the host ${PROTOCOL_VERSION}`,
       );
     }
@@ -343,13 +344,10 @@ class QemuVm implements MicroVm {
       );
       if (status.status === 'paused' || status.status === 'postmigrate') break;
       if (status.status !== 'inmigrate') {
-        throw new RunnerError(
-          'SNAPSHOT_FAILED',
-          `restored VM is ${status.status}, expected paused`,
-        );
+        throw new SnapshotFailedError(`restored VM is ${status.status}, expected paused`);
       }
       if (Date.now() > deadline)
-        throw new RunnerError('VM_TIMEOUT', `restore did not finish within ${timeoutMs} ms`);
+        throw new VmTimeoutError(`restore did not finish within ${timeoutMs} ms`);
       await sleep(2);
     }
     await qmp.execute('cont');
@@ -359,7 +357,7 @@ class QemuVm implements MicroVm {
   agent(): AgentChannel {
     this.machine.require('talk to the agent', 'running');
     if (!this.channel || this.channel.closeReason) {
-      throw new RunnerError('VM_DIED', `the agent channel of VM ${this.id} is closed`);
+      throw new VmDiedError(`the agent channel of VM ${this.id} is closed`);
     }
     return this.channel;
   }
@@ -391,8 +389,7 @@ class QemuVm implements MicroVm {
       const deadline = Date.now() + SNAPSHOT_TIMEOUT_MS;
       for (;;) {
         if (Date.now() > deadline)
-          throw new RunnerError(
-            'SNAPSHOT_FAILED',
+          throw new SnapshotFailedError(
             `the snapshot did not finish within ${SNAPSHOT_TIMEOUT_MS} ms`,
           );
         const info = await this.raceExit(
@@ -401,8 +398,7 @@ class QemuVm implements MicroVm {
         );
         if (info.status === 'completed') break;
         if (info.status === 'failed' || info.status === 'cancelled') {
-          throw new RunnerError(
-            'SNAPSHOT_FAILED',
+          throw new SnapshotFailedError(
             `migration ${info.status}: ${info['error-desc'] ?? 'no reason given'}`,
           );
         }
@@ -414,7 +410,7 @@ class QemuVm implements MicroVm {
       await rm(partial, { force: true });
       throw err instanceof RunnerError
         ? err
-        : new RunnerError('SNAPSHOT_FAILED', `snapshot failed: ${String(err)}`, { cause: err });
+        : new SnapshotFailedError(`snapshot failed: ${String(err)}`, { cause: err });
     } finally {
       server.close();
       await rm(socketPath, { force: true });
@@ -425,7 +421,7 @@ class QemuVm implements MicroVm {
 
   async destroy(): Promise<void> {
     if (this.machine.state !== 'destroyed') this.machine.to('destroyed');
-    this.channel?.close(new RunnerError('VM_DIED', `VM ${this.id} was destroyed`));
+    this.channel?.close(new VmDiedError(`VM ${this.id} was destroyed`));
     this.qmp?.close();
     await this.process.kill();
     await rm(this.options.runDir, { recursive: true, force: true });
@@ -451,8 +447,7 @@ class QemuVm implements MicroVm {
           s.once('error', reject);
         });
       } catch {
-        if (Date.now() > deadline)
-          throw new RunnerError('VM_TIMEOUT', `agent socket ${path} did not open`);
+        if (Date.now() > deadline) throw new VmTimeoutError(`agent socket ${path} did not open`);
         await sleep(5);
       }
     }
@@ -466,7 +461,7 @@ class QemuVm implements MicroVm {
   }
 
   private requireQmp(): QmpClient {
-    if (!this.qmp) throw new RunnerError('VM_STATE', `VM ${this.id} has no QMP connection`);
+    if (!this.qmp) throw new VmStateError(`VM ${this.id} has no QMP connection`);
     return this.qmp;
   }
 
@@ -478,11 +473,10 @@ class QemuVm implements MicroVm {
   /** Wraps a failure of boot or restore with the last lines the guest printed. */
   bootError(err: unknown): RunnerError {
     if (err instanceof RunnerError && err.code !== 'VM_TIMEOUT') {
-      return new RunnerError(err.code, `${err.message}${this.lastConsoleLine()}`, { cause: err });
+      return withContext(err, this.lastConsoleLine());
     }
     const message = err instanceof Error ? err.message : String(err);
-    return new RunnerError(
-      'VM_BOOT_FAILED',
+    return new VmBootFailedError(
       `VM ${this.id} failed to start: ${message}${this.lastConsoleLine()}`,
       { cause: err },
     );

@@ -1,6 +1,6 @@
 import { connect, type Socket } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { RunnerError } from '../errors.js';
+import { RunnerError, VmDiedError, VmStateError, VmTimeoutError } from '../errors.js';
 
 /** One QMP event as QEMU sends it. */
 export interface QmpEvent {
@@ -34,10 +34,8 @@ export class QmpClient {
   private constructor(private readonly socket: Socket) {
     socket.setEncoding('utf8');
     socket.on('data', (chunk: string) => this.onData(chunk));
-    socket.on('error', (err) =>
-      this.fail(new RunnerError('VM_DIED', `QMP socket error: ${err.message}`)),
-    );
-    socket.on('close', () => this.fail(new RunnerError('VM_DIED', 'QMP socket closed')));
+    socket.on('error', (err) => this.fail(new VmDiedError(`QMP socket error: ${err.message}`)));
+    socket.on('close', () => this.fail(new VmDiedError('QMP socket closed')));
   }
 
   /**
@@ -50,8 +48,7 @@ export class QmpClient {
   ): Promise<QmpClient> {
     const deadline = Date.now() + options.timeoutMs;
     for (;;) {
-      if (!options.alive())
-        throw new RunnerError('VM_DIED', 'QEMU exited before its QMP socket opened');
+      if (!options.alive()) throw new VmDiedError('QEMU exited before its QMP socket opened');
       try {
         const socket = await new Promise<Socket>((resolve, reject) => {
           const s = connect(path);
@@ -68,7 +65,7 @@ export class QmpClient {
             client.greeting,
             new Promise<never>((_, reject) => {
               timer = setTimeout(
-                () => reject(new RunnerError('VM_TIMEOUT', 'no QMP greeting')),
+                () => reject(new VmTimeoutError('no QMP greeting')),
                 Math.max(1, deadline - Date.now()),
               );
             }),
@@ -81,8 +78,7 @@ export class QmpClient {
       } catch (err) {
         if (err instanceof RunnerError) throw err;
         if (Date.now() > deadline)
-          throw new RunnerError(
-            'VM_TIMEOUT',
+          throw new VmTimeoutError(
             `QMP socket ${path} did not open within ${options.timeoutMs} ms`,
           );
         await sleep(5);
@@ -101,11 +97,9 @@ export class QmpClient {
       const timer = setTimeout(() => {
         const i = this.pending.findIndex((p) => p.timer === timer);
         if (i >= 0) this.pending.splice(i, 1);
-        reject(
-          new RunnerError('VM_TIMEOUT', `QMP ${command} did not answer within ${timeoutMs} ms`),
-        );
+        reject(new VmTimeoutError(`QMP ${command} did not answer within ${timeoutMs} ms`));
         // A late answer would be matched to the wrong command: the connection is unusable now.
-        this.fail(new RunnerError('VM_TIMEOUT', `QMP ${command} timed out`));
+        this.fail(new VmTimeoutError(`QMP ${command} timed out`));
       }, timeoutMs);
       this.pending.push({ resolve: resolve as (v: unknown) => void, reject, timer, command });
       this.socket.write(
@@ -129,7 +123,7 @@ export class QmpClient {
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         off();
-        reject(new RunnerError('VM_TIMEOUT', `no QMP ${name} event within ${timeoutMs} ms`));
+        reject(new VmTimeoutError(`no QMP ${name} event within ${timeoutMs} ms`));
       }, timeoutMs);
       const off = this.onEvent((e) => {
         if (e.event === name && filter(e)) {
@@ -142,13 +136,13 @@ export class QmpClient {
   }
 
   close(): void {
-    this.fail(new RunnerError('VM_DIED', 'QMP client closed'));
+    this.fail(new VmDiedError('QMP client closed'));
   }
 
   private onData(chunk: string): void {
     this.buffer += chunk;
     if (this.buffer.length > MAX_LINE_BYTES && !this.buffer.includes('\n')) {
-      this.fail(new RunnerError('VM_DIED', 'QMP sent an over-long line'));
+      this.fail(new VmDiedError('QMP sent an over-long line'));
       return;
     }
     let nl: number;
@@ -160,9 +154,7 @@ export class QmpClient {
       try {
         msg = JSON.parse(line) as Record<string, unknown>;
       } catch {
-        this.fail(
-          new RunnerError('VM_DIED', `QMP sent a line that is not JSON: ${line.slice(0, 80)}`),
-        );
+        this.fail(new VmDiedError(`QMP sent a line that is not JSON: ${line.slice(0, 80)}`));
         return;
       }
       if ('QMP' in msg) this.greeted();
@@ -173,9 +165,7 @@ export class QmpClient {
         clearTimeout(p.timer);
         if ('error' in msg) {
           const e = msg.error as { class?: string; desc?: string };
-          p.reject(
-            new RunnerError('VM_STATE', `QMP ${p.command}: ${e.desc ?? e.class ?? 'error'}`),
-          );
+          p.reject(new VmStateError(`QMP ${p.command}: ${e.desc ?? e.class ?? 'error'}`));
         } else p.resolve(msg.return);
       }
     }

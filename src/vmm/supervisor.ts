@@ -1,5 +1,5 @@
 import type { ChildProcess } from 'node:child_process';
-import { RunnerError } from '../errors.js';
+import { RunnerError, VmDiedError } from '../errors.js';
 import { TailBuffer } from './tail-buffer.js';
 import type { VmExit } from './types.js';
 
@@ -76,8 +76,7 @@ export class VmmProcess {
 
   /** VM_DIED: it exited while the host was `doing` something. */
   died(doing: string): RunnerError {
-    return new RunnerError(
-      'VM_DIED',
+    return new VmDiedError(
       `${this.name} ${this.exitDescription()} while ${doing}${this.lastConsoleLine()}`,
     );
   }

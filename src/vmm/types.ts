@@ -1,4 +1,4 @@
-import { RunnerError } from '../errors.js';
+import { VmStateError } from '../errors.js';
 import type { AgentMessage, HelloMessage, HostMessage, MessageChannel } from '../protocol/index.js';
 
 /** The channel to a guest agent, as the host sees it. */
@@ -31,10 +31,7 @@ export class VmStateMachine {
   /** Moves to `next`; throws VM_STATE when the move is not legal from the current state. */
   to(next: VmState): void {
     if (!LEGAL[this.current].includes(next)) {
-      throw new RunnerError(
-        'VM_STATE',
-        `VM ${this.vmId}: cannot go from ${this.current} to ${next}`,
-      );
+      throw new VmStateError(`VM ${this.vmId}: cannot go from ${this.current} to ${next}`);
     }
     this.current = next;
   }
@@ -42,7 +39,7 @@ export class VmStateMachine {
   /** Throws VM_STATE unless the VM is in one of `states`. */
   require(action: string, ...states: VmState[]): void {
     if (!states.includes(this.current)) {
-      throw new RunnerError('VM_STATE', `VM ${this.vmId}: cannot ${action} while ${this.current}`);
+      throw new VmStateError(`VM ${this.vmId}: cannot ${action} while ${this.current}`);
     }
   }
 }

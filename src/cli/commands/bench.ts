@@ -5,7 +5,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { loadSettings } from '../../config/settings.js';
-import { RunnerError } from '../../errors.js';
+import { LanguageUnknownError, LimitInvalidError, SandboxFailureError } from '../../errors.js';
 import { createEngine, type Engine } from '../../pool/engine.js';
 import { reseed } from '../../pool/pool.js';
 import type { JobRequest } from '../../pool/runner.js';
@@ -101,10 +101,7 @@ export async function runBench(
   const { language } = options;
   const hello = HELLO[language];
   if (!hello)
-    throw new RunnerError(
-      'LANGUAGE_UNKNOWN',
-      `bench has a hello-world for ${Object.keys(HELLO).join(', ')}`,
-    );
+    throw new LanguageUnknownError(`bench has a hello-world for ${Object.keys(HELLO).join(', ')}`);
   const request: JobRequest = { language, files: [{ name: hello.file, content: hello.code }] };
 
   // 1. Cold boots (and one snapshot each), straight through the driver.
@@ -168,10 +165,7 @@ export async function runBench(
     options.progress(`pool miss ${i + 1}`);
     const r = await engine.run(request);
     if (r.status !== 'ok')
-      throw new RunnerError(
-        'SANDBOX_FAILURE',
-        `bench job failed: ${r.status} ${r.run?.message ?? ''}`,
-      );
+      throw new SandboxFailureError(`bench job failed: ${r.status} ${r.run?.message ?? ''}`);
     if (!r.timings.poolHit) miss.push(r.timings.totalMs);
   }
   await engine.pool.warm(language);
@@ -186,10 +180,7 @@ export async function runBench(
       await new Promise((r) => setTimeout(r, 20));
     const r = await engine.run(request);
     if (r.status !== 'ok')
-      throw new RunnerError(
-        'SANDBOX_FAILURE',
-        `bench job failed: ${r.status} ${r.run?.message ?? ''}`,
-      );
+      throw new SandboxFailureError(`bench job failed: ${r.status} ${r.run?.message ?? ''}`);
     if (!r.timings.poolHit) continue;
     hit.push(r.timings.totalMs);
     overhead.push(r.timings.hostOverheadMs);
@@ -207,7 +198,7 @@ export async function runBench(
         next++;
         const r = await engine.run(request);
         if (r.status !== 'ok')
-          throw new RunnerError('SANDBOX_FAILURE', `bench job failed under load: ${r.status}`);
+          throw new SandboxFailureError(`bench job failed under load: ${r.status}`);
       }
     }),
   );
@@ -280,7 +271,7 @@ export function registerBenchCommand(program: Command): void {
         const language = engine.languages.get(opts.language).definition.name;
         const n = (v: string, name: string): number => {
           if (!/^\d+$/.test(v) || Number(v) < 1)
-            throw new RunnerError('LIMIT_INVALID', `${name} must be a positive integer`);
+            throw new LimitInvalidError(`${name} must be a positive integer`);
           return Number(v);
         };
         const report = await runBench(engine, {

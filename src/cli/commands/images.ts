@@ -9,7 +9,12 @@ import {
 } from '../../images/remote.js';
 import type { Command } from '@commander-js/extra-typings';
 import { dataPaths } from '../../config/paths.js';
-import { RunnerError } from '../../errors.js';
+import {
+  ConfigInvalidError,
+  ImageBuildFailedError,
+  ImageNotFoundError,
+  LanguageUnknownError,
+} from '../../errors.js';
 import { LanguageRegistry, type Language } from '../../languages/index.js';
 import { bundleAgent } from '../../images/agent-bundle.js';
 import { createReporter } from '../../images/progress.js';
@@ -29,8 +34,7 @@ async function resolveRef(store: ImageStore, ref: string): Promise<StoredImage> 
   if (isImageId(ref)) return store.inspect(ref);
   const language = LanguageRegistry.fromDir().find(ref);
   if (language !== undefined) return store.resolve('rootfs', language.definition.name);
-  throw new RunnerError(
-    'IMAGE_NOT_FOUND',
+  throw new ImageNotFoundError(
     `${JSON.stringify(ref)} is neither an image id (<name>-<hash>) nor a language`,
   );
 }
@@ -62,8 +66,7 @@ async function ensureKernel(
         process.stderr.write(`[kernel ${((Date.now() - started) / 1000).toFixed(1)}s] ${phase}\n`),
     });
   } catch (err) {
-    throw new RunnerError(
-      'IMAGE_BUILD_FAILED',
+    throw new ImageBuildFailedError(
       `kernel image: ${err instanceof Error ? err.message : String(err)} (log: ${log.path})`,
       { cause: err },
     );
@@ -114,12 +117,11 @@ export function registerImagesCommand(program: Command): void {
       let languages: Language[];
       if (opts.all === true) {
         if (names.length > 0) {
-          throw new RunnerError('LANGUAGE_UNKNOWN', 'give language names or --all, not both');
+          throw new LanguageUnknownError('give language names or --all, not both');
         }
         languages = registry.list();
       } else if (names.length === 0) {
-        throw new RunnerError(
-          'LANGUAGE_UNKNOWN',
+        throw new LanguageUnknownError(
           `name the languages to build, or --all; known: ${registry.names().join(', ')}`,
         );
       } else {
@@ -147,7 +149,7 @@ export function registerImagesCommand(program: Command): void {
       );
       const abort = new AbortController();
       const onSignal = (): void => {
-        abort.abort(new RunnerError('IMAGE_BUILD_FAILED', 'interrupted'));
+        abort.abort(new ImageBuildFailedError('interrupted'));
       };
       process.once('SIGINT', onSignal);
       process.once('SIGTERM', onSignal);
@@ -270,8 +272,7 @@ export function registerImagesCommand(program: Command): void {
 function remoteStore(): RemoteImageStore {
   const config = remoteStoreConfigFromEnv();
   if (config === null) {
-    throw new RunnerError(
-      'CONFIG_INVALID',
+    throw new ConfigInvalidError(
       'no S3 image store is configured: set RUNNER_S3_BUCKET (and RUNNER_S3_ENDPOINT, AWS credentials; see docs/image-store.md)',
     );
   }

@@ -3,7 +3,7 @@ import { readFile } from 'node:fs/promises';
 import { basename, extname } from 'node:path';
 import { constants as osConstants } from 'node:os';
 import { loadSettings } from '../../config/settings.js';
-import { RunnerError } from '../../errors.js';
+import { FileNameInvalidError, LanguageUnknownError, LimitInvalidError } from '../../errors.js';
 import type { LanguageRegistry } from '../../languages/index.js';
 import { createEngine } from '../../pool/engine.js';
 import type { JobResult } from '../../pool/runner.js';
@@ -46,8 +46,7 @@ export function languageForFile(registry: LanguageRegistry, file: string): strin
   const wanted = aliases[ext] ?? ext;
   const match = registry.list().find((l) => l.definition.extension === wanted);
   if (!match) {
-    throw new RunnerError(
-      'LANGUAGE_UNKNOWN',
+    throw new LanguageUnknownError(
       `cannot tell the language of ${basename(file)} from its extension; pass -l LANGUAGE`,
     );
   }
@@ -58,8 +57,7 @@ const intArg =
   (name: string) =>
   (value: string): number => {
     if (!/^\d+$/.test(value))
-      throw new RunnerError(
-        'LIMIT_INVALID',
+      throw new LimitInvalidError(
         `${name} must be a positive integer, not ${JSON.stringify(value)}`,
       );
     return Number(value);
@@ -125,20 +123,18 @@ Examples:
         let language: string;
         let files: { name?: string; content: string; encoding: 'utf8' | 'base64' }[];
         if (opts.code !== undefined) {
-          if (!opts.language) throw new RunnerError('LANGUAGE_UNKNOWN', '-c needs -l LANGUAGE');
+          if (!opts.language) throw new LanguageUnknownError('-c needs -l LANGUAGE');
           language = opts.language;
           files = [{ content: opts.code, encoding: 'utf8' }];
           if (file !== undefined) args = [file, ...args];
         } else {
           if (file === undefined)
-            throw new RunnerError(
-              'FILE_NAME_INVALID',
+            throw new FileNameInvalidError(
               'give a FILE to run, or -l LANGUAGE -c CODE (see runner run --help)',
             );
           language = opts.language ?? languageForFile(engine.languages, file);
           const content = await readFile(file).catch((err: unknown) => {
-            throw new RunnerError(
-              'FILE_NAME_INVALID',
+            throw new FileNameInvalidError(
               `cannot read ${file}: ${err instanceof Error ? err.message : String(err)}`,
             );
           });

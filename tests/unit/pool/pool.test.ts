@@ -1,6 +1,6 @@
 import { Duplex, PassThrough } from 'node:stream';
 import { describe, expect, it } from 'vitest';
-import { RunnerError } from '../../../src/errors.js';
+import { VmStateError } from '../../../src/errors.js';
 import { VmPool } from '../../../src/pool/pool.js';
 import { executeOnVm } from '../../../src/pool/runner.js';
 import type { SnapshotManager, SnapshotRef } from '../../../src/pool/snapshots.js';
@@ -66,7 +66,7 @@ class FakeVm implements MicroVm {
     return this.channel;
   }
   snapshot(): never {
-    throw new RunnerError('VM_STATE', 'fake');
+    throw new VmStateError('fake');
   }
   die(): void {
     this.fromAgent.end();
