@@ -9,7 +9,6 @@ import {
   LanguageUnknownError,
   LimitInvalidError,
   MessageInvalidError,
-  RunnerError,
   SandboxFailureError,
 } from '../errors.js';
 import type { LanguageRegistry, Language } from '../languages/index.js';
