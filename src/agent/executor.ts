@@ -5,28 +5,38 @@ import { Compile } from 'typebox/compile';
 import {
   ConfigInvalidError,
   FileNameInvalidError,
-  hasCode,
   LanguageUnknownError,
   LimitInvalidError,
-  MessageInvalidError,
+  messageOf,
+  RunnerError,
   SandboxFailureError,
+  type ErrorCode,
 } from '../errors.js';
 import type { LanguageRegistry, Language } from '../languages/index.js';
 import {
+  checkJob,
   LimitsSchema,
+  MAX_RESULT_OUTPUT_BYTES,
   type ExecuteMessage,
   type Limits,
   type StageResult,
   type Status,
 } from '../protocol/index.js';
 import { probeCgroup } from './cgroup.js';
-import { createWorkDir, removeWorkDir, writeJobFiles, type FileOwner } from './files.js';
+import {
+  copyWorkDir,
+  createWorkDir,
+  removeWorkDir,
+  wipeScratch,
+  writeJobFiles,
+  type FileOwner,
+} from './files.js';
 import type { SandboxTools } from './proc.js';
 import {
   DEFAULT_STAGE_TIMINGS,
-  messageOf,
   runStage,
   sandboxErrorResult,
+  type OutputBudget,
   type StageSandbox,
   type StageTimings,
 } from './stage.js';
@@ -41,11 +51,11 @@ export const JOB_PATH = '/usr/local/bin:/usr/bin:/bin';
  */
 export const RESERVED_ENV = ['PATH', 'HOME', 'TMPDIR'] as const;
 
-/** What one job asks for: an execute message without its envelope. */
-export type JobRequest = Omit<ExecuteMessage, 'type' | 'id'>;
+/** What the executor runs: an execute message without its envelope. */
+export type ExecutorJob = Omit<ExecuteMessage, 'type' | 'id'>;
 
-/** The outcome of a job: the compile stage (null for interpreted languages) and the run stage. */
-export interface JobResult {
+/** What a job did in the guest: the compile stage (null for interpreted languages), the run. */
+export interface ExecutorOutcome {
   readonly status: Status;
   readonly compile: StageResult | null;
   readonly run: StageResult | null;
@@ -69,6 +79,11 @@ export interface ExecutorOptions {
   readonly tools?: SandboxTools;
   /** Where to say how the sandbox was set up (one line each). */
   readonly log?: (line: string) => void;
+  /**
+   * Shared scratch folders the job's user can write to outside its work dir (the guest's
+   * /tmp, /var/tmp, /dev/shm): emptied of that user's files after every stage. None by default.
+   */
+  readonly scratchDirs?: readonly string[];
 }
 
 const limitsValidator = Compile(LimitsSchema);
@@ -84,7 +99,9 @@ export function checkLimits(limits: Limits, stage: string): void {
 /**
  * Expands a language command: `{entry}` and `{entryStem}` anywhere in an argument, `{sources}`
  * as a whole argument into every file with the language's extension (sorted; the entry file
- * when there is none). The entry is the first file.
+ * when there is none). The entry is the first file. A file name is the user's: one that would
+ * start an argument with `-` (`-toolexec=...`, `-o`, `--help`) gets `./` in front, so that a
+ * compiler or interpreter can read it only as a file name.
  */
 export function expandCommand(
   template: readonly string[],
@@ -99,9 +116,15 @@ export function expandCommand(
   const suffix = `.${extension}`;
   const sources = fileNames.filter((n) => n.endsWith(suffix)).sort();
   const out: string[] = [];
+  const asPath = (name: string): string => (name.startsWith('-') ? `./${name}` : name);
   for (const arg of template) {
-    if (arg === '{sources}') out.push(...(sources.length > 0 ? sources : [entry]));
-    else out.push(arg.replaceAll('{entryStem}', entryStem).replaceAll('{entry}', entry));
+    if (arg === '{sources}') {
+      out.push(...(sources.length > 0 ? sources : [entry]).map(asPath));
+      continue;
+    }
+    const expanded = arg.replaceAll('{entryStem}', entryStem).replaceAll('{entry}', entry);
+    // Only a placeholder at the start can make the argument begin with the user's `-`.
+    out.push(arg.startsWith('{') ? asPath(expanded) : expanded);
   }
   return out;
 }
@@ -190,6 +213,11 @@ export class Executor {
     return executor;
   }
 
+  /** Resolves once no job runs and the last one's work dirs are removed. */
+  idle(): Promise<void> {
+    return this.tail;
+  }
+
   /** Names of the languages whose commands are installed here. */
   languages(): string[] {
     return [...this.runnable].sort();
@@ -213,95 +241,117 @@ export class Executor {
 
   /**
    * Runs one job. Throws a RunnerError only for a bad request (LANGUAGE_UNKNOWN,
-   * LIMIT_INVALID, FILE_NAME_INVALID), before any code runs; every other failure is a result
-   * with status sandbox_error. Aborting `signal` kills the job at once. Calls queue: one job
-   * runs at a time.
+   * LIMIT_INVALID, FILE_NAME_INVALID, ENCODING_INVALID, ENV_INVALID, ARGS_INVALID), before any
+   * code runs; every other failure is a result with status sandbox_error. Aborting `signal`
+   * kills the job at once. Calls queue: one job runs at a time. The outcome is given as soon as
+   * the last stage ends; the work dir is removed after that (before the next job starts), so a
+   * job's clean-up is never part of the time the host waits for its result.
    */
-  async execute(job: JobRequest, signal?: AbortSignal): Promise<JobResult> {
+  async execute(job: ExecutorJob, signal?: AbortSignal): Promise<ExecutorOutcome> {
     // One job at a time: jobs share the run user, its RLIMIT_NPROC count and, without
     // cgroups, the uid sweep that ends every stage, so two at once would kill each other.
     const previous = this.tail;
     let release = (): void => undefined;
     this.tail = new Promise<void>((resolve) => (release = resolve));
     await previous;
+    const dirs: string[] = [];
     try {
-      return await this.executeAlone(job, signal);
+      return await this.executeAlone(job, signal, dirs);
     } finally {
-      release();
+      void Promise.all(
+        dirs.map((dir) =>
+          removeWorkDir(dir).catch((err: unknown) => {
+            this.options.log?.(`cannot remove ${dir}: ${messageOf(err)}`);
+          }),
+        ),
+      ).finally(release);
     }
   }
 
-  private async executeAlone(job: JobRequest, signal?: AbortSignal): Promise<JobResult> {
+  /** Runs the job's stages; every work dir it makes is put in `dirs` for the caller to remove. */
+  private async executeAlone(
+    job: ExecutorJob,
+    signal: AbortSignal | undefined,
+    dirs: string[],
+  ): Promise<ExecutorOutcome> {
     const language = this.language(job.language);
     checkLimits(job.compileLimits, 'compile');
     checkLimits(job.runLimits, 'run');
-    checkArgsAndEnv(job);
+    checkJob(job);
     const def = language.definition;
     const names = job.files.map((f) => f.name);
     const compileArgv = def.compile ? expandCommand(def.compile, names, def.extension) : null;
     const runArgv = [...expandCommand(def.run, names, def.extension), ...job.args];
-    const stdin = Buffer.from(job.stdin, 'base64');
+    const budget: OutputBudget = { remainingBytes: MAX_RESULT_OUTPUT_BYTES };
 
     let workDir: string;
     try {
       workDir = await createWorkDir(this.options.workRoot, this.options.runAs);
+      dirs.push(workDir);
     } catch (err) {
       return failed(`cannot create the work dir: ${messageOf(err)}`);
     }
     try {
-      try {
-        await writeJobFiles(workDir, job.files, this.options.runAs);
-      } catch (err) {
-        if (hasCode(err, 'FILE_NAME_INVALID') || hasCode(err, 'MESSAGE_INVALID')) throw err;
-        return failed(`cannot write the files: ${messageOf(err)}`);
-      }
-      const baseEnv = { ...def.env };
-      let compile: StageResult | null = null;
-      if (compileArgv) {
-        compile = await this.stage(
-          compileArgv,
-          workDir,
-          baseEnv,
-          Buffer.alloc(0),
-          job.compileLimits,
-          signal,
-        );
-        if (compile.status === 'runtime_error') compile = { ...compile, status: 'compile_error' };
-        if (compile.status !== 'ok') return { status: compile.status, compile, run: null };
-      }
-      if (job.cases !== undefined) {
-        // Compiled once; each case runs in the same work dir with its own stdin.
-        const cases: StageResult[] = [];
-        for (const caseStdin of job.cases) {
-          cases.push(
-            await this.stage(
-              runArgv,
-              workDir,
-              { ...baseEnv, ...job.env },
-              Buffer.from(caseStdin, 'base64'),
-              job.runLimits,
-              signal,
-            ),
-          );
-          if (cases.at(-1)?.status === 'sandbox_error') break;
-        }
-        const bad = cases.find((c) => c.status !== 'ok');
-        return { status: bad?.status ?? 'ok', compile, run: null, cases };
-      }
+      await writeJobFiles(workDir, job.files, this.options.runAs);
+    } catch (err) {
+      if (err instanceof RunnerError && REQUEST_CODES.has(err.code)) throw err;
+      return failed(`cannot write the files: ${messageOf(err)}`);
+    }
+    const baseEnv = { ...def.env };
+    const runEnv = { ...baseEnv, ...job.env };
+    let compile: StageResult | null = null;
+    if (compileArgv) {
+      compile = await this.stage(
+        compileArgv,
+        workDir,
+        baseEnv,
+        Buffer.alloc(0),
+        job.compileLimits,
+        signal,
+        budget,
+      );
+      if (compile.status === 'runtime_error') compile = { ...compile, status: 'compile_error' };
+      if (compile.status !== 'ok') return { status: compile.status, compile, run: null };
+    }
+    if (job.cases === undefined) {
       const run = await this.stage(
         runArgv,
         workDir,
-        { ...baseEnv, ...job.env },
-        stdin,
+        runEnv,
+        Buffer.from(job.stdin, 'base64'),
         job.runLimits,
         signal,
+        budget,
       );
       return { status: run.status, compile, run };
-    } finally {
-      await removeWorkDir(workDir).catch((err: unknown) => {
-        this.options.log?.(`cannot remove ${workDir}: ${messageOf(err)}`);
-      });
     }
+    // Compiled once; each case runs in a fresh copy of the compiled work dir with its own
+    // stdin, and the copy goes after it: no case sees what another wrote.
+    const cases: StageResult[] = [];
+    for (const [i, caseStdin] of job.cases.entries()) {
+      const caseDir = `${workDir}-case${i}`;
+      try {
+        dirs.push(caseDir);
+        await copyWorkDir(workDir, caseDir, this.options.runAs);
+      } catch (err) {
+        cases.push(sandboxErrorResult(`cannot make the work dir of case ${i}: ${messageOf(err)}`));
+        break;
+      }
+      const result = await this.stage(
+        runArgv,
+        caseDir,
+        runEnv,
+        Buffer.from(caseStdin, 'base64'),
+        job.runLimits,
+        signal,
+        budget,
+      );
+      cases.push(result);
+      await removeWorkDir(caseDir).catch(() => undefined);
+      if (result.status === 'sandbox_error') break;
+    }
+    const bad = cases.find((c) => c.status !== 'ok');
+    return { status: bad?.status ?? 'ok', compile, run: null, cases };
   }
 
   /** The environment of a stage: the fixed variables, then `extra`, reserved ones reasserted. */
@@ -313,15 +363,17 @@ export class Executor {
     return { LANG: 'C.UTF-8', ...extra, ...fixed };
   }
 
-  private stage(
+  /** Runs one stage, then empties the shared scratch folders of what it left there. */
+  private async stage(
     argv: readonly string[],
     workDir: string,
     env: Readonly<Record<string, string>>,
     stdin: Buffer,
     limits: Limits,
     signal: AbortSignal | undefined,
+    outputBudget?: OutputBudget,
   ): Promise<StageResult> {
-    return runStage(
+    const result = await runStage(
       this.sandbox,
       {
         argv,
@@ -330,9 +382,19 @@ export class Executor {
         stdin,
         limits,
         ...(signal ? { signal } : {}),
+        ...(outputBudget ? { outputBudget } : {}),
       },
       this.options.timings ?? DEFAULT_STAGE_TIMINGS,
     );
+    const scratch = this.options.scratchDirs ?? [];
+    if (scratch.length > 0) {
+      try {
+        await wipeScratch(scratch, this.options.runAs);
+      } catch (err) {
+        return sandboxErrorResult(`cannot empty the scratch folders: ${messageOf(err)}`);
+      }
+    }
+    return result;
   }
 
   private async selfTest(): Promise<void> {
@@ -376,22 +438,18 @@ export class Executor {
   }
 }
 
-/**
- * The schema already checks env names; the executor can be called without it, and a name with
- * `=` or a NUL anywhere would change what `env -i` or exec sees. Throws MESSAGE_INVALID.
- */
-function checkArgsAndEnv(job: JobRequest): void {
-  for (const [k, v] of Object.entries(job.env)) {
-    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(k) || v.includes('\0')) {
-      throw new MessageInvalidError(`env ${JSON.stringify(k.slice(0, 64))} is invalid`);
-    }
-  }
-  if (job.args.some((a) => a.includes('\0'))) {
-    throw new MessageInvalidError('an argument holds a NUL byte');
-  }
-}
+/** Errors that mean the request is wrong (thrown, answered with an error message). */
+export const REQUEST_CODES: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
+  'LANGUAGE_UNKNOWN',
+  'LIMIT_INVALID',
+  'FILE_NAME_INVALID',
+  'ENCODING_INVALID',
+  'ENV_INVALID',
+  'ARGS_INVALID',
+  'MESSAGE_INVALID',
+]);
 
-function failed(message: string): JobResult {
+function failed(message: string): ExecutorOutcome {
   return { status: 'sandbox_error', compile: null, run: sandboxErrorResult(message) };
 }
 

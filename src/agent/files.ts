@@ -1,21 +1,26 @@
 import { constants as fsc } from 'node:fs';
-import { chmod, chown, lstat, mkdir, mkdtemp, open, rm } from 'node:fs/promises';
+import {
+  chmod,
+  chown,
+  copyFile,
+  lchown,
+  lstat,
+  mkdir,
+  mkdtemp,
+  open,
+  readdir,
+  readlink,
+  rm,
+  symlink,
+} from 'node:fs/promises';
 import { join } from 'node:path';
 import {
   FileNameInvalidError,
   FileWriteFailedError,
-  MessageInvalidError,
   RunnerError,
   SandboxFailureError,
 } from '../errors.js';
-import type { JobFile } from '../protocol/index.js';
-
-/** The longest single path component, in bytes (NAME_MAX on Linux). */
-export const MAX_NAME_BYTES = 255;
-/** The longest whole relative path, in bytes (PATH_MAX on Linux). */
-export const MAX_PATH_BYTES = 4096;
-/** The deepest nesting of a file: at most this many components, the file included. */
-export const MAX_PATH_COMPONENTS = 16;
+import { checkFiles, decodeBase64, type JobFile } from '../protocol/index.js';
 
 /** Who owns what the agent writes for a job: the unprivileged user that runs it. */
 export interface FileOwner {
@@ -23,40 +28,11 @@ export interface FileOwner {
   readonly gid: number;
 }
 
-/**
- * Checks one request file name and returns its components. A name is relative and canonical:
- * not empty, no leading `/`, no empty, `.` or `..` components, no NUL byte, each component at
- * most 255 bytes, the whole at most 4096 bytes and 16 components. Throws FILE_NAME_INVALID.
- */
-export function checkFileName(name: string): string[] {
-  const bad = (why: string): never => {
-    throw new FileNameInvalidError(
-      `file name ${JSON.stringify(name.slice(0, 80))} is invalid: ${why}`,
-    );
-  };
-  if (name.length === 0) bad('it is empty');
-  if (name.includes('\0')) bad('it contains a NUL byte');
-  if (name.startsWith('/')) bad('it is absolute');
-  if (Buffer.byteLength(name, 'utf8') > MAX_PATH_BYTES) bad(`it is over ${MAX_PATH_BYTES} bytes`);
-  const parts = name.split('/');
-  if (parts.length > MAX_PATH_COMPONENTS) bad(`it is nested deeper than ${MAX_PATH_COMPONENTS}`);
-  for (const part of parts) {
-    if (part === '') bad('it has an empty component (`//` or a trailing `/`)');
-    if (part === '.' || part === '..') bad(`it has a \`${part}\` component`);
-    if (Buffer.byteLength(part, 'utf8') > MAX_NAME_BYTES) {
-      bad(`a component is over ${MAX_NAME_BYTES} bytes`);
-    }
-  }
-  return parts;
-}
-
-/** Decodes a file's content to bytes. Base64 is checked strictly: MESSAGE_INVALID when bad. */
+/** A file's content as bytes (the encoding was checked by `checkFiles`). */
 export function fileBytes(file: JobFile): Buffer {
-  if (file.encoding === 'utf8') return Buffer.from(file.content, 'utf8');
-  if (!/^[A-Za-z0-9+/]*={0,2}$/.test(file.content) || file.content.length % 4 === 1) {
-    throw new MessageInvalidError(`file ${file.name}: content is not valid base64`);
-  }
-  return Buffer.from(file.content, 'base64');
+  return file.encoding === 'utf8'
+    ? Buffer.from(file.content, 'utf8')
+    : decodeBase64(file.content, `file ${file.name}`);
 }
 
 /**
@@ -85,6 +61,68 @@ export async function removeWorkDir(dir: string): Promise<void> {
 }
 
 /**
+ * Copies a work dir whole into a new folder `to` (made here, private), every entry handed to
+ * `owner` with its mode kept: each test case runs in a fresh copy of the compiled work dir, so
+ * nothing one case writes is seen by the next. Links are copied as links, never followed;
+ * anything but files, folders and links (fifos, sockets a case left) is not copied. The caller
+ * makes sure no process of the job runs meanwhile.
+ */
+export async function copyWorkDir(
+  from: string,
+  to: string,
+  owner: FileOwner | null,
+): Promise<void> {
+  await mkdir(to, { mode: 0o700 });
+  if (owner) await chown(to, owner.uid, owner.gid);
+  const copyInto = async (src: string, dst: string): Promise<void> => {
+    for (const entry of await readdir(src, { withFileTypes: true })) {
+      const a = join(src, entry.name);
+      const b = join(dst, entry.name);
+      const st = await lstat(a);
+      if (entry.isDirectory()) {
+        await mkdir(b);
+        await copyInto(a, b);
+      } else if (entry.isFile()) {
+        await copyFile(a, b, fsc.COPYFILE_EXCL);
+      } else if (entry.isSymbolicLink()) {
+        await symlink(await readlink(a), b);
+      } else {
+        continue;
+      }
+      if (!entry.isSymbolicLink()) await chmod(b, st.mode & 0o7777);
+      if (owner) await lchown(b, owner.uid, owner.gid);
+    }
+  };
+  await copyInto(from, to);
+}
+
+/**
+ * Empties the shared scratch folders (/tmp, /var/tmp, /dev/shm in the guest) of what the job's
+ * user left there, after each stage: a tmpfs keeps its files, and their memory, after the
+ * stage's cgroup is gone, so a case that filled one would leave the next case (and the VM) short.
+ * Only entries the job's own uid owns are removed (a sticky dir lets it make nothing else at
+ * the top), never following a link. Returns how many were removed.
+ */
+export async function wipeScratch(
+  dirs: readonly string[],
+  owner: FileOwner | null,
+): Promise<number> {
+  if (owner === null) return 0;
+  let removed = 0;
+  for (const dir of dirs) {
+    const names = await readdir(dir).catch(() => [] as string[]);
+    for (const name of names) {
+      const path = join(dir, name);
+      const st = await lstat(path).catch(() => null);
+      if (st === null || st.uid !== owner.uid) continue;
+      await rm(path, { recursive: true, force: true, maxRetries: 2 });
+      removed++;
+    }
+  }
+  return removed;
+}
+
+/**
  * Writes a job's files into `workDir`, never following a link: every name is checked first
  * (nothing is written when one is bad); folders are made one component at a time and each is
  * checked with lstat to be a real directory; files are opened with O_CREAT|O_EXCL|O_NOFOLLOW,
@@ -93,7 +131,7 @@ export async function removeWorkDir(dir: string): Promise<void> {
  *
  * The no-follow checks are complete as long as no process of the job runs while this writes
  * (the executor writes before the first stage starts): Node has no openat() to pin each folder.
- * Throws FILE_NAME_INVALID for a bad or clashing name, MESSAGE_INVALID for bad base64,
+ * Throws FILE_NAME_INVALID for a bad or clashing name, ENCODING_INVALID for bad base64,
  * FILE_WRITE_FAILED for anything else.
  */
 export async function writeJobFiles(
@@ -101,7 +139,9 @@ export async function writeJobFiles(
   files: readonly JobFile[],
   owner: FileOwner | null,
 ): Promise<void> {
-  const checked = files.map((f) => ({ parts: checkFileName(f.name), bytes: fileBytes(f), f }));
+  // The host checked these with the same rules; the agent trusts nothing and checks again.
+  checkFiles(files);
+  const checked = files.map((f) => ({ parts: f.name.split('/'), bytes: fileBytes(f), f }));
   const madeDirs = new Set<string>();
   for (const { parts, bytes, f } of checked) {
     let dir = workDir;

@@ -11,17 +11,17 @@ export {
   JOB_PATH,
   RESERVED_ENV,
   type ExecutorOptions,
-  type JobRequest,
-  type JobResult,
+  REQUEST_CODES,
+  type ExecutorJob,
+  type ExecutorOutcome,
 } from './executor.js';
 export {
-  checkFileName,
+  copyWorkDir,
   createWorkDir,
+  fileBytes,
   removeWorkDir,
+  wipeScratch,
   writeJobFiles,
-  MAX_NAME_BYTES,
-  MAX_PATH_BYTES,
-  MAX_PATH_COMPONENTS,
   type FileOwner,
 } from './files.js';
 export { probeCgroup, StageCgroup, type CgroupSupport, type CgroupLimits } from './cgroup.js';
@@ -32,10 +32,11 @@ export {
   DEFAULT_STAGE_TIMINGS,
   type StageSandbox,
   type StageSpec,
+  type OutputBudget,
   type StageTimings,
 } from './stage.js';
 export { killAllOfUid, listProcessesOfUid, type SandboxTools } from './proc.js';
 export { SystemGuestActions, type GuestActions } from './guest.js';
-export { AgentServer, fitResult, type AgentServerOptions, type JobRunner } from './server.js';
+export { AgentServer, fitResult, type AgentServerOptions, type JobExecutor } from './server.js';
 export { UnixTransport, SerialTransport, type Transport, type SerialOptions } from './transport.js';
 export { parseAgentArgs, startAgent, USAGE, type AgentCliOptions } from './main.js';

@@ -16,7 +16,7 @@ import { SerialTransport, UnixTransport, type Transport } from './transport.js';
 
 export const USAGE = `usage: agent.mjs (--unix PATH | --serial DEVICE) --languages DIR
                  [--uid N --gid N] [--cgroup-root DIR | --no-cgroup] [--work-root DIR]
-                 [--vm-id ID]
+                 [--scratch DIR,DIR...] [--vm-id ID]
 
   --unix PATH         listen on a unix socket (vsock reaches it through a socat bridge)
   --serial DEVICE     serve a virtio-serial port, e.g. /dev/virtio-ports/runner
@@ -26,6 +26,8 @@ export const USAGE = `usage: agent.mjs (--unix PATH | --serial DEVICE) --languag
                       when it is not a usable cgroup v2, rlimits and a uid sweep are used
   --no-cgroup         never use cgroups
   --work-root DIR     where per-job work dirs are made (default $TMPDIR/runner-work)
+  --scratch DIRS      shared scratch folders (comma-separated, e.g. /tmp,/var/tmp,/dev/shm)
+                      emptied of the job user's files after every stage (default: none)
   --vm-id ID          the VM id to announce until a seed message sets one
   --help, --version`;
 
@@ -37,6 +39,7 @@ export interface AgentCliOptions {
   readonly runAs: { uid: number; gid: number } | null;
   readonly cgroupRoot: string | null;
   readonly workRoot: string;
+  readonly scratchDirs: readonly string[];
   readonly vmId: string | null;
 }
 
@@ -57,6 +60,7 @@ export function parseAgentArgs(argv: readonly string[]): AgentCliOptions | 'help
         'cgroup-root': { type: 'string' },
         'no-cgroup': { type: 'boolean' },
         'work-root': { type: 'string' },
+        scratch: { type: 'string' },
         'vm-id': { type: 'string' },
         help: { type: 'boolean', short: 'h' },
         version: { type: 'boolean' },
@@ -95,8 +99,20 @@ export function parseAgentArgs(argv: readonly string[]): AgentCliOptions | 'help
     runAs: uid !== null && gid !== null ? { uid, gid } : null,
     cgroupRoot: values['no-cgroup'] ? null : (values['cgroup-root'] ?? '/sys/fs/cgroup'),
     workRoot: values['work-root'] ?? join(tmpdir(), 'runner-work'),
+    scratchDirs: scratchDirs(values.scratch, bad),
     vmId: values['vm-id'] ?? null,
   };
+}
+
+/** The --scratch folders: absolute paths, none of them `/`. */
+function scratchDirs(value: string | undefined, bad: (m: string) => never): string[] {
+  if (value === undefined || value === '') return [];
+  const dirs = value.split(',').filter((d) => d !== '');
+  for (const d of dirs) {
+    if (!d.startsWith('/') || d.replace(/\/+$/, '') === '')
+      bad(`--scratch: ${d} must be an absolute folder other than /`);
+  }
+  return dirs;
 }
 
 /** Starts the agent; resolves with the running transport. */
@@ -110,6 +126,7 @@ export async function startAgent(
     workRoot: options.workRoot,
     runAs: options.runAs,
     cgroupRoot: options.cgroupRoot,
+    scratchDirs: options.scratchDirs,
     log,
   });
   log(`languages: ${executor.languages().join(', ') || '(none)'}`);

@@ -16,18 +16,18 @@ import {
   type SeedMessage,
   type StageResult,
 } from '../protocol/index.js';
-import type { JobRequest, JobResult } from './executor.js';
+import { REQUEST_CODES, type ExecutorJob, type ExecutorOutcome } from './executor.js';
 import type { GuestActions } from './guest.js';
 import { messageOf, sandboxErrorResult } from './stage.js';
 
 /** What the server needs of an executor (the real one, or a fake in tests). */
-export interface JobRunner {
+export interface JobExecutor {
   languages(): string[];
-  execute(job: JobRequest, signal?: AbortSignal): Promise<JobResult>;
+  execute(job: ExecutorJob, signal?: AbortSignal): Promise<ExecutorOutcome>;
 }
 
 export interface AgentServerOptions {
-  readonly executor: JobRunner;
+  readonly executor: JobExecutor;
   readonly guest: GuestActions;
   /** The VM's identity until a seed message gives it a new one. */
   readonly vmId?: string | null;
@@ -36,14 +36,6 @@ export interface AgentServerOptions {
   readonly maxFrameBytes?: number;
   readonly log?: (line: string) => void;
 }
-
-/** Error codes that mean "the request is wrong", answered with an error message, not a result. */
-const REQUEST_ERRORS = new Set([
-  'LANGUAGE_UNKNOWN',
-  'LIMIT_INVALID',
-  'FILE_NAME_INVALID',
-  'MESSAGE_INVALID',
-]);
 
 /**
  * The agent's side of the guest protocol. Serves one host session at a time over any byte
@@ -145,7 +137,7 @@ export class AgentServer {
     signal: AbortSignal,
   ): Promise<void> {
     const { id, language, files, stdin, args, env, compileLimits, runLimits, cases } = message;
-    const job: JobRequest = {
+    const job: ExecutorJob = {
       language,
       files,
       stdin,
@@ -156,20 +148,37 @@ export class AgentServer {
       ...(cases && { cases }),
     };
     const received = performance.now();
-    let result: JobResult;
+    const log = this.options.log ?? (() => undefined);
+    log(
+      `job ${id}: ${language}, ${files.length} file(s)${cases ? `, ${cases.length} case(s)` : ''}`,
+    );
+    let result: ExecutorOutcome;
     try {
       result = await this.options.executor.execute(job, signal);
     } catch (err) {
-      if (err instanceof RunnerError && REQUEST_ERRORS.has(err.code)) {
+      if (err instanceof RunnerError && REQUEST_CODES.has(err.code)) {
+        log(`job ${id}: refused: ${err.code}: ${err.message}`);
         await this.send(channel, { type: 'error', id, code: err.code, message: err.message });
         return;
       }
       const run = sandboxErrorResult(`the executor failed: ${messageOf(err)}`);
-      result = { status: 'sandbox_error', compile: null, run };
+      result = { status: 'sandbox_error', compile: null, run, ...(cases && { cases: [run] }) };
     }
     const agentMs = Math.round((performance.now() - received) * 10) / 10;
-    const reply: ResultMessage = { type: 'result', id, ...result, agentMs };
-    await this.send(channel, fitResult(reply, this.options.maxFrameBytes ?? MAX_FRAME_BYTES));
+    log(`job ${id}: ${result.status} in ${agentMs} ms`);
+    let reply: ResultMessage;
+    try {
+      reply = fitResult(
+        { type: 'result', id, ...result, agentMs },
+        this.options.maxFrameBytes ?? MAX_FRAME_BYTES,
+      );
+    } catch (err) {
+      // Never leave the host waiting to its deadline: a result that cannot be built is a result.
+      log(`job ${id}: cannot build the result: ${messageOf(err)}`);
+      const run = sandboxErrorResult(`the agent could not build the result: ${messageOf(err)}`);
+      reply = { type: 'result', id, status: 'sandbox_error', compile: null, run, agentMs };
+    }
+    await this.send(channel, reply);
   }
 
   private async seed(

@@ -2,6 +2,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { performance } from 'node:perf_hooks';
 import type { Readable, Writable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { messageOf } from '../errors.js';
 import { sandboxStage, type Limits, type StageResult, type Status } from '../protocol/index.js';
 import { StageCgroup, type CgroupSupport } from './cgroup.js';
 import type { FileOwner } from './files.js';
@@ -31,6 +32,8 @@ export interface StageSpec {
   readonly limits: Limits;
   /** Aborting ends the stage at once (every process killed) with status sandbox_error. */
   readonly signal?: AbortSignal;
+  /** The job's output budget, shared with its other stages (none: only the stage's caps). */
+  readonly outputBudget?: OutputBudget;
 }
 
 /** The stage machinery's own timings, in ms. */
@@ -99,29 +102,54 @@ export function buildStageArgv(sandbox: StageSandbox, spec: StageSpec): string[]
   return out;
 }
 
-/** Keeps at most `capBytes` of a stream; calls `onOverflow` once when more arrives. */
+/**
+ * What a whole job may still return of its output, shared by every capture of every stage of
+ * the job, so that many test cases at their per-stream cap cannot outgrow one result frame or
+ * the agent's memory (see MAX_RESULT_OUTPUT_BYTES).
+ */
+export interface OutputBudget {
+  remainingBytes: number;
+}
+
+/**
+ * Keeps at most `capBytes` of a stream (the stage's limit: more ends the stage with
+ * output_limit, `onOverflow` is called once) and never more than the job's shared budget
+ * allows (past it, output is read and dropped, and the capture is `trimmed`: the program kept
+ * its limits, the job's result is just full).
+ */
 class OutputCapture {
   private readonly chunks: Buffer[] = [];
   private bytes = 0;
+  private seen = 0;
   truncated = false;
+  trimmed = false;
 
   constructor(
     private readonly capBytes: number,
     private readonly onOverflow: () => void,
+    private readonly budget: OutputBudget | undefined,
   ) {}
 
   push(chunk: Buffer): void {
     if (this.truncated) return;
-    const room = this.capBytes - this.bytes;
-    if (chunk.length > room) {
-      if (room > 0) this.chunks.push(chunk.subarray(0, room));
-      this.bytes = this.capBytes;
+    const capRoom = Math.max(0, this.capBytes - this.seen);
+    this.seen += chunk.length;
+    let part = chunk.length > capRoom ? chunk.subarray(0, capRoom) : chunk;
+    if (this.budget !== undefined) {
+      if (part.length > this.budget.remainingBytes) {
+        part = part.subarray(0, Math.max(0, this.budget.remainingBytes));
+        this.trimmed = true;
+      }
+      this.budget.remainingBytes -= part.length;
+    }
+    if (part.length > 0) {
+      this.chunks.push(part);
+      this.bytes += part.length;
+    }
+    if (chunk.length > capRoom) {
       this.truncated = true;
       this.onOverflow();
-      return;
     }
-    this.chunks.push(chunk);
-    this.bytes += chunk.length;
   }
 
   base64(): string {
@@ -185,8 +213,8 @@ class StageRun {
     private readonly cgroup: StageCgroup | null,
   ) {
     const overflow = (): void => this.terminate('output');
-    this.stdout = new OutputCapture(spec.limits.outputBytes, overflow);
-    this.stderr = new OutputCapture(spec.limits.outputBytes, overflow);
+    this.stdout = new OutputCapture(spec.limits.outputBytes, overflow, spec.outputBudget);
+    this.stderr = new OutputCapture(spec.limits.outputBytes, overflow, spec.outputBudget);
   }
 
   elapsedMs(): number {
@@ -308,9 +336,14 @@ class StageRun {
       memoryPeakBytes,
       stdout: this.stdout.base64(),
       stderr: this.stderr.base64(),
-      stdoutTruncated: this.stdout.truncated,
-      stderrTruncated: this.stderr.truncated,
+      stdoutTruncated: this.stdout.truncated || this.stdout.trimmed,
+      stderrTruncated: this.stderr.truncated || this.stderr.trimmed,
     };
+    if (this.stdout.trimmed || this.stderr.trimmed) {
+      const trimmed =
+        'output trimmed: the result of one job holds a limited amount of output in all';
+      message = message === undefined ? trimmed : `${message}; ${trimmed}`;
+    }
     if (message !== undefined) result.message = message;
     return result;
   }
@@ -421,6 +454,4 @@ function feedStdin(stream: Writable | null, bytes: Buffer): void {
   stream.end(bytes);
 }
 
-export function messageOf(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
-}
+export { messageOf };

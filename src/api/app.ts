@@ -1,4 +1,4 @@
-import type { VmTiming } from '../pool/engine.js';
+import type { VmTiming } from '../pool/index.js';
 import { STATUS_CODES } from 'node:http';
 import Fastify, {
   type FastifyError,

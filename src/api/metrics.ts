@@ -1,6 +1,6 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import type { PoolStats } from '../pool/pool.js';
-import type { JobResult } from '../pool/runner.js';
+import type { PoolStats } from '../pool/index.js';
+import type { JobResult } from '../pool/index.js';
 import type { Status } from '../protocol/index.js';
 import type { QueueStats } from '../queue/index.js';
 
@@ -25,6 +25,7 @@ export class ApiMetrics {
   private readonly httpSeconds: Histogram<'method' | 'route'>;
   private readonly rejected: Counter<'code'>;
   private readonly vmSeconds: Histogram<'kind' | 'language'>;
+  private readonly internal: Counter<'where'>;
 
   constructor(sources: MetricSources, options: { defaultMetrics?: boolean } = {}) {
     const registers = [this.registry];
@@ -68,6 +69,12 @@ export class ApiMetrics {
       help: 'Cold boots (kind=boot: to the agent hello, for a snapshot) and snapshot restores (kind=restore: to the agent reseeded).',
       labelNames: ['kind', 'language'],
       buckets: [0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 60, 120],
+      registers,
+    });
+    this.internal = new Counter({
+      name: 'runner_internal_errors_total',
+      help: 'Bugs of the service itself (INTERNAL: an unexpected exception), by where they surfaced; apart from sandbox failures, which are runner_jobs_total{status="sandbox_error"}.',
+      labelNames: ['where'],
       registers,
     });
     this.rejected = new Counter({
@@ -146,6 +153,11 @@ export class ApiMetrics {
   /** Counts one cold boot or restore. */
   vm(kind: 'boot' | 'restore', language: string, ms: number): void {
     this.vmSeconds.observe({ kind, language }, ms / 1000);
+  }
+
+  /** Counts one bug of ours (an INTERNAL error), where it surfaced: `engine` or `http`. */
+  internalError(where: 'engine' | 'http'): void {
+    this.internal.inc({ where });
   }
 
   rejection(code: string): void {

@@ -1,6 +1,7 @@
 import { loadSettings } from '../config/settings.js';
 import { LanguageRegistry } from '../languages/index.js';
-import { JobRunner } from '../pool/runner.js';
+import { InternalError } from '../errors.js';
+import { prepareJob } from '../pool/index.js';
 import { JobStore } from '../queue/index.js';
 import { buildApp } from './app.js';
 import type { ApiEngine } from './service.js';
@@ -14,7 +15,7 @@ export async function generateOpenApi(): Promise<Record<string, unknown>> {
   const languages = LanguageRegistry.fromDir();
   const idle: ApiEngine = {
     languages,
-    runner: new JobRunner(languages, undefined as never),
+    prepare: (request, id) => prepareJob(request, languages, id === undefined ? {} : { id }),
     pool: {
       stats: () => ({
         live: 0,
@@ -27,9 +28,8 @@ export async function generateOpenApi(): Promise<Record<string, unknown>> {
         failures: 0,
       }),
     },
-    store: { latest: () => Promise.resolve(undefined) },
-    paths: { snapshotsDir: '/nonexistent' },
-    run: () => Promise.reject(new Error('this engine runs nothing')),
+    run: () => Promise.reject(new InternalError('this engine runs nothing')),
+    runtimes: () => Promise.resolve(new Map()),
   };
   const jobStore = new JobStore(':memory:');
   const { app } = buildApp({ engine: idle, settings: loadSettings({}), jobStore });

@@ -1,9 +1,8 @@
 import { MAX_LIMITS, type Stage } from '../config/limits.js';
-import { LimitInvalidError, RequestInvalidError } from '../errors.js';
+import { LimitInvalidError, EncodingInvalidError } from '../errors.js';
 import type { Limits } from '../protocol/index.js';
 import type { ApiContext, ApiInstance } from './context.js';
 import { pistonStage } from './results.js';
-import { runtimeStatuses } from './runtimes.js';
 import {
   PistonError,
   PistonExecuteRequest,
@@ -52,7 +51,7 @@ export function fromPiston(body: PistonExecuteRequest): ExecuteRequest {
   const files = body.files.map((f, i) => {
     if (f.encoding === 'hex') {
       if (!/^(?:[0-9a-fA-F]{2})*$/.test(f.content))
-        throw new RequestInvalidError(`files[${i}].content is not valid hex`);
+        throw new EncodingInvalidError(`files[${i}].content is not valid hex`);
       return {
         ...(f.name !== undefined && { name: f.name }),
         content: Buffer.from(f.content, 'hex').toString('base64'),
@@ -127,7 +126,7 @@ export function registerPistonRoutes(app: ApiInstance, ctx: ApiContext): void {
       },
     },
     async () => {
-      const statuses = await runtimeStatuses(ctx.engine);
+      const statuses = await ctx.engine.runtimes();
       return ctx.engine.languages.list().map(({ definition: d }) => ({
         language: d.name,
         language_version: d.version,
@@ -151,7 +150,7 @@ export function registerPistonRoutes(app: ApiInstance, ctx: ApiContext): void {
     async (req) => {
       const job = ctx.service.prepare(fromPiston(req.body));
       const result = await ctx.service.execute(job, req.owner);
-      const compiled = ctx.engine.languages.get(job.language).definition.compile !== null;
+      const compiled = job.job.compiles;
       return {
         language: result.language,
         version: result.version,

@@ -1,6 +1,6 @@
-import type { JobResult, JobTimings } from '../pool/runner.js';
+import type { JobResult, JobTimings } from '../pool/index.js';
 import { sandboxStage, type StageResult, type Status } from '../protocol/index.js';
-import type { ExecuteResponse, PistonStage, StageView, Timings } from './schemas.js';
+import type { ExecuteResponse, PistonStage, StageView } from './schemas.js';
 
 const utf8 = new TextDecoder('utf-8', { fatal: true });
 
@@ -18,7 +18,7 @@ export function stageView(stage: StageResult): StageView {
   return { ...stage, stdoutText: textOrNull(stage.stdout), stderrText: textOrNull(stage.stderr) };
 }
 
-const ZERO_TIMINGS: Timings = {
+const ZERO_TIMINGS: JobTimings = {
   totalMs: 0,
   acquireMs: 0,
   executeMs: 0,

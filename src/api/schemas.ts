@@ -1,5 +1,13 @@
 import Type, { type Static } from 'typebox';
-import { LimitsSchema, StageResultSchema, StatusSchema } from '../protocol/index.js';
+import { JobTimingsSchema } from '../pool/job.js';
+import {
+  ENV_NAME_PATTERN,
+  LimitsSchema,
+  MAX_ARG_STRING_BYTES,
+  MAX_PATH_BYTES,
+  StageResultSchema,
+  StatusSchema,
+} from '../protocol/index.js';
 
 /**
  * The HTTP bodies of both APIs. They are plain JSON Schema objects: Fastify validates requests
@@ -32,7 +40,7 @@ export const FileRequest = Type.Object(
   {
     name: Type.Optional(
       Type.String({
-        maxLength: 4096,
+        maxLength: MAX_PATH_BYTES,
         description:
           'Relative path; the first file is the entry and gets the language’s source file name when it has none.',
       }),
@@ -73,11 +81,13 @@ const jobFields = {
   files: Type.Array(FileRequest, { minItems: 1 }),
   stdin: Type.Optional(Type.String()),
   stdinEncoding: Type.Optional(Encoding),
-  args: Type.Optional(Type.Array(Type.String({ maxLength: 65536 }), { maxItems: 1000 })),
+  args: Type.Optional(
+    Type.Array(Type.String({ maxLength: MAX_ARG_STRING_BYTES }), { maxItems: 1000 }),
+  ),
   env: Type.Optional(
     Type.Record(
-      Type.String({ pattern: '^[A-Za-z_][A-Za-z0-9_]*$', maxLength: 256 }),
-      Type.String({ maxLength: 65536 }),
+      Type.String({ pattern: ENV_NAME_PATTERN, maxLength: 256 }),
+      Type.String({ maxLength: MAX_ARG_STRING_BYTES }),
       closed,
     ),
   ),
@@ -122,15 +132,8 @@ export const StageView = Type.Object({
 });
 export type StageView = Static<typeof StageView>;
 
-export const Timings = Type.Object({
-  totalMs: Type.Number(),
-  acquireMs: Type.Number(),
-  executeMs: Type.Number(),
-  guestMs: Type.Number(),
-  hostOverheadMs: Type.Number(),
-  poolHit: Type.Boolean(),
-});
-export type Timings = Static<typeof Timings>;
+/** Where the time went: the engine's own timings schema (src/pool/job.ts). */
+export const Timings = JobTimingsSchema;
 
 export const TestCaseResult = Type.Object({
   index: Type.Integer(),
@@ -138,6 +141,9 @@ export const TestCaseResult = Type.Object({
   passed: Type.Boolean(),
   run: Type.Union([StageView, Type.Null()]),
   timings: Type.Union([Timings, Type.Null()]),
+  message: Type.Optional(
+    Type.String({ description: 'Why the case did not run (the compile failed, the job ended).' }),
+  ),
 });
 export type TestCaseResult = Static<typeof TestCaseResult>;
 
@@ -239,7 +245,7 @@ export const PistonExecuteRequest = Type.Object(
     files: Type.Array(
       Type.Object(
         {
-          name: Type.Optional(Type.String({ maxLength: 4096 })),
+          name: Type.Optional(Type.String({ maxLength: MAX_PATH_BYTES })),
           content: Type.String(),
           encoding: Type.Optional(Type.Enum(['utf8', 'base64', 'hex'])),
         },
@@ -248,7 +254,9 @@ export const PistonExecuteRequest = Type.Object(
       { minItems: 1 },
     ),
     stdin: Type.Optional(Type.String()),
-    args: Type.Optional(Type.Array(Type.String({ maxLength: 65536 }), { maxItems: 1000 })),
+    args: Type.Optional(
+      Type.Array(Type.String({ maxLength: MAX_ARG_STRING_BYTES }), { maxItems: 1000 }),
+    ),
     compile_timeout: Type.Optional(PistonLimit),
     run_timeout: Type.Optional(PistonLimit),
     compile_cpu_time: Type.Optional(PistonLimit),

@@ -1,6 +1,6 @@
 import { join } from 'node:path';
 import type { Settings } from '../config/settings.js';
-import { createEngine, type Engine } from '../pool/engine.js';
+import { createEngine, type Engine } from '../pool/index.js';
 import { JobStore } from '../queue/index.js';
 import { buildApp } from './app.js';
 import type { ApiInstance } from './context.js';

@@ -1,13 +1,14 @@
 import type { EventEmitter } from 'node:events';
-import { randomUUID } from 'node:crypto';
 import type { Settings } from '../config/settings.js';
-import type { DataPaths } from '../config/paths.js';
-import { JobNotFoundError, PayloadTooLargeError, RequestInvalidError } from '../errors.js';
-import type { ImageStore } from '../images/store.js';
+import {
+  asRunnerError,
+  JobNotFoundError,
+  PayloadTooLargeError,
+  RequestInvalidError,
+} from '../errors.js';
 import type { LanguageRegistry } from '../languages/index.js';
-import type { VmPool } from '../pool/pool.js';
-import type { JobRequest, JobResult, JobRunner } from '../pool/runner.js';
-import type { Status } from '../protocol/index.js';
+import type { JobRequest, JobResult, PreparedJob, RuntimeStatus, VmPool } from '../pool/index.js';
+import { decodeBase64, sandboxStage, type Status } from '../protocol/index.js';
 import type { JobQueue, JobRecord, JobStore } from '../queue/index.js';
 import { CallbackSender, checkCallbackUrl } from './callbacks.js';
 import type { ApiMetrics } from './metrics.js';
@@ -27,18 +28,19 @@ import type {
 } from './schemas.js';
 
 /**
- * The part of the engine (src/pool/engine.ts) the HTTP layer uses. The real Engine satisfies
- * it; unit tests pass a fake that runs no VM.
+ * The part of the engine (src/pool) the HTTP layer uses. The real Engine satisfies it; unit
+ * tests pass a fake that runs no VM. The API never reads the pool's files itself.
  */
 export interface ApiEngine {
   readonly languages: LanguageRegistry;
-  readonly runner: Pick<JobRunner, 'prepare'>;
   readonly pool: Pick<VmPool, 'stats'>;
-  readonly store: Pick<ImageStore, 'latest'>;
-  readonly paths: Pick<DataPaths, 'snapshotsDir'>;
   /** The engine's VM timings (`vm` events: cold boots and restores), when it has them. */
   readonly events?: Pick<EventEmitter, 'on' | 'off'>;
-  run(request: JobRequest): Promise<JobResult>;
+  /** Checks a request and builds its one execute message (4xx RunnerErrors; no VM). */
+  prepare(request: JobRequest, id?: string): PreparedJob;
+  run(job: PreparedJob): Promise<JobResult>;
+  /** Every language's readiness (images built, snapshot taken). */
+  runtimes(): Promise<Map<string, RuntimeStatus>>;
 }
 
 /** Settings the service reads. */
@@ -54,17 +56,23 @@ export type ServiceSettings = Pick<
   | 'jobRetentionHours'
 >;
 
-/** A checked request, ready for the queue: nothing in it can fail validation later. */
-export interface PreparedJob {
-  readonly request: JobRequest;
-  readonly language: string;
-  readonly version: string;
-  readonly cases:
-    readonly { stdin: Buffer; expected: string; compare: 'exact' | 'trim-trailing' }[] | null;
+/** How a test case's output is judged. */
+export interface CaseCheck {
+  readonly expected: string;
+  readonly compare: 'exact' | 'trim-trailing';
+}
+
+/**
+ * A checked request, ready for the queue: nothing in it can fail validation later. Its job's
+ * id is the one id of the job: the record's, the engine's, the agent's and the result's.
+ */
+export interface ApiJob {
+  readonly job: PreparedJob;
+  /** The verdict rules of each test case, in order (null without test cases). */
+  readonly cases: readonly CaseCheck[] | null;
 }
 
 const RESTART_MESSAGE = 'the server restarted before the job finished';
-const BASE64 = /^[A-Za-z0-9+/]*={0,2}$/;
 
 function decodeStdin(
   value: string | undefined,
@@ -72,17 +80,13 @@ function decodeStdin(
   where: string,
 ): Buffer {
   if (value === undefined) return Buffer.alloc(0);
-  if (encoding === 'base64') {
-    if (!BASE64.test(value)) throw new RequestInvalidError(`${where} is not valid base64`);
-    return Buffer.from(value, 'base64');
-  }
-  return Buffer.from(value, 'utf8');
+  return encoding === 'base64' ? decodeBase64(value, where) : Buffer.from(value, 'utf8');
 }
 
 /**
  * Turns API requests into engine jobs: checks the caps (413) and the request itself (4xx, via
- * the runner's prepare, before any VM), runs jobs through the bounded queue, records submitted
- * jobs durably and sends their callbacks.
+ * the engine's prepare, before any VM), runs jobs through the bounded queue, records every job
+ * durably and sends the callbacks of submitted ones.
  */
 export class JobService {
   readonly callbacks: CallbackSender;
@@ -107,8 +111,11 @@ export class JobService {
     });
   }
 
-  /** Checks a native request and makes the engine request; throws 4xx RunnerErrors. */
-  prepare(body: ExecuteRequest): PreparedJob {
+  /**
+   * Checks a native request and builds its job, once: the caps (413), then the engine's own
+   * checks (the language, file names, encodings, env, args, limits: 400 naming the field).
+   */
+  prepare(body: ExecuteRequest): ApiJob {
     const s = this.settings;
     if (body.files.length > s.maxFiles) {
       throw new PayloadTooLargeError(
@@ -121,7 +128,8 @@ export class JobService {
         `stdin is ${stdin.length} bytes, over the cap of ${s.maxStdinBytes}`,
       );
     }
-    let cases: PreparedJob['cases'] = null;
+    let cases: CaseCheck[] | null = null;
+    let caseStdins: Buffer[] | undefined;
     if (body.testCases !== undefined) {
       if (body.testCases.length > s.maxTestCases) {
         throw new PayloadTooLargeError(
@@ -130,53 +138,52 @@ export class JobService {
       }
       if (body.stdin !== undefined)
         throw new RequestInvalidError('give stdin in each test case, not beside testCases');
-      cases = body.testCases.map((c, i) => {
-        const caseStdin = decodeStdin(c.stdin, c.stdinEncoding, `testCases/${i}/stdin`);
+      caseStdins = body.testCases.map((c, i) => {
+        const caseStdin = decodeStdin(c.stdin, c.stdinEncoding, `testCases[${i}].stdin`);
         if (caseStdin.length > s.maxStdinBytes) {
           throw new PayloadTooLargeError(
-            `testCases/${i}/stdin is ${caseStdin.length} bytes, over the cap of ${s.maxStdinBytes}`,
+            `testCases[${i}].stdin is ${caseStdin.length} bytes, over the cap of ${s.maxStdinBytes}`,
           );
         }
-        return {
-          stdin: caseStdin,
-          expected: c.expectedOutput,
-          compare: c.compare ?? 'trim-trailing',
-        };
+        return caseStdin;
       });
+      cases = body.testCases.map((c) => ({
+        expected: c.expectedOutput,
+        compare: c.compare ?? 'trim-trailing',
+      }));
     }
-    const request: JobRequest = {
+    const job = this.engine.prepare({
       language: body.language,
-      version: body.version,
+      ...(body.version !== undefined && { version: body.version }),
       files: body.files,
       stdin,
-      args: body.args,
-      env: body.env,
-      compileLimits: body.compileLimits,
-      runLimits: body.runLimits,
-    };
-    // Validation only: language, version, file names, limits against the server maxima.
-    const { language, version } = this.engine.runner.prepare(request);
-    return { request, language, version, cases };
+      ...(body.args !== undefined && { args: body.args }),
+      ...(body.env !== undefined && { env: body.env }),
+      ...(body.compileLimits !== undefined && { compileLimits: body.compileLimits }),
+      ...(body.runLimits !== undefined && { runLimits: body.runLimits }),
+      ...(caseStdins !== undefined && { cases: caseStdins }),
+    });
+    return { job, cases };
   }
 
   /**
    * Runs a checked job through the queue and waits for its result. The job is recorded in the
-   * durable store too (its id is the result's id, readable at GET /v1/jobs/:id), so that a
-   * crash mid-job leaves a final status behind, not nothing.
+   * durable store too (under the job's own id, readable at GET /v1/jobs/:id), so that a crash
+   * mid-job leaves a final status behind, not nothing.
    */
-  async execute(job: PreparedJob, owner: string | null = null): Promise<ExecuteResponse> {
+  async execute(job: ApiJob, owner: string | null = null): Promise<ExecuteResponse> {
     this.queue.admit();
     const record = this.record(job, owner, null);
     let result: ExecuteResponse;
     try {
       result = await this.queue.push(async () => {
         this.jobs.markRunning(record.id);
-        return this.run(job, record.id);
+        return this.run(job);
       });
     } catch (err) {
       this.finish(
         record.id,
-        sandboxResponse(record.id, job.language, job.version, 'the job failed to run'),
+        this.failed(job, `the job failed to run: ${asRunnerError(err).message}`),
       );
       throw err;
     }
@@ -200,27 +207,25 @@ export class JobService {
     this.queue
       .push(async () => {
         this.jobs.markRunning(record.id);
-        return this.run(job, record.id);
+        return this.run(job);
       })
       .then(
         (result) => this.finish(record.id, result),
         (err: unknown) => {
-          this.log.error(`job ${record.id}: ${err instanceof Error ? err.message : String(err)}`);
-          this.finish(
-            record.id,
-            sandboxResponse(record.id, job.language, job.version, 'the job failed to run'),
-          );
+          const why = asRunnerError(err).message;
+          this.log.error(`job ${record.id}: ${why}`);
+          this.finish(record.id, this.failed(job, `the job failed to run: ${why}`));
         },
       );
     return record;
   }
 
-  /** Records an accepted job as queued, under a new id. */
-  private record(job: PreparedJob, owner: string | null, callbackUrl: string | null): JobRecord {
+  /** Records an accepted job as queued, under the job's own id. */
+  private record(job: ApiJob, owner: string | null, callbackUrl: string | null): JobRecord {
     return this.jobs.create({
-      id: randomUUID(),
-      language: job.language,
-      version: job.version,
+      id: job.job.id,
+      language: job.job.language,
+      version: job.job.version,
       owner,
       callbackUrl,
     });
@@ -287,84 +292,90 @@ export class JobService {
       if (record.callbackUrl !== null)
         void this.callbacks.send(record.callbackUrl, this.view(record));
     } catch (err) {
-      this.log.error(
-        `job ${id}: could not record its result: ${err instanceof Error ? err.message : String(err)}`,
-      );
-    }
-  }
-
-  /** Runs one prepared job (all its test cases) on the engine; never throws. */
-  private async run(job: PreparedJob, id: string = randomUUID()): Promise<ExecuteResponse> {
-    if (job.cases === null) {
-      const r = await this.runOne(job, job.request);
-      return { ...r, id };
-    }
-    return this.runCases(job, job.cases, id);
-  }
-
-  /** One engine job; a thrown system error becomes a sandbox_error result. */
-  private async runOne(job: PreparedJob, request: JobRequest): Promise<ExecuteResponse> {
-    const started = Date.now();
-    try {
-      const result = await this.engine.run(request);
-      this.metrics.job(result.language, result.status, result.timings.totalMs, result.timings);
-      return executeResponse(result);
-    } catch (err) {
-      const message = err instanceof Error ? err.message : String(err);
-      this.log.error(`engine failed a ${job.language} job: ${message}`);
-      this.metrics.job(job.language, 'sandbox_error', Date.now() - started);
-      return sandboxResponse(randomUUID(), job.language, job.version, message);
+      this.log.error(`job ${id}: could not record its result: ${asRunnerError(err).message}`);
     }
   }
 
   /**
-   * Test cases: one job, compiled once, then run once per case with its own stdin in the same
-   * VM (the agent's `cases`); each case gets its verdict. When compiling fails no case runs.
+   * Runs one prepared job (all its test cases) on the engine; never throws. A thrown error is
+   * the system's (a failed restore, a closed pool) or a bug of ours (INTERNAL, counted apart):
+   * either way the job ends sandbox_error and the log says why, with the job's id.
    */
-  private async runCases(
-    job: PreparedJob,
-    cases: NonNullable<PreparedJob['cases']>,
-    id: string,
-  ): Promise<ExecuteResponse> {
+  private async run(job: ApiJob): Promise<ExecuteResponse> {
     const started = Date.now();
     let result: JobResult;
     try {
-      result = await this.engine.run({ ...job.request, cases: cases.map((c) => c.stdin) });
+      result = await this.engine.run(job.job);
     } catch (err) {
-      const message = err instanceof Error ? err.message : String(err);
-      this.log.error(`engine failed a ${job.language} job: ${message}`);
-      this.metrics.job(job.language, 'sandbox_error', Date.now() - started);
-      return sandboxResponse(id, job.language, job.version, message);
+      const e = asRunnerError(err);
+      this.log.error(`job ${job.job.id} (${job.job.language}): ${e.code}: ${e.message}`);
+      if (e.code === 'INTERNAL') this.metrics.internalError('engine');
+      this.metrics.job(job.job.language, 'sandbox_error', Date.now() - started);
+      return this.failed(job, e.message);
     }
     this.metrics.job(result.language, result.status, result.timings.totalMs, result.timings);
-    const runs = result.cases ?? [];
-    const results: TestCaseResult[] = cases.map((c, index) => {
-      const run = runs[index];
-      if (run === undefined) {
-        const status: Status =
-          result.status === 'compile_error'
-            ? 'compile_error'
-            : result.status === 'ok'
-              ? 'sandbox_error'
-              : result.status;
-        return { index, status, passed: false, run: null, timings: null };
-      }
-      const stdout = textOrNull(run.stdout);
-      const passed =
-        run.status === 'ok' && stdout !== null && outputMatches(stdout, c.expected, c.compare);
-      return { index, status: run.status, passed, run: stageView(run), timings: null };
-    });
-    const passed = results.filter((r) => r.passed).length;
+    if (job.cases === null) return executeResponse(result);
+    return caseResponse(result, job.cases);
+  }
+
+  /** The result of a job the system failed to run: every test case says why, too. */
+  private failed(job: ApiJob, message: string): ExecuteResponse {
+    const { id, language, version } = job.job;
+    const response = sandboxResponse(id, language, version, message);
+    if (job.cases === null) return response;
+    const testCases = job.cases.map((_, index): TestCaseResult => ({
+      index,
+      status: 'sandbox_error',
+      passed: false,
+      run: stageView(sandboxStage(message)),
+      timings: null,
+    }));
     return {
-      id,
-      language: result.language,
-      version: result.version,
-      status: result.status,
-      compile: result.compile === null ? null : stageView(result.compile),
+      ...response,
       run: null,
-      timings: { ...result.timings },
-      testCases: results,
-      summary: { total: results.length, passed, failed: results.length - passed },
+      testCases,
+      summary: { total: testCases.length, passed: 0, failed: testCases.length },
     };
   }
+}
+
+/**
+ * Test cases: one job, compiled once, run once per case with its own stdin in the same VM
+ * (the agent's `cases`); each case gets its verdict. A case that did not run says why: the
+ * compile stage failed, or an earlier case ended the job.
+ */
+function caseResponse(result: JobResult, checks: readonly CaseCheck[]): ExecuteResponse {
+  const runs = result.cases ?? [];
+  const notRun =
+    result.status === 'compile_error'
+      ? 'not run: the program did not compile'
+      : `not run: the job ended before this case (${result.status})`;
+  const results: TestCaseResult[] = checks.map((c, index) => {
+    const run = runs[index];
+    if (run === undefined) {
+      const status: Status =
+        result.status === 'compile_error'
+          ? 'compile_error'
+          : result.status === 'ok'
+            ? 'sandbox_error'
+            : result.status;
+      return { index, status, passed: false, run: null, timings: null, message: notRun };
+    }
+    const stdout = textOrNull(run.stdout);
+    const passed =
+      run.status === 'ok' && stdout !== null && outputMatches(stdout, c.expected, c.compare);
+    return { index, status: run.status, passed, run: stageView(run), timings: null };
+  });
+  const passed = results.filter((r) => r.passed).length;
+  return {
+    id: result.id,
+    language: result.language,
+    version: result.version,
+    status: result.status,
+    compile: result.compile === null ? null : stageView(result.compile),
+    run: null,
+    timings: { ...result.timings },
+    testCases: results,
+    summary: { total: results.length, passed, failed: results.length - passed },
+  };
 }

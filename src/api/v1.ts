@@ -2,7 +2,6 @@ import Type from 'typebox';
 import { DEFAULT_LIMITS, MAX_LIMITS } from '../config/limits.js';
 import { LimitsSchema } from '../protocol/index.js';
 import type { ApiContext, ApiInstance } from './context.js';
-import { runtimeStatuses } from './runtimes.js';
 import {
   ErrorResponse,
   ExecuteRequest,
@@ -96,7 +95,7 @@ export function registerV1Routes(app: ApiInstance, ctx: ApiContext): void {
         tags: ['v1'],
         summary: 'Run a job and wait for its result',
         description:
-          'A program that fails is a result (200) with its status, never an HTTP error. With testCases the program runs once per case (each case is its own VM job, compiled again) and each case gets a verdict.',
+          'A program that fails is a result (200) with its status, never an HTTP error. With testCases the program is compiled once and run once per case in the same VM, each case in a fresh copy of the compiled work dir with its own stdin, and each case gets a verdict.',
         security,
         body: ExecuteRequest,
         response: { 200: ExecuteResponse, ...errors(400, 401, 413, 415, 429, 503) },
@@ -155,7 +154,7 @@ export function registerV1Routes(app: ApiInstance, ctx: ApiContext): void {
       },
     },
     async () => {
-      const statuses = await runtimeStatuses(ctx.engine);
+      const statuses = await ctx.engine.runtimes();
       return ctx.engine.languages.list().map(({ definition: d }) => ({
         language: d.name,
         version: d.version,

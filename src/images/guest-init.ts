@@ -86,10 +86,21 @@ mount_fs devpts /dev/pts nosuid,noexec,gid=5,mode=0620,ptmxmode=0666
 [ -e /dev/stdin ] || ln -s /proc/self/fd/0 /dev/stdin
 [ -e /dev/stdout ] || ln -s /proc/self/fd/1 /dev/stdout
 [ -e /dev/stderr ] || ln -s /proc/self/fd/2 /dev/stderr
-mount_fs tmpfs /dev/shm nosuid,nodev,mode=1777
 mount_fs tmpfs /run nosuid,nodev,mode=0755
-mount_fs tmpfs /tmp nosuid,nodev,mode=1777
-mount_fs tmpfs /var/tmp nosuid,nodev,mode=1777
+
+# --- scratch: one sized tmpfs for everything a job can write ---------------------------------
+# The job's work dirs and the shared /tmp, /var/tmp and /dev/shm (bind mounts of folders in it)
+# share one size, half the guest's memory, so no job can fill the guest through them. tmpfs
+# pages are charged to the memory cgroup of the stage that writes them: a job's files count
+# against its memory limit. Files outlive the stage's cgroup, so the agent empties the shared
+# folders after every stage (--scratch) and runs each test case in a fresh work dir.
+mount_fs tmpfs /run/scratch nosuid,nodev,mode=0755,size=50%
+mkdir -p /run/scratch/tmp /run/scratch/var-tmp /run/scratch/shm /run/scratch/work /tmp /var/tmp /dev/shm
+chmod 1777 /run/scratch/tmp /run/scratch/var-tmp /run/scratch/shm
+chmod 0711 /run/scratch/work
+mount --bind /run/scratch/tmp /tmp || log "cannot bind /run/scratch/tmp to /tmp"
+mount --bind /run/scratch/var-tmp /var/tmp || log "cannot bind /run/scratch/var-tmp to /var/tmp"
+mount --bind /run/scratch/shm /dev/shm || log "cannot bind /run/scratch/shm to /dev/shm"
 
 # --- kernel command line --------------------------------------------------------------------
 transport=serial
@@ -168,7 +179,7 @@ wait_port() { # NAME; up to about 10 s
   return 1
 }
 
-agent_common="--languages /opt/runner/languages --uid 1000 --gid 1000 --cgroup-root /sys/fs/cgroup/runner"
+agent_common="--languages /opt/runner/languages --uid 1000 --gid 1000 --cgroup-root /sys/fs/cgroup/runner --work-root /run/scratch/work --scratch /tmp,/var/tmp,/dev/shm"
 agent_env="PATH=$PATH HOME=/root LANG=C.UTF-8 NODE_ENV=production"
 
 case "$transport" in

@@ -15,8 +15,9 @@ import {
   type VmmDriver,
 } from '../vmm/index.js';
 import { VmPool } from './pool.js';
-import { JobRunner, type JobRequest, type JobResult } from './runner.js';
-import { SnapshotManager } from './snapshots.js';
+import type { JobRequest, JobResult, PreparedJob } from './job.js';
+import { JobRunner } from './runner.js';
+import { SnapshotManager, type RuntimeStatus } from './snapshots.js';
 
 /** Everything a host needs to run jobs: images, snapshots, a pool, a runner. */
 export interface Engine {
@@ -31,7 +32,12 @@ export interface Engine {
   readonly runner: JobRunner;
   /** Cold boots and restores as they happen: `vm` events of {@link VmTiming}. */
   readonly events: EventEmitter;
-  run(request: JobRequest): Promise<JobResult>;
+  /** Checks a request and builds its one execute message, under `id` (default: a new one). */
+  prepare(request: JobRequest, id?: string): PreparedJob;
+  /** Runs a prepared job to its result (sandbox failures are results, not throws). */
+  run(job: PreparedJob): Promise<JobResult>;
+  /** Every language's readiness: images built, snapshot taken (read from the pool's own state). */
+  runtimes(): Promise<Map<string, RuntimeStatus>>;
   close(): Promise<void>;
 }
 
@@ -130,7 +136,12 @@ export function remoteFetcher(
 /** Builds the engine from settings: picks the driver (probing KVM), sweeps leftovers. */
 export async function createEngine(
   settings: Settings,
-  options: { log?: (line: string) => void; languagesDir?: string } = {},
+  options: {
+    log?: (line: string) => void;
+    /** Where sandbox failures are reported (default: `log`). */
+    warn?: (line: string) => void;
+    languagesDir?: string;
+  } = {},
 ): Promise<Engine> {
   const log = options.log;
   const paths = dataPaths({ ...process.env, RUNNER_DATA_DIR: settings.dataDir ?? undefined });
@@ -209,7 +220,10 @@ export async function createEngine(
     restoreTimeoutMs: settings.restoreTimeoutMs,
     log,
   });
-  const runner = new JobRunner(languages, pool);
+  const runner = new JobRunner(languages, pool, undefined, {
+    info: (line) => log?.(line),
+    warn: (line) => (options.warn ?? log)?.(line),
+  });
   return {
     settings,
     paths,
@@ -221,7 +235,15 @@ export async function createEngine(
     pool,
     runner,
     events,
-    run: (request) => runner.run(request),
+    prepare: (request, id) => runner.prepare(request, id),
+    run: (job) => runner.run(job),
+    runtimes: async () => {
+      const out = new Map<string, RuntimeStatus>();
+      for (const { definition } of languages.list()) {
+        out.set(definition.name, await snapshots.status(definition.name));
+      }
+      return out;
+    },
     close: () => pool.close(),
   };
 }

@@ -1,10 +1,18 @@
 import { randomBytes } from 'node:crypto';
 import { mkdir, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { SnapshotFailedError } from '../errors.js';
 import { canonicalJson, sha256Hex } from '../images/identity.js';
 import type { ImageStore, StoredImage } from '../images/store.js';
 import type { VmmDriver, VmResources } from '../vmm/index.js';
+
+/** Whether a language is ready to run here (see SnapshotManager.status). */
+export interface RuntimeStatus {
+  /** Its rootfs and the kernel are in the local store. */
+  readonly imageReady: boolean;
+  /** A snapshot of exactly those images exists, so a job needs no cold boot. */
+  readonly snapshotReady: boolean;
+}
 
 /** A snapshot on disk and what it was taken with. */
 export interface SnapshotRef {
@@ -63,6 +71,40 @@ export class SnapshotManager {
   /** The snapshot for a language, made now (one cold boot) when it is missing. */
   async ensure(language: string): Promise<SnapshotRef> {
     const { kernel, rootfs } = await this.images(language);
+    const base = this.locate(language, kernel, rootfs);
+    const { key, path } = base;
+    const dir = dirname(path);
+    const existing = await stat(path).catch(() => null);
+    if (existing) return { ...base, sizeBytes: existing.size };
+    let pending = this.inflight.get(key);
+    if (!pending) {
+      pending = this.create(base, dir).finally(() => this.inflight.delete(key));
+      this.inflight.set(key, pending);
+    }
+    return pending;
+  }
+
+  /**
+   * Whether a language can run without a build (its images are in the local store) and without
+   * a cold boot (a snapshot of exactly those images, this driver and this VM shape is on disk).
+   * Reads only: fetches nothing, boots nothing.
+   */
+  async status(language: string): Promise<RuntimeStatus> {
+    const kernel = await this.options.store.latest('kernel', null);
+    const rootfs = await this.options.store.latest('rootfs', language);
+    if (kernel === undefined || rootfs === undefined)
+      return { imageReady: false, snapshotReady: false };
+    const { path } = this.locate(language, kernel, rootfs);
+    const snap = await stat(path).catch(() => null);
+    return { imageReady: true, snapshotReady: snap?.isFile() === true };
+  }
+
+  /** Where the snapshot of these images is kept, and what it is made of. */
+  private locate(
+    language: string,
+    kernel: StoredImage,
+    rootfs: StoredImage,
+  ): Omit<SnapshotRef, 'sizeBytes'> {
     const resources: VmResources = {
       kernelPath: join(kernel.dir, this.options.kernelFile),
       initrdPath: join(kernel.dir, 'initrd.img'),
@@ -79,24 +121,14 @@ export class SnapshotManager {
         vcpus: resources.vcpus,
       }),
     ).slice(0, 16);
-    const dir = join(this.options.snapshotsDir, `${language}-${key}`);
-    const path = join(dir, 'vm.snap');
-    const base = {
+    return {
       language,
       key,
-      path,
+      path: join(this.options.snapshotsDir, `${language}-${key}`, 'vm.snap'),
       resources,
       kernelId: kernel.manifest.id,
       rootfsId: rootfs.manifest.id,
     };
-    const existing = await stat(path).catch(() => null);
-    if (existing) return { ...base, sizeBytes: existing.size };
-    let pending = this.inflight.get(key);
-    if (!pending) {
-      pending = this.create(base, dir).finally(() => this.inflight.delete(key));
-      this.inflight.set(key, pending);
-    }
-    return pending;
   }
 
   /** Removes snapshots of a language whose key is not `keep` (stale after an image change). */

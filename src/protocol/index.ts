@@ -2,3 +2,4 @@
 export * from './frame.js';
 export * from './messages.js';
 export * from './channel.js';
+export * from './rules.js';

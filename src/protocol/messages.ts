@@ -1,6 +1,21 @@
 import Type, { type Static, type TSchema } from 'typebox';
 import { Compile } from 'typebox/compile';
-import { MessageInvalidError } from '../errors.js';
+import {
+  ERROR_CATALOGUE,
+  MessageInvalidError,
+  RequestInvalidError,
+  type ErrorCode,
+} from '../errors.js';
+import {
+  BASE64_PATTERN,
+  checkJob,
+  ENV_NAME_PATTERN,
+  MAX_ARG_STRING_BYTES,
+  MAX_JOB_ARGS,
+  MAX_JOB_CASES,
+  MAX_JOB_FILES,
+  MAX_PATH_BYTES,
+} from './rules.js';
 
 /** Bumped on any incompatible change to a message; sent in the agent's hello. */
 export const PROTOCOL_VERSION = 1;
@@ -8,7 +23,7 @@ export const PROTOCOL_VERSION = 1;
 const closed = { additionalProperties: false } as const;
 const Id = Type.String({ minLength: 1, maxLength: 128 });
 /** Bytes, as standard base64. */
-const Base64 = Type.String({ pattern: '^[A-Za-z0-9+/]*={0,2}$' });
+const Base64 = Type.String({ pattern: BASE64_PATTERN });
 
 /** The statuses of a stage and of a whole job. */
 export const STATUSES = [
@@ -56,10 +71,13 @@ export const LimitsSchema = Type.Object(
 );
 export type Limits = Static<typeof LimitsSchema>;
 
-/** One file of a job. Names are relative to the work dir; the agent checks them again. */
+/**
+ * One file of a job. Names are relative paths in the work dir; their byte limits, the encoding
+ * and the rest are checked by `checkJob` (rules.ts) on both sides.
+ */
 export const JobFileSchema = Type.Object(
   {
-    name: Type.String({ minLength: 1, maxLength: 255 }),
+    name: Type.String({ minLength: 1, maxLength: MAX_PATH_BYTES }),
     content: Type.String(),
     encoding: Type.Union([Type.Literal('utf8'), Type.Literal('base64')]),
   },
@@ -110,12 +128,12 @@ export const ExecuteMessageSchema = Type.Object(
     type: Type.Literal('execute'),
     id: Id,
     language: Type.String({ minLength: 1, maxLength: 64 }),
-    files: Type.Array(JobFileSchema, { minItems: 1, maxItems: 1000 }),
+    files: Type.Array(JobFileSchema, { minItems: 1, maxItems: MAX_JOB_FILES }),
     stdin: Base64,
-    args: Type.Array(Type.String({ maxLength: 65_536 }), { maxItems: 1000 }),
+    args: Type.Array(Type.String({ maxLength: MAX_ARG_STRING_BYTES }), { maxItems: MAX_JOB_ARGS }),
     env: Type.Record(
-      Type.String({ pattern: '^[A-Za-z_][A-Za-z0-9_]*$', maxLength: 256 }),
-      Type.String({ maxLength: 65_536 }),
+      Type.String({ pattern: ENV_NAME_PATTERN, maxLength: 256 }),
+      Type.String({ maxLength: MAX_ARG_STRING_BYTES }),
     ),
     compileLimits: LimitsSchema,
     runLimits: LimitsSchema,
@@ -123,7 +141,7 @@ export const ExecuteMessageSchema = Type.Object(
      * Test cases: when present, the program is compiled once and then run once per entry, each
      * with that stdin (base64) instead of `stdin`; the result carries `cases` and no `run`.
      */
-    cases: Type.Optional(Type.Array(Base64, { minItems: 1, maxItems: 1000 })),
+    cases: Type.Optional(Type.Array(Base64, { minItems: 1, maxItems: MAX_JOB_CASES })),
   },
   closed,
 );
@@ -141,7 +159,7 @@ export const SeedMessageSchema = Type.Object(
   {
     type: Type.Literal('seed'),
     id: Id,
-    entropy: Type.String({ pattern: '^[A-Za-z0-9+/]*={0,2}$', minLength: 44, maxLength: 4096 }),
+    entropy: Type.String({ pattern: BASE64_PATTERN, minLength: 44, maxLength: 4096 }),
     unixTimeMs: Type.Integer({ minimum: 0 }),
     vmId: Id,
   },
@@ -182,7 +200,7 @@ export const ResultMessageSchema = Type.Object(
      * overhead is everything else). */
     agentMs: Type.Optional(Type.Number({ minimum: 0 })),
     /** One run stage per test case, in order (only when the execute message had `cases`). */
-    cases: Type.Optional(Type.Array(StageResultSchema, { maxItems: 1000 })),
+    cases: Type.Optional(Type.Array(StageResultSchema, { maxItems: MAX_JOB_CASES })),
   },
   closed,
 );
@@ -198,11 +216,14 @@ export const SeededMessageSchema = Type.Object(
 );
 export type SeededMessage = Static<typeof SeededMessageSchema>;
 
+/** The catalogue's codes: an agent's error names one of them, nothing else. */
+export const ERROR_CODES = Object.keys(ERROR_CATALOGUE) as [ErrorCode, ...ErrorCode[]];
+
 export const ErrorMessageSchema = Type.Object(
   {
     type: Type.Literal('error'),
     id: Type.Union([Id, Type.Null()]),
-    code: Type.String({ minLength: 1, maxLength: 64 }),
+    code: Type.Enum(ERROR_CODES),
     message: Type.String({ maxLength: 4096 }),
   },
   closed,
@@ -241,3 +262,23 @@ export const parseHostMessage = parser(HostMessageSchema, 'host');
 export const parseAgentMessage = parser(AgentMessageSchema, 'agent');
 /** Checks a stage result alone (used in tests and by the API layer). */
 export const parseStageResult = parser(StageResultSchema, 'stage result');
+
+const executeValidator = Compile(ExecuteMessageSchema);
+
+/**
+ * The host's check of an execute message it built, before any VM is touched: the same schema
+ * the agent parses with, then the same rules (`checkJob`). A message that passes is one the
+ * agent takes. Throws REQUEST_INVALID for a schema breach (naming the path), or the rule's own
+ * error (FILE_NAME_INVALID, ENCODING_INVALID, ENV_INVALID, ARGS_INVALID, LIMIT_INVALID).
+ */
+export function checkExecuteMessage(message: ExecuteMessage): ExecuteMessage {
+  if (!executeValidator.Check(message)) {
+    const first = executeValidator.Errors(message)[0];
+    const where = first
+      ? `${first.instancePath.slice(1).replace(/\//g, '.') || 'job'} ${first.message}`
+      : 'invalid';
+    throw new RequestInvalidError(`the job is not one the agent takes: ${where}`);
+  }
+  checkJob(message);
+  return message;
+}

@@ -8,7 +8,7 @@ import { loadSettings } from '../../config/settings.js';
 import { LanguageUnknownError, LimitInvalidError, SandboxFailureError } from '../../errors.js';
 import { createEngine, type Engine } from '../../pool/engine.js';
 import { reseed } from '../../pool/pool.js';
-import type { JobRequest } from '../../pool/runner.js';
+import type { JobRequest } from '../../pool/index.js';
 import { startSpinner } from '../progress.js';
 
 /** Median and 95th percentile of a sample, in ms. */
@@ -163,7 +163,7 @@ export async function runBench(
   const miss: number[] = [];
   for (let i = 0; i < Math.min(5, options.jobs); i++) {
     options.progress(`pool miss ${i + 1}`);
-    const r = await engine.run(request);
+    const r = await engine.run(engine.prepare(request));
     if (r.status !== 'ok')
       throw new SandboxFailureError(`bench job failed: ${r.status} ${r.run?.message ?? ''}`);
     if (!r.timings.poolHit) miss.push(r.timings.totalMs);
@@ -178,7 +178,7 @@ export async function runBench(
     // Let the pool refill so that the job finds a ready VM.
     for (let w = 0; w < 500 && (engine.pool.stats().ready[language] ?? 0) === 0; w++)
       await new Promise((r) => setTimeout(r, 20));
-    const r = await engine.run(request);
+    const r = await engine.run(engine.prepare(request));
     if (r.status !== 'ok')
       throw new SandboxFailureError(`bench job failed: ${r.status} ${r.run?.message ?? ''}`);
     if (!r.timings.poolHit) continue;
@@ -196,7 +196,7 @@ export async function runBench(
     Array.from({ length: options.concurrency }, async () => {
       while (next < options.jobs) {
         next++;
-        const r = await engine.run(request);
+        const r = await engine.run(engine.prepare(request));
         if (r.status !== 'ok')
           throw new SandboxFailureError(`bench job failed under load: ${r.status}`);
       }

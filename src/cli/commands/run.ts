@@ -5,8 +5,8 @@ import { constants as osConstants } from 'node:os';
 import { loadSettings } from '../../config/settings.js';
 import { FileNameInvalidError, LanguageUnknownError, LimitInvalidError } from '../../errors.js';
 import type { LanguageRegistry } from '../../languages/index.js';
-import { createEngine } from '../../pool/engine.js';
-import type { JobResult } from '../../pool/runner.js';
+import { createEngine } from '../../pool/index.js';
+import type { JobResult } from '../../pool/index.js';
 import type { Limits } from '../../protocol/index.js';
 import { startSpinner } from '../progress.js';
 
@@ -156,16 +156,17 @@ Examples:
           ...(opts.outputBytes !== undefined && { outputBytes: opts.outputBytes }),
         };
         const stdin = opts.stdin !== undefined ? Buffer.from(opts.stdin) : await readStdin();
-        spinner.text(`starting a ${language} VM`);
-        const result = await engine.run({
+        const job = engine.prepare({
           language,
-          version: opts.versionReq,
+          ...(opts.versionReq !== undefined && { version: opts.versionReq }),
           files,
           stdin,
           args,
           runLimits,
           compileLimits,
         });
+        spinner.text(`starting a ${job.language} VM for job ${job.id}`);
+        const result = await engine.run(job);
         spinner.stop();
         if (opts.json) {
           process.stdout.write(`${JSON.stringify(withText(result), null, 2)}\n`);

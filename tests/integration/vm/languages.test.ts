@@ -27,11 +27,13 @@ describe.skipIf(skip !== null)('every language in a real VM', () => {
   it('test cases: c compiles once in the VM, then each case runs with its own stdin', async () => {
     const source =
       '#include <stdio.h>\nint main(void){int a,b;if(scanf("%d %d",&a,&b)!=2)return 3;printf("%d\\n",a+b);return 0;}\n';
-    const result = await engine.run({
-      language: 'c',
-      files: [{ name: 'main.c', content: source }],
-      cases: [Buffer.from('1 2'), Buffer.from('40 2'), Buffer.from('x')],
-    });
+    const result = await engine.run(
+      engine.prepare({
+        language: 'c',
+        files: [{ name: 'main.c', content: source }],
+        cases: [Buffer.from('1 2'), Buffer.from('40 2'), Buffer.from('x')],
+      }),
+    );
     expect(result.compile?.status).toBe('ok');
     expect(result.run).toBeNull();
     expect(
@@ -49,10 +51,9 @@ describe.skipIf(skip !== null)('every language in a real VM', () => {
       const name = definition.test.file.endsWith(`.${definition.extension}`)
         ? definition.test.file
         : definition.sourceFile;
-      const result = await engine.run({
-        language: definition.name,
-        files: [{ name, content: source }],
-      });
+      const result = await engine.run(
+        engine.prepare({ language: definition.name, files: [{ name, content: source }] }),
+      );
       const stdout = Buffer.from(result.run?.stdout ?? '', 'base64').toString();
       const stderr = Buffer.from(result.run?.stderr ?? '', 'base64').toString();
       const compileErr = Buffer.from(result.compile?.stderr ?? '', 'base64').toString();

@@ -5,7 +5,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { ExecuteResponse } from '../../../src/api/schemas.js';
 import { startServer, type RunningServer } from '../../../src/api/server.js';
 import type { Engine } from '../../../src/pool/engine.js';
-import { executeOnVm, type JobRequest } from '../../../src/pool/runner.js';
+import { executeOnVm, type JobRequest } from '../../../src/pool/index.js';
 import type { StageResult } from '../../../src/protocol/index.js';
 import { ensureImages, testEngine, testSettings, vmSkipReason } from '../../support/vm.js';
 
@@ -61,10 +61,10 @@ describe.skipIf(skip !== null)('the sandbox in real VMs', () => {
   async function runAndPing(
     request: JobRequest,
   ): Promise<{ result: Awaited<ReturnType<typeof executeOnVm>>; agentAlive: boolean }> {
-    const { message, language, compiles } = engine.runner.prepare(request);
-    const lease = await engine.pool.acquire(language);
+    const job = engine.prepare(request);
+    const lease = await engine.pool.acquire(job.language);
     try {
-      const result = await executeOnVm(lease.vm, message, compiles);
+      const result = await executeOnVm(lease.vm, job);
       let agentAlive = false;
       try {
         const channel = lease.vm.agent();
@@ -196,12 +196,12 @@ describe.skipIf(skip !== null)('the sandbox in real VMs', () => {
   });
 
   it('a VM killed mid-job ends the job as sandbox_error, and the pool goes on', async () => {
-    const { message } = engine.runner.prepare(
+    const job = engine.prepare(
       python('import time; time.sleep(30)', { runLimits: { wallTimeMs: 40000 } }),
     );
     const lease = await engine.pool.acquire('python');
     try {
-      const pending = executeOnVm(lease.vm, message);
+      const pending = executeOnVm(lease.vm, job);
       await new Promise((r) => setTimeout(r, 1500));
       expect(lease.vm.pid).toBeGreaterThan(1);
       process.kill(lease.vm.pid as number, 'SIGKILL');
@@ -216,13 +216,13 @@ describe.skipIf(skip !== null)('the sandbox in real VMs', () => {
   });
 
   it('a VM that hangs mid-job (VMM stopped) is detected at the deadline as sandbox_error', async () => {
-    const { message } = engine.runner.prepare(
+    const job = engine.prepare(
       python('import time; time.sleep(30)', { runLimits: { wallTimeMs: 1000, cpuTimeMs: 1000 } }),
     );
     const lease = await engine.pool.acquire('python');
     try {
       process.kill(lease.vm.pid as number, 'SIGSTOP');
-      const result = await executeOnVm(lease.vm, message, false);
+      const result = await executeOnVm(lease.vm, job);
       expect(result.status).toBe('sandbox_error');
       expect(result.run?.message).toMatch(/no message within/);
     } finally {
@@ -368,15 +368,15 @@ describe.skipIf(skip !== null)('the sandbox in real VMs', () => {
     expect(segv.run?.signal).toBe('SIGSEGV');
     const code = 'setsid sh -c "sleep 1000" & nohup sleep 1000 >/dev/null 2>&1 & echo started';
     const { result, agentAlive } = await (async () => {
-      const { message } = engine.runner.prepare({
+      const job = engine.prepare({
         language: 'bash',
         files: [{ name: 'main.sh', content: code }],
       });
       const lease = await engine.pool.acquire('bash');
       try {
-        const result = await executeOnVm(lease.vm, message);
+        const result = await executeOnVm(lease.vm, job);
         // The next job in this same VM (a second execute) finds no process of the first.
-        const check = engine.runner.prepare({
+        const check = engine.prepare({
           language: 'bash',
           files: [
             {
@@ -385,7 +385,7 @@ describe.skipIf(skip !== null)('the sandbox in real VMs', () => {
                 'for p in /proc/[0-9]*; do cat $p/comm; done 2>/dev/null | grep -c sleep || true',
             },
           ],
-        }).message;
+        });
         const after = await executeOnVm(lease.vm, check);
         return { result, agentAlive: text(after.run).trim() === '0' };
       } finally {

@@ -31,6 +31,25 @@ describe('expandCommand', () => {
     ]);
   });
 
+  it('passes file names that look like options as paths (./-name), never as options', () => {
+    const evil = "-toolexec=sh -c 'touch /tmp/pwned' z.go";
+    expect(
+      expandCommand(['go', 'build', '-o', 'main', '{sources}'], [evil, 'main.go'], 'go'),
+    ).toEqual(['go', 'build', '-o', 'main', `./${evil}`, 'main.go']);
+    expect(expandCommand(['python3', '{entry}'], ['--help'], 'py')).toEqual([
+      'python3',
+      './--help',
+    ]);
+    expect(expandCommand(['java', '-cp', '.', '{entryStem}'], ['-XX:+X.java'], 'java')).toEqual([
+      'java',
+      '-cp',
+      '.',
+      './-XX:+X',
+    ]);
+    // A template's own option stays as it is; the user's name inside it cannot start it.
+    expect(expandCommand(['cc', '-o{entryStem}'], ['-x.c'], 'c')).toEqual(['cc', '-o-x']);
+  });
+
   it('keeps the whole name as the stem when there is no extension', () => {
     expect(expandCommand(['x', '{entryStem}'], ['dir.d/Makefile'], 'c')).toEqual([
       'x',

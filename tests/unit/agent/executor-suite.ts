@@ -2,9 +2,13 @@ import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { Executor, listProcessesOfUid, type JobResult } from '../../../src/agent/index.js';
+import { Executor, listProcessesOfUid, type ExecutorOutcome } from '../../../src/agent/index.js';
 import { hasCode } from '../../../src/errors.js';
-import { parseStageResult, type StageResult } from '../../../src/protocol/index.js';
+import {
+  MAX_RESULT_OUTPUT_BYTES,
+  parseStageResult,
+  type StageResult,
+} from '../../../src/protocol/index.js';
 import {
   bash,
   bytes,
@@ -55,7 +59,7 @@ export function defineExecutorSuite(mode: 'cgroup' | 'fallback', uidBase: number
 
   /** Runs a job and checks the invariants every job must keep. */
   async function run(request: Parameters<ExecutorFixture['executor']['execute']>[0]) {
-    const result: JobResult = await fx.executor.execute(request);
+    const result: ExecutorOutcome = await fx.executor.execute(request);
     if (result.compile) parseStageResult(result.compile);
     if (result.run) parseStageResult(result.run);
     expect(await fx.leftovers(), 'work dirs left behind').toEqual([]);
@@ -158,6 +162,49 @@ export function defineExecutorSuite(mode: 'cgroup' | 'fallback', uidBase: number
         ['runtime_error', '', 3],
       ]);
       expect(result.status).toBe('runtime_error');
+    });
+
+    it_('runs each test case in a fresh copy of the compiled work dir', async () => {
+      const b64 = (t: string) => Buffer.from(t).toString('base64');
+      // Each case leaves a file in its work dir and appends to a source file; the next case
+      // must see neither.
+      const script = 'ls; [ -e mark ] && echo SEEN; touch mark; echo x >> main.sh';
+      const result = await run(bash(script, {}, { cases: [b64(''), b64(''), b64('')] }));
+      expect(result.cases?.map((c) => text(c.stdout))).toEqual([
+        'main.sh\n',
+        'main.sh\n',
+        'main.sh\n',
+      ]);
+      expect(await fx.leftovers()).toEqual([]);
+    });
+
+    it_('bounds the output of a whole job, not only of each stage', async () => {
+      const b64 = (t: string) => Buffer.from(t).toString('base64');
+      // 16 cases at a 1 MiB cap per stream would return 32 MiB: more than one result frame.
+      const cases = Array.from({ length: 16 }, () => b64(''));
+      const result = await run(
+        bash(
+          'head -c 1048576 /dev/zero | tr "\\0" a; head -c 1048576 /dev/zero | tr "\\0" b >&2',
+          { outputBytes: 1_048_576 },
+          { cases },
+        ),
+      );
+      const all = result.cases ?? [];
+      expect(all).toHaveLength(16);
+      const total = all.reduce((n, c) => n + bytes(c.stdout).length + bytes(c.stderr).length, 0);
+      expect(total).toBeLessThanOrEqual(MAX_RESULT_OUTPUT_BYTES);
+      expect(total).toBeGreaterThan(MAX_RESULT_OUTPUT_BYTES - 2 * 65_536);
+      // The program kept its limits: every case is ok; the late ones say they were trimmed.
+      expect(all.every((c) => c.status === 'ok')).toBe(true);
+      const last = all.at(-1);
+      expect(last?.stdoutTruncated).toBe(true);
+      expect(last?.message).toMatch(/output trimmed/);
+    });
+
+    it_('gives a file named like an option to the interpreter as a file', async () => {
+      const r = await run(job('bash', '-c', 'echo from the file'));
+      expect(r.status).toBe('ok');
+      expect(text(stage(r.run).stdout)).toBe('from the file\n');
     });
 
     it_('closes stdin after the given input', async () => {
@@ -438,14 +485,28 @@ export function defineExecutorSuite(mode: 'cgroup' | 'fallback', uidBase: number
         [() => fx.executor.execute(job('bash', '../main.sh', 'echo')), 'FILE_NAME_INVALID'],
         [() => fx.executor.execute(bash('echo', { wallTimeMs: 0 })), 'LIMIT_INVALID'],
         [() => fx.executor.execute(bash('echo', { memoryMib: 1.5 })), 'LIMIT_INVALID'],
-        [() => fx.executor.execute(bash('echo', {}, { env: { 'A=B': 'x' } })), 'MESSAGE_INVALID'],
+        [() => fx.executor.execute(bash('echo', {}, { env: { 'A=B': 'x' } })), 'ENV_INVALID'],
+        [() => fx.executor.execute(bash('echo', {}, { env: { A: 'x\0y' } })), 'ENV_INVALID'],
+        [() => fx.executor.execute(bash('echo', {}, { args: ['x\0y'] })), 'ARGS_INVALID'],
         [
           () =>
             fx.executor.execute({
               ...bash('echo'),
               files: [{ name: 'main.sh', content: '!!', encoding: 'base64' }],
             }),
-          'MESSAGE_INVALID',
+          'ENCODING_INVALID',
+        ],
+        [
+          () =>
+            fx.executor.execute({
+              ...bash('echo'),
+              files: [
+                { name: 'main.sh', content: '', encoding: 'utf8' },
+                { name: 'a', content: '', encoding: 'utf8' },
+                { name: 'a/b', content: '', encoding: 'utf8' },
+              ],
+            }),
+          'FILE_NAME_INVALID',
         ],
       ];
       for (const [start, code] of cases) {

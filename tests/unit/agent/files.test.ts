@@ -1,4 +1,5 @@
 import {
+  lchown,
   link,
   lstat,
   mkdir,
@@ -14,20 +15,21 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import {
-  checkFileName,
+  copyWorkDir,
   createWorkDir,
   removeWorkDir,
+  wipeScratch,
   writeJobFiles,
 } from '../../../src/agent/index.js';
 import { hasCode } from '../../../src/errors.js';
-import type { JobFile } from '../../../src/protocol/index.js';
+import { checkFileName, type JobFile } from '../../../src/protocol/index.js';
 import { freeOwner, isRoot } from './helpers.js';
 
 const utf8 = (name: string, content = 'x'): JobFile => ({ name, content, encoding: 'utf8' });
 
 async function rejects(
   p: Promise<unknown>,
-  code: 'FILE_NAME_INVALID' | 'FILE_WRITE_FAILED' | 'MESSAGE_INVALID',
+  code: 'FILE_NAME_INVALID' | 'FILE_WRITE_FAILED' | 'ENCODING_INVALID',
 ) {
   const err = await p.then(
     () => null,
@@ -68,6 +70,51 @@ describe('checkFileName', () => {
     }
     expect(hasCode(err, 'FILE_NAME_INVALID')).toBe(true);
   });
+});
+
+describe('copyWorkDir and wipeScratch', () => {
+  let base: string;
+  beforeEach(async () => {
+    base = await mkdtemp(join(tmpdir(), 'runner-copy-test-'));
+  });
+  afterEach(async () => {
+    await rm(base, { recursive: true, force: true });
+  });
+
+  it('copies files, folders and links (as links) with their modes', async () => {
+    const from = join(base, 'from');
+    await mkdir(join(from, 'sub'), { recursive: true });
+    await writeFile(join(from, 'main'), 'bin', { mode: 0o755 });
+    await writeFile(join(from, 'sub', 'data'), 'd', { mode: 0o600 });
+    await symlink('/etc/passwd', join(from, 'link'));
+    await copyWorkDir(from, join(base, 'to'), null);
+    expect((await readdir(join(base, 'to'))).sort()).toEqual(['link', 'main', 'sub']);
+    expect((await stat(join(base, 'to', 'main'))).mode & 0o777).toBe(0o755);
+    expect((await stat(join(base, 'to', 'sub', 'data'))).mode & 0o777).toBe(0o600);
+    expect(await readFile(join(base, 'to', 'sub', 'data'), 'utf8')).toBe('d');
+    expect((await lstat(join(base, 'to', 'link'))).isSymbolicLink()).toBe(true);
+  });
+
+  it.runIf(isRoot)(
+    "hands the copy to the job user, and wipes only that user's scratch",
+    async () => {
+      const owner = await freeOwner(43_000, 50);
+      const from = join(base, 'from');
+      await mkdir(from);
+      await writeFile(join(from, 'main'), 'x');
+      await copyWorkDir(from, join(base, 'to'), owner);
+      expect((await stat(join(base, 'to'))).uid).toBe(owner.uid);
+      expect((await stat(join(base, 'to', 'main'))).uid).toBe(owner.uid);
+
+      const scratch = join(base, 'scratch');
+      await mkdir(join(scratch, 'left', 'deep'), { recursive: true });
+      await writeFile(join(scratch, 'left', 'deep', 'f'), 'x');
+      await writeFile(join(scratch, 'rootfile'), 'keep');
+      await lchown(join(scratch, 'left'), owner.uid, owner.gid);
+      expect(await wipeScratch([scratch, join(base, 'missing')], owner)).toBe(1);
+      expect(await readdir(scratch)).toEqual(['rootfile']);
+    },
+  );
 });
 
 describe('writeJobFiles', () => {
@@ -116,16 +163,16 @@ describe('writeJobFiles', () => {
   it('rejects malformed base64 content', async () => {
     await rejects(
       writeJobFiles(work, [{ name: 'a', content: 'not base64!', encoding: 'base64' }], null),
-      'MESSAGE_INVALID',
+      'ENCODING_INVALID',
     );
   });
 
-  it('refuses a name given twice (exclusive create)', async () => {
+  it('refuses a name given twice before writing anything', async () => {
     await rejects(
       writeJobFiles(work, [utf8('a.txt', '1'), utf8('a.txt', '2')], null),
       'FILE_NAME_INVALID',
     );
-    expect(await readFile(join(work, 'a.txt'), 'utf8')).toBe('1');
+    expect(await readdir(work)).toEqual([]);
   });
 
   it('refuses a name that is both a file and a folder', async () => {

@@ -3,7 +3,7 @@ import { chmod, mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Executor, listProcessesOfUid, probeCgroup } from '../../../src/agent/index.js';
-import type { ExecutorOptions, FileOwner, JobRequest } from '../../../src/agent/index.js';
+import type { ExecutorOptions, FileOwner, ExecutorJob } from '../../../src/agent/index.js';
 import { LanguageRegistry } from '../../../src/languages/index.js';
 import type { Limits } from '../../../src/protocol/index.js';
 
@@ -62,8 +62,8 @@ export function job(
   language: string,
   name: string,
   content: string,
-  extra: Partial<JobRequest> = {},
-): JobRequest {
+  extra: Partial<ExecutorJob> = {},
+): ExecutorJob {
   return {
     language,
     files: [{ name, content, encoding: 'utf8' }],
@@ -80,7 +80,7 @@ export function job(
 export function bash(
   script: string,
   limits: Partial<Limits> = {},
-  extra: Partial<JobRequest> = {},
+  extra: Partial<ExecutorJob> = {},
 ) {
   return job('bash', 'main.sh', script, { runLimits: { ...LIMITS, ...limits }, ...extra });
 }
@@ -114,7 +114,11 @@ export async function makeExecutor(
     executor,
     workRoot: join(workRoot, 'jobs'),
     owner: options.owner,
-    leftovers: async () => readdir(join(workRoot, 'jobs')).catch(() => []),
+    leftovers: async () => {
+      // A job's work dirs are removed after its outcome is given, before the next job.
+      await executor.idle();
+      return readdir(join(workRoot, 'jobs')).catch(() => []);
+    },
     close: () => rm(workRoot, { recursive: true, force: true }),
   };
 }

@@ -34,6 +34,8 @@ describe('parseAgentArgs', () => {
         '/sys/fs/cgroup',
         '--work-root',
         '/run/jobs',
+        '--scratch',
+        '/tmp,/dev/shm',
         '--vm-id',
         'vm-1',
       ]),
@@ -44,6 +46,7 @@ describe('parseAgentArgs', () => {
       runAs: { uid: 1000, gid: 1000 },
       cgroupRoot: '/sys/fs/cgroup',
       workRoot: '/run/jobs',
+      scratchDirs: ['/tmp', '/dev/shm'],
       vmId: 'vm-1',
     });
     expect(

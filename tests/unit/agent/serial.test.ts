@@ -4,7 +4,7 @@ import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { AgentServer, SerialTransport, type JobRunner } from '../../../src/agent/index.js';
+import { AgentServer, SerialTransport, type JobExecutor } from '../../../src/agent/index.js';
 import {
   MessageChannel,
   parseAgentMessage,
@@ -15,7 +15,7 @@ import {
 const hasSocat = spawnSync('socat', ['-V'], { stdio: 'ignore' }).status === 0;
 
 /** A job runner that is never asked to run anything here. */
-const idleRunner: JobRunner = {
+const idleRunner: JobExecutor = {
   languages: () => ['bash'],
   execute: () => Promise.reject(new Error('not in this test')),
 };

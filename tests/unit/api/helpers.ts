@@ -1,14 +1,15 @@
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { buildApp, type App } from '../../../src/api/app.js';
 import type { ApiEngine } from '../../../src/api/service.js';
 import { loadSettings, type Settings } from '../../../src/config/settings.js';
-import type { ImageManifest } from '../../../src/images/manifest.js';
-import type { StoredImage } from '../../../src/images/store.js';
 import { LanguageRegistry } from '../../../src/languages/index.js';
-import type { PoolStats } from '../../../src/pool/pool.js';
-import { JobRunner, type JobRequest, type JobResult } from '../../../src/pool/runner.js';
+import {
+  prepareJob,
+  type JobRequest,
+  type JobResult,
+  type PoolStats,
+  type PreparedJob,
+  type RuntimeStatus,
+} from '../../../src/pool/index.js';
 import type { StageResult } from '../../../src/protocol/index.js';
 import { JobStore, type JobQueue } from '../../../src/queue/index.js';
 
@@ -50,10 +51,6 @@ export function stage(
 /** By default a job echoes its stdin (like `cat`), after a compile stage for compiled languages. */
 const echo: FakeBehavior = (request) => ({ run: stage({ out: request.stdin ?? Buffer.alloc(0) }) });
 
-/**
- * A fake engine: the real language definitions and the real request validation (JobRunner.
- * prepare), but no VM: run() answers from `behavior`. It records what it was asked to run.
- */
 /** The timings every fake job reports. */
 const FAKE_TIMINGS = {
   totalMs: 20,
@@ -64,12 +61,16 @@ const FAKE_TIMINGS = {
   poolHit: true,
 };
 
+/**
+ * A fake engine: the real language definitions and the real job preparation (prepareJob, the
+ * same checks as the real engine's), but no VM: run() answers from `behavior`. It records the
+ * requests whose jobs it was asked to run, and the prepared jobs.
+ */
 export class FakeEngine implements ApiEngine {
   readonly languages: LanguageRegistry;
-  readonly runner: JobRunner;
   readonly calls: JobRequest[] = [];
-  readonly snapshotsDir = mkdtempSync(join(tmpdir(), 'api-fake-snap-'));
-  readonly paths = { snapshotsDir: this.snapshotsDir };
+  readonly jobs: PreparedJob[] = [];
+  private readonly requests = new Map<string, JobRequest>();
   behavior: FakeBehavior = echo;
   capacity = 2;
   readonly pool = {
@@ -84,29 +85,34 @@ export class FakeEngine implements ApiEngine {
       failures: 0,
     }),
   };
-  /** Languages whose rootfs "is built". */
+  /** Languages whose rootfs "is built", and those with a snapshot. */
   built = new Set(['python']);
-  readonly store = {
-    latest: (
-      kind: 'kernel' | 'rootfs',
-      language: string | null,
-    ): Promise<StoredImage | undefined> => {
-      if (kind === 'kernel')
-        return Promise.resolve(fakeImage('kernel-0123456789abcdef', null, 'kernel'));
-      if (language !== null && this.built.has(language))
-        return Promise.resolve(fakeImage(`${language}-0123456789ab`, language, 'rootfs'));
-      return Promise.resolve(undefined);
-    },
-  };
+  snapshotted = new Set<string>();
 
   constructor(languages: LanguageRegistry = LanguageRegistry.fromDir()) {
     this.languages = languages;
-    // prepare() validates without touching the pool.
-    this.runner = new JobRunner(languages, undefined as never);
   }
 
-  async run(request: JobRequest): Promise<JobResult> {
+  prepare(request: JobRequest, id?: string): PreparedJob {
+    const job = prepareJob(request, this.languages, id === undefined ? {} : { id });
+    this.requests.set(job.id, request);
+    return job;
+  }
+
+  runtimes(): Promise<Map<string, RuntimeStatus>> {
+    const out = new Map<string, RuntimeStatus>();
+    for (const { definition: d } of this.languages.list()) {
+      const imageReady = this.built.has(d.name);
+      out.set(d.name, { imageReady, snapshotReady: imageReady && this.snapshotted.has(d.name) });
+    }
+    return Promise.resolve(out);
+  }
+
+  async run(job: PreparedJob): Promise<JobResult> {
+    const request = this.requests.get(job.id);
+    if (request === undefined) throw new Error(`job ${job.id} was not prepared by this engine`);
     this.calls.push(request);
+    this.jobs.push(job);
     const { definition } = this.languages.get(request.language, request.version);
     if (request.cases !== undefined) {
       // Like the agent: compile once, then one run per case with that stdin.
@@ -122,7 +128,7 @@ export class FakeEngine implements ApiEngine {
         : outs.map((o) => (o.run !== undefined && o.run !== null ? o.run : stage()));
       const bad = cases?.find((c) => c.status !== 'ok');
       return {
-        id: `job-${this.calls.length}`,
+        id: job.id,
         language: definition.name,
         version: definition.version,
         status: failedCompile ? 'compile_error' : (first.status ?? bad?.status ?? 'ok'),
@@ -138,7 +144,7 @@ export class FakeEngine implements ApiEngine {
       out.compile !== undefined ? out.compile : definition.compile === null ? null : stage();
     const run = out.run !== undefined ? out.run : stage();
     return {
-      id: `job-${this.calls.length}`,
+      id: job.id,
       language: definition.name,
       version: definition.version,
       status:
@@ -150,17 +156,6 @@ export class FakeEngine implements ApiEngine {
       timings: FAKE_TIMINGS,
     };
   }
-
-  cleanup(): void {
-    rmSync(this.snapshotsDir, { recursive: true, force: true });
-  }
-}
-
-function fakeImage(id: string, language: string | null, kind: 'kernel' | 'rootfs'): StoredImage {
-  return {
-    dir: `/nonexistent/${id}`,
-    manifest: { id, kind, language } as unknown as ImageManifest,
-  };
 }
 
 /** Settings for tests: the defaults, with overrides, never the caller's environment. */
@@ -203,7 +198,6 @@ export async function makeApp(
     close: async () => {
       await built.app.close();
       jobStore.close();
-      engine.cleanup();
     },
   };
 }

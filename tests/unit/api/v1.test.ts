@@ -1,6 +1,4 @@
-import { mkdirSync, writeFileSync } from 'node:fs';
 import { createServer, type IncomingMessage } from 'node:http';
-import { join } from 'node:path';
 import type { AddressInfo } from 'node:net';
 import { afterEach, describe, expect, test } from 'vitest';
 import type { ExecuteResponse, JobView } from '../../../src/api/schemas.js';
@@ -140,7 +138,7 @@ describe('POST /v1/execute', () => {
     [
       'a file name with ..',
       { language: 'python', files: [{ name: '../x.py', content: '' }] },
-      /has an empty, \. or \.\. component/,
+      /files\[0\]\.name "\.\.\/x\.py" has a `\.\.` component/,
     ],
     [
       'an absolute file name',
@@ -156,7 +154,7 @@ describe('POST /v1/execute', () => {
           { name: 'a.py', content: '' },
         ],
       },
-      /appears twice/,
+      /files\[1\]\.name "a\.py" is also files\[0\]\.name/,
     ],
     [
       'bad base64 content',
@@ -178,6 +176,79 @@ describe('POST /v1/execute', () => {
     expect(json.statusCode).toBe(400);
     expect(json.code).toMatch(/^[A-Z_]+$/);
     expect(cur().engine.calls).toHaveLength(0);
+  });
+
+  // Each of these used to pass the API, reach a VM and come back as 200 sandbox_error (the
+  // agent refused them). The host now checks with the agent's own schema and rules.
+  test.each([
+    [
+      'a path 17 components deep',
+      {
+        language: 'python',
+        files: [{ content: '' }, { name: `${'d/'.repeat(16)}x.py`, content: '' }],
+      },
+      'FILE_NAME_INVALID',
+      /files\[1\]\.name .* is nested deeper than 16/,
+    ],
+    [
+      'a name component of 300 bytes',
+      {
+        language: 'python',
+        files: [{ content: '' }, { name: `${'n'.repeat(300)}.py`, content: '' }],
+      },
+      'FILE_NAME_INVALID',
+      /files\[1\]\.name .* has a component over 255 bytes/,
+    ],
+    [
+      'files named both a and a/b',
+      {
+        language: 'python',
+        files: [{ content: '' }, { name: 'a', content: '' }, { name: 'a/b', content: '' }],
+      },
+      'FILE_NAME_INVALID',
+      /files\[1\]\.name "a" is also a folder of files\[2\]\.name/,
+    ],
+    [
+      'a NUL in an env value',
+      pyJob({ env: { A: 'x\u0000y' } }),
+      'ENV_INVALID',
+      /env\."A": the value holds a NUL/,
+    ],
+    [
+      'a NUL in an argument',
+      pyJob({ args: ['ok', 'x\u0000y'] }),
+      'ARGS_INVALID',
+      /args\[1\] holds a NUL/,
+    ],
+    [
+      'base64 of a length 4n+1',
+      { language: 'python', files: [{ content: 'QUJDR', encoding: 'base64' }] },
+      'ENCODING_INVALID',
+      /files\[0\]\.content is not valid base64/,
+    ],
+    [
+      'args over the exec limit together',
+      pyJob({ args: Array.from({ length: 20 }, () => 'a'.repeat(60_000)) }),
+      'ARGS_INVALID',
+      /args and env take \d+ bytes of the exec limit together/,
+    ],
+  ])('%s is a 400 naming the field, before any VM', async (_name, body, code, message) => {
+    const res = await post('/v1/execute', body);
+    expect(res.statusCode).toBe(400);
+    const json = res.json<ErrorBody>();
+    expect(json.code).toBe(code);
+    expect(json.message).toMatch(message);
+    expect(cur().engine.calls).toHaveLength(0);
+  });
+
+  test('a 304-character path the agent takes is taken here too', async () => {
+    const name = `${'p'.repeat(150)}/${'q'.repeat(150)}.py`;
+    const res = await post('/v1/execute', {
+      language: 'python',
+      files: [{ content: 'print(1)' }, { name, content: '' }],
+    });
+    expect(res.statusCode).toBe(200);
+    expect(cur().engine.jobs[0]?.message.files[1]?.name).toBe(name);
   });
 
   test('invalid JSON and an empty body are 400s', async () => {
@@ -434,19 +505,9 @@ describe('runtimes, limits, health, metrics', () => {
     });
   });
 
-  test('snapshotReady follows a snapshot of the current images', async () => {
+  test('snapshotReady is what the engine says (the API reads no pool files)', async () => {
     const engine = new FakeEngine();
-    const dir = join(engine.snapshotsDir, 'python-0123456789abcdef');
-    mkdirSync(dir);
-    writeFileSync(join(dir, 'vm.snap'), 'x');
-    writeFileSync(
-      join(dir, 'meta.json'),
-      JSON.stringify({
-        language: 'python',
-        rootfsId: 'python-0123456789ab',
-        kernelId: 'kernel-0123456789abcdef',
-      }),
-    );
+    engine.snapshotted.add('python');
     t = await makeApp({ engine });
     const list = (await t.app.inject({ method: 'GET', url: '/v1/runtimes' })).json<
       { language: string; snapshotReady: boolean }[]

@@ -242,7 +242,7 @@ describe('VmPool', () => {
 describe('executeOnVm: a broken guest ends the job as sandbox_error', () => {
   it('returns the agent’s result when all is well', async () => {
     const vm = new FakeVm('ok', goodAgent);
-    const r = await executeOnVm(vm, execute('j'));
+    const r = await executeOnVm(vm, { message: execute('j'), deadlineMs: 20_000 });
     expect(r.status).toBe('ok');
     expect(r.agentMs).toBe(6);
   });
@@ -286,7 +286,7 @@ describe('executeOnVm: a broken guest ends the job as sandbox_error', () => {
     it(what, async () => {
       const vm = new FakeVm('bad', respond);
       const started = Date.now();
-      const r = await executeOnVm(vm, execute('j'));
+      const r = await executeOnVm(vm, { message: execute('j'), deadlineMs: 20_000 });
       expect(r.status).toBe('sandbox_error');
       expect(r.run?.message).toBeTruthy();
       expect(Date.now() - started).toBeLessThan(5000);

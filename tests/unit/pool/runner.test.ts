@@ -1,54 +1,10 @@
 import { describe, expect, it } from 'vitest';
 import { LanguageRegistry } from '../../../src/languages/index.js';
-import { checkFileName, JobRunner } from '../../../src/pool/runner.js';
-import type { VmPool } from '../../../src/pool/pool.js';
 import { quantiles } from '../../../src/cli/commands/bench.js';
 import { exitCodeFor, languageForFile } from '../../../src/cli/commands/run.js';
 import { tcgKernelArgs, qemuArgs, VmStateMachine } from '../../../src/vmm/index.js';
 
 const registry = LanguageRegistry.fromDir();
-// prepare() never touches the pool.
-const runner = new JobRunner(registry, null as unknown as VmPool);
-
-describe('JobRunner.prepare (validation before any VM)', () => {
-  it('names an unnamed entry file after the language, and fills limits', () => {
-    const { message, language } = runner.prepare({
-      language: 'py',
-      files: [{ content: 'print(1)' }],
-    });
-    expect(language).toBe('python');
-    expect(message.files[0]).toEqual({ name: 'main.py', content: 'print(1)', encoding: 'utf8' });
-    expect(message.runLimits.wallTimeMs).toBeGreaterThan(0);
-    expect(message.stdin).toBe('');
-  });
-
-  it('rejects bad file names, duplicates, no files, bad base64 and bad env names', () => {
-    for (const name of ['../x', '/etc/passwd', 'a/../b', 'a\0b', 'x'.repeat(300), 'a//b', '.']) {
-      expect(() => checkFileName(name), name).toThrow(
-        expect.objectContaining({ code: 'FILE_NAME_INVALID' }),
-      );
-    }
-    expect(() => runner.prepare({ language: 'python', files: [] })).toThrow(/at least one file/);
-    expect(() =>
-      runner.prepare({
-        language: 'python',
-        files: [
-          { name: 'a.py', content: '' },
-          { name: 'a.py', content: '' },
-        ],
-      }),
-    ).toThrow(/twice/);
-    expect(() =>
-      runner.prepare({ language: 'python', files: [{ content: '%%%', encoding: 'base64' }] }),
-    ).toThrow(/base64/);
-    expect(() =>
-      runner.prepare({ language: 'python', files: [{ content: '' }], env: { 'BAD-NAME': 'x' } }),
-    ).toThrow(/environment/);
-    expect(() => runner.prepare({ language: 'klingon', files: [{ content: '' }] })).toThrow(
-      expect.objectContaining({ code: 'LANGUAGE_UNKNOWN' }),
-    );
-  });
-});
 
 describe('CLI helpers', () => {
   it('maps results to exit statuses', () => {

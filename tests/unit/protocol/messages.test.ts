@@ -86,9 +86,15 @@ describe('message schemas', () => {
     expect(parseAgentMessage({ type: 'seeded', id: 's', vmId: 'v', entropyBytes: 32 }).type).toBe(
       'seeded',
     );
-    expect(parseAgentMessage({ type: 'error', id: null, code: 'X', message: 'm' }).type).toBe(
-      'error',
-    );
+    expect(
+      parseAgentMessage({ type: 'error', id: null, code: 'AGENT_BUSY', message: 'm' }).type,
+    ).toBe('error');
+  });
+
+  it('takes only catalogue codes in an agent error', () => {
+    expect(
+      code(() => parseAgentMessage({ type: 'error', id: null, code: 'X', message: 'm' })),
+    ).toBe('MESSAGE_INVALID');
   });
 
   it('rejects unknown fields at every level', () => {

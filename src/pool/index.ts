@@ -1,0 +1,31 @@
+/**
+ * The engine of a host: snapshots per language, the warm VM pool, the job runner, and
+ * `createEngine` that ties them to the images and the VMM driver. Everything outside imports
+ * the pool from here.
+ */
+export {
+  createEngine,
+  lookupUser,
+  remoteFetcher,
+  sweepRunDir,
+  type Engine,
+  type VmTiming,
+} from './engine.js';
+export {
+  DEADLINE_BUDGET,
+  jobDeadlineMs,
+  JobTimingsSchema,
+  prepareJob,
+  type JobRequest,
+  type JobResult,
+  type JobTimings,
+  type PreparedJob,
+} from './job.js';
+export { executeOnVm, JobRunner, type RunnerLog } from './runner.js';
+export { reseed, VmPool, type Lease, type PoolOptions, type PoolStats } from './pool.js';
+export {
+  readSnapshotMeta,
+  SnapshotManager,
+  type RuntimeStatus,
+  type SnapshotRef,
+} from './snapshots.js';
