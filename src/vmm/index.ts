@@ -10,7 +10,7 @@ export {
   type QemuMachine,
 } from './qemu.js';
 export { QmpClient, type QmpEvent } from './qmp.js';
-export { probeKvm, type KvmProbeResult } from './kvm.js';
+export { bootUnderKvm, probeKvm, type KvmProbeBoot, type KvmProbeResult } from './kvm.js';
 export { TailBuffer } from './tail-buffer.js';
 export * from './firecracker-api.js';
 export * from './firecracker.js';
