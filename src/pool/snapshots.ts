@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { SnapshotFailedError } from '../errors.js';
 import { canonicalJson, sha256Hex } from '../images/identity.js';
 import type { ImageStore, StoredImage } from '../images/store.js';
-import type { VmmDriver, VmResources } from '../vmm/index.js';
+import type { MicroVm, VmmDriver, VmResources } from '../vmm/index.js';
 
 /** A snapshot on disk and what it was taken with. */
 export interface SnapshotRef {
@@ -62,41 +62,25 @@ export class SnapshotManager {
 
   /** The snapshot for a language, made now (one cold boot) when it is missing. */
   async ensure(language: string): Promise<SnapshotRef> {
-    const { kernel, rootfs } = await this.images(language);
-    const resources: VmResources = {
-      kernelPath: join(kernel.dir, this.options.kernelFile),
-      initrdPath: join(kernel.dir, 'initrd.img'),
-      rootfsPath: join(rootfs.dir, rootfs.manifest.files[0]?.name ?? `rootfs-${language}.ext4`),
-      memoryMib: this.options.memoryMib,
-      vcpus: this.options.vcpus,
-    };
-    const key = sha256Hex(
-      canonicalJson({
-        kernel: kernel.manifest.id,
-        rootfs: rootfs.manifest.id,
-        driver: this.options.driverTag,
-        memoryMib: resources.memoryMib,
-        vcpus: resources.vcpus,
-      }),
-    ).slice(0, 16);
-    const dir = join(this.options.snapshotsDir, `${language}-${key}`);
-    const path = join(dir, 'vm.snap');
-    const base = {
-      language,
-      key,
-      path,
-      resources,
-      kernelId: kernel.manifest.id,
-      rootfsId: rootfs.manifest.id,
-    };
-    const existing = await stat(path).catch(() => null);
+    const { base, dir } = await this.target(language);
+    const existing = await stat(base.path).catch(() => null);
     if (existing) return { ...base, sizeBytes: existing.size };
-    let pending = this.inflight.get(key);
+    let pending = this.inflight.get(base.key);
     if (!pending) {
-      pending = this.create(base, dir).finally(() => this.inflight.delete(key));
-      this.inflight.set(key, pending);
+      pending = this.create(base, dir).finally(() => this.inflight.delete(base.key));
+      this.inflight.set(base.key, pending);
     }
     return pending;
+  }
+
+  /**
+   * The one cold-boot path: a VM of `language` booted the way its snapshot is made (same
+   * images, shape and checks), timed to the agent's hello. The caller owns the VM and destroys
+   * it; `runner bench` times it.
+   */
+  async bootFresh(language: string): Promise<{ vm: MicroVm; bootMs: number }> {
+    const { base } = await this.target(language);
+    return this.boot(base);
   }
 
   /** Removes snapshots of a language whose key is not `keep` (stale after an image change). */
@@ -116,10 +100,46 @@ export class SnapshotManager {
     return removed;
   }
 
-  private async create(base: Omit<SnapshotRef, 'sizeBytes'>, dir: string): Promise<SnapshotRef> {
-    await mkdir(dir, { recursive: true });
+  /** What a language's snapshot is made of, where it goes, and its key. */
+  private async target(
+    language: string,
+  ): Promise<{ base: Omit<SnapshotRef, 'sizeBytes'>; dir: string }> {
+    const { kernel, rootfs } = await this.images(language);
+    const resources: VmResources = {
+      kernelPath: join(kernel.dir, this.options.kernelFile),
+      initrdPath: join(kernel.dir, 'initrd.img'),
+      rootfsPath: join(rootfs.dir, rootfs.manifest.files[0]?.name ?? `rootfs-${language}.ext4`),
+      memoryMib: this.options.memoryMib,
+      vcpus: this.options.vcpus,
+    };
+    const key = sha256Hex(
+      canonicalJson({
+        kernel: kernel.manifest.id,
+        rootfs: rootfs.manifest.id,
+        driver: this.options.driverTag,
+        memoryMib: resources.memoryMib,
+        vcpus: resources.vcpus,
+      }),
+    ).slice(0, 16);
+    const dir = join(this.options.snapshotsDir, `${language}-${key}`);
+    return {
+      dir,
+      base: {
+        language,
+        key,
+        path: join(dir, 'vm.snap'),
+        resources,
+        kernelId: kernel.manifest.id,
+        rootfsId: rootfs.manifest.id,
+      },
+    };
+  }
+
+  /** Cold-boots a VM of the target and checks that its agent offers the language. */
+  private async boot(
+    base: Omit<SnapshotRef, 'sizeBytes'>,
+  ): Promise<{ vm: MicroVm; bootMs: number }> {
     const vmId = `snap-${base.language}-${randomBytes(4).toString('hex')}`;
-    this.options.log?.(`booting ${base.language} (${base.rootfsId}) to take its snapshot`);
     const started = Date.now();
     const vm = await this.options.driver.boot({
       ...base.resources,
@@ -129,13 +149,21 @@ export class SnapshotManager {
     });
     const bootMs = Date.now() - started;
     this.options.onBoot?.(base.language, bootMs);
+    const hello = vm.hello;
+    if (hello && !hello.languages.includes(base.language)) {
+      await vm.destroy();
+      throw new SnapshotFailedError(
+        `the ${base.rootfsId} agent cannot run ${base.language} (it offers ${hello.languages.join(', ')})`,
+      );
+    }
+    return { vm, bootMs };
+  }
+
+  private async create(base: Omit<SnapshotRef, 'sizeBytes'>, dir: string): Promise<SnapshotRef> {
+    await mkdir(dir, { recursive: true });
+    this.options.log?.(`booting ${base.language} (${base.rootfsId}) to take its snapshot`);
+    const { vm, bootMs } = await this.boot(base);
     try {
-      const hello = vm.hello;
-      if (hello && !hello.languages.includes(base.language)) {
-        throw new SnapshotFailedError(
-          `the ${base.rootfsId} agent cannot run ${base.language} (it offers ${hello.languages.join(', ')})`,
-        );
-      }
       const info = await vm.snapshot(base.path);
       await writeFile(
         join(dir, 'meta.json'),
