@@ -1,3 +1,8 @@
+/*
+ * Where a Firecracker VM's files go and how its process starts: in the VM's run dir, or in a
+ * jail the jailer builds (chroot, namespaces, cgroups, a uid of its own; docs/firecracker.md).
+ */
+
 import {
   access,
   chown,
@@ -12,11 +17,6 @@ import {
 import { basename, delimiter, isAbsolute, join, resolve } from 'node:path';
 import { ConfigInvalidError, RunnerError } from '../errors.js';
 import type { FirecrackerDriverOptions } from './firecracker.js';
-
-/*
- * Where a Firecracker VM's files go and how its process starts: in the VM's run dir, or in a
- * jail the jailer builds (chroot, namespaces, cgroups, a uid of its own; docs/firecracker.md).
- */
 
 /** Running Firecracker under its jailer (chroot, namespaces, cgroups, a uid of its own). */
 export interface FirecrackerJailerOptions {
