@@ -4,6 +4,7 @@ import { readdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { dataPaths, type DataPaths } from '../config/paths.js';
 import type { Settings } from '../config/settings.js';
+import { ConfigInvalidError } from '../errors.js';
 import { RemoteImageStore, remoteStoreConfigFromEnv } from '../images/remote.js';
 import { ImageStore, type StoredImage } from '../images/store.js';
 import { LanguageRegistry } from '../languages/index.js';
@@ -65,6 +66,29 @@ export function lookupUser(
       return { uid: Number(uid), gid: Number(gid) };
   }
   return null;
+}
+
+/**
+ * The uid/gid the VMM runs as (QEMU, or Firecracker under its jailer), or null for the
+ * service's own user. Fails closed: a configured user that does not exist would otherwise
+ * leave the VMM running as root, so a root service refuses to start. Not as root, the user
+ * does not matter (the VMM runs as the caller whatever is configured).
+ */
+export function resolveVmmUser(
+  settings: Pick<Settings, 'qemuUser'>,
+  passwd = '/etc/passwd',
+  serviceUid: number | undefined = process.getuid?.(),
+): { uid: number; gid: number } | null {
+  if (settings.qemuUser === '') return null;
+  const user = lookupUser(settings.qemuUser, passwd);
+  if (user === null && serviceUid === 0) {
+    throw new ConfigInvalidError(
+      `the VMM user ${settings.qemuUser} (RUNNER_QEMU_USER) does not exist in ${passwd}, and the service runs as root: ` +
+        `run \`bash scripts/setup.sh\` (it creates runner-vmm) or \`useradd --system ${settings.qemuUser}\`, ` +
+        "or set RUNNER_QEMU_USER= (empty) to run the VMM as the service's own user knowingly",
+    );
+  }
+  return user;
 }
 
 /**
@@ -143,6 +167,8 @@ export async function createEngine(
     languagesDir?: string;
   } = {},
 ): Promise<Engine> {
+  // First: a missing VMM user must stop the start before anything runs (the sweep, the probe).
+  const user = resolveVmmUser(settings);
   const log = options.log;
   const paths = dataPaths({ ...process.env, RUNNER_DATA_DIR: settings.dataDir ?? undefined });
   const languages = LanguageRegistry.fromDir(options.languagesDir);
@@ -165,11 +191,11 @@ export async function createEngine(
       log?.(`accel: ${mode} (${accel.reason})`);
     }
   }
-  const user = settings.qemuUser === '' ? null : lookupUser(settings.qemuUser);
   let driver: VmmDriver;
   let driverTag: string;
   if (settings.vmm === 'firecracker') {
     // Firecracker always runs on KVM; the jailer, where configured, confines it (docs/firecracker.md).
+    // uid 0 only when RUNNER_QEMU_USER is empty on purpose: a missing user failed above.
     const jailUser = user ?? { uid: 0, gid: 0 };
     driver = new FirecrackerDriver({
       binary: settings.firecrackerBinary,

@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
-import { SandboxFailureError, VmStateError } from '../errors.js';
+import { PoolClosedError, PoolStateError, SandboxFailureError } from '../errors.js';
 import type { MicroVm, VmmDriver } from '../vmm/index.js';
 import type { SnapshotManager } from './snapshots.js';
 
@@ -32,10 +32,60 @@ export interface Lease {
   readonly restoreMs: number;
 }
 
-interface ReadyVm {
-  vm: MicroVm;
-  language: string;
-  restoreMs: number;
+/**
+ * Where a VM's place in the pool is in its life. A place is taken (within capacity) as its
+ * restore begins, and given up when its VM is gone:
+ * `restoring` → `ready` (idle, for the pool) → `leased` (one job) → `destroying` → `gone`;
+ * a restore for a waiting job goes `restoring` → `leased` at once. An idle VM is destroyed
+ * when evicted or at close (`ready` → `destroying`), dropped when it dies (`ready` → `gone`);
+ * a failed restore ends `restoring` → `gone`, and one that ends after close is destroyed.
+ */
+export type SlotState = 'restoring' | 'ready' | 'leased' | 'destroying' | 'gone';
+
+/** Every slot state, in life order. */
+export const SLOT_STATES: readonly SlotState[] = [
+  'restoring',
+  'ready',
+  'leased',
+  'destroying',
+  'gone',
+];
+
+/** The moves each slot state allows; anything else is a bug of the pool (POOL_STATE). */
+export const SLOT_MOVES: Readonly<Record<SlotState, readonly SlotState[]>> = {
+  restoring: ['ready', 'leased', 'destroying', 'gone'],
+  ready: ['leased', 'destroying', 'gone'],
+  leased: ['destroying'],
+  destroying: ['gone'],
+  gone: [],
+};
+
+/** One VM's place in the pool, from the start of its restore to its end. */
+export class PoolSlot {
+  private current: SlotState = 'restoring';
+  /** Set once the restore is done. */
+  vm: MicroVm | null = null;
+  restoreMs = 0;
+
+  /** @param forJob Restored for a waiting job (a pool miss), not to be kept ready. */
+  constructor(
+    readonly language: string,
+    readonly forJob: boolean,
+  ) {}
+
+  get state(): SlotState {
+    return this.current;
+  }
+
+  /** Moves to `next`; throws POOL_STATE when the move is not legal from the current state. */
+  to(next: SlotState): void {
+    if (!SLOT_MOVES[this.current].includes(next)) {
+      throw new PoolStateError(
+        `pool slot of ${this.vm?.id ?? `a ${this.language} VM`}: cannot go from ${this.current} to ${next}`,
+      );
+    }
+    this.current = next;
+  }
 }
 
 /** Counters for metrics and `runner bench`. */
@@ -55,14 +105,13 @@ export interface PoolStats {
  * and a fresh one restored in the background, so no state crosses from one job to the next.
  * The number of VMs is capped by count and by memory; a language with nothing ready gets a
  * VM restored on demand (a pool miss), evicting an idle VM of another language if it must.
+ * Every VM has a slot (`PoolSlot`); the counters are read off the slots.
  */
 export class VmPool {
-  private readonly ready = new Map<string, ReadyVm[]>();
-  private readonly startingFor = new Map<string, number>();
+  /** Every slot not gone, in the order they were taken. */
+  private readonly slots = new Set<PoolSlot>();
   private readonly warmed = new Set<string>();
   private readonly waiters: (() => void)[] = [];
-  private live = 0;
-  private busy = 0;
   private closed = false;
   private counters = { hits: 0, misses: 0, failures: 0 };
   private readonly background = new Set<Promise<unknown>>();
@@ -82,13 +131,19 @@ export class VmPool {
 
   stats(): PoolStats {
     const ready: Record<string, number> = {};
-    for (const [lang, list] of this.ready) ready[lang] = list.length;
+    for (const language of this.warmed) ready[language] = 0;
+    let busy = 0;
     let starting = 0;
-    for (const n of this.startingFor.values()) starting += n;
+    for (const slot of this.slots) {
+      if (slot.state === 'ready') ready[slot.language] = (ready[slot.language] ?? 0) + 1;
+      // A job waiting for its own restore is busy already.
+      else if (slot.state === 'leased' || (slot.state === 'restoring' && slot.forJob)) busy++;
+      else if (slot.state === 'restoring') starting++;
+    }
     return {
-      live: this.live,
+      live: this.slots.size,
       ready,
-      busy: this.busy,
+      busy,
       starting,
       capacity: this.capacity,
       ...this.counters,
@@ -101,42 +156,53 @@ export class VmPool {
     await this.options.snapshots.ensure(language);
     this.refill();
     const deadline = Date.now() + this.options.restoreTimeoutMs * 2;
-    while ((this.ready.get(language)?.length ?? 0) === 0 && Date.now() < deadline && !this.closed) {
+    while (this.readyOf(language) === undefined && Date.now() < deadline && !this.closed) {
       await new Promise((r) => setTimeout(r, 20));
     }
   }
 
-  /** A VM for one job: a ready one (hit) or one restored now (miss). */
+  /** A VM for one job: a ready one (hit) or one restored now (miss). POOL_CLOSED once closed. */
   async acquire(language: string): Promise<Lease> {
-    if (this.closed) throw new VmStateError('the pool is closed');
-    const list = this.ready.get(language);
-    const ready = list?.shift();
-    if (ready) {
-      this.busy++;
+    if (this.closed) throw new PoolClosedError('the pool is closed');
+    const ready = this.readyOf(language);
+    if (ready?.vm) {
+      ready.to('leased');
       this.counters.hits++;
       this.refill();
       return { vm: ready.vm, language, hit: true, restoreMs: ready.restoreMs };
     }
     this.counters.misses++;
-    await this.reserveSlot(language);
-    this.busy++;
+    const slot = await this.takeSlot(language, true);
+    let made: { vm: MicroVm; restoreMs: number };
     try {
-      const made = await this.prepare(language);
-      return { vm: made.vm, language, hit: false, restoreMs: made.restoreMs };
+      made = await this.restoreFresh(language);
     } catch (err) {
-      this.busy--;
-      this.freeSlot();
+      this.counters.failures++;
+      this.giveUp(slot);
       throw err;
     }
+    slot.vm = made.vm;
+    slot.restoreMs = made.restoreMs;
+    slot.to('leased');
+    return { vm: made.vm, language, hit: false, restoreMs: made.restoreMs };
   }
 
-  /** Ends a lease: the VM is destroyed (never reused) and the pool refilled. */
+  /**
+   * Ends a lease: the VM is destroyed (never reused) and the pool refilled. POOL_STATE for a
+   * lease that is not held (released twice, or not from this pool).
+   */
   async release(lease: Lease): Promise<void> {
-    this.busy--;
+    const slot = [...this.slots].find((s) => s.vm === lease.vm);
+    if (slot?.state !== 'leased') {
+      throw new PoolStateError(
+        `VM ${lease.vm.id} is not leased from this pool (${slot?.state ?? 'not in it'})`,
+      );
+    }
+    slot.to('destroying');
     try {
       await lease.vm.destroy();
     } finally {
-      this.freeSlot();
+      this.giveUp(slot);
       this.refill();
     }
   }
@@ -145,56 +211,28 @@ export class VmPool {
   releaseInBackground(lease: Lease): void {
     const task = this.release(lease)
       .catch((err: unknown) =>
-        this.options.log?.(
-          `pool: destroying ${lease.vm.id} failed: ${err instanceof Error ? err.message : String(err)}`,
-        ),
+        this.options.log?.(`pool: destroying ${lease.vm.id} failed: ${messageOf(err)}`),
       )
       .finally(() => this.background.delete(task));
     this.background.add(task);
   }
 
-  /** Destroys every VM and stops refilling. */
+  /** Destroys every idle VM and stops refilling; a waiting or later acquire gets POOL_CLOSED. */
   async close(): Promise<void> {
     this.closed = true;
     for (const w of this.waiters.splice(0)) w();
     await Promise.allSettled([...this.background]);
-    const all = [...this.ready.values()].flat();
-    this.ready.clear();
-    await Promise.allSettled(all.map((r) => r.vm.destroy()));
+    const idle = [...this.slots].filter((s) => s.state === 'ready');
+    await Promise.allSettled(idle.map((s) => this.destroyIdle(s)));
   }
 
-  private async reserveSlot(language: string): Promise<void> {
-    for (;;) {
-      if (this.closed) throw new VmStateError('the pool is closed');
-      if (this.live < this.capacity) {
-        this.live++;
-        return;
-      }
-      // Full: make room by evicting an idle VM of another language, else wait for a release.
-      const victim = this.idleVictim(language);
-      if (victim) {
-        await victim.vm.destroy();
-        this.live--;
-        continue;
-      }
-      await new Promise<void>((resolve) => this.waiters.push(resolve));
-    }
-  }
-
-  private freeSlot(): void {
-    this.live--;
-    this.waiters.shift()?.();
-  }
-
-  private idleVictim(except: string): ReadyVm | undefined {
-    for (const [lang, list] of this.ready) {
-      if (lang !== except && list.length > 0) return list.shift();
-    }
-    return undefined;
-  }
-
-  /** Restores a VM of `language` and reseeds its agent (fresh entropy, clock, identity). */
-  private async prepare(language: string): Promise<ReadyVm> {
+  /**
+   * The pool's one restore path: the language's snapshot restored as a new VM and its agent
+   * reseeded, timed to the reseed's answer. The caller owns the VM and destroys it. It takes no
+   * slot: the pool's own callers take one first; `runner bench` times it on an idle pool.
+   */
+  async restoreFresh(language: string): Promise<{ vm: MicroVm; restoreMs: number }> {
+    if (this.closed) throw new PoolClosedError('the pool is closed');
     const snapshot = await this.options.snapshots.ensure(language);
     const vmId = `${language}-${randomBytes(6).toString('hex')}`;
     const started = Date.now();
@@ -211,12 +249,56 @@ export class VmPool {
       await reseed(vm, this.options.restoreTimeoutMs);
     } catch (err) {
       await vm.destroy();
-      this.counters.failures++;
       throw err;
     }
     const restoreMs = Date.now() - started;
     this.options.onRestore?.(language, restoreMs);
-    return { vm, language, restoreMs };
+    return { vm, restoreMs };
+  }
+
+  /** The first ready VM's slot of `language`. */
+  private readyOf(language: string): PoolSlot | undefined {
+    for (const slot of this.slots) {
+      if (slot.state === 'ready' && slot.language === language) return slot;
+    }
+    return undefined;
+  }
+
+  /** A new slot within capacity: evicts an idle VM of another language, else waits. */
+  private async takeSlot(language: string, forJob: boolean): Promise<PoolSlot> {
+    for (;;) {
+      if (this.closed) throw new PoolClosedError('the pool is closed');
+      if (this.slots.size < this.capacity) return this.newSlot(language, forJob);
+      const victim = [...this.slots].find((s) => s.state === 'ready' && s.language !== language);
+      if (victim) {
+        // The freed place is ours: no waiter is woken for it.
+        await this.destroyIdle(victim, false);
+        continue;
+      }
+      await new Promise<void>((resolve) => this.waiters.push(resolve));
+    }
+  }
+
+  private newSlot(language: string, forJob: boolean): PoolSlot {
+    const slot = new PoolSlot(language, forJob);
+    this.slots.add(slot);
+    return slot;
+  }
+
+  /** Ends a slot (its VM is gone or was never made) and hands its place to a waiter. */
+  private giveUp(slot: PoolSlot, wake = true): void {
+    slot.to('gone');
+    this.slots.delete(slot);
+    if (wake) this.waiters.shift()?.();
+  }
+
+  private async destroyIdle(slot: PoolSlot, wake = true): Promise<void> {
+    slot.to('destroying');
+    try {
+      await slot.vm?.destroy();
+    } finally {
+      this.giveUp(slot, wake);
+    }
   }
 
   /** Starts background restores until every warmed language has its target (within capacity). */
@@ -224,57 +306,61 @@ export class VmPool {
     if (this.closed) return;
     for (const language of this.warmed) {
       for (;;) {
-        const have =
-          (this.ready.get(language)?.length ?? 0) + (this.startingFor.get(language) ?? 0);
+        let have = 0;
+        for (const s of this.slots) {
+          if (s.language === language && !s.forJob) {
+            if (s.state === 'ready' || s.state === 'restoring') have++;
+          }
+        }
         if (
           have >= this.options.targetPerLanguage ||
-          this.live >= this.capacity ||
+          this.slots.size >= this.capacity ||
           this.waiters.length > 0
         )
           break;
-        this.live++;
-        this.startingFor.set(language, (this.startingFor.get(language) ?? 0) + 1);
-        const task = this.prepare(language)
-          .then((made) => {
-            if (this.closed) {
-              this.live--;
-              return made.vm.destroy();
-            }
-            const list = this.ready.get(language) ?? [];
-            list.push(made);
-            this.ready.set(language, list);
-            // A ready VM that dies while idle is dropped and replaced.
-            void made.vm.exited.then(() => this.dropDead(made));
-            return undefined;
-          })
-          .catch((err: unknown) => {
-            this.live--;
-            this.counters.failures++;
-            this.options.log?.(
-              `pool: restoring ${language} failed: ${err instanceof Error ? err.message : String(err)}`,
-            );
-            this.waiters.shift()?.();
-          })
-          .finally(() => {
-            this.startingFor.set(language, (this.startingFor.get(language) ?? 1) - 1);
-            this.background.delete(task);
-          });
+        const slot = this.newSlot(language, false);
+        const task = this.fill(slot)
+          .catch((err: unknown) =>
+            this.options.log?.(`pool: destroying a ${language} VM failed: ${messageOf(err)}`),
+          )
+          .finally(() => this.background.delete(task));
         this.background.add(task);
       }
     }
   }
 
-  private dropDead(ready: ReadyVm): void {
-    const list = this.ready.get(ready.language);
-    const i = list?.indexOf(ready) ?? -1;
-    if (list && i >= 0) {
-      list.splice(i, 1);
-      this.live--;
-      this.options.log?.(`pool: idle VM ${ready.vm.id} died; replacing it`);
-      this.waiters.shift()?.();
-      this.refill();
+  /** Restores a VM into a slot of its own, to be kept ready. */
+  private async fill(slot: PoolSlot): Promise<void> {
+    let made: { vm: MicroVm; restoreMs: number };
+    try {
+      made = await this.restoreFresh(slot.language);
+    } catch (err) {
+      this.counters.failures++;
+      this.options.log?.(`pool: restoring ${slot.language} failed: ${messageOf(err)}`);
+      this.giveUp(slot);
+      return;
     }
+    slot.vm = made.vm;
+    slot.restoreMs = made.restoreMs;
+    if (this.closed) {
+      await this.destroyIdle(slot);
+      return;
+    }
+    slot.to('ready');
+    // A ready VM that dies while idle is dropped and replaced.
+    void made.vm.exited.then(() => this.dropDead(slot));
   }
+
+  private dropDead(slot: PoolSlot): void {
+    if (slot.state !== 'ready') return;
+    this.giveUp(slot);
+    this.options.log?.(`pool: idle VM ${slot.vm?.id ?? ''} died; replacing it`);
+    this.refill();
+  }
+}
+
+function messageOf(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
 }
 
 /**

@@ -4,7 +4,7 @@ import { dirname, join } from 'node:path';
 import { SnapshotFailedError } from '../errors.js';
 import { canonicalJson, sha256Hex } from '../images/identity.js';
 import type { ImageStore, StoredImage } from '../images/store.js';
-import type { VmmDriver, VmResources } from '../vmm/index.js';
+import type { MicroVm, VmmDriver, VmResources } from '../vmm/index.js';
 
 /** Whether a language is ready to run here (see SnapshotManager.status). */
 export interface RuntimeStatus {
@@ -70,18 +70,51 @@ export class SnapshotManager {
 
   /** The snapshot for a language, made now (one cold boot) when it is missing. */
   async ensure(language: string): Promise<SnapshotRef> {
-    const { kernel, rootfs } = await this.images(language);
-    const base = this.locate(language, kernel, rootfs);
-    const { key, path } = base;
-    const dir = dirname(path);
-    const existing = await stat(path).catch(() => null);
+    const { base, dir } = await this.target(language);
+    const existing = await stat(base.path).catch(() => null);
     if (existing) return { ...base, sizeBytes: existing.size };
-    let pending = this.inflight.get(key);
+    let pending = this.inflight.get(base.key);
     if (!pending) {
-      pending = this.create(base, dir).finally(() => this.inflight.delete(key));
-      this.inflight.set(key, pending);
+      pending = this.create(base, dir).finally(() => this.inflight.delete(base.key));
+      this.inflight.set(base.key, pending);
     }
     return pending;
+  }
+
+  /**
+   * The one cold-boot path: a VM of `language` booted the way its snapshot is made (same
+   * images, shape and checks), timed to the agent's hello. The caller owns the VM and destroys
+   * it; `runner bench` times it.
+   */
+  async bootFresh(language: string): Promise<{ vm: MicroVm; bootMs: number }> {
+    const { base } = await this.target(language);
+    return this.boot(base);
+  }
+
+  /** Removes snapshots of a language whose key is not `keep` (stale after an image change). */
+  async prune(language: string, keep: string): Promise<string[]> {
+    const removed: string[] = [];
+    const names = await readdir(this.options.snapshotsDir).catch(() => [] as string[]);
+    for (const name of names) {
+      if (
+        name.startsWith(`${language}-`) &&
+        name !== `${language}-${keep}` &&
+        /^[a-z0-9+#-]+-[0-9a-f]{16}$/.test(name)
+      ) {
+        await rm(join(this.options.snapshotsDir, name), { recursive: true, force: true });
+        removed.push(name);
+      }
+    }
+    return removed;
+  }
+
+  /** What a language's snapshot is made of, where it goes, and its key. */
+  private async target(
+    language: string,
+  ): Promise<{ base: Omit<SnapshotRef, 'sizeBytes'>; dir: string }> {
+    const { kernel, rootfs } = await this.images(language);
+    const base = this.locate(language, kernel, rootfs);
+    return { base, dir: dirname(base.path) };
   }
 
   /**
@@ -99,7 +132,7 @@ export class SnapshotManager {
     return { imageReady: true, snapshotReady: snap?.isFile() === true };
   }
 
-  /** Where the snapshot of these images is kept, and what it is made of. */
+  /** Where the snapshot of these images is kept (its key), and what its VMs are made of. */
   private locate(
     language: string,
     kernel: StoredImage,
@@ -131,27 +164,11 @@ export class SnapshotManager {
     };
   }
 
-  /** Removes snapshots of a language whose key is not `keep` (stale after an image change). */
-  async prune(language: string, keep: string): Promise<string[]> {
-    const removed: string[] = [];
-    const names = await readdir(this.options.snapshotsDir).catch(() => [] as string[]);
-    for (const name of names) {
-      if (
-        name.startsWith(`${language}-`) &&
-        name !== `${language}-${keep}` &&
-        /^[a-z0-9+#-]+-[0-9a-f]{16}$/.test(name)
-      ) {
-        await rm(join(this.options.snapshotsDir, name), { recursive: true, force: true });
-        removed.push(name);
-      }
-    }
-    return removed;
-  }
-
-  private async create(base: Omit<SnapshotRef, 'sizeBytes'>, dir: string): Promise<SnapshotRef> {
-    await mkdir(dir, { recursive: true });
+  /** Cold-boots a VM of the target and checks that its agent offers the language. */
+  private async boot(
+    base: Omit<SnapshotRef, 'sizeBytes'>,
+  ): Promise<{ vm: MicroVm; bootMs: number }> {
     const vmId = `snap-${base.language}-${randomBytes(4).toString('hex')}`;
-    this.options.log?.(`booting ${base.language} (${base.rootfsId}) to take its snapshot`);
     const started = Date.now();
     const vm = await this.options.driver.boot({
       ...base.resources,
@@ -161,13 +178,21 @@ export class SnapshotManager {
     });
     const bootMs = Date.now() - started;
     this.options.onBoot?.(base.language, bootMs);
+    const hello = vm.hello;
+    if (hello && !hello.languages.includes(base.language)) {
+      await vm.destroy();
+      throw new SnapshotFailedError(
+        `the ${base.rootfsId} agent cannot run ${base.language} (it offers ${hello.languages.join(', ')})`,
+      );
+    }
+    return { vm, bootMs };
+  }
+
+  private async create(base: Omit<SnapshotRef, 'sizeBytes'>, dir: string): Promise<SnapshotRef> {
+    await mkdir(dir, { recursive: true });
+    this.options.log?.(`booting ${base.language} (${base.rootfsId}) to take its snapshot`);
+    const { vm, bootMs } = await this.boot(base);
     try {
-      const hello = vm.hello;
-      if (hello && !hello.languages.includes(base.language)) {
-        throw new SnapshotFailedError(
-          `the ${base.rootfsId} agent cannot run ${base.language} (it offers ${hello.languages.join(', ')})`,
-        );
-      }
       const info = await vm.snapshot(base.path);
       await writeFile(
         join(dir, 'meta.json'),

@@ -1,45 +1,23 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import {
-  access,
-  chown,
-  constants,
-  copyFile,
-  link,
-  mkdir,
-  realpath,
-  rename,
-  rm,
-  rmdir,
-  stat,
-  symlink,
-  writeFile,
-} from 'node:fs/promises';
-import { connect, type Socket } from 'node:net';
-import { basename, delimiter, isAbsolute, join, resolve } from 'node:path';
+import { access, constants, mkdir, rename, rm, rmdir, stat, writeFile } from 'node:fs/promises';
+import type { Socket } from 'node:net';
+import { basename, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import {
   ConfigInvalidError,
   type ErrorCode,
   errorOf,
   hasCode,
-  ProtocolVersionError,
   RunnerError,
   SnapshotFailedError,
   VmBootFailedError,
-  VmDiedError,
   VmStateError,
   VmTimeoutError,
 } from '../errors.js';
 import { GUEST_VSOCK_PORT } from '../images/guest-init.js';
-import {
-  MessageChannel,
-  parseAgentMessage,
-  PROTOCOL_VERSION,
-  type AgentMessage,
-  type HelloMessage,
-  type HostMessage,
-} from '../protocol/index.js';
+import type { AgentMessage, HelloMessage } from '../protocol/index.js';
+import { BaseVm, bringUp } from './base-vm.js';
 import {
   bootRequests,
   checkUnixPath,
@@ -50,41 +28,24 @@ import {
   type FirecrackerFault,
   type FirecrackerRequest,
 } from './firecracker-api.js';
-
-export * from './firecracker-api.js';
-import { BASE_KERNEL_ARGS } from './qemu.js';
-import { VmmProcess } from './supervisor.js';
 import {
-  VmStateMachine,
-  type AgentChannel,
-  type MicroVm,
-  type SnapshotInfo,
-  type VmExit,
-  type VmLaunchOptions,
-  type VmmDriver,
-  type VmState,
-} from './types.js';
-
-/** Running Firecracker under its jailer (chroot, namespaces, cgroups, a uid of its own). */
-export interface FirecrackerJailerOptions {
-  /** The jailer binary (of the same release as Firecracker). */
-  readonly binary: string;
-  /** The uid and gid Firecracker runs as, after the jailer drops root. */
-  readonly uid: number;
-  readonly gid: number;
-  /** Where jails are built: `<chrootBaseDir>/<firecracker's file name>/<vmId>/root`. */
-  readonly chrootBaseDir: string;
-  /** `--cgroup-version` (the jailer's default is 1). */
-  readonly cgroupVersion?: 1 | 2;
-  /** `--parent-cgroup` (the jailer's default is Firecracker's file name). */
-  readonly parentCgroup?: string;
-  /** `--cgroup FILE=VALUE` settings, e.g. `cpuset.cpus=0-1`, `memory.max=...`. */
-  readonly cgroups?: readonly string[];
-  /** `--netns PATH`: a network namespace to join (none: Firecracker gets no network anyway). */
-  readonly netns?: string;
-  /** `--resource-limit RESOURCE=VALUE`, e.g. `no-file=1024`. */
-  readonly resourceLimits?: readonly string[];
-}
+  checkJailerOptions,
+  FIRECRACKER_FILES,
+  firecrackerCommand,
+  firecrackerLayout,
+  firecrackerPath,
+  jailerCgroupDirs,
+  moveFile,
+  placeFile,
+  removeVmFiles,
+  resolveExecutable,
+  type FirecrackerFile,
+  type FirecrackerJailerOptions,
+  type FirecrackerLayout,
+} from './firecracker-jailer.js';
+import { BASE_KERNEL_ARGS } from './qemu.js';
+import type { MicroVm, SnapshotInfo, VmLaunchOptions, VmmDriver } from './types.js';
+import { vsockConnect } from './vsock.js';
 
 /** Settings of the firecracker driver. */
 export interface FirecrackerDriverOptions {
@@ -103,31 +64,6 @@ export interface FirecrackerDriverOptions {
   /** How long writing a snapshot may take (default 120 s; it writes all of guest memory). */
   readonly snapshotTimeoutMs?: number;
 }
-
-/**
- * The files of a VM, by the names Firecracker knows them. Firecracker runs with the VM's root
- * folder as its working directory (the run dir, or the jail's root), and every path it is given
- * is relative to that root (or, in a jail, absolute inside it). A snapshot records the drive
- * and vsock paths as they were given, and a restore reopens them: relative names make them
- * land in the restoring VM's own folder, so two VMs restored from one snapshot never share a
- * socket and the restore needs no `vsock_override` (which only recent Firecrackers take).
- */
-export const FIRECRACKER_FILES = {
-  apiSocket: 'api.sock',
-  vsockSocket: 'vsock.sock',
-  kernel: 'vmlinux',
-  initrd: 'initrd.img',
-  rootfs: 'rootfs.ext4',
-  snapshotState: 'snapshot.state',
-  snapshotMemory: 'snapshot.mem',
-} as const;
-
-type FirecrackerFile = keyof typeof FIRECRACKER_FILES;
-
-/** A frame that has begun must be whole within this time, or the agent is broken. */
-const FRAME_TIMEOUT_MS = 10_000;
-/** The longest line Firecracker answers a CONNECT with (`OK 1073741824\n`). */
-const MAX_HANDSHAKE_LINE_BYTES = 64;
 
 /** The kernel command line: the common arguments, with the agent on vsock. */
 export function firecrackerBootArgs(extra: readonly string[] = []): string {
@@ -149,162 +85,6 @@ export function isFirecrackerVmId(id: string): boolean {
   return /^[A-Za-z0-9-]{1,64}$/.test(id);
 }
 
-/** Where a VM's files are, as the host sees them. */
-export interface FirecrackerLayout {
-  /** Firecracker's working directory and root of its files: the run dir, or the jail root. */
-  readonly root: string;
-  /** The jail (`<chrootBaseDir>/<exec name>/<vmId>`), removed on destroy; null unjailed. */
-  readonly jailDir: string | null;
-  readonly apiSocket: string;
-  readonly vsockSocket: string;
-}
-
-/** The layout of a VM; `execName` is the file name of the (resolved) Firecracker binary. */
-export function firecrackerLayout(
-  vm: { vmId: string; runDir: string },
-  jailer: FirecrackerJailerOptions | null,
-  execName: string,
-): FirecrackerLayout {
-  const jailDir = jailer === null ? null : join(jailer.chrootBaseDir, execName, vm.vmId);
-  const root = jailDir === null ? vm.runDir : join(jailDir, 'root');
-  return {
-    root,
-    jailDir,
-    apiSocket: join(root, FIRECRACKER_FILES.apiSocket),
-    vsockSocket: join(root, FIRECRACKER_FILES.vsockSocket),
-  };
-}
-
-/** A file's name as Firecracker is told it: relative to its cwd, or absolute inside the jail. */
-export function firecrackerPath(file: FirecrackerFile, jailed: boolean): string {
-  return jailed ? `/${FIRECRACKER_FILES[file]}` : FIRECRACKER_FILES[file];
-}
-
-/** The process to start: Firecracker itself, or the jailer that execs into it. */
-export interface FirecrackerCommand {
-  readonly file: string;
-  readonly args: string[];
-  readonly cwd: string;
-}
-
-/**
- * The command line. The jailer runs in the foreground (no `--daemonize`, no `--new-pid-ns`), so
- * it execs into Firecracker in the same process: the child the driver supervises is Firecracker.
- */
-export function firecrackerCommand(
-  vm: { vmId: string; runDir: string },
-  driver: FirecrackerDriverOptions,
-  execFile: string,
-): FirecrackerCommand {
-  const jailer = driver.jailer ?? null;
-  if (jailer === null) {
-    return {
-      file: execFile,
-      args: ['--api-sock', firecrackerPath('apiSocket', false), '--id', vm.vmId],
-      cwd: vm.runDir,
-    };
-  }
-  const layout = firecrackerLayout(vm, jailer, basename(execFile));
-  return {
-    file: jailer.binary,
-    args: [
-      '--id',
-      vm.vmId,
-      '--exec-file',
-      execFile,
-      '--uid',
-      String(jailer.uid),
-      '--gid',
-      String(jailer.gid),
-      '--chroot-base-dir',
-      jailer.chrootBaseDir,
-      ...(jailer.cgroupVersion === undefined
-        ? []
-        : ['--cgroup-version', String(jailer.cgroupVersion)]),
-      ...(jailer.parentCgroup === undefined ? [] : ['--parent-cgroup', jailer.parentCgroup]),
-      ...(jailer.cgroups ?? []).flatMap((c) => ['--cgroup', c]),
-      ...(jailer.netns === undefined ? [] : ['--netns', jailer.netns]),
-      ...(jailer.resourceLimits ?? []).flatMap((r) => ['--resource-limit', r]),
-      '--',
-      // The jailer passes --id itself.
-      '--api-sock',
-      firecrackerPath('apiSocket', true),
-    ],
-    cwd: layout.root,
-  };
-}
-
-/**
- * The cgroup folders the jailer makes for a VM (it leaves them behind; destroy removes them,
- * best effort): cgroup v2 `<root>/<parent>/<id>`, v1 one per controller named in `cgroups`.
- */
-export function jailerCgroupDirs(
-  jailer: FirecrackerJailerOptions,
-  execName: string,
-  vmId: string,
-  cgroupRoot = '/sys/fs/cgroup',
-): string[] {
-  const parent = jailer.parentCgroup ?? execName;
-  if (jailer.cgroupVersion === 2) return [join(cgroupRoot, parent, vmId)];
-  const controllers = new Set((jailer.cgroups ?? []).map((c) => c.split('.')[0] ?? ''));
-  return [...controllers].filter((c) => c !== '').map((c) => join(cgroupRoot, c, parent, vmId));
-}
-
-/**
- * Opens one host-initiated hybrid vsock connection: connect to the vsock unix socket, send
- * `CONNECT <port>\n`, read `OK <host port>\n`. Firecracker closes the connection instead when
- * nothing in the guest listens on the port (yet). Bytes after the OK line already belong to
- * the guest's stream: they are pushed back, and the socket is returned paused with them.
- */
-export function vsockConnect(path: string, port: number, timeoutMs: number): Promise<Socket> {
-  return new Promise<Socket>((resolveSocket, reject) => {
-    const socket = connect(path);
-    let buffered = Buffer.alloc(0);
-    const finish = (err: Error | null): void => {
-      clearTimeout(timer);
-      socket.off('data', onData);
-      socket.off('error', onError);
-      socket.off('close', onClose);
-      if (err === null) {
-        resolveSocket(socket);
-      } else {
-        socket.destroy();
-        reject(err);
-      }
-    };
-    const onData = (chunk: Buffer): void => {
-      buffered = Buffer.concat([buffered, chunk]);
-      const newline = buffered.indexOf(0x0a);
-      if (newline < 0) {
-        if (buffered.length > MAX_HANDSHAKE_LINE_BYTES) {
-          finish(new Error(`the answer to CONNECT ${port} is not a line`));
-        }
-        return;
-      }
-      const line = buffered.subarray(0, newline).toString('latin1');
-      if (!/^OK \d+$/.test(line)) {
-        finish(new Error(`CONNECT ${port} was answered ${JSON.stringify(line.slice(0, 40))}`));
-        return;
-      }
-      socket.pause();
-      const rest = buffered.subarray(newline + 1);
-      if (rest.length > 0) socket.unshift(rest);
-      finish(null);
-    };
-    const onError = (err: Error): void => finish(err);
-    const onClose = (): void =>
-      finish(new Error(`closed before OK (nothing listens on vsock port ${port} yet)`));
-    const timer = setTimeout(
-      () => finish(new Error(`no answer to CONNECT ${port} within ${timeoutMs} ms`)),
-      timeoutMs,
-    );
-    socket.once('connect', () => socket.write(`CONNECT ${port}\n`));
-    socket.on('data', onData);
-    socket.once('error', onError);
-    socket.once('close', onClose);
-  });
-}
-
 /**
  * The firecracker driver: Firecracker's REST API over its unix socket, the agent reached over
  * hybrid vsock, optionally under the jailer. Snapshots are Firecracker's own full snapshots
@@ -314,20 +94,7 @@ export class FirecrackerDriver implements VmmDriver {
   readonly name = 'firecracker' as const;
 
   constructor(readonly options: FirecrackerDriverOptions) {
-    const jailer = options.jailer ?? null;
-    if (jailer !== null) {
-      for (const [key, value] of [
-        ['uid', jailer.uid],
-        ['gid', jailer.gid],
-      ] as const) {
-        if (!Number.isInteger(value) || value < 0) {
-          throw new ConfigInvalidError(`jailer ${key} must be an integer >= 0`);
-        }
-      }
-      if (!isAbsolute(jailer.chrootBaseDir)) {
-        throw new ConfigInvalidError('the jailer chroot base dir must be absolute');
-      }
-    }
+    if (options.jailer) checkJailerOptions(options.jailer);
     const cid = options.guestCid ?? 3;
     if (!Number.isInteger(cid) || cid < 3) {
       throw new ConfigInvalidError('the guest vsock CID must be an integer >= 3');
@@ -336,14 +103,15 @@ export class FirecrackerDriver implements VmmDriver {
 
   async boot(options: VmLaunchOptions): Promise<MicroVm> {
     const vm = await FirecrackerVm.launch(options, this.options, null);
-    try {
-      await vm.configureAndStart();
-      await vm.awaitAgent('booting');
-      return vm;
-    } catch (err) {
-      await vm.destroy();
-      throw vm.bootError(err);
-    }
+    return bringUp(
+      vm,
+      options.timeoutMs,
+      async () => {
+        await vm.configureAndStart();
+        await vm.awaitAgent('booting');
+      },
+      (err) => vm.bootError(err),
+    );
   }
 
   async restore(options: VmLaunchOptions, snapshotPath: string): Promise<MicroVm> {
@@ -355,61 +123,34 @@ export class FirecrackerDriver implements VmmDriver {
       });
     }
     const vm = await FirecrackerVm.launch(options, this.options, snapshotPath);
-    try {
-      await vm.loadSnapshot(snapshotPath);
-      await vm.awaitAgent('restoring');
-      return vm;
-    } catch (err) {
-      await vm.destroy();
-      throw err;
-    }
+    return bringUp(
+      vm,
+      options.timeoutMs,
+      async () => {
+        await vm.loadSnapshot(snapshotPath);
+        await vm.awaitAgent('restoring');
+      },
+      (err) => err,
+    );
   }
 }
 
-class FirecrackerVm implements MicroVm {
+class FirecrackerVm extends BaseVm {
   readonly driver = 'firecracker';
-  hello: HelloMessage | null = null;
-  private readonly machine: VmStateMachine;
-  private readonly process: VmmProcess;
   private readonly jailed: boolean;
   private api: FirecrackerApiClient | null = null;
-  private channel: AgentChannel | null = null;
 
   private constructor(
-    private readonly options: VmLaunchOptions,
+    options: VmLaunchOptions,
     private readonly driverOptions: FirecrackerDriverOptions,
     private readonly layout: FirecrackerLayout,
     private readonly execName: string,
-    private readonly child: ChildProcess,
+    child: ChildProcess,
     /** Boot and restore must be done by then. */
     private readonly deadline: number,
   ) {
+    super(options, child, 'Firecracker', driverOptions.maxFrameBytes);
     this.jailed = layout.jailDir !== null;
-    this.machine = new VmStateMachine(options.vmId);
-    this.process = new VmmProcess(child, 'Firecracker', options.consoleBytes ?? 64 * 1024, () => {
-      this.api?.close();
-      this.channel?.close(
-        new VmDiedError(
-          `Firecracker ${this.process.exitDescription()}${this.process.lastConsoleLine()}`,
-        ),
-      );
-    });
-  }
-
-  get exited(): Promise<VmExit> {
-    return this.process.exited;
-  }
-
-  get id(): string {
-    return this.options.vmId;
-  }
-
-  get state(): VmState {
-    return this.machine.state;
-  }
-
-  get pid(): number | undefined {
-    return this.child.pid;
   }
 
   /**
@@ -513,6 +254,7 @@ class FirecrackerVm implements MicroVm {
 
   /** Cold boot: machine, kernel, rootfs, vsock, then InstanceStart. */
   async configureAndStart(): Promise<void> {
+    this.begin('configure');
     const plan: FirecrackerBootPlan = {
       vcpus: this.options.vcpus,
       memoryMib: this.options.memoryMib,
@@ -533,6 +275,7 @@ class FirecrackerVm implements MicroVm {
    * vsock paths are relative (see FIRECRACKER_FILES), so they open in this VM's own folder.
    */
   async loadSnapshot(snapshotPath: string): Promise<void> {
+    this.begin('loadSnapshot');
     const paths = this.jailed
       ? {
           snapshotPath: firecrackerPath('snapshotState', true),
@@ -557,6 +300,7 @@ class FirecrackerVm implements MicroVm {
    * resets every vsock connection on snapshot, and the guest sees that only once it runs again.
    */
   async awaitAgent(doing: 'booting' | 'restoring'): Promise<void> {
+    this.begin('awaitAgent');
     const port = GUEST_VSOCK_PORT;
     let lastReason = 'no attempt yet';
     for (;;) {
@@ -579,11 +323,7 @@ class FirecrackerVm implements MicroVm {
         await sleep(10);
         continue;
       }
-      const channel = new MessageChannel<AgentMessage, HostMessage>(socket, {
-        parse: parseAgentMessage,
-        maxFrameBytes: this.driverOptions.maxFrameBytes,
-        frameTimeoutMs: FRAME_TIMEOUT_MS,
-      });
+      const channel = this.channelOver(socket);
       socket.resume();
       let first: AgentMessage;
       try {
@@ -610,30 +350,19 @@ class FirecrackerVm implements MicroVm {
         await sleep(20);
         continue;
       }
-      if (first.type !== 'hello') {
+      let hello: HelloMessage;
+      try {
+        hello = this.helloOf(first);
+      } catch (err) {
         channel.close();
-        throw new VmBootFailedError(`the agent's first message was ${first.type}, not hello`);
-      }
-      if (first.protocol !== PROTOCOL_VERSION) {
-        channel.close();
-        throw new ProtocolVersionError(
-          `the agent speaks protocol ${first.protocol}, the host ${PROTOCOL_VERSION}`,
-        );
+        throw err;
       }
       this.channel = channel;
       // Unlike QEMU's, a restored Firecracker VM greets the host again (a new vsock session).
-      this.hello = first;
+      this.hello = hello;
       this.machine.to('running');
       return;
     }
-  }
-
-  agent(): AgentChannel {
-    this.machine.require('talk to the agent', 'running');
-    if (!this.channel || this.channel.closeReason) {
-      throw new VmDiedError(`the agent channel of VM ${this.id} is closed`);
-    }
-    return this.channel;
   }
 
   /**
@@ -643,7 +372,7 @@ class FirecrackerVm implements MicroVm {
    * and a session that ended before the pause needs no reset after the restore).
    */
   async snapshot(path: string): Promise<SnapshotInfo> {
-    this.machine.require('snapshot', 'running');
+    this.begin('snapshot');
     const started = Date.now();
     const memPath = snapshotMemoryPath(path);
     const tag = `.partial-${process.pid}-${randomBytes(4).toString('hex')}`;
@@ -702,11 +431,11 @@ class FirecrackerVm implements MicroVm {
     };
   }
 
-  async destroy(): Promise<void> {
-    if (this.machine.state !== 'destroyed') this.machine.to('destroyed');
-    this.channel?.close(new VmDiedError(`VM ${this.id} was destroyed`));
+  protected closeControl(): void {
     this.api?.close();
-    await this.process.kill();
+  }
+
+  protected async removeFiles(): Promise<void> {
     await removeVmFiles(this.options.runDir, this.layout.jailDir);
     const jailer = this.driverOptions.jailer ?? null;
     if (jailer !== null) {
@@ -714,18 +443,6 @@ class FirecrackerVm implements MicroVm {
         await rmdir(dir).catch(() => undefined);
       }
     }
-  }
-
-  consoleTail(): string {
-    return this.process.consoleText();
-  }
-
-  bootError(err: unknown): RunnerError {
-    if (err instanceof RunnerError && err.code !== 'VM_TIMEOUT') return err;
-    return new VmBootFailedError(
-      `VM ${this.id} failed to start: ${messageOf(err)}${this.lastConsoleLine()}`,
-      { cause: err },
-    );
   }
 
   /**
@@ -753,87 +470,6 @@ class FirecrackerVm implements MicroVm {
       throw err;
     }
   }
-
-  /** Races `promise` against the VMM's exit, so that a dead Firecracker is seen at once. */
-  private raceExit<T>(promise: Promise<T>, doing: string): Promise<T> {
-    return this.process.raceExit(promise, doing);
-  }
-
-  private lastConsoleLine(): string {
-    return this.process.lastConsoleLine();
-  }
-}
-
-/**
- * Puts `source` into a VM's folder as `target`. Unjailed, a symlink. Jailed, Firecracker sees
- * only its jail, so a hard link (the jail and the image store should share a file system), or
- * else a copy owned by the jail's user. A hard link keeps the source's owner and mode: images
- * must be readable by the jail's uid.
- */
-async function placeFile(
-  source: string,
-  target: string,
-  jailer: FirecrackerJailerOptions | null,
-): Promise<void> {
-  const from = resolve(source);
-  if (jailer === null) {
-    await access(from, constants.R_OK);
-    await symlink(from, target);
-    return;
-  }
-  try {
-    await link(from, target);
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    if (code !== 'EXDEV' && code !== 'EPERM' && code !== 'EMLINK') throw err;
-    await copyFile(from, target, constants.COPYFILE_FICLONE);
-    await chown(target, jailer.uid, jailer.gid);
-  }
-}
-
-/** rename, or copy and remove across file systems. */
-async function moveFile(from: string, to: string): Promise<void> {
-  try {
-    await rename(from, to);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'EXDEV') throw err;
-    await copyFile(from, to, constants.COPYFILE_FICLONE);
-    await rm(from, { force: true });
-  }
-}
-
-async function removeVmFiles(runDir: string, jailDir: string | null): Promise<void> {
-  await rm(runDir, { recursive: true, force: true });
-  if (jailDir !== null) await rm(jailDir, { recursive: true, force: true });
-}
-
-/**
- * The absolute, symlink-free path of an executable (a bare name is looked up on PATH): the
- * jailer wants a path, and names the jail after the file it resolves to. Its name must contain
- * `firecracker` (the jailer refuses others).
- */
-async function resolveExecutable(binary: string): Promise<string> {
-  const candidates = binary.includes('/')
-    ? [resolve(binary)]
-    : (process.env.PATH ?? '')
-        .split(delimiter)
-        .filter((dir) => dir !== '')
-        .map((dir) => join(dir, binary));
-  for (const candidate of candidates) {
-    try {
-      await access(candidate, constants.X_OK);
-      const real = await realpath(candidate);
-      if (!basename(real).includes('firecracker')) {
-        throw new ConfigInvalidError(
-          `the jailer runs only binaries whose name contains "firecracker", not ${real}`,
-        );
-      }
-      return real;
-    } catch (err) {
-      if (err instanceof RunnerError) throw err;
-    }
-  }
-  throw new ConfigInvalidError(`no executable Firecracker binary ${binary} found`);
 }
 
 function messageOf(err: unknown): string {

@@ -7,8 +7,21 @@ export {
   BASE_KERNEL_ARGS,
   type QemuAccel,
   type QemuDriverOptions,
+  type QemuMachine,
 } from './qemu.js';
 export { QmpClient, type QmpEvent } from './qmp.js';
-export { probeKvm, type KvmProbeResult } from './kvm.js';
+export { bootUnderKvm, probeKvm, type KvmProbeBoot, type KvmProbeResult } from './kvm.js';
 export { TailBuffer } from './tail-buffer.js';
+export * from './firecracker-api.js';
 export * from './firecracker.js';
+export {
+  FIRECRACKER_FILES,
+  firecrackerCommand,
+  firecrackerLayout,
+  firecrackerPath,
+  jailerCgroupDirs,
+  type FirecrackerCommand,
+  type FirecrackerJailerOptions,
+  type FirecrackerLayout,
+} from './firecracker-jailer.js';
+export { vsockConnect } from './vsock.js';

@@ -1,8 +1,8 @@
 import { spawn } from 'node:child_process';
-import { access, constants, mkdir, readFile, writeFile } from 'node:fs/promises';
-import { release } from 'node:os';
-import { dirname } from 'node:path';
-import type { QemuAccel } from './qemu.js';
+import { access, constants, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { release, tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { qemuArgs, type QemuAccel } from './qemu.js';
 
 /** The outcome of a KVM probe, cached on disk. */
 export interface KvmProbeResult {
@@ -48,11 +48,15 @@ export async function probeKvm(options: {
     guestKernel: options.guestKernel,
     probedAt: new Date().toISOString(),
   });
+  const usable = await access('/dev/kvm', constants.R_OK | constants.W_OK).then(
+    () => true,
+    () => false,
+  );
   let outcome: KvmProbeResult;
-  try {
-    await access('/dev/kvm', constants.R_OK | constants.W_OK);
-    outcome = await bootUnderKvm(options, result);
-  } catch {
+  if (usable) {
+    const booted = await bootUnderKvm(options);
+    outcome = result(booted.accel, booted.reason);
+  } else {
     outcome = result('tcg', '/dev/kvm is missing or not accessible');
   }
   await mkdir(dirname(options.cacheFile), { recursive: true });
@@ -60,77 +64,84 @@ export async function probeKvm(options: {
   return outcome;
 }
 
-function bootUnderKvm(
-  options: { kernelPath: string; initrdPath: string; qemuBinary?: string; deadlineMs?: number },
-  result: (accel: QemuAccel, reason: string) => KvmProbeResult,
-): Promise<KvmProbeResult> {
-  const deadlineMs = options.deadlineMs ?? 8000;
+/** What the probe boots, and how long it waits. */
+export interface KvmProbeBoot {
+  readonly kernelPath: string;
+  readonly initrdPath: string;
+  readonly qemuBinary?: string;
+  readonly deadlineMs?: number;
+}
+
+/**
+ * Boots the guest kernel under KVM on the production machine (`qemuArgs`, so that the probe
+ * tests what the VMs will really run) and watches the console, which `qemuArgs` puts on
+ * QEMU's stdout, for the markers. No rootfs: the kernel reaching /init is the proof. The
+ * sockets go to a throwaway run dir, removed after.
+ */
+export async function bootUnderKvm(
+  options: KvmProbeBoot,
+): Promise<{ accel: QemuAccel; reason: string }> {
+  const runDir = await mkdtemp(join(tmpdir(), 'runner-kvm-probe-'));
+  try {
+    const args = qemuArgs(
+      {
+        vmId: `kvm-probe-${process.pid}`,
+        runDir,
+        kernelPath: options.kernelPath,
+        initrdPath: options.initrdPath,
+        rootfsPath: null,
+        memoryMib: 256,
+        vcpus: 1,
+      },
+      // The markers are KERN_INFO lines, which the production loglevel=1 hides; the kernel
+      // takes the last loglevel= it is given.
+      { accel: 'kvm', kernelArgs: ['loglevel=7'] },
+      false,
+    );
+    return await watchBoot(options.qemuBinary ?? 'qemu-system-x86_64', args, options.deadlineMs);
+  } finally {
+    await rm(runDir, { recursive: true, force: true });
+  }
+}
+
+function watchBoot(
+  binary: string,
+  args: string[],
+  deadlineMs = 8000,
+): Promise<{ accel: QemuAccel; reason: string }> {
   const started = Date.now();
   return new Promise((resolve) => {
-    const child = spawn(
-      options.qemuBinary ?? 'qemu-system-x86_64',
-      [
-        '-M',
-        'microvm,rtc=on',
-        '-accel',
-        'kvm',
-        '-cpu',
-        'host',
-        '-smp',
-        '1',
-        '-m',
-        '256',
-        '-nodefaults',
-        '-no-user-config',
-        '-no-reboot',
-        '-display',
-        'none',
-        '-serial',
-        'stdio',
-        '-kernel',
-        options.kernelPath,
-        '-initrd',
-        options.initrdPath,
-        '-append',
-        'console=ttyS0 loglevel=7 panic=-1 reboot=t',
-      ],
-      { stdio: ['ignore', 'pipe', 'pipe'] },
-    );
+    const child = spawn(binary, args, { stdio: ['ignore', 'pipe', 'pipe'] });
     let text = '';
     let done = false;
-    const finish = (r: KvmProbeResult): void => {
+    const finish = (accel: QemuAccel, reason: string): void => {
       if (done) return;
       done = true;
       clearTimeout(timer);
       child.kill('SIGKILL');
-      resolve(r);
+      resolve({ accel, reason });
     };
     const onData = (d: Buffer): void => {
       text = (text + d.toString('latin1')).slice(-65536);
       if (BOOTED_MARKERS.some((m) => text.includes(m))) {
-        finish(result('kvm', `a guest kernel booted under KVM in ${Date.now() - started} ms`));
+        finish('kvm', `a guest kernel booted under KVM in ${Date.now() - started} ms`);
       }
     };
     child.stdout.on('data', onData);
     child.stderr.on('data', onData);
-    child.on('error', (err) =>
-      finish(result('tcg', `QEMU could not start with KVM: ${err.message}`)),
-    );
-    child.on('exit', (code) =>
+    child.on('error', (err) => finish('tcg', `QEMU could not start with KVM: ${err.message}`));
+    // 'close', not 'exit': only then has all of the console been read.
+    child.on('close', (code, signal) =>
       finish(
-        result(
-          'tcg',
-          `QEMU with KVM exited (status ${code}) before the guest booted: ${text.trim().split('\n').pop() ?? ''}`,
-        ),
+        'tcg',
+        `QEMU with KVM exited (${signal ?? `status ${code}`}) before the guest booted: ${text.trim().split('\n').pop() ?? ''}`,
       ),
     );
     const timer = setTimeout(
       () =>
         finish(
-          result(
-            'tcg',
-            `/dev/kvm exists but a guest kernel did not boot under KVM within ${deadlineMs} ms (nested or broken KVM)`,
-          ),
+          'tcg',
+          `/dev/kvm exists but a guest kernel did not boot under KVM within ${deadlineMs} ms (nested or broken KVM)`,
         ),
       deadlineMs,
     );

@@ -7,35 +7,15 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { createWriteStream } from 'node:fs';
 import { pipeline } from 'node:stream/promises';
 import {
-  withContext,
-  ProtocolVersionError,
   RunnerError,
   SnapshotFailedError,
   VmBootFailedError,
-  VmDiedError,
   VmStateError,
   VmTimeoutError,
 } from '../errors.js';
-import {
-  MessageChannel,
-  parseAgentMessage,
-  PROTOCOL_VERSION,
-  type AgentMessage,
-  type HelloMessage,
-  type HostMessage,
-} from '../protocol/index.js';
+import { BaseVm, bringUp } from './base-vm.js';
 import { QmpClient } from './qmp.js';
-import { VmmProcess } from './supervisor.js';
-import {
-  VmStateMachine,
-  type AgentChannel,
-  type MicroVm,
-  type SnapshotInfo,
-  type VmExit,
-  type VmLaunchOptions,
-  type VmmDriver,
-  type VmState,
-} from './types.js';
+import type { MicroVm, SnapshotInfo, VmLaunchOptions, VmmDriver, AgentChannel } from './types.js';
 
 /** How QEMU accelerates: real KVM where a guest really boots with it, TCG (emulation) otherwise. */
 export type QemuAccel = 'kvm' | 'tcg';
@@ -95,8 +75,15 @@ function readCpuinfo(): string {
 /** The longest a snapshot may take (a migration of the guest's memory to a local file). */
 const SNAPSHOT_TIMEOUT_MS = 120_000;
 
-/** A frame that has begun must be whole within this time, or the agent is broken. */
-const FRAME_TIMEOUT_MS = 10_000;
+/**
+ * What `qemuArgs` needs of a VM. The rootfs may be null for the KVM probe alone (kvm.ts): it
+ * boots the production machine only as far as the kernel running /init, and a real rootfs
+ * would tie the probe to a language image it does not need.
+ */
+export type QemuMachine = Pick<
+  VmLaunchOptions,
+  'vmId' | 'runDir' | 'kernelPath' | 'initrdPath' | 'memoryMib' | 'vcpus'
+> & { readonly rootfsPath: string | null };
 
 /**
  * QEMU's command line for a microvm. Identical for boot and restore (a restore must see the
@@ -104,7 +91,7 @@ const FRAME_TIMEOUT_MS = 10_000;
  * on a unix-socket chardev that QEMU serves; the console is QEMU's stdout.
  */
 export function qemuArgs(
-  options: VmLaunchOptions,
+  options: QemuMachine,
   driver: QemuDriverOptions,
   incoming: boolean,
 ): string[] {
@@ -139,10 +126,14 @@ export function qemuArgs(
       ...(driver.accel === 'tcg' ? tcgKernelArgs() : []),
       ...(driver.kernelArgs ?? []),
     ].join(' '),
-    '-drive',
-    `id=root,file=${options.rootfsPath},format=raw,if=none,readonly=on`,
-    '-device',
-    'virtio-blk-device,drive=root',
+    ...(options.rootfsPath === null
+      ? []
+      : [
+          '-drive',
+          `id=root,file=${options.rootfsPath},format=raw,if=none,readonly=on`,
+          '-device',
+          'virtio-blk-device,drive=root',
+        ]),
     '-device',
     'virtio-serial-device,max_ports=2',
     '-chardev',
@@ -204,64 +195,16 @@ export class QemuDriver implements VmmDriver {
   }
 }
 
-/**
- * Runs the last step of a boot or restore. A backstop kills the VM at the deadline whatever step
- * hangs, so every wait fails; on failure the VM is destroyed and the error rethrown (`wrap`ped).
- */
-async function bringUp(
-  vm: QemuVm,
-  timeoutMs: number,
-  step: () => Promise<void>,
-  wrap: (err: unknown) => unknown,
-): Promise<MicroVm> {
-  const backstop = setTimeout(() => void vm.destroy(), timeoutMs + 5000);
-  try {
-    await step();
-    return vm;
-  } catch (err) {
-    await vm.destroy();
-    throw wrap(err);
-  } finally {
-    clearTimeout(backstop);
-  }
-}
-
-class QemuVm implements MicroVm {
+class QemuVm extends BaseVm {
   readonly driver = 'qemu';
-  hello: HelloMessage | null = null;
-  private readonly machine: VmStateMachine;
-  private readonly process: VmmProcess;
   private qmp: QmpClient | null = null;
-  private channel: AgentChannel | null = null;
 
   private constructor(
-    private readonly options: VmLaunchOptions,
+    options: VmLaunchOptions,
     private readonly driverOptions: QemuDriverOptions,
-    private readonly child: ChildProcess,
+    child: ChildProcess,
   ) {
-    this.machine = new VmStateMachine(options.vmId);
-    this.process = new VmmProcess(child, 'QEMU', options.consoleBytes ?? 64 * 1024, () => {
-      this.qmp?.close();
-      this.channel?.close(
-        new VmDiedError(`QEMU ${this.process.exitDescription()}${this.process.lastConsoleLine()}`),
-      );
-    });
-  }
-
-  get exited(): Promise<VmExit> {
-    return this.process.exited;
-  }
-
-  get id(): string {
-    return this.options.vmId;
-  }
-
-  get state(): VmState {
-    return this.machine.state;
-  }
-
-  get pid(): number | undefined {
-    return this.child.pid;
+    super(options, child, 'QEMU', driverOptions.maxFrameBytes);
   }
 
   static async launch(
@@ -314,17 +257,10 @@ class QemuVm implements MicroVm {
 
   /** Cold boot: connect to the agent's port and wait for its hello. */
   async awaitHello(timeoutMs: number): Promise<void> {
+    this.begin('awaitAgent');
     const channel = await this.openChannel(timeoutMs);
     const first = await this.raceExit(channel.next(timeoutMs), 'waiting for the agent');
-    if (first.type !== 'hello') {
-      throw new VmBootFailedError(`the agent's first message was ${first.type}, not hello`);
-    }
-    if (first.protocol !== PROTOCOL_VERSION) {
-      throw new ProtocolVersionError(
-        `the agent speaks protocol ${first.protocol}, the host ${PROTOCOL_VERSION}`,
-      );
-    }
-    this.hello = first;
+    this.hello = this.helloOf(first);
     this.machine.to('running');
   }
 
@@ -334,6 +270,7 @@ class QemuVm implements MicroVm {
    * open session simply goes on. Then it waits for the incoming migration to finish and resumes.
    */
   async awaitIncoming(timeoutMs: number): Promise<void> {
+    this.begin('loadSnapshot');
     await this.openChannel(timeoutMs);
     const qmp = this.requireQmp();
     const deadline = Date.now() + timeoutMs;
@@ -354,16 +291,8 @@ class QemuVm implements MicroVm {
     this.machine.to('running');
   }
 
-  agent(): AgentChannel {
-    this.machine.require('talk to the agent', 'running');
-    if (!this.channel || this.channel.closeReason) {
-      throw new VmDiedError(`the agent channel of VM ${this.id} is closed`);
-    }
-    return this.channel;
-  }
-
   async snapshot(path: string): Promise<SnapshotInfo> {
-    this.machine.require('snapshot', 'running');
+    this.begin('snapshot');
     const qmp = this.requireQmp();
     const started = Date.now();
     await qmp.execute('stop');
@@ -419,16 +348,12 @@ class QemuVm implements MicroVm {
     return { path, sizeBytes: (await stat(path)).size, ms: Date.now() - started };
   }
 
-  async destroy(): Promise<void> {
-    if (this.machine.state !== 'destroyed') this.machine.to('destroyed');
-    this.channel?.close(new VmDiedError(`VM ${this.id} was destroyed`));
+  protected closeControl(): void {
     this.qmp?.close();
-    await this.process.kill();
-    await rm(this.options.runDir, { recursive: true, force: true });
   }
 
-  consoleTail(): string {
-    return this.process.consoleText();
+  protected async removeFiles(): Promise<void> {
+    await rm(this.options.runDir, { recursive: true, force: true });
   }
 
   private async openChannel(timeoutMs: number): Promise<AgentChannel> {
@@ -436,7 +361,7 @@ class QemuVm implements MicroVm {
     const deadline = Date.now() + timeoutMs;
     let socket: Socket | null = null;
     while (socket === null) {
-      if (!this.process.alive) throw this.bootError(new Error('QEMU exited'));
+      if (!this.process.alive) throw this.process.died('connecting to the agent');
       try {
         socket = await new Promise<Socket>((resolve, reject) => {
           const s = connect(path);
@@ -451,11 +376,7 @@ class QemuVm implements MicroVm {
         await sleep(5);
       }
     }
-    const channel = new MessageChannel<AgentMessage, HostMessage>(socket, {
-      parse: parseAgentMessage,
-      maxFrameBytes: this.driverOptions.maxFrameBytes,
-      frameTimeoutMs: FRAME_TIMEOUT_MS,
-    });
+    const channel = this.channelOver(socket);
     this.channel = channel;
     return channel;
   }
@@ -463,26 +384,5 @@ class QemuVm implements MicroVm {
   private requireQmp(): QmpClient {
     if (!this.qmp) throw new VmStateError(`VM ${this.id} has no QMP connection`);
     return this.qmp;
-  }
-
-  /** Races `promise` against the VMM's exit, so that a dead QEMU is seen at once. */
-  private raceExit<T>(promise: Promise<T>, doing: string): Promise<T> {
-    return this.process.raceExit(promise, doing);
-  }
-
-  /** Wraps a failure of boot or restore with the last lines the guest printed. */
-  bootError(err: unknown): RunnerError {
-    if (err instanceof RunnerError && err.code !== 'VM_TIMEOUT') {
-      return withContext(err, this.lastConsoleLine());
-    }
-    const message = err instanceof Error ? err.message : String(err);
-    return new VmBootFailedError(
-      `VM ${this.id} failed to start: ${message}${this.lastConsoleLine()}`,
-      { cause: err },
-    );
-  }
-
-  private lastConsoleLine(): string {
-    return this.process.lastConsoleLine();
   }
 }

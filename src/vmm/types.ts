@@ -10,15 +10,66 @@ export type AgentChannel = MessageChannel<AgentMessage, HostMessage>;
  */
 export type VmState = 'starting' | 'running' | 'paused' | 'snapshotted' | 'destroyed';
 
-const LEGAL: Record<VmState, readonly VmState[]> = {
-  starting: ['running', 'destroyed'],
-  running: ['paused', 'destroyed'],
-  paused: ['running', 'snapshotted', 'destroyed'],
-  snapshotted: ['destroyed'],
-  destroyed: [],
+/** Every VM state, in lifecycle order. */
+export const VM_STATES: readonly VmState[] = [
+  'starting',
+  'running',
+  'paused',
+  'snapshotted',
+  'destroyed',
+];
+
+/**
+ * What the host asks of a VM, whatever the VMM (Firecracker's `VmmAction`, for our drivers):
+ * - `configure`: set the machine up and start it (Firecracker's pre-boot API calls; QEMU takes
+ *   it all on its command line);
+ * - `loadSnapshot`: bring a saved VM back (Firecracker's load, QEMU's incoming migration);
+ * - `awaitAgent`: wait for the guest agent and open the channel to it;
+ * - `talk`: hand out the agent channel, for a job or a reseed;
+ * - `snapshot`: pause the VM and save it whole;
+ * - `destroy`: kill the VMM and remove its files (idempotent).
+ */
+export type VmCommand =
+  'configure' | 'loadSnapshot' | 'awaitAgent' | 'talk' | 'snapshot' | 'destroy';
+
+/** Every VM command. */
+export const VM_COMMANDS: readonly VmCommand[] = [
+  'configure',
+  'loadSnapshot',
+  'awaitAgent',
+  'talk',
+  'snapshot',
+  'destroy',
+];
+
+/**
+ * What is legal, in one place: the states each command may begin in, and the states each state
+ * may move to. A command checks its row once, when it begins (`VmStateMachine.begin`); the
+ * moves it makes on the way are checked again by `to`.
+ */
+export const VM_LIFECYCLE: {
+  readonly commands: Readonly<Record<VmCommand, readonly VmState[]>>;
+  readonly transitions: Readonly<Record<VmState, readonly VmState[]>>;
+} = {
+  commands: {
+    configure: ['starting'],
+    loadSnapshot: ['starting'],
+    awaitAgent: ['starting'],
+    talk: ['running'],
+    snapshot: ['running'],
+    // Destroy is how every failure ends, so it is legal whatever went wrong, and again.
+    destroy: VM_STATES,
+  },
+  transitions: {
+    starting: ['running', 'destroyed'],
+    running: ['paused', 'destroyed'],
+    paused: ['running', 'snapshotted', 'destroyed'],
+    snapshotted: ['destroyed'],
+    destroyed: [],
+  },
 };
 
-/** Holds a VM's state and refuses illegal transitions with VM_STATE. */
+/** Holds a VM's state and refuses illegal commands and transitions with VM_STATE. */
 export class VmStateMachine {
   private current: VmState = 'starting';
 
@@ -30,16 +81,19 @@ export class VmStateMachine {
 
   /** Moves to `next`; throws VM_STATE when the move is not legal from the current state. */
   to(next: VmState): void {
-    if (!LEGAL[this.current].includes(next)) {
+    if (!VM_LIFECYCLE.transitions[this.current].includes(next)) {
       throw new VmStateError(`VM ${this.vmId}: cannot go from ${this.current} to ${next}`);
     }
     this.current = next;
   }
 
-  /** Throws VM_STATE unless the VM is in one of `states`. */
-  require(action: string, ...states: VmState[]): void {
-    if (!states.includes(this.current)) {
-      throw new VmStateError(`VM ${this.vmId}: cannot ${action} while ${this.current}`);
+  /** Throws VM_STATE, naming the command and the state, unless `command` is legal now. */
+  begin(command: VmCommand): void {
+    const legal = VM_LIFECYCLE.commands[command];
+    if (!legal.includes(this.current)) {
+      throw new VmStateError(
+        `VM ${this.vmId}: cannot ${command} while ${this.current} (only while ${legal.join(' or ')})`,
+      );
     }
   }
 }

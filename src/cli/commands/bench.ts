@@ -1,13 +1,11 @@
 import type { Command } from '@commander-js/extra-typings';
 import { spawnSync } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { loadSettings } from '../../config/settings.js';
 import { LanguageUnknownError, LimitInvalidError, SandboxFailureError } from '../../errors.js';
-import { createEngine, type Engine } from '../../pool/engine.js';
-import { reseed } from '../../pool/pool.js';
+import { createEngine, type Engine } from '../../pool/index.js';
 import type { JobRequest } from '../../pool/index.js';
 import { startSpinner } from '../progress.js';
 
@@ -104,23 +102,15 @@ export async function runBench(
     throw new LanguageUnknownError(`bench has a hello-world for ${Object.keys(HELLO).join(', ')}`);
   const request: JobRequest = { language, files: [{ name: hello.file, content: hello.code }] };
 
-  // 1. Cold boots (and one snapshot each), straight through the driver.
-  const snap = await engine.snapshots.ensure(language);
+  // 1. Cold boots (and one snapshot each), the way the snapshot manager boots a language.
   const coldBoot: number[] = [];
   const snapshotMs: number[] = [];
   const scratch = mkdtempSync(join(tmpdir(), 'runner-bench-'));
   try {
     for (let i = 0; i < options.boots; i++) {
       options.progress(`cold boot ${i + 1}/${options.boots}`);
-      const vmId = `bench-boot-${randomBytes(4).toString('hex')}`;
-      const started = Date.now();
-      const vm = await engine.driver.boot({
-        ...snap.resources,
-        vmId,
-        runDir: join(engine.paths.runDir, vmId),
-        timeoutMs: engine.settings.bootTimeoutMs,
-      });
-      coldBoot.push(Date.now() - started);
+      const { vm, bootMs } = await engine.snapshots.bootFresh(language);
+      coldBoot.push(bootMs);
       try {
         snapshotMs.push((await vm.snapshot(join(scratch, `boot-${i}.snap`))).ms);
       } finally {
@@ -132,25 +122,15 @@ export async function runBench(
     rmSync(scratch, { recursive: true, force: true });
   }
 
-  // 2. Restores of the language's snapshot, up to the agent answering its reseed; RSS when idle.
+  // 2. Restores of the language's snapshot through the pool's own restore path, up to the agent
+  // answering its reseed; RSS when idle. The pool is idle yet, so these take no room from it.
   const restore: number[] = [];
   const rss: number[] = [];
   for (let i = 0; i < options.restores; i++) {
     options.progress(`restore ${i + 1}/${options.restores}`);
-    const vmId = `bench-restore-${randomBytes(4).toString('hex')}`;
-    const started = Date.now();
-    const vm = await engine.driver.restore(
-      {
-        ...snap.resources,
-        vmId,
-        runDir: join(engine.paths.runDir, vmId),
-        timeoutMs: engine.settings.restoreTimeoutMs,
-      },
-      snap.path,
-    );
+    const { vm, restoreMs } = await engine.pool.restoreFresh(language);
     try {
-      await reseed(vm, engine.settings.restoreTimeoutMs);
-      restore.push(Date.now() - started);
+      restore.push(restoreMs);
       await new Promise((r) => setTimeout(r, 200));
       const r = rssMib(vm.pid);
       if (r !== null) rss.push(r);

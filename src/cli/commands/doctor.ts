@@ -58,8 +58,8 @@ export async function runChecks(options: { refreshKvm?: boolean } = {}): Promise
         ? 'QEMU runs as the service user (RUNNER_QEMU_USER is empty)'
         : user
           ? `${settings.qemuUser} (uid ${user.uid})`
-          : `user ${settings.qemuUser} does not exist`,
-    fix: `useradd --system --no-create-home --shell /usr/sbin/nologin ${settings.qemuUser} (scripts/setup.sh does it)`,
+          : `user ${settings.qemuUser} does not exist (as root the service refuses to start without it)`,
+    fix: `bash scripts/setup.sh (creates runner-vmm), or useradd --system --no-create-home --shell /usr/sbin/nologin ${settings.qemuUser}, or set RUNNER_QEMU_USER= (empty) to run the VMM as the service's own user`,
   });
   for (const tool of ['debootstrap', 'mkfs.ext4', 'cpio', 'lz4']) {
     const found = ['/usr/sbin', '/usr/bin', '/sbin', '/bin'].some((d) => existsSync(join(d, tool)));

@@ -1,7 +1,7 @@
 import { Duplex, PassThrough } from 'node:stream';
 import { describe, expect, it } from 'vitest';
 import { VmStateError } from '../../../src/errors.js';
-import { VmPool } from '../../../src/pool/pool.js';
+import { PoolSlot, SLOT_STATES, VmPool, type SlotState } from '../../../src/pool/pool.js';
 import { executeOnVm } from '../../../src/pool/runner.js';
 import type { SnapshotManager, SnapshotRef } from '../../../src/pool/snapshots.js';
 import {
@@ -235,6 +235,156 @@ describe('VmPool', () => {
     await new Promise((r) => setTimeout(r, 50));
     expect(driver.made.length).toBe(2);
     expect(p.stats().ready.python).toBe(1);
+    await p.close();
+  });
+});
+
+describe('VmPool slots: an explicit state machine', () => {
+  // Written out again here, not read from the source: a change of the table must be deliberate.
+  const moves: Record<SlotState, SlotState[]> = {
+    restoring: ['ready', 'leased', 'destroying', 'gone'],
+    ready: ['leased', 'destroying', 'gone'],
+    leased: ['destroying'],
+    destroying: ['gone'],
+    gone: [],
+  };
+  const pathTo: Record<SlotState, SlotState[]> = {
+    restoring: [],
+    ready: ['ready'],
+    leased: ['leased'],
+    destroying: ['leased', 'destroying'],
+    gone: ['gone'],
+  };
+
+  for (const from of SLOT_STATES) {
+    for (const to of SLOT_STATES) {
+      const legal = moves[from].includes(to);
+      it(`${from} → ${to}: ${legal ? 'legal' : 'POOL_STATE'}`, () => {
+        const slot = new PoolSlot('python', false);
+        for (const step of pathTo[from]) slot.to(step);
+        expect(slot.state).toBe(from);
+        if (legal) {
+          slot.to(to);
+          expect(slot.state).toBe(to);
+        } else {
+          expect(() => slot.to(to)).toThrow(
+            expect.objectContaining({
+              code: 'POOL_STATE',
+              message: expect.stringContaining(`cannot go from ${from} to ${to}`) as string,
+            }) as Error,
+          );
+          expect(slot.state).toBe(from);
+        }
+      });
+    }
+  }
+
+  it('refuses a lease released twice, and the counters stay right', async () => {
+    const p = pool(fakeDriver(), { targetPerLanguage: 0 });
+    const lease = await p.acquire('python');
+    expect(p.stats()).toMatchObject({ live: 1, busy: 1 });
+    await p.release(lease);
+    await expect(p.release(lease)).rejects.toThrow(
+      expect.objectContaining({ code: 'POOL_STATE' }) as Error,
+    );
+    expect(p.stats()).toMatchObject({ live: 0, busy: 0, starting: 0 });
+    await p.close();
+  });
+
+  it('counts a job waiting for its own restore as busy, a background restore as starting', async () => {
+    let restores = 0;
+    const gates: (() => void)[] = [];
+    const base = fakeDriver();
+    const slow: VmmDriver = {
+      ...base,
+      restore: async (o, path) => {
+        restores++;
+        await new Promise<void>((r) => gates.push(r));
+        return base.restore(o, path);
+      },
+    };
+    const p = pool(slow, { maxVms: 3, targetPerLanguage: 1 });
+    const miss = p.acquire('python');
+    await new Promise((r) => setTimeout(r, 10));
+    expect(p.stats()).toMatchObject({ live: 1, busy: 1, starting: 0 });
+    const warming = p.warm('ruby');
+    await new Promise((r) => setTimeout(r, 10));
+    expect(restores).toBe(2);
+    expect(p.stats()).toMatchObject({ live: 2, busy: 1, starting: 1, ready: { ruby: 0 } });
+    for (const open of gates.splice(0)) open();
+    const lease = await miss;
+    await warming;
+    expect(p.stats()).toMatchObject({ live: 2, busy: 1, starting: 0, ready: { ruby: 1 } });
+    await p.release(lease);
+    await p.close();
+    expect(p.stats()).toMatchObject({ live: 0, busy: 0, starting: 0 });
+  });
+
+  it('counts a failed background restore once', async () => {
+    const refusesSeed = (m: HostMessage): Buffer | null =>
+      m.type === 'seed'
+        ? encodeFrame({ type: 'error', id: m.id, code: 'BOOM', message: 'no entropy today' })
+        : goodAgent(m);
+    const driver = fakeDriver(refusesSeed);
+    const lines: string[] = [];
+    const p = pool(driver, { maxVms: 1, log: (l) => lines.push(l), restoreTimeoutMs: 50 });
+    await p.warm('python');
+    await p.close();
+    // One restore, refused; its VM destroyed, one log line, one failure (it used to count twice).
+    expect(driver.made).toHaveLength(1);
+    expect(driver.made[0]?.destroyed).toBe(true);
+    expect(lines.filter((l) => l.includes('restoring python failed'))).toHaveLength(1);
+    expect(p.stats().failures).toBe(1);
+  });
+});
+
+describe('VmPool once closed: POOL_CLOSED', () => {
+  it('refuses an acquire, and a job that waited for room', async () => {
+    const p = pool(fakeDriver(), { maxVms: 1, targetPerLanguage: 0 });
+    const first = await p.acquire('python');
+    const waiting = p.acquire('python');
+    await new Promise((r) => setTimeout(r, 20));
+    await p.close();
+    await expect(waiting).rejects.toThrow(
+      expect.objectContaining({ code: 'POOL_CLOSED' }) as Error,
+    );
+    await expect(p.acquire('python')).rejects.toThrow(
+      expect.objectContaining({ code: 'POOL_CLOSED' }) as Error,
+    );
+    await expect(p.restoreFresh('python')).rejects.toThrow(
+      expect.objectContaining({ code: 'POOL_CLOSED' }) as Error,
+    );
+    // A lease held across the close is still released properly.
+    await p.release(first);
+    expect(p.stats()).toMatchObject({ live: 0, busy: 0 });
+  });
+});
+
+describe('VmPool.restoreFresh: the one restore path (the pool and runner bench)', () => {
+  it('restores and reseeds a VM the caller owns, outside the slots, and reports the time', async () => {
+    const driver = fakeDriver();
+    const timed: [string, number][] = [];
+    const p = pool(driver, { onRestore: (language, ms) => timed.push([language, ms]) });
+    const { vm, restoreMs } = await p.restoreFresh('python');
+    expect(vm.state).toBe('running');
+    expect(vm.id).toMatch(/^python-[0-9a-f]{12}$/);
+    expect(timed).toEqual([['python', restoreMs]]);
+    expect(p.stats()).toMatchObject({ live: 0, busy: 0 });
+    await vm.destroy();
+    await p.close();
+  });
+
+  it('destroys the VM when its agent refuses the reseed', async () => {
+    const driver = fakeDriver((m) =>
+      m.type === 'seed'
+        ? encodeFrame({ type: 'error', id: m.id, code: 'SANDBOX_FAILURE', message: 'no' })
+        : null,
+    );
+    const p = pool(driver);
+    await expect(p.restoreFresh('python')).rejects.toThrow(
+      expect.objectContaining({ code: 'SANDBOX_FAILURE' }) as Error,
+    );
+    expect(driver.made[0]?.destroyed).toBe(true);
     await p.close();
   });
 });

@@ -479,7 +479,7 @@ describe('firecracker driver against a fake Firecracker', () => {
     expect(info.sizeBytes).toBe(statSync(path).size + statSync(snapshotMemoryPath(path)).size);
     expect(info.ms).toBeGreaterThanOrEqual(0);
     expect(vm.state).toBe('snapshotted');
-    expect(() => vm.agent()).toThrow(/cannot talk to the agent while snapshotted/);
+    expect(() => vm.agent()).toThrow(/cannot talk while snapshotted/);
     expect((await errorOf(vm.snapshot(path))).code).toBe('VM_STATE');
   });
 
@@ -571,6 +571,8 @@ describe('firecracker driver against a fake Firecracker', () => {
     fake.configure({ protocol: 99 });
     const err = await errorOf(driver().boot(fake.launch('python-old')));
     expect(err.code).toBe('PROTOCOL_VERSION');
+    // Like QEMU's, a failed boot says what the guest printed last.
+    expect(err.message).toContain('; console: fake firecracker: starting');
   });
 
   it('refuses VM ids Firecracker would refuse, before starting anything', async () => {

@@ -1,0 +1,107 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import type { ImageStore, StoredImage } from '../../../src/images/store.js';
+import { SnapshotManager } from '../../../src/pool/snapshots.js';
+import type { MicroVm, VmLaunchOptions, VmmDriver } from '../../../src/vmm/index.js';
+
+/** Images as the store would list them; only what the manager reads. */
+const image = (id: string, file?: string): StoredImage =>
+  ({
+    dir: `/images/${id}`,
+    manifest: { id, files: file === undefined ? [] : [{ name: file }] },
+  }) as unknown as StoredImage;
+
+const store = {
+  latest: (kind: 'kernel' | 'rootfs') =>
+    Promise.resolve(kind === 'kernel' ? image('kernel-1') : image('python-1', 'python.ext4')),
+} as unknown as ImageStore;
+
+/** A driver that records its cold boots; each VM's agent offers `languages`. */
+function bootingDriver(languages: string[]): VmmDriver & {
+  boots: VmLaunchOptions[];
+  vms: { destroyed: boolean; snapshots: string[] }[];
+} {
+  const boots: VmLaunchOptions[] = [];
+  const vms: { destroyed: boolean; snapshots: string[] }[] = [];
+  return {
+    name: 'qemu',
+    boots,
+    vms,
+    boot: (o) => {
+      boots.push(o);
+      const record = { destroyed: false, snapshots: [] as string[] };
+      vms.push(record);
+      return Promise.resolve({
+        id: o.vmId,
+        hello: { type: 'hello', protocol: 1, agentVersion: 'x', languages, vmId: null },
+        snapshot: (path: string) => {
+          record.snapshots.push(path);
+          return Promise.resolve({ path, sizeBytes: 0, ms: 1 });
+        },
+        destroy: () => {
+          record.destroyed = true;
+          return Promise.resolve();
+        },
+      } as unknown as MicroVm);
+    },
+    restore: () => Promise.reject(new Error('not used')),
+  };
+}
+
+describe('SnapshotManager: one cold-boot path for snapshots and runner bench', () => {
+  let dir: string;
+  beforeEach(() => {
+    dir = mkdtempSync(join(tmpdir(), 'runner-snapshots-'));
+  });
+  afterEach(() => rmSync(dir, { recursive: true, force: true }));
+
+  function manager(driver: VmmDriver, onBoot?: (l: string, ms: number) => void): SnapshotManager {
+    return new SnapshotManager({
+      driver,
+      driverTag: 'qemu-tcg',
+      store,
+      snapshotsDir: join(dir, 'snapshots'),
+      runDir: join(dir, 'run'),
+      memoryMib: 512,
+      vcpus: 1,
+      bootTimeoutMs: 1234,
+      kernelFile: 'vmlinuz',
+      onBoot,
+    });
+  }
+
+  it('bootFresh boots exactly what a snapshot is taken of, and leaves the VM to the caller', async () => {
+    const driver = bootingDriver(['python']);
+    const booted: string[] = [];
+    const m = manager(driver, (language) => booted.push(language));
+    const ref = await m.ensure('python');
+    const { vm, bootMs } = await m.bootFresh('python');
+    expect(bootMs).toBeGreaterThanOrEqual(0);
+    expect(driver.boots).toHaveLength(2);
+    const [forSnapshot, fresh] = driver.boots;
+    // The shape of a launch: everything but the VM's own id and folder.
+    const shape = (o: VmLaunchOptions): [string, unknown][] =>
+      Object.entries(o).filter(([k]) => k !== 'vmId' && k !== 'runDir');
+    expect(shape(fresh as VmLaunchOptions)).toEqual(shape(forSnapshot as VmLaunchOptions));
+    expect(Object.fromEntries(shape(fresh as VmLaunchOptions))).toEqual({
+      ...ref.resources,
+      timeoutMs: 1234,
+    });
+    expect(ref.resources.rootfsPath).toBe('/images/python-1/python.ext4');
+    expect(fresh?.runDir).toBe(join(dir, 'run', vm.id));
+    expect(booted).toEqual(['python', 'python']);
+    // The snapshot's VM was snapshotted and destroyed; the fresh one is untouched.
+    expect(driver.vms[0]).toEqual({ destroyed: true, snapshots: [ref.path] });
+    expect(driver.vms[1]).toEqual({ destroyed: false, snapshots: [] });
+  });
+
+  it('bootFresh refuses, and destroys, a VM whose agent does not offer the language', async () => {
+    const driver = bootingDriver(['ruby']);
+    await expect(manager(driver).bootFresh('python')).rejects.toThrow(
+      expect.objectContaining({ code: 'SNAPSHOT_FAILED' }) as Error,
+    );
+    expect(driver.vms[0]?.destroyed).toBe(true);
+  });
+});
