@@ -42,7 +42,7 @@ import {
   type RootfsIdentityInputs,
 } from './identity.js';
 import type { ImageManifest } from './manifest.js';
-import { resolveDebianMirrors, type DebianMirrors } from './mirror.js';
+import { resolveDebianMirrors, type DebianMirrorSettings, type DebianMirrors } from './mirror.js';
 import { silentReporter, type BuildPhase, type BuildReporter } from './progress.js';
 import { writeManifest, type ImageStore, type StoredImage } from './store.js';
 
@@ -60,7 +60,9 @@ export interface RootfsBuilderOptions {
   readonly agentBundlePath: string;
   /** Recorded in the manifest; 'none' when unknown. Not part of the identity. */
   readonly kernelVersion?: string;
-  /** Default: from the machine's apt configuration (see mirror.ts). */
+  /** The Debian mirror settings; unset ones fall back to the machine's apt configuration. */
+  readonly settings: DebianMirrorSettings;
+  /** Resolved mirrors, in place of the settings (see mirror.ts). */
   readonly mirrors?: DebianMirrors;
   /** Rebuild an image even when the store holds one with the same identity. */
   readonly force?: boolean;
@@ -165,7 +167,7 @@ export class RootfsBuilder {
   }
 
   private mirrors(): DebianMirrors {
-    this.mirrorsCache ??= resolveDebianMirrors(DEBIAN_SUITE);
+    this.mirrorsCache ??= resolveDebianMirrors(DEBIAN_SUITE, this.options.settings);
     return this.mirrorsCache;
   }
 

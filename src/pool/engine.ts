@@ -4,7 +4,11 @@ import { readdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { dataPaths, type DataPaths } from '../config/paths.js';
 import type { Settings } from '../config/settings.js';
-import { RemoteImageStore, remoteStoreConfigFromEnv } from '../images/remote.js';
+import {
+  RemoteImageStore,
+  remoteStoreConfigFromSettings,
+  type RemoteStoreSettings,
+} from '../images/remote.js';
 import { ImageStore, type StoredImage } from '../images/store.js';
 import { LanguageRegistry } from '../languages/index.js';
 import {
@@ -96,17 +100,17 @@ export async function sweepRunDir(runDir: string, log?: (line: string) => void):
 
 /**
  * Pull on demand: when a VM needs an image that is not local and an S3 image store is
- * configured (RUNNER_S3_BUCKET), the newest matching image there is downloaded (verified, and
- * once even when many jobs ask at the same time).
+ * configured (the s3Bucket setting, RUNNER_S3_BUCKET), the newest matching image there is
+ * downloaded (verified, and once even when many jobs ask at the same time).
  */
 export function remoteFetcher(
   store: ImageStore,
+  settings: RemoteStoreSettings,
   log?: (line: string) => void,
-  env: NodeJS.ProcessEnv = process.env,
 ):
   | ((kind: 'kernel' | 'rootfs', language: string | null) => Promise<StoredImage | undefined>)
   | undefined {
-  const config = remoteStoreConfigFromEnv(env);
+  const config = remoteStoreConfigFromSettings(settings);
   if (config === null) return undefined;
   const remote = new RemoteImageStore(config);
   return async (kind, language) => {
@@ -133,7 +137,7 @@ export async function createEngine(
   options: { log?: (line: string) => void; languagesDir?: string } = {},
 ): Promise<Engine> {
   const log = options.log;
-  const paths = dataPaths({ ...process.env, RUNNER_DATA_DIR: settings.dataDir ?? undefined });
+  const paths = dataPaths(settings);
   const languages = LanguageRegistry.fromDir(options.languagesDir);
   const store = new ImageStore(paths.imagesDir);
   await sweepRunDir(paths.runDir, log);
@@ -194,7 +198,7 @@ export async function createEngine(
     vcpus: settings.vmVcpus,
     bootTimeoutMs: settings.bootTimeoutMs,
     kernelFile: settings.vmm === 'firecracker' ? 'vmlinux' : 'vmlinuz',
-    fetchMissing: remoteFetcher(store, log),
+    fetchMissing: remoteFetcher(store, settings, log),
     log,
   });
   const pool = new VmPool({
