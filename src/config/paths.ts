@@ -3,9 +3,9 @@ import { join } from 'node:path';
 
 /** Where the project keeps its data: images, snapshots, VM run dirs, logs. */
 export interface DataPaths {
-  /** The root: `RUNNER_DATA_DIR`, else /var/lib/runner-codes for root, else ~/.local/share/runner-codes. */
+  /** The root: the `dataDir` setting (RUNNER_DATA_DIR), else {@link defaultDataDir}. */
   readonly dataDir: string;
-  /** The local image store. */
+  /** The local image store: the `imagesDir` setting (RUNNER_IMAGES_DIR), else `<dataDir>/images`. */
   readonly imagesDir: string;
   /** Snapshots, one folder per language and image identity. */
   readonly snapshotsDir: string;
@@ -17,16 +17,28 @@ export interface DataPaths {
   readonly logsDir: string;
 }
 
-/** Resolves the data paths from the environment. Pure: the caller decides when to create them. */
-export function dataPaths(env: NodeJS.ProcessEnv = process.env): DataPaths {
-  const dataDir =
-    env.RUNNER_DATA_DIR ??
-    (process.getuid?.() === 0
-      ? '/var/lib/runner-codes'
-      : join(homedir(), '.local', 'share', 'runner-codes'));
+/**
+ * The two settings the paths derive from; the Settings object fits (a structural type, so that
+ * this module, which settings.ts uses for the default, does not import it back).
+ */
+export interface PathSettings {
+  readonly dataDir: string | null;
+  readonly imagesDir: string | null;
+}
+
+/** The data root when none is set: /var/lib/runner-codes as root, else ~/.local/share/runner-codes. */
+export function defaultDataDir(): string {
+  return process.getuid?.() === 0
+    ? '/var/lib/runner-codes'
+    : join(homedir(), '.local', 'share', 'runner-codes');
+}
+
+/** Resolves the data paths from the settings. Pure: the caller decides when to create them. */
+export function dataPaths(settings: PathSettings): DataPaths {
+  const dataDir = settings.dataDir ?? defaultDataDir();
   return {
     dataDir,
-    imagesDir: env.RUNNER_IMAGES_DIR ?? join(dataDir, 'images'),
+    imagesDir: settings.imagesDir ?? join(dataDir, 'images'),
     snapshotsDir: join(dataDir, 'snapshots'),
     runDir: join(dataDir, 'run'),
     buildDir: join(dataDir, 'build'),

@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { ConfigInvalidError } from '../errors.js';
-import { dataPaths } from './paths.js';
+import { defaultDataDir } from './paths.js';
 
 type Kind = 'string' | 'integer' | 'boolean' | 'enum' | 'list';
 
@@ -14,6 +15,10 @@ export interface SettingSpec {
   readonly values?: readonly string[];
   readonly min?: number;
   readonly max?: number;
+  /** A string that must be a URL of one of these schemes (checked at start, not at first use). */
+  readonly schemes?: readonly string[];
+  /** Printed masked by `runner serve --print-config` (keys, passwords). */
+  readonly secret?: boolean;
   readonly description: string;
 }
 
@@ -39,10 +44,22 @@ export const SETTINGS = [
   { key: 'warmLanguages', env: 'RUNNER_WARM_LANGUAGES', kind: 'list', default: [], description: 'Languages whose pools are filled at start (comma-separated).' },
   { key: 'bootTimeoutMs', env: 'RUNNER_BOOT_TIMEOUT_MS', kind: 'integer', default: 120000, unit: 'ms', min: 1000, description: 'Cold boot deadline (kernel to agent hello); TCG is slow.' },
   { key: 'restoreTimeoutMs', env: 'RUNNER_RESTORE_TIMEOUT_MS', kind: 'integer', default: 30000, unit: 'ms', min: 500, description: 'Snapshot restore deadline (to the agent answering).' },
+  // ---- images: the local store, the S3 store, the Debian mirror ----
+  { key: 'imagesDir', env: 'RUNNER_IMAGES_DIR', kind: 'string', default: null, description: 'The local image store (default <data dir>/images).' },
+  { key: 'debianMirror', env: 'RUNNER_DEBIAN_MIRROR', kind: 'string', default: null, schemes: ['http', 'https', 'file'], description: 'Debian mirror of image builds (http, https or file URL); unset: the first apt source of the machine serving bookworm main.' },
+  { key: 'debianSecurityMirror', env: 'RUNNER_DEBIAN_SECURITY_MIRROR', kind: 'string', default: null, schemes: ['http', 'https', 'file'], description: 'Debian security mirror of image builds; unset: the machine\'s apt source serving bookworm-security, else no security updates.' },
+  { key: 's3Bucket', env: 'RUNNER_S3_BUCKET', kind: 'string', default: null, description: 'Bucket of the S3 image store; unset turns the S3 store off (docs/image-store.md).' },
+  { key: 's3Prefix', env: 'RUNNER_S3_PREFIX', kind: 'string', default: 'images', description: 'Key prefix of the images in the bucket; slashes at the ends are dropped; an empty one (in the config file) puts them at the bucket root.' },
+  { key: 's3Endpoint', env: 'RUNNER_S3_ENDPOINT', kind: 'string', default: null, schemes: ['http', 'https'], description: 'URL of an S3-compatible server (MinIO, Ceph, R2...); unset: the AWS SDK reads AWS_ENDPOINT_URL_S3, then AWS_ENDPOINT_URL, else AWS itself.' },
+  { key: 's3Region', env: 'RUNNER_S3_REGION', kind: 'string', default: null, description: 'Region used to sign S3 requests; unset: the AWS SDK reads AWS_REGION (or the shared config profile), else us-east-1.' },
+  { key: 's3AccessKeyId', env: 'RUNNER_S3_ACCESS_KEY_ID', kind: 'string', default: null, description: 'Access key of the S3 store, set with the secret key; unset: the AWS SDK default chain (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, profile, instance role).' },
+  { key: 's3SecretAccessKey', env: 'RUNNER_S3_SECRET_ACCESS_KEY', kind: 'string', default: null, secret: true, description: 'Secret key of the S3 store, set with the access key.' },
+  { key: 's3ForcePathStyle', env: 'RUNNER_S3_FORCE_PATH_STYLE', kind: 'boolean', default: true, description: 'Bucket in the path rather than the host name, as S3-compatible servers expect.' },
+  { key: 's3PartSizeMib', env: 'RUNNER_S3_PART_SIZE_MIB', kind: 'integer', default: 8, unit: 'MiB', min: 5, max: 5120, description: 'Part size of multipart uploads to the S3 store.' },
   // ---- the HTTP service (runner serve) ----
   { key: 'host', env: 'RUNNER_HOST', kind: 'string', default: '127.0.0.1', description: 'Address the HTTP service listens on (0.0.0.0 for every interface).' },
   { key: 'port', env: 'RUNNER_PORT', kind: 'integer', default: 2000, min: 0, max: 65535, description: 'TCP port of the HTTP service (2000, like Piston).' },
-  { key: 'apiKeys', env: 'RUNNER_API_KEYS', kind: 'list', default: [], description: 'API keys (comma-separated); when set, every request but health, readiness and the docs needs one (Authorization: Bearer KEY or X-API-Key: KEY).' },
+  { key: 'apiKeys', env: 'RUNNER_API_KEYS', kind: 'list', default: [], secret: true, description: 'API keys (comma-separated); when set, every request but health, readiness and the docs needs one (Authorization: Bearer KEY or X-API-Key: KEY).' },
   { key: 'rateLimitPerMinute', env: 'RUNNER_RATE_LIMIT_PER_MINUTE', kind: 'integer', default: 600, min: 0, description: 'Job-creating requests per minute per API key (per client address without keys), as a token bucket of that size; 0 turns it off.' },
   { key: 'bodyLimitBytes', env: 'RUNNER_BODY_LIMIT_BYTES', kind: 'integer', default: 8388608, unit: 'bytes', min: 1024, max: 1073741824, description: 'Largest request body; a larger one gets 413 before it is buffered.' },
   { key: 'maxFiles', env: 'RUNNER_MAX_FILES', kind: 'integer', default: 100, min: 1, max: 1000, description: 'Most files in one job (413 beyond).' },
@@ -89,9 +106,10 @@ function parseValue(spec: SettingSpec, raw: unknown, origin: string): unknown {
       return n;
     }
     case 'boolean':
+      // yes/no and any case too: RUNNER_S3_FORCE_PATH_STYLE took them before it joined this table.
       if (typeof raw === 'boolean') return raw;
-      if (raw === 'true' || raw === '1') return true;
-      if (raw === 'false' || raw === '0') return false;
+      if (typeof raw === 'string' && /^(true|1|yes)$/i.test(raw.trim())) return true;
+      if (typeof raw === 'string' && /^(false|0|no)$/i.test(raw.trim())) return false;
       return bad(`must be true or false, not ${JSON.stringify(raw)}`);
     case 'enum':
       if (typeof raw !== 'string' || !spec.values?.includes(raw)) bad(`must be one of ${spec.values?.join(', ')}`);
@@ -101,9 +119,31 @@ function parseValue(spec: SettingSpec, raw: unknown, origin: string): unknown {
       if (typeof raw === 'string') return raw.split(',').map((s) => s.trim()).filter((s) => s !== '');
       return bad('must be a comma-separated list');
     default:
-      if (typeof raw !== 'string') bad('must be a string');
+      if (typeof raw !== 'string') return bad('must be a string');
+      if (spec.schemes !== undefined) checkUrl(raw, spec.schemes, bad);
       return raw;
   }
+}
+
+function checkUrl(raw: string, schemes: readonly string[], bad: (why: string) => never): void {
+  let url: URL | undefined;
+  try {
+    url = new URL(raw);
+  } catch {
+    url = undefined;
+  }
+  if (url === undefined || !schemes.includes(url.protocol.replace(/:$/, ''))) {
+    bad(`must be a ${schemes.join(', ')} URL, not ${JSON.stringify(raw)}`);
+  }
+}
+
+/** Freezes a value and everything in it: a frozen object whose lists stay mutable is not frozen. */
+function deepFreeze<T>(value: T): T {
+  if (typeof value === 'object' && value !== null) {
+    Object.freeze(value);
+    for (const inner of Object.values(value)) deepFreeze(inner);
+  }
+  return value;
 }
 
 /** Reads, validates and freezes the settings. Unknown keys in the file are an error. */
@@ -127,6 +167,7 @@ export function loadSettings(env: NodeJS.ProcessEnv = process.env, overrides: Pa
     else if (file[spec.key] !== undefined) out[spec.key] = parseValue(spec, file[spec.key], 'config file');
     else out[spec.key] = spec.default;
   }
-  if (out.dataDir === null) out.dataDir = dataPaths(env).dataDir;
-  return Object.freeze(out) as Settings;
+  if (out.dataDir === null) out.dataDir = defaultDataDir();
+  if (out.imagesDir === null) out.imagesDir = join(String(out.dataDir), 'images');
+  return deepFreeze(out) as Settings;
 }

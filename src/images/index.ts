@@ -34,7 +34,7 @@ export {
   type RootfsIdentity,
   type RootfsIdentityInputs,
 } from './identity.js';
-export { resolveDebianMirrors, type DebianMirrors } from './mirror.js';
+export { resolveDebianMirrors, type DebianMirrorSettings, type DebianMirrors } from './mirror.js';
 export * from './guest-init.js';
 export { bundleAgent } from './agent-bundle.js';
 export {

@@ -18,7 +18,7 @@ import { ImageBuildFailedError, ImageCorruptError } from '../errors.js';
 import type { BuildLog } from './build-log.js';
 import { canonicalJson, DEBIAN_SUITE, sha256File, sha256Hex } from './identity.js';
 import type { ImageManifest } from './manifest.js';
-import { resolveDebianMirrors } from './mirror.js';
+import { resolveDebianMirrors, type DebianMirrorSettings } from './mirror.js';
 import { writeManifest, type ImageStore, type StoredImage } from './store.js';
 
 /** The Debian package whose dependency names the kernel that every VM boots. */
@@ -177,6 +177,8 @@ export interface KernelBuildOptions {
   /** A work folder for apt lists, downloaded packages and staging (kept between builds). */
   workDir: string;
   log: BuildLog;
+  /** Where the Debian packages come from (the settings, else the machine's apt sources). */
+  settings: DebianMirrorSettings;
   /** Rebuild even when an image with the same identity exists. */
   force?: boolean;
   onPhase?: (phase: string) => void;
@@ -204,14 +206,14 @@ export function kernelIdentity(inputs: {
 /**
  * Builds (or reuses) the kernel image: `vmlinuz` (for QEMU), `vmlinux` (the ELF, for
  * Firecracker) and `initrd.img` (busybox from Debian's busybox-static plus the virtio, vsock and
- * overlay modules of that same kernel). Packages come from the machine's Debian mirror (or
- * RUNNER_DEBIAN_MIRROR) through a private apt configuration, so the host's own apt state is
+ * overlay modules of that same kernel). Packages come from the machine's Debian mirror (or the
+ * debianMirror setting) through a private apt configuration, so the host's own apt state is
  * not changed.
  */
 export async function buildKernelImage(options: KernelBuildOptions): Promise<StoredImage> {
   const { store, workDir, log } = options;
   const started = Date.now();
-  const apt = await privateApt(workDir, log);
+  const apt = await privateApt(workDir, log, options.settings);
   options.onPhase?.('packages');
   const kernelPackage = await resolveKernelPackage(apt, log);
   const kernel = await apt.download(kernelPackage);
@@ -359,8 +361,12 @@ interface PrivateApt {
  * An apt configuration of the builder's own (sources, lists and cache in `workDir`), pointed
  * at the same mirror as debootstrap. `apt-get update` runs at most once an hour.
  */
-async function privateApt(workDir: string, log: BuildLog): Promise<PrivateApt> {
-  const mirrors = resolveDebianMirrors(DEBIAN_SUITE);
+async function privateApt(
+  workDir: string,
+  log: BuildLog,
+  settings: DebianMirrorSettings,
+): Promise<PrivateApt> {
+  const mirrors = resolveDebianMirrors(DEBIAN_SUITE, settings);
   const aptDir = join(workDir, 'apt');
   const debs = join(workDir, 'debs');
   await mkdir(join(aptDir, 'lists', 'partial'), { recursive: true });

@@ -1,17 +1,18 @@
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import type { Settings } from '../config/settings.js';
 import { ConfigInvalidError } from '../errors.js';
 
 /**
  * Where the image builder fetches Debian packages from. No mirror is written into this code:
- * it comes from the machine's own apt configuration, or from the environment.
+ * it comes from the machine's own apt configuration, or from the settings.
  */
 export interface DebianMirrors {
   /** Serves `<suite>` and `<suite>-updates` (debootstrap's MIRROR argument). */
   readonly main: string;
   /** Serves `<suite>-security`; null when the machine has none configured (then no security updates). */
   readonly security: string | null;
-  /** Where `main` came from, for the build log (`env RUNNER_DEBIAN_MIRROR`, a file path). */
+  /** Where `main` came from, for the build log (the setting, or an apt source file's path). */
   readonly origin: string;
 }
 
@@ -111,29 +112,37 @@ function firstUriFor(
   return undefined;
 }
 
+/** The rows of the settings table (src/config/settings.ts) that name the Debian mirrors. */
+export type DebianMirrorSettings = Pick<Settings, 'debianMirror' | 'debianSecurityMirror'>;
+
 /**
- * Finds the Debian mirrors for `suite`: `RUNNER_DEBIAN_MIRROR` (and
- * `RUNNER_DEBIAN_SECURITY_MIRROR`) when set, else the first apt source that serves the suite's
- * `main` component. Throws CONFIG_INVALID when there is none (for example on a non-Debian host).
+ * Finds the Debian mirrors for `suite`: the `debianMirror` setting (RUNNER_DEBIAN_MIRROR) and
+ * `debianSecurityMirror` (RUNNER_DEBIAN_SECURITY_MIRROR) when set, else the first apt source
+ * that serves the suite's `main` component. Throws CONFIG_INVALID when there is none (for
+ * example on a non-Debian host).
  */
 export function resolveDebianMirrors(
   suite: string,
-  env: NodeJS.ProcessEnv = process.env,
+  settings: DebianMirrorSettings,
   aptDir = '/etc/apt',
 ): DebianMirrors {
   const sources = readAptSources(aptDir);
   const security =
-    env.RUNNER_DEBIAN_SECURITY_MIRROR !== undefined && env.RUNNER_DEBIAN_SECURITY_MIRROR !== ''
-      ? env.RUNNER_DEBIAN_SECURITY_MIRROR.replace(/\/+$/, '')
+    settings.debianSecurityMirror !== null && settings.debianSecurityMirror !== ''
+      ? settings.debianSecurityMirror.replace(/\/+$/, '')
       : (firstUriFor(sources, `${suite}-security`)?.uri ?? null);
-  const override = env.RUNNER_DEBIAN_MIRROR;
-  if (override !== undefined && override !== '') {
+  const override = settings.debianMirror;
+  if (override !== null && override !== '') {
     if (!USABLE_URI.test(override)) {
       throw new ConfigInvalidError(
         `RUNNER_DEBIAN_MIRROR must be an http(s):// or file:// URL, not ${JSON.stringify(override)}`,
       );
     }
-    return { main: override.replace(/\/+$/, ''), security, origin: 'env RUNNER_DEBIAN_MIRROR' };
+    return {
+      main: override.replace(/\/+$/, ''),
+      security,
+      origin: 'setting debianMirror (RUNNER_DEBIAN_MIRROR)',
+    };
   }
   const main = firstUriFor(sources, suite);
   if (main === undefined) {

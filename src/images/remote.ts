@@ -30,7 +30,12 @@ export type {
   TransferProgress,
   TransferProgressRenderer,
 } from './transfer-progress.js';
-export { remoteStoreConfig, remoteStoreConfigFromEnv, type RemoteStoreConfig } from './s3.js';
+export {
+  remoteStoreConfig,
+  remoteStoreConfigFromSettings,
+  type RemoteStoreConfig,
+  type RemoteStoreSettings,
+} from './s3.js';
 
 /** The kinds of image; the same union as the manifest's `kind`. */
 export type ImageKind = ImageManifest['kind'];

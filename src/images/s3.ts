@@ -1,4 +1,5 @@
 import { S3Client } from '@aws-sdk/client-s3';
+import type { Settings } from '../config/settings.js';
 import { ConfigInvalidError } from '../errors.js';
 
 /** Where and how the remote image store reaches its S3-compatible server. */
@@ -7,9 +8,13 @@ export interface RemoteStoreConfig {
   readonly bucket: string;
   /** The key prefix above `<kind>/<id>/…`; no leading or trailing slash, may be ''. */
   readonly prefix: string;
-  /** The server's URL (MinIO, Ceph, R2, s3rver…); undefined means AWS itself. */
+  /**
+   * The server's URL (MinIO, Ceph, R2, s3rver…); undefined leaves it to the SDK, which reads
+   * AWS_ENDPOINT_URL_S3 and AWS_ENDPOINT_URL, else talks to AWS itself.
+   */
   readonly endpoint: string | undefined;
-  readonly region: string;
+  /** The signing region; undefined leaves it to the SDK (AWS_REGION, profile), else us-east-1. */
+  readonly region: string | undefined;
   /** Explicit credentials; when absent the SDK's default chain (env, profile, IMDS) is used. */
   readonly accessKeyId: string | undefined;
   readonly secretAccessKey: string | undefined;
@@ -20,72 +25,21 @@ export interface RemoteStoreConfig {
   readonly partSizeMib: number;
 }
 
-/** One row of the configuration table: the documentation (docs/image-store.md) lists these. */
-interface EnvSetting {
-  readonly key: keyof RemoteStoreConfig;
-  /** Environment variables, first set one wins. */
-  readonly env: readonly string[];
-  readonly default: string | undefined;
-  readonly description: string;
-}
+/** The rows of the settings table (src/config/settings.ts) the remote store is made from. */
+export type RemoteStoreSettings = Pick<
+  Settings,
+  | 's3Bucket'
+  | 's3Prefix'
+  | 's3Endpoint'
+  | 's3Region'
+  | 's3AccessKeyId'
+  | 's3SecretAccessKey'
+  | 's3ForcePathStyle'
+  | 's3PartSizeMib'
+>;
 
-/** The remote store's configuration table: name, environment variables, default, meaning. */
-export const REMOTE_STORE_SETTINGS: readonly EnvSetting[] = Object.freeze([
-  {
-    key: 'bucket',
-    env: ['RUNNER_S3_BUCKET'],
-    default: undefined,
-    description: 'Bucket; unset disables the remote store.',
-  },
-  {
-    key: 'prefix',
-    env: ['RUNNER_S3_PREFIX'],
-    default: 'images',
-    description: 'Key prefix of the images.',
-  },
-  {
-    key: 'endpoint',
-    env: ['RUNNER_S3_ENDPOINT', 'AWS_ENDPOINT_URL_S3', 'AWS_ENDPOINT_URL'],
-    default: undefined,
-    description: 'URL of an S3-compatible server; unset means AWS.',
-  },
-  {
-    key: 'region',
-    env: ['RUNNER_S3_REGION', 'AWS_REGION', 'AWS_DEFAULT_REGION'],
-    default: 'us-east-1',
-    description: 'Region used for signing.',
-  },
-  {
-    key: 'accessKeyId',
-    env: ['RUNNER_S3_ACCESS_KEY_ID', 'AWS_ACCESS_KEY_ID'],
-    default: undefined,
-    description: 'Access key; unset means the SDK default chain.',
-  },
-  {
-    key: 'secretAccessKey',
-    env: ['RUNNER_S3_SECRET_ACCESS_KEY', 'AWS_SECRET_ACCESS_KEY'],
-    default: undefined,
-    description: 'Secret key.',
-  },
-  {
-    key: 'sessionToken',
-    env: ['AWS_SESSION_TOKEN'],
-    default: undefined,
-    description: 'Session token of temporary credentials.',
-  },
-  {
-    key: 'forcePathStyle',
-    env: ['RUNNER_S3_FORCE_PATH_STYLE'],
-    default: 'true',
-    description: 'Path-style addressing (`true`/`false`).',
-  },
-  {
-    key: 'partSizeMib',
-    env: ['RUNNER_S3_PART_SIZE_MIB'],
-    default: '8',
-    description: 'Multipart upload part size, MiB (>= 5).',
-  },
-]);
+/** Signs requests when neither the settings nor the SDK name a region; any will do for MinIO. */
+const FALLBACK_REGION = 'us-east-1';
 
 /** Normalises a prefix: no leading or trailing slashes, no empty segments. */
 export function normalisePrefix(prefix: string): string {
@@ -97,7 +51,7 @@ export function normalisePrefix(prefix: string): string {
 
 /**
  * Builds and validates a frozen configuration from explicit values; throws CONFIG_INVALID on a
- * bad value. `bucket` and `region` are required, the rest have the table's defaults.
+ * bad value. `bucket` is required; the rest default as the settings table says.
  */
 export function remoteStoreConfig(
   input: Partial<RemoteStoreConfig> & { bucket: string },
@@ -128,7 +82,7 @@ export function remoteStoreConfig(
     bucket: input.bucket,
     prefix,
     endpoint: input.endpoint,
-    region: input.region ?? 'us-east-1',
+    region: input.region,
     accessKeyId: input.accessKeyId,
     secretAccessKey: input.secretAccessKey,
     sessionToken: input.sessionToken,
@@ -137,49 +91,46 @@ export function remoteStoreConfig(
   });
 }
 
-function fromEnv(env: NodeJS.ProcessEnv, key: keyof RemoteStoreConfig): string | undefined {
-  const setting = REMOTE_STORE_SETTINGS.find((s) => s.key === key);
-  if (setting === undefined) return undefined;
-  for (const name of setting.env) {
-    const value = env[name];
-    if (value !== undefined && value !== '') return value;
-  }
-  return setting.default;
-}
-
-function parseBoolean(name: string, value: string): boolean {
-  if (/^(true|1|yes)$/i.test(value)) return true;
-  if (/^(false|0|no)$/i.test(value)) return false;
-  throw new ConfigInvalidError(`${name}=${value} is not a boolean`);
+/**
+ * The remote store's configuration from the settings (the `s3*` rows), validated; null when
+ * no bucket is set: the remote store is optional. Pure: the settings carry every value.
+ */
+export function remoteStoreConfigFromSettings(
+  settings: RemoteStoreSettings,
+): RemoteStoreConfig | null {
+  if (settings.s3Bucket === null) return null;
+  return remoteStoreConfig({
+    bucket: settings.s3Bucket,
+    prefix: settings.s3Prefix,
+    endpoint: settings.s3Endpoint ?? undefined,
+    region: settings.s3Region ?? undefined,
+    accessKeyId: settings.s3AccessKeyId ?? undefined,
+    secretAccessKey: settings.s3SecretAccessKey ?? undefined,
+    forcePathStyle: settings.s3ForcePathStyle,
+    partSizeMib: settings.s3PartSizeMib,
+  });
 }
 
 /**
- * Reads the remote store's configuration from the environment (see REMOTE_STORE_SETTINGS).
- * Returns null when RUNNER_S3_BUCKET is unset: the remote store is optional.
+ * The region the SDK finds by itself (AWS_REGION, the shared config profile), else
+ * FALLBACK_REGION. A throwaway client asks, because the SDK fails every request without one
+ * where we used to sign with us-east-1. Looked up once per client.
  */
-export function remoteStoreConfigFromEnv(
-  env: NodeJS.ProcessEnv = process.env,
-): RemoteStoreConfig | null {
-  const bucket = fromEnv(env, 'bucket');
-  if (bucket === undefined) return null;
-  const partSize = fromEnv(env, 'partSizeMib') ?? '8';
-  if (!/^\d+$/.test(partSize)) {
-    throw new ConfigInvalidError(`RUNNER_S3_PART_SIZE_MIB=${partSize} is not an integer`);
-  }
-  return remoteStoreConfig({
-    bucket,
-    prefix: fromEnv(env, 'prefix'),
-    endpoint: fromEnv(env, 'endpoint'),
-    region: fromEnv(env, 'region'),
-    accessKeyId: fromEnv(env, 'accessKeyId'),
-    secretAccessKey: fromEnv(env, 'secretAccessKey'),
-    sessionToken: fromEnv(env, 'sessionToken'),
-    forcePathStyle: parseBoolean(
-      'RUNNER_S3_FORCE_PATH_STYLE',
-      fromEnv(env, 'forcePathStyle') ?? 'true',
-    ),
-    partSizeMib: Number(partSize),
-  });
+function sdkRegionOrFallback(): () => Promise<string> {
+  let found: Promise<string> | undefined;
+  return () => {
+    found ??= (async () => {
+      const probe = new S3Client({});
+      try {
+        return await probe.config.region();
+      } catch {
+        return FALLBACK_REGION;
+      } finally {
+        probe.destroy();
+      }
+    })();
+    return found;
+  };
 }
 
 /**
@@ -190,7 +141,7 @@ export function remoteStoreConfigFromEnv(
  */
 export function createS3Client(config: RemoteStoreConfig): S3Client {
   return new S3Client({
-    region: config.region,
+    region: config.region ?? sdkRegionOrFallback(),
     endpoint: config.endpoint,
     forcePathStyle: config.forcePathStyle,
     credentials:

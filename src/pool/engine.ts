@@ -5,7 +5,11 @@ import { join } from 'node:path';
 import { dataPaths, type DataPaths } from '../config/paths.js';
 import type { Settings } from '../config/settings.js';
 import { ConfigInvalidError } from '../errors.js';
-import { RemoteImageStore, remoteStoreConfigFromEnv } from '../images/remote.js';
+import {
+  RemoteImageStore,
+  remoteStoreConfigFromSettings,
+  type RemoteStoreSettings,
+} from '../images/remote.js';
 import { ImageStore, type StoredImage } from '../images/store.js';
 import { LanguageRegistry } from '../languages/index.js';
 import {
@@ -126,17 +130,17 @@ export async function sweepRunDir(runDir: string, log?: (line: string) => void):
 
 /**
  * Pull on demand: when a VM needs an image that is not local and an S3 image store is
- * configured (RUNNER_S3_BUCKET), the newest matching image there is downloaded (verified, and
- * once even when many jobs ask at the same time).
+ * configured (the s3Bucket setting, RUNNER_S3_BUCKET), the newest matching image there is
+ * downloaded (verified, and once even when many jobs ask at the same time).
  */
 export function remoteFetcher(
   store: ImageStore,
+  settings: RemoteStoreSettings,
   log?: (line: string) => void,
-  env: NodeJS.ProcessEnv = process.env,
 ):
   | ((kind: 'kernel' | 'rootfs', language: string | null) => Promise<StoredImage | undefined>)
   | undefined {
-  const config = remoteStoreConfigFromEnv(env);
+  const config = remoteStoreConfigFromSettings(settings);
   if (config === null) return undefined;
   const remote = new RemoteImageStore(config);
   return async (kind, language) => {
@@ -170,7 +174,7 @@ export async function createEngine(
   // First: a missing VMM user must stop the start before anything runs (the sweep, the probe).
   const user = resolveVmmUser(settings);
   const log = options.log;
-  const paths = dataPaths({ ...process.env, RUNNER_DATA_DIR: settings.dataDir ?? undefined });
+  const paths = dataPaths(settings);
   const languages = LanguageRegistry.fromDir(options.languagesDir);
   const store = new ImageStore(paths.imagesDir);
   await sweepRunDir(paths.runDir, log);
@@ -231,7 +235,7 @@ export async function createEngine(
     vcpus: settings.vmVcpus,
     bootTimeoutMs: settings.bootTimeoutMs,
     kernelFile: settings.vmm === 'firecracker' ? 'vmlinux' : 'vmlinuz',
-    fetchMissing: remoteFetcher(store, log),
+    fetchMissing: remoteFetcher(store, settings, log),
     log,
   });
   const pool = new VmPool({

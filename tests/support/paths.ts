@@ -13,7 +13,11 @@ export function testDataDir(env: NodeJS.ProcessEnv = process.env): string {
     : DEFAULT_TEST_DATA_DIR;
 }
 
-/** dataPaths() rooted at the shared test data folder. */
+/** dataPaths() rooted at the shared test data folder (RUNNER_IMAGES_DIR still wins for images). */
 export function testDataPaths(env: NodeJS.ProcessEnv = process.env): DataPaths {
-  return dataPaths({ ...env, RUNNER_DATA_DIR: testDataDir(env) });
+  const imagesDir = env.RUNNER_IMAGES_DIR;
+  return dataPaths({
+    dataDir: testDataDir(env),
+    imagesDir: imagesDir !== undefined && imagesDir !== '' ? imagesDir : null,
+  });
 }

@@ -35,14 +35,19 @@ export async function ensureImages(languages: readonly string[]): Promise<void> 
   const log = new BuildLog(join(paths.logsDir, 'test-kernel.log'));
   try {
     if ((await store.latest('kernel', null)) === undefined) {
-      await buildKernelImage({ store, workDir: join(paths.buildDir, 'kernel'), log });
+      await buildKernelImage({
+        store,
+        workDir: join(paths.buildDir, 'kernel'),
+        log,
+        settings: testSettings(),
+      });
     }
   } finally {
     log.close();
   }
   const registry = LanguageRegistry.fromDir();
   const agentBundlePath = await bundleAgent(join(paths.buildDir, 'agent', 'agent-test.mjs'));
-  const builder = new RootfsBuilder({ paths, store, agentBundlePath });
+  const builder = new RootfsBuilder({ paths, store, agentBundlePath, settings: testSettings() });
   const { failed } = await builder.buildMany(languages.map((l) => registry.get(l)));
   if (failed.length > 0) {
     throw new Error(

@@ -30,7 +30,7 @@ function versionOf(binary: string, args: string[] = ['--version']): string | nul
 /** Runs every check; nothing is changed on the machine (the KVM probe boots a throwaway guest). */
 export async function runChecks(options: { refreshKvm?: boolean } = {}): Promise<Check[]> {
   const settings = loadSettings();
-  const paths = dataPaths({ ...process.env, RUNNER_DATA_DIR: settings.dataDir ?? undefined });
+  const paths = dataPaths(settings);
   const store = new ImageStore(paths.imagesDir);
   const checks: Check[] = [];
   const qemu = versionOf(settings.qemuBinary);

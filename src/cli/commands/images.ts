@@ -4,11 +4,13 @@ import { BuildLog } from '../../images/build-log.js';
 import { buildKernelImage } from '../../images/kernel.js';
 import {
   RemoteImageStore,
-  remoteStoreConfigFromEnv,
+  remoteStoreConfigFromSettings,
   renderTransferProgress,
+  type RemoteStoreSettings,
 } from '../../images/remote.js';
 import type { Command } from '@commander-js/extra-typings';
-import { dataPaths } from '../../config/paths.js';
+import { dataPaths, type DataPaths } from '../../config/paths.js';
+import { loadSettings } from '../../config/settings.js';
 import {
   ConfigInvalidError,
   ImageBuildFailedError,
@@ -18,6 +20,7 @@ import {
 import { LanguageRegistry, type Language } from '../../languages/index.js';
 import { bundleAgent } from '../../images/agent-bundle.js';
 import { createReporter } from '../../images/progress.js';
+import type { DebianMirrorSettings } from '../../images/mirror.js';
 import { RootfsBuilder } from '../../images/rootfs.js';
 import { ImageStore, isImageId, type StoredImage } from '../../images/store.js';
 
@@ -27,6 +30,11 @@ function out(line = ''): void {
 
 function mib(bytes: number): string {
   return `${(bytes / (1024 * 1024)).toFixed(1)} MiB`;
+}
+
+/** The local image store the settings name (RUNNER_IMAGES_DIR, else <data dir>/images). */
+function localStore(): ImageStore {
+  return new ImageStore(dataPaths(loadSettings()).imagesDir);
 }
 
 /** An image by id, or the newest rootfs of a language given by name or alias. */
@@ -45,7 +53,8 @@ async function resolveRef(store: ImageStore, ref: string): Promise<StoredImage> 
  */
 async function ensureKernel(
   store: ImageStore,
-  paths: ReturnType<typeof dataPaths>,
+  paths: DataPaths,
+  settings: DebianMirrorSettings,
   force: boolean,
 ): Promise<StoredImage> {
   const existing = await store.latest('kernel', null);
@@ -61,6 +70,7 @@ async function ensureKernel(
       store,
       workDir: join(paths.buildDir, 'kernel'),
       log,
+      settings,
       force,
       onPhase: (phase) =>
         process.stderr.write(`[kernel ${((Date.now() - started) / 1000).toFixed(1)}s] ${phase}\n`),
@@ -129,12 +139,13 @@ export function registerImagesCommand(program: Command): void {
           ...new Map(names.map((n) => [registry.get(n).definition.name, registry.get(n)])).values(),
         ];
       }
-      const paths = dataPaths();
+      const settings = loadSettings();
+      const paths = dataPaths(settings);
       const store = new ImageStore(paths.imagesDir);
       const agentBundlePath =
         opts.agentBundle ?? (await bundleAgent(join(paths.buildDir, 'agent', 'agent.mjs')));
       if (opts.kernel) {
-        const kernel = await ensureKernel(store, paths, opts.force === true);
+        const kernel = await ensureKernel(store, paths, settings, opts.force === true);
         out(
           `kernel       ${kernel.manifest.id.padEnd(26)} ${mib(kernel.manifest.totalSizeBytes).padStart(11)}  ${kernel.manifest.kernelVersion}`,
         );
@@ -158,6 +169,7 @@ export function registerImagesCommand(program: Command): void {
         const builder = new RootfsBuilder({
           paths,
           store,
+          settings,
           agentBundlePath,
           kernelVersion,
           force: opts.force === true,
@@ -192,7 +204,7 @@ export function registerImagesCommand(program: Command): void {
     .description('list the images in the local store')
     .option('--json', 'print the manifests as JSON')
     .action(async (opts) => {
-      const store = new ImageStore(dataPaths().imagesDir);
+      const store = localStore();
       const { images: found, broken } = await store.scan();
       for (const b of broken) process.stderr.write(`warning: ${b.dir}: ${b.reason}\n`);
       if (opts.json === true) {
@@ -224,7 +236,7 @@ export function registerImagesCommand(program: Command): void {
     .description('print the manifest of an image (by id, or the newest rootfs of a language)')
     .argument('<id>', 'image id, or a language name for its newest rootfs')
     .action(async (ref) => {
-      const store = new ImageStore(dataPaths().imagesDir);
+      const store = localStore();
       const image = await resolveRef(store, ref);
       out(JSON.stringify({ dir: image.dir, ...image.manifest }, null, 2));
     });
@@ -234,7 +246,7 @@ export function registerImagesCommand(program: Command): void {
     .description('remove images from the local store')
     .argument('<ids...>', 'image ids')
     .action(async (ids) => {
-      const store = new ImageStore(dataPaths().imagesDir);
+      const store = localStore();
       for (const id of ids) {
         const image = await store.remove(id);
         out(`removed ${image.manifest.kind}/${image.manifest.id}`);
@@ -246,7 +258,7 @@ export function registerImagesCommand(program: Command): void {
     .description('check every file of the images (default: all) against its manifest sha256')
     .argument('[ids...]', 'image ids (default: every image in the store)')
     .action(async (ids) => {
-      const store = new ImageStore(dataPaths().imagesDir);
+      const store = localStore();
       const targets = ids.length > 0 ? ids : (await store.list()).map((i) => i.manifest.id);
       let bad = 0;
       for (const id of targets) {
@@ -268,9 +280,9 @@ export function registerImagesCommand(program: Command): void {
     });
 }
 
-/** The S3 store from the environment, or a clear error saying which variables to set. */
-function remoteStore(): RemoteImageStore {
-  const config = remoteStoreConfigFromEnv();
+/** The S3 store from the settings, or a clear error saying which variables to set. */
+function remoteStore(settings: RemoteStoreSettings): RemoteImageStore {
+  const config = remoteStoreConfigFromSettings(settings);
   if (config === null) {
     throw new ConfigInvalidError(
       'no S3 image store is configured: set RUNNER_S3_BUCKET (and RUNNER_S3_ENDPOINT, AWS credentials; see docs/image-store.md)',
@@ -287,8 +299,9 @@ export function registerImagesRemoteCommands(images: Command): void {
     .argument('<refs...>', 'image ids, or language names for their newest rootfs, or "kernel"')
     .option('--force', 'upload again even when the remote store already has the image')
     .action(async (refs, opts) => {
-      const store = new ImageStore(dataPaths().imagesDir);
-      const remote = remoteStore();
+      const settings = loadSettings();
+      const store = new ImageStore(dataPaths(settings).imagesDir);
+      const remote = remoteStore(settings);
       const bars = renderTransferProgress();
       try {
         for (const ref of refs) {
@@ -314,8 +327,9 @@ export function registerImagesRemoteCommands(images: Command): void {
     .description('download images from the S3 image store, verified against their manifests')
     .argument('<ids...>', 'image ids (kernel-... or <language>-...)')
     .action(async (ids) => {
-      const paths = dataPaths();
-      const remote = remoteStore();
+      const settings = loadSettings();
+      const paths = dataPaths(settings);
+      const remote = remoteStore(settings);
       const bars = renderTransferProgress();
       try {
         for (const id of ids) {
@@ -336,7 +350,7 @@ export function registerImagesRemoteCommands(images: Command): void {
     .command('remote')
     .description('list the images in the S3 image store')
     .action(async () => {
-      const remote = remoteStore();
+      const remote = remoteStore(loadSettings());
       try {
         for (const ref of await remote.list()) out(`${ref.kind.padEnd(7)} ${ref.id}`);
       } finally {

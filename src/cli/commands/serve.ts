@@ -2,24 +2,30 @@ import type { Command } from '@commander-js/extra-typings';
 import closeWithGrace from 'close-with-grace';
 import { generateOpenApi } from '../../api/openapi.js';
 import { startServer } from '../../api/server.js';
-import { loadSettings, SETTINGS, type Settings } from '../../config/settings.js';
+import { loadSettings, SETTINGS, type SettingSpec, type Settings } from '../../config/settings.js';
 
-const SECRET_KEYS = new Set(['apiKeys']);
+/** How a `secret: true` row is printed: whether it is set (and how many keys), never the value. */
+function masked(value: unknown): unknown {
+  if (Array.isArray(value)) return value.length === 0 ? '' : `<${value.length} key(s) hidden>`;
+  return value === null || value === '' ? '' : '<hidden>';
+}
 
-/** The settings as `KEY=value` lines with their descriptions; secrets shown only as a count. */
+/**
+ * The settings as `KEY=value` lines with their descriptions; rows marked `secret` are masked
+ * (lists shown only as a count).
+ */
 export function formatSettings(settings: Settings): string {
   const values = settings as unknown as Record<string, unknown>;
   const lines: string[] = [];
-  for (const spec of SETTINGS) {
+  for (const spec of SETTINGS as readonly SettingSpec[]) {
     let value = values[spec.key];
-    if (SECRET_KEYS.has(spec.key) && Array.isArray(value))
-      value = value.length === 0 ? '' : `<${value.length} key(s) hidden>`;
+    if (spec.secret === true) value = masked(value);
     const shown = Array.isArray(value)
       ? value.join(',')
       : typeof value === 'string' || typeof value === 'number' || typeof value === 'boolean'
         ? String(value)
         : '';
-    lines.push(`# ${spec.description}${'unit' in spec ? ` (${spec.unit})` : ''}`);
+    lines.push(`# ${spec.description}${spec.unit !== undefined ? ` (${spec.unit})` : ''}`);
     lines.push(`${spec.env}=${shown}`);
   }
   return `${lines.join('\n')}\n`;
@@ -53,7 +59,8 @@ export function configurationDoc(): string {
     'the JSON file named by `RUNNER_CONFIG` (keys are the names in the second column; an unknown',
     'key is an error), then the defaults. They are validated at start (a bad value stops the',
     'service with `CONFIG_INVALID`) and frozen. `runner serve --print-config` prints the values in',
-    'effect (API keys hidden); `runner serve --host H --port P` overrides those two.',
+    'effect (secrets such as API keys and the S3 secret key masked); `runner serve --host H --port P`',
+    'overrides those two.',
     '',
     '| variable | file key | type | unit | default | description |',
     '|---|---|---|---|---|---|',

@@ -2,6 +2,7 @@ import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
+import { loadSettings } from '../../../src/config/settings.js';
 import { bundleAgent, projectRoot } from '../../../src/images/agent-bundle.js';
 import { GUEST_INIT_SCRIPT } from '../../../src/images/guest-init.js';
 import { sha256File } from '../../../src/images/identity.js';
@@ -52,9 +53,12 @@ describe.skipIf(skipReason !== null)(
         writeFileSync(agentBundle, '// placeholder agent for the image build test\n');
       }
       const python = LanguageRegistry.fromDir().get('python');
-      result = await new RootfsBuilder({ paths, store, agentBundlePath: agentBundle }).build(
-        python,
-      );
+      result = await new RootfsBuilder({
+        paths,
+        store,
+        agentBundlePath: agentBundle,
+        settings: loadSettings(),
+      }).build(python);
       image = join(result.image.dir, rootfsFileName('python'));
       console.info(
         `rootfs ${result.id}: ${result.reused ? 'reused' : `built in ${result.seconds.toFixed(1)} s`}, log ${result.logPath ?? '-'}`,

@@ -2,6 +2,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
+import { loadSettings } from '../../../src/config/settings.js';
 import { hasCode } from '../../../src/errors.js';
 import {
   parseDeb822Sources,
@@ -84,10 +85,13 @@ describe('apt source parsing', () => {
   });
 });
 
+/** The mirror settings unset: the apt configuration decides. */
+const NO_OVERRIDE = { debianMirror: null, debianSecurityMirror: null };
+
 describe('resolveDebianMirrors', () => {
   it('takes the mirror serving the suite from sources.list.d/*.sources', () => {
     const dir = aptDir({ 'sources.list.d/debian.sources': DEB822 });
-    expect(resolveDebianMirrors('bookworm', {}, dir)).toEqual({
+    expect(resolveDebianMirrors('bookworm', NO_OVERRIDE, dir)).toEqual({
       main: 'http://mirror.example.test/debian',
       security: 'http://security.example.test/debian-security',
       origin: join(dir, 'sources.list.d/debian.sources'),
@@ -96,32 +100,31 @@ describe('resolveDebianMirrors', () => {
 
   it('takes the one-line sources.list, trailing slash dropped', () => {
     const dir = aptDir({ 'sources.list': ONE_LINE });
-    const mirrors = resolveDebianMirrors('bookworm', {}, dir);
+    const mirrors = resolveDebianMirrors('bookworm', NO_OVERRIDE, dir);
     expect(mirrors.main).toBe('http://one.example.test/debian');
     expect(mirrors.security).toBe('http://one.example.test/debian-security');
   });
 
   it('ignores sources for other suites', () => {
     const dir = aptDir({ 'sources.list': 'deb http://old.example.test/debian bullseye main\n' });
-    expect(() => resolveDebianMirrors('bookworm', {}, dir)).toThrow(/RUNNER_DEBIAN_MIRROR/);
+    expect(() => resolveDebianMirrors('bookworm', NO_OVERRIDE, dir)).toThrow(
+      /RUNNER_DEBIAN_MIRROR/,
+    );
   });
 
-  it('lets RUNNER_DEBIAN_MIRROR override the apt configuration', () => {
+  it('lets the debianMirror setting override the apt configuration', () => {
     const dir = aptDir({ 'sources.list.d/debian.sources': DEB822 });
     const mirrors = resolveDebianMirrors(
       'bookworm',
-      { RUNNER_DEBIAN_MIRROR: 'http://override.example.test/debian/' },
+      { ...NO_OVERRIDE, debianMirror: 'http://override.example.test/debian/' },
       dir,
     );
     expect(mirrors.main).toBe('http://override.example.test/debian');
-    expect(mirrors.origin).toBe('env RUNNER_DEBIAN_MIRROR');
+    expect(mirrors.origin).toBe('setting debianMirror (RUNNER_DEBIAN_MIRROR)');
     expect(mirrors.security).toBe('http://security.example.test/debian-security');
     const both = resolveDebianMirrors(
       'bookworm',
-      {
-        RUNNER_DEBIAN_MIRROR: 'file:///srv/debian',
-        RUNNER_DEBIAN_SECURITY_MIRROR: 'http://sec.example.test/ds',
-      },
+      { debianMirror: 'file:///srv/debian', debianSecurityMirror: 'http://sec.example.test/ds' },
       aptDir({}),
     );
     expect(both).toMatchObject({
@@ -134,18 +137,38 @@ describe('resolveDebianMirrors', () => {
     const empty = aptDir({});
     let caught: unknown;
     try {
-      resolveDebianMirrors('bookworm', {}, empty);
+      resolveDebianMirrors('bookworm', NO_OVERRIDE, empty);
     } catch (err) {
       caught = err;
     }
     expect(hasCode(caught, 'CONFIG_INVALID')).toBe(true);
     expect(() =>
-      resolveDebianMirrors('bookworm', { RUNNER_DEBIAN_MIRROR: 'mirror.example.test' }, empty),
+      resolveDebianMirrors(
+        'bookworm',
+        { ...NO_OVERRIDE, debianMirror: 'mirror.example.test' },
+        empty,
+      ),
     ).toThrow(/http/);
   });
 
   it('has no security mirror when none is configured', () => {
     const dir = aptDir({ 'sources.list': 'deb http://m.example.test/debian bookworm main\n' });
-    expect(resolveDebianMirrors('bookworm', {}, dir).security).toBeNull();
+    expect(resolveDebianMirrors('bookworm', NO_OVERRIDE, dir).security).toBeNull();
+  });
+
+  it('takes the variables through the settings table, checked at start', () => {
+    const dir = aptDir({ 'sources.list.d/debian.sources': DEB822 });
+    const settings = loadSettings({
+      RUNNER_DATA_DIR: '/tmp/x',
+      RUNNER_DEBIAN_MIRROR: 'http://env.example.test/debian',
+      RUNNER_DEBIAN_SECURITY_MIRROR: 'http://env.example.test/security/',
+    });
+    expect(resolveDebianMirrors('bookworm', settings, dir)).toMatchObject({
+      main: 'http://env.example.test/debian',
+      security: 'http://env.example.test/security',
+    });
+    expect(() => loadSettings({ RUNNER_DEBIAN_MIRROR: 'mirror.example.test' })).toThrow(
+      /RUNNER_DEBIAN_MIRROR.*http, https, file URL/,
+    );
   });
 });

@@ -5,14 +5,15 @@ import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { PassThrough } from 'node:stream';
 import { PutObjectCommand, S3Client } from '@aws-sdk/client-s3';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it, vi } from 'vitest';
+import { loadSettings, type Settings } from '../../../src/config/settings.js';
 import { hasCode } from '../../../src/errors.js';
 import { acquireLock } from '../../../src/images/lockfile.js';
 import type { ImageManifest, ManifestFile } from '../../../src/images/manifest.js';
 import {
   partialFilePath,
   remoteStoreConfig,
-  remoteStoreConfigFromEnv,
+  remoteStoreConfigFromSettings,
   renderTransferProgress,
   RemoteImageStore,
   type ImageKind,
@@ -169,20 +170,29 @@ async function putRaw(key: string, body: Buffer): Promise<void> {
   }
 }
 
-describe('remoteStoreConfigFromEnv', () => {
+/** Settings from these variables alone (no RUNNER_CONFIG file, a throwaway data dir). */
+function settingsOf(env: NodeJS.ProcessEnv): Settings {
+  return loadSettings({ RUNNER_DATA_DIR: join(work, 'data'), ...env });
+}
+
+describe('remoteStoreConfigFromSettings', () => {
   it('is null without a bucket', () => {
-    expect(remoteStoreConfigFromEnv({ AWS_REGION: 'eu-west-1' })).toBeNull();
+    expect(remoteStoreConfigFromSettings(settingsOf({ AWS_REGION: 'eu-west-1' }))).toBeNull();
   });
 
-  it('reads RUNNER_S3_* and falls back to the AWS variables', () => {
-    const config = remoteStoreConfigFromEnv({
-      RUNNER_S3_BUCKET: 'b',
-      RUNNER_S3_PREFIX: '/a/b/',
-      AWS_ENDPOINT_URL: 'http://127.0.0.1:9000',
-      AWS_REGION: 'eu-west-1',
-      AWS_ACCESS_KEY_ID: 'id',
-      AWS_SECRET_ACCESS_KEY: 'secret',
-    });
+  it('reads the RUNNER_S3_* rows of the settings table and leaves AWS_* to the SDK', () => {
+    const config = remoteStoreConfigFromSettings(
+      settingsOf({
+        RUNNER_S3_BUCKET: 'b',
+        RUNNER_S3_PREFIX: '/a/b/',
+        RUNNER_S3_ENDPOINT: 'http://127.0.0.1:9000',
+        RUNNER_S3_REGION: 'eu-west-1',
+        RUNNER_S3_ACCESS_KEY_ID: 'id',
+        RUNNER_S3_SECRET_ACCESS_KEY: 'secret',
+        RUNNER_S3_FORCE_PATH_STYLE: 'no',
+        RUNNER_S3_PART_SIZE_MIB: '16',
+      }),
+    );
     expect(config).toMatchObject({
       bucket: 'b',
       prefix: 'a/b',
@@ -190,34 +200,84 @@ describe('remoteStoreConfigFromEnv', () => {
       region: 'eu-west-1',
       accessKeyId: 'id',
       secretAccessKey: 'secret',
+      forcePathStyle: false,
+      partSizeMib: 16,
+    });
+    expect(Object.isFrozen(config)).toBe(true);
+    // The SDK reads these itself when the RUNNER_S3_* ones are unset; nothing is copied over.
+    const sdk = remoteStoreConfigFromSettings(
+      settingsOf({
+        RUNNER_S3_BUCKET: 'b',
+        AWS_ENDPOINT_URL: 'http://127.0.0.1:2',
+        AWS_REGION: 'eu-west-1',
+        AWS_ACCESS_KEY_ID: 'id',
+        AWS_SECRET_ACCESS_KEY: 'secret',
+      }),
+    );
+    expect(sdk).toMatchObject({
+      prefix: 'images',
+      endpoint: undefined,
+      region: undefined,
+      accessKeyId: undefined,
+      secretAccessKey: undefined,
       forcePathStyle: true,
       partSizeMib: 8,
     });
-    expect(Object.isFrozen(config)).toBe(true);
-    expect(
-      remoteStoreConfigFromEnv({
-        RUNNER_S3_BUCKET: 'b',
-        RUNNER_S3_ENDPOINT: 'http://127.0.0.1:1',
-        AWS_ENDPOINT_URL: 'http://127.0.0.1:2',
-      })?.endpoint,
-    ).toBe('http://127.0.0.1:1');
   });
 
-  it('rejects bad values with CONFIG_INVALID', () => {
+  it('rejects bad values with CONFIG_INVALID, at load or when the config is made', () => {
     for (const env of [
       { RUNNER_S3_BUCKET: 'b', RUNNER_S3_PART_SIZE_MIB: '2' },
       { RUNNER_S3_BUCKET: 'b', RUNNER_S3_ENDPOINT: 'not a url' },
+      { RUNNER_S3_BUCKET: 'b', RUNNER_S3_ENDPOINT: 'ftp://127.0.0.1/' },
       { RUNNER_S3_BUCKET: 'b', RUNNER_S3_FORCE_PATH_STYLE: 'maybe' },
-      { RUNNER_S3_BUCKET: 'b', AWS_ACCESS_KEY_ID: 'only-the-id' },
+      { RUNNER_S3_BUCKET: 'b', RUNNER_S3_ACCESS_KEY_ID: 'only-the-id' },
     ]) {
       let caught: unknown;
       try {
-        remoteStoreConfigFromEnv(env);
+        remoteStoreConfigFromSettings(settingsOf(env));
       } catch (err) {
         caught = err;
       }
       expect(hasCode(caught, 'CONFIG_INVALID'), JSON.stringify(env)).toBe(true);
     }
+  });
+});
+
+describe('the AWS SDK reads the standard AWS_* variables itself', () => {
+  beforeEach(() => {
+    // Keep the machine's own AWS configuration out of the test.
+    vi.stubEnv('AWS_CONFIG_FILE', join(work, 'no-aws-config'));
+    vi.stubEnv('AWS_SHARED_CREDENTIALS_FILE', join(work, 'no-aws-credentials'));
+    for (const name of ['AWS_PROFILE', 'AWS_REGION', 'AWS_DEFAULT_REGION', 'AWS_ENDPOINT_URL_S3'])
+      vi.stubEnv(name, undefined);
+  });
+  afterEach(() => {
+    vi.unstubAllEnvs();
+  });
+
+  it('signs with AWS_REGION, else us-east-1, when RUNNER_S3_REGION is unset', async () => {
+    const config = remoteStoreConfigFromSettings(settingsOf({ RUNNER_S3_BUCKET: 'b' }));
+    if (config === null) throw new Error('no config');
+    const fallback = createS3Client(config);
+    owned.push({ close: () => fallback.destroy() });
+    expect(await fallback.config.region()).toBe('us-east-1');
+    vi.stubEnv('AWS_REGION', 'eu-west-3');
+    const fromEnv = createS3Client(config);
+    owned.push({ close: () => fromEnv.destroy() });
+    expect(await fromEnv.config.region()).toBe('eu-west-3');
+  });
+
+  it('reaches the server through AWS_ENDPOINT_URL and the AWS_* credentials', async () => {
+    vi.stubEnv('AWS_ENDPOINT_URL', s3.endpoint);
+    vi.stubEnv('AWS_ACCESS_KEY_ID', s3.accessKeyId);
+    vi.stubEnv('AWS_SECRET_ACCESS_KEY', s3.secretAccessKey);
+    const config = remoteStoreConfigFromSettings(settingsOf({ RUNNER_S3_BUCKET: s3.bucket }));
+    if (config === null) throw new Error('no config');
+    // Fast retries: pointed anywhere else (AWS itself, offline here) the list fails soon.
+    const store = new RemoteImageStore(config, { retry: { baseDelayMs: 10, maxDelayMs: 50 } });
+    owned.push(store);
+    expect(await store.list()).toBeInstanceOf(Array);
   });
 });
 

@@ -2,14 +2,9 @@ import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync, linkSync } 
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import {
-  ext4InodeCount,
-  ext4SizeMib,
-  guestPath,
-  measureTree,
-  parseToolchainVersion,
-  rootfsFileName,
-} from '../../../src/images/rootfs.js';
+import { ext4InodeCount, ext4SizeMib, measureTree } from '../../../src/images/ext4.js';
+import { guestPath } from '../../../src/images/guest-tree.js';
+import { parseToolchainVersion, rootfsFileName } from '../../../src/images/rootfs.js';
 
 let root: string;
 beforeEach(() => {

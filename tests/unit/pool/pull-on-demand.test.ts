@@ -4,7 +4,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ImageManifest } from '../../../src/images/manifest.js';
-import { RemoteImageStore, remoteStoreConfigFromEnv } from '../../../src/images/remote.js';
+import { loadSettings, type Settings } from '../../../src/config/settings.js';
+import { RemoteImageStore, remoteStoreConfigFromSettings } from '../../../src/images/remote.js';
 import { ImageStore } from '../../../src/images/store.js';
 import { remoteFetcher } from '../../../src/pool/engine.js';
 import { startS3, type S3Fixture } from '../../support/s3.js';
@@ -13,18 +14,19 @@ import { startS3, type S3Fixture } from '../../support/s3.js';
 describe('pull on demand from a real S3-compatible server', () => {
   let s3: S3Fixture;
   let work: string;
-  let env: NodeJS.ProcessEnv;
+  let settings: Settings;
 
   beforeAll(async () => {
     s3 = await startS3();
     work = await mkdtemp(join(tmpdir(), 'runner-pull-'));
-    env = {
+    settings = loadSettings({
+      RUNNER_DATA_DIR: work,
       RUNNER_S3_BUCKET: s3.bucket,
       RUNNER_S3_ENDPOINT: s3.endpoint,
       RUNNER_S3_ACCESS_KEY_ID: s3.accessKeyId,
       RUNNER_S3_SECRET_ACCESS_KEY: s3.secretAccessKey,
       RUNNER_S3_REGION: 'us-east-1',
-    };
+    });
   });
 
   afterAll(async () => {
@@ -64,7 +66,9 @@ describe('pull on demand from a real S3-compatible server', () => {
       builtAt,
     };
     await writeFile(join(dir, 'manifest.json'), JSON.stringify(manifest));
-    const remote = new RemoteImageStore(remoteStoreConfigFromEnv(env) ?? (undefined as never));
+    const remote = new RemoteImageStore(
+      remoteStoreConfigFromSettings(settings) ?? (undefined as never),
+    );
     try {
       await remote.push(dir);
     } finally {
@@ -79,7 +83,7 @@ describe('pull on demand from a real S3-compatible server', () => {
     await pushImage('ruby', '2026-12-01T00:00:00.000Z');
     const store = new ImageStore(join(work, 'local'));
     expect(await store.latest('rootfs', 'python')).toBeUndefined();
-    const fetch = remoteFetcher(store, undefined, env);
+    const fetch = remoteFetcher(store, settings);
     expect(fetch).toBeDefined();
     const got = await fetch?.('rootfs', 'python');
     expect(got?.manifest.id).toBe(newest.id);
@@ -89,6 +93,8 @@ describe('pull on demand from a real S3-compatible server', () => {
   });
 
   it('is off when no bucket is configured', () => {
-    expect(remoteFetcher(new ImageStore(join(work, 'none')), undefined, {})).toBeUndefined();
+    expect(
+      remoteFetcher(new ImageStore(join(work, 'none')), loadSettings({ RUNNER_DATA_DIR: work })),
+    ).toBeUndefined();
   });
 });
