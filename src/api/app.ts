@@ -1,6 +1,7 @@
 import type { VmTiming } from '../pool/index.js';
 import { STATUS_CODES } from 'node:http';
 import Fastify, {
+  type FastifyBaseLogger,
   type FastifyError,
   type FastifyReply,
   type FastifyRequest,
@@ -28,6 +29,8 @@ export interface AppDeps {
   /** Defaults to an in-process queue as wide as the pool, holding settings.queueMax. */
   readonly queue?: JobQueue;
   readonly logger?: FastifyServerOptions['logger'];
+  /** A logger of the caller's (shared with the engine, so one job's lines meet in one log). */
+  readonly loggerInstance?: FastifyBaseLogger;
   /** Process metrics (CPU, heap, ...) in /metrics; off in tests. */
   readonly processMetrics?: boolean;
   /** On close, how long pending callbacks may still try after the last job ended (ms). */
@@ -118,7 +121,8 @@ function toApiError(err: unknown, bodyLimitBytes: number): ApiError {
   if (typeof e.statusCode === 'number' && e.statusCode >= 400 && e.statusCode < 500) {
     return { status: e.statusCode, code: 'REQUEST_INVALID', message: e.message };
   }
-  return { status: 500, code: 'SANDBOX_FAILURE', message: 'internal error' };
+  // Anything else is a bug of ours, not the sandbox's: INTERNAL, counted apart.
+  return { status: 500, code: 'INTERNAL', message: 'internal error' };
 }
 
 /**
@@ -129,7 +133,9 @@ function toApiError(err: unknown, bodyLimitBytes: number): ApiError {
 export function buildApp(deps: AppDeps): App {
   const { engine, settings } = deps;
   const app = Fastify({
-    logger: deps.logger ?? false,
+    ...(deps.loggerInstance !== undefined
+      ? { loggerInstance: deps.loggerInstance }
+      : { logger: deps.logger ?? false }),
     bodyLimit: settings.bodyLimitBytes,
     requestTimeout: settings.requestTimeoutMs,
     keepAliveTimeout: settings.keepAliveTimeoutMs,
@@ -209,6 +215,7 @@ export function buildApp(deps: AppDeps): App {
     if (e.status >= 500 && e.code !== 'QUEUE_FULL' && e.code !== 'SHUTTING_DOWN')
       req.log.error({ err }, 'request failed');
     metrics.rejection(e.code);
+    if (e.code === 'INTERNAL') metrics.internalError('http');
     if (e.code === 'QUEUE_FULL' || e.code === 'SHUTTING_DOWN')
       reply.header('retry-after', String(queue.retryAfterSeconds()));
     if (e.code === 'RATE_LIMITED' && err instanceof RunnerError) {

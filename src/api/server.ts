@@ -1,4 +1,5 @@
 import { join } from 'node:path';
+import { pino } from 'pino';
 import type { Settings } from '../config/settings.js';
 import { createEngine, type Engine } from '../pool/index.js';
 import { JobStore } from '../queue/index.js';
@@ -31,9 +32,16 @@ export async function startServer(
 ): Promise<RunningServer> {
   const dataDir = settings.dataDir ?? '.';
   const jobStore = new JobStore(settings.jobStoreFile ?? join(dataDir, 'jobs.sqlite'));
+  // One log for the service and its engine: a job's lines carry its id in both.
+  const logger = pino({ level: settings.logLevel });
   let engine: Engine;
   try {
-    engine = options.engine ?? (await createEngine(settings));
+    engine =
+      options.engine ??
+      (await createEngine(settings, {
+        log: (line) => logger.info(line),
+        warn: (line) => logger.warn(line),
+      }));
   } catch (err) {
     jobStore.close();
     throw err;
@@ -42,7 +50,7 @@ export async function startServer(
     engine,
     settings,
     jobStore,
-    logger: { level: settings.logLevel },
+    loggerInstance: logger,
     processMetrics: true,
   });
   const stopped = { done: false };

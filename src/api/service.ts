@@ -368,13 +368,8 @@ function caseResponse(result: JobResult, checks: readonly CaseCheck[]): ExecuteR
   });
   const passed = results.filter((r) => r.passed).length;
   return {
-    id: result.id,
-    language: result.language,
-    version: result.version,
-    status: result.status,
-    compile: result.compile === null ? null : stageView(result.compile),
+    ...executeResponse(result),
     run: null,
-    timings: { ...result.timings },
     testCases: results,
     summary: { total: results.length, passed, failed: results.length - passed },
   };

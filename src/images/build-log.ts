@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process';
 import { closeSync, openSync, readFileSync, writeSync } from 'node:fs';
-import { ImageBuildFailedError } from '../errors.js';
+import { ImageBuildFailedError, InternalError } from '../errors.js';
 
 /** Options of one command run by the builder. */
 export interface RunOptions {
@@ -62,7 +62,7 @@ export class BuildLog {
     captureOutput: boolean,
   ): Promise<string> {
     const fd = this.fd;
-    if (fd === null) return Promise.reject(new Error(`build log ${this.path} is closed`));
+    if (fd === null) return Promise.reject(new InternalError(`build log ${this.path} is closed`));
     this.write(`$ ${[command, ...args].map(shellQuote).join(' ')}`);
     const started = Date.now();
     return new Promise<string>((resolvePromise, reject) => {

@@ -6,7 +6,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { inspect } from 'node:util';
 import { GetObjectCommand, type S3Client } from '@aws-sdk/client-s3';
 import { ImageCorruptError, RunnerError, S3TransferFailedError } from '../errors.js';
-import { isRetryable } from './s3.js';
+import { isRetryable, TransientTransferError } from './s3.js';
 
 /** How often and how patiently a transfer is retried. */
 export interface RetryPolicy {
@@ -149,7 +149,7 @@ async function fetchFrom(
     }
     if (done < job.sizeBytes) {
       // The body ended cleanly but short: treat like a cut connection and resume.
-      throw new Error(`${job.key}: body ended at ${done} of ${job.sizeBytes} bytes`);
+      throw new TransientTransferError(`${job.key}: body ended at ${done} of ${job.sizeBytes} bytes`);
     }
   } finally {
     if (!body.destroyed) body.destroy();

@@ -21,7 +21,12 @@ import {
 import { DEFAULT_RETRY, downloadVerified, withRetry, type RetryPolicy } from './download.js';
 import { acquireLock, type LockOptions } from './lockfile.js';
 import { parseManifest, type ImageManifest, type ManifestFile } from './manifest.js';
-import { createS3Client, isNotFound, type RemoteStoreConfig } from './s3.js';
+import {
+  createS3Client,
+  isNotFound,
+  TransientTransferError,
+  type RemoteStoreConfig,
+} from './s3.js';
 import type { ProgressListener } from './transfer-progress.js';
 
 export { renderTransferProgress } from './transfer-progress.js';
@@ -253,7 +258,7 @@ export class RemoteImageStore {
           (response.Body as Readable | undefined)?.destroy();
           throw new ImageCorruptError(`${key} is over ${MAX_MANIFEST_BYTES} bytes`);
         }
-        if (response.Body === undefined) throw new Error(`${key}: empty response`);
+        if (response.Body === undefined) throw new TransientTransferError(`${key}: empty response`);
         return response.Body.transformToByteArray();
       });
     } catch (err) {

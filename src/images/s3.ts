@@ -178,7 +178,19 @@ export function isNotFound(err: unknown): boolean {
  * True when retrying may help: network errors, cut streams, timeouts, throttling and 5xx.
  * Other 4xx answers (denied, bad request, missing bucket) will not change on a retry.
  */
+/**
+ * A transfer that broke in a way worth another try (an empty or short body). Only a signal
+ * inside the retry loops: once the retries are spent it leaves as S3_TRANSFER_FAILED.
+ */
+export class TransientTransferError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'TransientTransferError';
+  }
+}
+
 export function isRetryable(err: unknown): boolean {
+  if (err instanceof TransientTransferError) return true;
   const status = httpStatusOf(err);
   if (status === undefined) return true;
   return status >= 500 || status === 408 || status === 429;

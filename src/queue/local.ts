@@ -1,4 +1,4 @@
-import { ConfigInvalidError, QueueFullError, ShuttingDownError } from '../errors.js';
+import { asRunnerError, ConfigInvalidError, QueueFullError, ShuttingDownError } from '../errors.js';
 import type { JobQueue, QueueStats } from './types.js';
 
 interface Waiting {
@@ -36,7 +36,7 @@ export class LocalQueue implements JobQueue {
     try {
       this.admit();
     } catch (err) {
-      return Promise.reject(err instanceof Error ? err : new Error(String(err)));
+      return Promise.reject(asRunnerError(err));
     }
     return new Promise<T>((resolve, reject) => {
       const start = (): void => {

@@ -455,7 +455,7 @@ export class FirecrackerApiClient {
         },
       );
       r.setTimeout(timeoutMs, () => {
-        r.destroy(new Error(`no answer within ${timeoutMs} ms`));
+        r.destroy(new VmTimeoutError(`no answer within ${timeoutMs} ms`));
       });
       r.on('error', (err) => reject(fail(null, null, err.message, err)));
       r.end(payload);

@@ -1,7 +1,8 @@
 import { readFileSync } from 'node:fs';
 import { describe, expect, test } from 'vitest';
 import { generateOpenApi } from '../../../src/api/openapi.js';
-import { configurationDoc, formatSettings } from '../../../src/cli/commands/serve.js';
+import { configurationDoc, errorsDoc, formatSettings } from '../../../src/cli/commands/serve.js';
+import { ERROR_CATALOGUE } from '../../../src/errors.js';
 import { SETTINGS } from '../../../src/config/settings.js';
 import { testSettings } from './helpers.js';
 
@@ -38,6 +39,12 @@ describe('generated documents are current', () => {
     const doc = read('docs/configuration.md');
     expect(doc).toBe(configurationDoc());
     for (const spec of SETTINGS) expect(doc).toContain(`\`${spec.env}\``);
+  });
+
+  test('docs/errors.md lists every error code (run `npm run docs:errors` when this fails)', () => {
+    const doc = read('docs/errors.md');
+    expect(doc).toBe(errorsDoc());
+    for (const code of Object.keys(ERROR_CATALOGUE)) expect(doc).toContain(`| \`${code}\` |`);
   });
 
   test('docs/api.md shows a curl example for every endpoint', async () => {
