@@ -28,19 +28,17 @@ if (reason !== null) console.warn(`tests/integration/api skipped: ${reason}`);
 describe.skipIf(reason !== null)('runner serve with real VMs', () => {
   let server: RunningServer | undefined;
   let dir = '';
-  const savedImagesDir = process.env.RUNNER_IMAGES_DIR;
 
   beforeAll(async () => {
     await ensureImages(['python']);
     dir = mkdtempSync(join(tmpdir(), 'api-it-'));
     // QEMU runs as an unprivileged user and must reach the VM run dirs below this one.
     chmodSync(dir, 0o755);
-    // The engine reads the images from the shared store; all else is private.
-    process.env.RUNNER_IMAGES_DIR = shared.imagesDir;
     const probe = join(shared.dataDir, 'kvm-probe.json');
     if (existsSync(probe)) copyFileSync(probe, join(dir, 'kvm-probe.json'));
     const settings = loadSettings(
-      { RUNNER_DATA_DIR: dir },
+      // The engine reads the images from the shared store; all else is private.
+      { RUNNER_DATA_DIR: dir, RUNNER_IMAGES_DIR: shared.imagesDir },
       {
         host: '127.0.0.1',
         port: 0,
@@ -60,8 +58,6 @@ describe.skipIf(reason !== null)('runner serve with real VMs', () => {
       if (dir !== '' && existsSync(join(dir, 'run')))
         expect(readdirSync(join(dir, 'run'))).toEqual([]);
     } finally {
-      if (savedImagesDir === undefined) delete process.env.RUNNER_IMAGES_DIR;
-      else process.env.RUNNER_IMAGES_DIR = savedImagesDir;
       if (dir !== '') rmSync(dir, { recursive: true, force: true });
     }
   });
