@@ -30,7 +30,9 @@ export async function startServer(
   options: { engine?: Engine } = {},
 ): Promise<RunningServer> {
   const dataDir = settings.dataDir ?? '.';
-  const jobStore = new JobStore(settings.jobStoreFile ?? join(dataDir, 'jobs.sqlite'));
+  const jobStore = new JobStore(settings.jobStoreFile ?? join(dataDir, 'jobs.sqlite'), {
+    maxBytes: settings.jobStoreMaxBytes,
+  });
   let engine: Engine;
   try {
     engine = options.engine ?? (await createEngine(settings));

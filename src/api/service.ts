@@ -9,6 +9,7 @@ import type { VmPool } from '../pool/pool.js';
 import type { JobRequest, JobResult, JobRunner } from '../pool/runner.js';
 import type { Status } from '../protocol/index.js';
 import type { JobQueue, JobRecord, JobStore } from '../queue/index.js';
+import { fitOutput, withoutOutput } from '../queue/index.js';
 import { CallbackSender, checkCallbackUrl } from './callbacks.js';
 import type { ApiMetrics } from './metrics.js';
 import {
@@ -52,6 +53,7 @@ export type ServiceSettings = Pick<
   | 'callbackBackoffMs'
   | 'callbackTimeoutMs'
   | 'jobRetentionHours'
+  | 'jobStoreMaxResultBytes'
 >;
 
 /** A checked request, ready for the queue: nothing in it can fail validation later. */
@@ -180,7 +182,8 @@ export class JobService {
       );
       throw err;
     }
-    this.finish(record.id, result);
+    // The client gets the output in the response; the record keeps the verdict only.
+    this.finish(record.id, withoutOutput(result));
     return result;
   }
 
@@ -203,7 +206,7 @@ export class JobService {
         return this.run(job, record.id);
       })
       .then(
-        (result) => this.finish(record.id, result),
+        (result) => this.finish(record.id, fitOutput(result, this.settings.jobStoreMaxResultBytes)),
         (err: unknown) => {
           this.log.error(`job ${record.id}: ${err instanceof Error ? err.message : String(err)}`);
           this.finish(

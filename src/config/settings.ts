@@ -59,6 +59,10 @@ export const SETTINGS = [
   { key: 'callbackAttempts', env: 'RUNNER_CALLBACK_ATTEMPTS', kind: 'integer', default: 5, min: 1, max: 100, description: 'Tries to deliver a result to its callbackUrl, with doubling backoff between them.' },
   { key: 'callbackBackoffMs', env: 'RUNNER_CALLBACK_BACKOFF_MS', kind: 'integer', default: 1000, unit: 'ms', min: 1, description: 'Wait before the second callback try; doubled for each later one (capped at a minute).' },
   { key: 'callbackTimeoutMs', env: 'RUNNER_CALLBACK_TIMEOUT_MS', kind: 'integer', default: 10000, unit: 'ms', min: 100, description: 'Deadline of one callback try.' },
+  { key: 'responseWriteTimeoutMs', env: 'RUNNER_RESPONSE_WRITE_TIMEOUT_MS', kind: 'integer', default: 30000, unit: 'ms', min: 100, description: 'How long a response may wait for the client to read more of it; a client that reads nothing for that long is disconnected and its response dropped.' },
+  { key: 'maxResponseBufferBytes', env: 'RUNNER_MAX_RESPONSE_BUFFER_BYTES', kind: 'integer', default: 134217728, unit: 'bytes', min: 65536, description: 'Most response bytes one connection may have unsent (pipelined responses included); past it the connection is dropped. Above the largest result (about 90 MiB when a job fills its 16 MiB result frame with text JSON must escape).' },
+  { key: 'jobStoreMaxResultBytes', env: 'RUNNER_JOB_STORE_MAX_RESULT_BYTES', kind: 'integer', default: 4194304, unit: 'bytes', min: 4096, description: 'Most bytes of the stored result of one submitted job (GET /v1/jobs/{id} and its callback); longer output is cut and marked truncated. Synchronous jobs keep no output.' },
+  { key: 'jobStoreMaxBytes', env: 'RUNNER_JOB_STORE_MAX_BYTES', kind: 'integer', default: 268435456, unit: 'bytes', min: 1048576, description: 'Most bytes of stored results in the job store; past it the oldest finished records are deleted before their retention ends.' },
   { key: 'logLevel', env: 'RUNNER_LOG_LEVEL', kind: 'enum', values: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], default: 'info', description: 'Level of the service log (JSON lines on stdout).' },
 ] as const satisfies readonly SettingSpec[];
 
