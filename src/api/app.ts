@@ -144,7 +144,9 @@ interface Connection {
  * make no progress (the socket never drains) for `writeTimeoutMs` is destroyed, and so is one
  * whose unsent response bytes (socket.writableLength plus the bodies not yet handed to the
  * socket, pipelined ones included) would go over `maxBufferBytes`. Large bodies are streamed
- * so that they are held once.
+ * so that they are held once. Progress is the socket draining, which the kernel reports only
+ * once about a third of its send buffer is free (up to some 1.4 MB read by the client), so a
+ * timeout must leave a slow reader time for that much.
  */
 class ResponseGuard {
   private readonly connections = new WeakMap<Socket, Connection>();

@@ -109,6 +109,50 @@ describe('responses a client does not read', () => {
     expect(next.json<ExecuteResponse>().run?.stdoutText).toBe('next');
   });
 
+  test('a slow client that keeps reading is not dropped, however long the whole takes', async () => {
+    // About 10 MB of JSON read 256 KiB every 100 ms: the server waits on the client (its socket
+    // has unsent bytes) for longer than the write timeout, yet progress keeps it open. The
+    // kernel wakes a writer only once about a third of its send buffer is free (some 0.6 s
+    // apart at this rate), so the timeout cannot be much shorter.
+    const { port, sockets } = await listening({ responseWriteTimeoutMs: 1500 }, () => ({
+      run: stage({ out: 'z'.repeat(4 * 1024 * 1024) }),
+    }));
+    const client = connect({ host: '127.0.0.1', port });
+    client.pause();
+    client.write(httpRequest('/v1/execute', pyJob()));
+    const received: Buffer[] = [];
+    let waitedFrom = 0;
+    let waitedUntil = 0;
+    const began = Date.now();
+    while (Date.now() - began < 2400) {
+      await new Promise((r) => setTimeout(r, 100));
+      const chunk = client.read(256 * 1024) as Buffer | null;
+      if (chunk !== null) received.push(chunk);
+      if ((sockets[0]?.writableLength ?? 0) > 0) {
+        if (waitedFrom === 0) waitedFrom = Date.now();
+        waitedUntil = Date.now();
+      }
+    }
+    expect(sockets[0]?.destroyed).toBe(false);
+    expect(waitedUntil - waitedFrom).toBeGreaterThan(1500);
+    // Now read the rest at full speed.
+    const ended = new Promise<void>((resolve) => client.on('end', () => resolve()));
+    client.on('data', (c: Buffer) => {
+      received.push(c);
+      const answer = Buffer.concat(received);
+      const head = answer.indexOf('\r\n\r\n') + 4;
+      const length = Number(
+        /content-length: (\d+)/i.exec(answer.subarray(0, head).toString('latin1'))?.[1],
+      );
+      if (answer.length - head === length) client.end();
+    });
+    client.resume();
+    await ended;
+    const answer = Buffer.concat(received);
+    const body = answer.subarray(answer.indexOf('\r\n\r\n') + 4).toString('utf8');
+    expect(JSON.parse(body)).toMatchObject({ run: { stdoutText: 'z'.repeat(4 * 1024 * 1024) } });
+  });
+
   test('a response over the per-connection buffer cap drops the connection at once', async () => {
     const { app, port } = await listening({ maxResponseBufferBytes: 1024 * 1024 }, () => ({
       run: stage({ out: 'y'.repeat(1024 * 1024) }),
