@@ -110,12 +110,12 @@ describe('responses a client does not read', () => {
   });
 
   test('a slow client that keeps reading is not dropped, however long the whole takes', async () => {
-    // About 10 MB of JSON read 256 KiB every 100 ms: the server waits on the client (its socket
+    // About 19 MB of JSON read 256 KiB every 50 ms: the server waits on the client (its socket
     // has unsent bytes) for longer than the write timeout, yet progress keeps it open. The
-    // kernel wakes a writer only once about a third of its send buffer is free (some 0.6 s
-    // apart at this rate), so the timeout cannot be much shorter.
+    // kernel wakes a writer only once about a third of its send buffer is free (some 0.35 s
+    // apart at this rate, more on a loaded host), so the timeout cannot be much shorter.
     const { port, sockets } = await listening({ responseWriteTimeoutMs: 1500 }, () => ({
-      run: stage({ out: 'z'.repeat(4 * 1024 * 1024) }),
+      run: stage({ out: 'z'.repeat(8 * 1024 * 1024) }),
     }));
     const client = connect({ host: '127.0.0.1', port });
     client.pause();
@@ -124,8 +124,8 @@ describe('responses a client does not read', () => {
     let waitedFrom = 0;
     let waitedUntil = 0;
     const began = Date.now();
-    while (Date.now() - began < 2400) {
-      await new Promise((r) => setTimeout(r, 100));
+    while (Date.now() - began < 3000) {
+      await new Promise((r) => setTimeout(r, 50));
       const chunk = client.read(256 * 1024) as Buffer | null;
       if (chunk !== null) received.push(chunk);
       if ((sockets[0]?.writableLength ?? 0) > 0) {
@@ -150,7 +150,7 @@ describe('responses a client does not read', () => {
     await ended;
     const answer = Buffer.concat(received);
     const body = answer.subarray(answer.indexOf('\r\n\r\n') + 4).toString('utf8');
-    expect(JSON.parse(body)).toMatchObject({ run: { stdoutText: 'z'.repeat(4 * 1024 * 1024) } });
+    expect(JSON.parse(body)).toMatchObject({ run: { stdoutText: 'z'.repeat(8 * 1024 * 1024) } });
   });
 
   test('a response over the per-connection buffer cap drops the connection at once', async () => {
