@@ -1,5 +1,7 @@
 import type { VmTiming } from '../pool/index.js';
 import { STATUS_CODES } from 'node:http';
+import type { Socket } from 'node:net';
+import { Readable } from 'node:stream';
 import Fastify, {
   type FastifyBaseLogger,
   type FastifyError,
@@ -71,6 +73,147 @@ const OPENAPI_BASE = {
     },
   },
 };
+
+/** Bodies above this go to the socket in chunks, made as the client reads. */
+const STREAM_BODY_BYTES = 64 * 1024;
+/** UTF-16 code units (or bytes) per chunk of a streamed body. */
+const CHUNK_UNITS = 64 * 1024;
+
+/**
+ * A serialized body handed out in chunks as the socket drains, so that a connection holds the
+ * body once (the string) rather than also a full copy in its write buffer. `release` is told
+ * of every byte handed out, and of the rest when the stream is destroyed unfinished.
+ */
+class BodyStream extends Readable {
+  private offset = 0;
+  private unsent: number;
+
+  constructor(
+    private body: string | Buffer,
+    bytes: number,
+    private readonly release: (bytes: number) => void,
+  ) {
+    super();
+    this.unsent = bytes;
+  }
+
+  override _read(): void {
+    const body = this.body;
+    if (this.offset >= body.length) {
+      this.body = '';
+      this.push(null);
+      return;
+    }
+    let end = Math.min(body.length, this.offset + CHUNK_UNITS);
+    let chunk: Buffer;
+    if (typeof body === 'string') {
+      // Never split a surrogate pair: each half alone would be encoded as U+FFFD.
+      const last = body.charCodeAt(end - 1);
+      if (end < body.length && last >= 0xd800 && last <= 0xdbff) end--;
+      chunk = Buffer.from(body.slice(this.offset, end), 'utf8');
+    } else {
+      chunk = body.subarray(this.offset, end);
+    }
+    this.offset = end;
+    this.handOut(chunk.length);
+    this.push(chunk);
+  }
+
+  override _destroy(err: Error | null, callback: (err?: Error | null) => void): void {
+    this.body = '';
+    this.handOut(this.unsent);
+    callback(err);
+  }
+
+  private handOut(bytes: number): void {
+    const n = Math.min(bytes, this.unsent);
+    this.unsent -= n;
+    this.release(n);
+  }
+}
+
+/** What one connection holds for its client. */
+interface Connection {
+  /** Body bytes of its responses not yet handed to the socket. */
+  unsentBytes: number;
+  /** Responses started (onSend) and not yet closed. */
+  responses: number;
+  /** Runs out when the client reads nothing for the write timeout; null with no response. */
+  timer: NodeJS.Timeout | null;
+}
+
+/**
+ * Bounds what a client that does not read its responses costs: a connection whose responses
+ * make no progress (the socket never drains) for `writeTimeoutMs` is destroyed, and so is one
+ * whose unsent response bytes (socket.writableLength plus the bodies not yet handed to the
+ * socket, pipelined ones included) would go over `maxBufferBytes`. Large bodies are streamed
+ * so that they are held once. Progress is the socket draining, which the kernel reports only
+ * once about a third of its send buffer is free (up to some 1.4 MB read by the client), so a
+ * timeout must leave a slow reader time for that much.
+ */
+class ResponseGuard {
+  private readonly connections = new WeakMap<Socket, Connection>();
+
+  constructor(
+    private readonly limits: { readonly writeTimeoutMs: number; readonly maxBufferBytes: number },
+    private readonly warn: (msg: string) => void,
+  ) {}
+
+  /** The onSend step: checks the cap, watches the response, and streams a large body. */
+  onSend(req: FastifyRequest, reply: FastifyReply, payload: unknown): unknown {
+    const socket = req.raw.socket;
+    const conn = this.connection(socket);
+    const body = typeof payload === 'string' || Buffer.isBuffer(payload) ? payload : null;
+    const bytes = body === null ? 0 : Buffer.byteLength(body);
+    // A mock socket (inject) has no write buffer.
+    const unsent = (socket.writableLength ?? 0) + conn.unsentBytes + bytes;
+    if (unsent > this.limits.maxBufferBytes) {
+      this.warn(
+        `dropped the connection of ${req.ip}: ${unsent} response bytes unsent, over the cap of ${this.limits.maxBufferBytes}`,
+      );
+      socket.destroy();
+      return null;
+    }
+    this.watch(socket, conn, reply);
+    if (body === null || bytes <= STREAM_BODY_BYTES || req.method === 'HEAD') return payload;
+    conn.unsentBytes += bytes;
+    reply.header('content-length', String(bytes));
+    return new BodyStream(body, bytes, (n) => {
+      conn.unsentBytes -= n;
+    });
+  }
+
+  private connection(socket: Socket): Connection {
+    let conn = this.connections.get(socket);
+    if (conn === undefined) {
+      const c: Connection = { unsentBytes: 0, responses: 0, timer: null };
+      // The client read what was buffered: progress, so the deadline starts again.
+      socket.on('drain', () => c.timer?.refresh());
+      this.connections.set(socket, c);
+      conn = c;
+    }
+    return conn;
+  }
+
+  private watch(socket: Socket, conn: Connection, reply: FastifyReply): void {
+    conn.responses++;
+    if (conn.timer === null) {
+      conn.timer = setTimeout(() => {
+        this.warn(
+          `dropped a connection whose client read nothing of its responses for ${this.limits.writeTimeoutMs} ms`,
+        );
+        socket.destroy();
+      }, this.limits.writeTimeoutMs);
+      conn.timer.unref();
+    }
+    // 'close' follows 'finish' (all handed to the kernel) and an aborted connection alike.
+    reply.raw.once('close', () => {
+      if (--conn.responses > 0 || conn.timer === null) return;
+      clearTimeout(conn.timer);
+      conn.timer = null;
+    });
+  }
+}
 
 /** An error as the API reports it. */
 interface ApiError {
@@ -208,6 +351,17 @@ export function buildApp(deps: AppDeps): App {
       reply.elapsedTime / 1000,
     );
     done();
+  });
+
+  const guard = new ResponseGuard(
+    {
+      writeTimeoutMs: settings.responseWriteTimeoutMs,
+      maxBufferBytes: settings.maxResponseBufferBytes,
+    },
+    (m) => app.log.warn(m),
+  );
+  app.addHook('onSend', (req, reply, payload, done) => {
+    done(null, guard.onSend(req, reply, payload));
   });
 
   app.setErrorHandler(async (err: unknown, req: FastifyRequest, reply: FastifyReply) => {

@@ -160,6 +160,12 @@ export const ExecuteResponse = Type.Object({
   summary: Type.Optional(
     Type.Object({ total: Type.Integer(), passed: Type.Integer(), failed: Type.Integer() }),
   ),
+  storedOutput: Type.Optional(
+    Type.Enum(['none', 'trimmed'], {
+      description:
+        'Only in a stored job record, when it does not hold the whole output: none — a synchronous job keeps no output (stdout and stderr are empty, their texts null); trimmed — each stream was cut to fit RUNNER_JOB_STORE_MAX_RESULT_BYTES and the cut ones say *Truncated: true.',
+    }),
+  ),
 });
 export type ExecuteResponse = Static<typeof ExecuteResponse>;
 

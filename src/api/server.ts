@@ -31,7 +31,9 @@ export async function startServer(
   options: { engine?: Engine } = {},
 ): Promise<RunningServer> {
   const dataDir = settings.dataDir ?? '.';
-  const jobStore = new JobStore(settings.jobStoreFile ?? join(dataDir, 'jobs.sqlite'));
+  const jobStore = new JobStore(settings.jobStoreFile ?? join(dataDir, 'jobs.sqlite'), {
+    maxBytes: settings.jobStoreMaxBytes,
+  });
   // One log for the service and its engine: a job's lines carry its id in both.
   const logger = pino({ level: settings.logLevel });
   let engine: Engine;

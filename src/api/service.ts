@@ -10,6 +10,7 @@ import type { LanguageRegistry } from '../languages/index.js';
 import type { JobRequest, JobResult, PreparedJob, RuntimeStatus, VmPool } from '../pool/index.js';
 import { decodeBase64, sandboxStage, type Status } from '../protocol/index.js';
 import type { JobQueue, JobRecord, JobStore } from '../queue/index.js';
+import { fitOutput, withoutOutput } from '../queue/index.js';
 import { CallbackSender, checkCallbackUrl } from './callbacks.js';
 import type { ApiMetrics } from './metrics.js';
 import {
@@ -54,6 +55,7 @@ export type ServiceSettings = Pick<
   | 'callbackBackoffMs'
   | 'callbackTimeoutMs'
   | 'jobRetentionHours'
+  | 'jobStoreMaxResultBytes'
 >;
 
 /** How a test case's output is judged. */
@@ -187,7 +189,8 @@ export class JobService {
       );
       throw err;
     }
-    this.finish(record.id, result);
+    // The client gets the output in the response; the record keeps the verdict only.
+    this.finish(record.id, withoutOutput(result));
     return result;
   }
 
@@ -210,7 +213,7 @@ export class JobService {
         return this.run(job);
       })
       .then(
-        (result) => this.finish(record.id, result),
+        (result) => this.finish(record.id, fitOutput(result, this.settings.jobStoreMaxResultBytes)),
         (err: unknown) => {
           const why = asRunnerError(err).message;
           this.log.error(`job ${record.id}: ${why}`);

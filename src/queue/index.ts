@@ -1,3 +1,16 @@
 export type { JobQueue, QueueStats } from './types.js';
 export { LocalQueue } from './local.js';
-export { JobStore, type JobRecord, type JobState } from './store.js';
+export {
+  checkJobMove,
+  JobStore,
+  type JobRecord,
+  type JobState,
+  type JobStoreOptions,
+} from './store.js';
+export {
+  fitOutput,
+  withoutOutput,
+  type ResultWithOutput,
+  type StoredOutput,
+  type StoredStage,
+} from './outputs.js';

@@ -1,6 +1,7 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import Database from 'better-sqlite3';
 import { afterEach, beforeEach, describe, expect, test } from 'vitest';
 import type { ExecuteResponse, JobView } from '../../../src/api/schemas.js';
 import { JobStore, LocalQueue } from '../../../src/queue/index.js';
@@ -77,6 +78,76 @@ describe('durable job records', () => {
       const other = new JobStore(file); // another connection sees it
       expect(other.get(id)).toBeDefined();
       other.close();
+    } finally {
+      await app.close();
+    }
+  });
+
+  test('a synchronous job keeps its verdict but no output in the store', async () => {
+    const app = await makeApp();
+    app.engine.behavior = () => ({ run: stage({ out: 'a'.repeat(100_000), err: 'warn' }) });
+    try {
+      const res = await app.app.inject({ method: 'POST', url: '/v1/execute', payload: pyJob() });
+      const body = res.json<ExecuteResponse>();
+      expect(body.run?.stdoutText).toBe('a'.repeat(100_000)); // the client gets it all
+      expect(body.storedOutput).toBeUndefined();
+      const stored = (
+        await app.app.inject({ method: 'GET', url: `/v1/jobs/${body.id}` })
+      ).json<JobView>();
+      expect(stored).toMatchObject({ state: 'done', status: 'ok' });
+      expect(stored.result?.storedOutput).toBe('none');
+      expect(stored.result?.run).toMatchObject({
+        status: 'ok',
+        exitCode: 0,
+        stdout: '',
+        stderr: '',
+        stdoutText: null,
+        stderrText: null,
+      });
+    } finally {
+      await app.close();
+    }
+  });
+
+  test('a Piston job keeps no output in the store either', async () => {
+    const file = join(dir, 'jobs.sqlite');
+    const app = await makeApp({ jobStoreFile: file });
+    app.engine.behavior = () => ({ run: stage({ out: 'b'.repeat(100_000) }) });
+    try {
+      const res = await app.app.inject({
+        method: 'POST',
+        url: '/api/v2/execute',
+        payload: { language: 'python', version: '*', files: [{ content: 'print(1)' }] },
+      });
+      expect(res.json<{ run: { stdout: string } }>().run.stdout).toBe('b'.repeat(100_000));
+      const db = new Database(file, { readonly: true });
+      const rows = db.prepare('SELECT result FROM jobs').all() as { result: string }[];
+      db.close();
+      expect(rows).toHaveLength(1);
+      expect(rows[0]?.result.length).toBeLessThan(2000);
+      expect(JSON.parse(rows[0]?.result ?? '{}')).toMatchObject({ storedOutput: 'none' });
+    } finally {
+      await app.close();
+    }
+  });
+
+  test('a submitted job keeps its output up to the per-job cap, marked truncated', async () => {
+    const cap = 64 * 1024;
+    const app = await makeApp({ settings: { jobStoreMaxResultBytes: cap } });
+    app.engine.behavior = () => ({ run: stage({ out: 'c'.repeat(1_000_000), err: 'e' }) });
+    try {
+      const { id } = (
+        await app.app.inject({ method: 'POST', url: '/v1/jobs', payload: pyJob() })
+      ).json<{ id: string }>();
+      await expect.poll(() => app.jobStore.get(id)?.state).toBe('done');
+      expect(Buffer.byteLength(JSON.stringify(app.jobStore.get(id)?.result))).toBeLessThanOrEqual(
+        cap,
+      );
+      const view = (await app.app.inject({ method: 'GET', url: `/v1/jobs/${id}` })).json<JobView>();
+      expect(view.result?.storedOutput).toBe('trimmed');
+      expect(view.result?.run?.stdoutTruncated).toBe(true);
+      expect(view.result?.run?.stdoutText?.length).toBeGreaterThan(10_000);
+      expect(view.result?.run?.stderrText).toBe('e');
     } finally {
       await app.close();
     }

@@ -182,10 +182,13 @@ export async function makeApp(
   } = {},
 ): Promise<TestApp> {
   const engine = options.engine ?? new FakeEngine();
-  const jobStore = new JobStore(options.jobStoreFile ?? ':memory:');
+  const settings = testSettings(options.settings);
+  const jobStore = new JobStore(options.jobStoreFile ?? ':memory:', {
+    maxBytes: settings.jobStoreMaxBytes,
+  });
   const built = buildApp({
     engine,
-    settings: testSettings(options.settings),
+    settings,
     jobStore,
     callbackGraceMs: 200,
     ...(options.queue && { queue: options.queue }),
