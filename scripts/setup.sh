@@ -5,9 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(qemu-system-x86 debootstrap e2fsprogs cpio lz4 zstd util-linux)
+# gcc and libc6-dev build the guest's static exec helper (src/agent/native/runner-exec.c).
+packages=(qemu-system-x86 debootstrap e2fsprogs cpio lz4 zstd util-linux gcc libc6-dev)
 if [[ "${1:-}" == "--test" ]]; then
-  packages+=(python3 bash gcc libc6-dev socat redis-server)
+  packages+=(python3 bash socat redis-server)
 fi
 
 missing=()

@@ -84,6 +84,8 @@ export interface ExecutorOptions {
    * /tmp, /var/tmp, /dev/shm): emptied of that user's files after every stage. None by default.
    */
   readonly scratchDirs?: readonly string[];
+  /** The static exec helper (runner-exec) each stage is started through; none: the tool chain. */
+  readonly execHelper?: string | null;
 }
 
 const limitsValidator = Compile(LimitsSchema);
@@ -203,7 +205,9 @@ export class Executor {
           'rlimits, CPU from /proc, and a uid sweep at stage end',
       );
     }
-    const sandbox: StageSandbox = { tools, runAs: options.runAs, cgroup };
+    const helper = options.execHelper ?? null;
+    if (helper !== null) log(`stages start through ${helper} (one exec)`);
+    const sandbox: StageSandbox = { tools, runAs: options.runAs, cgroup, helper };
     const runnable = new Set<string>();
     for (const language of options.languages.list()) {
       if (await toolchainPresent(language)) runnable.add(language.definition.name);

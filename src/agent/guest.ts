@@ -15,6 +15,8 @@ export interface GuestActions {
   addEntropy(bytes: Buffer): Promise<number>;
   /** Sets the system clock (CLOCK_REALTIME) to `unixTimeMs`. */
   setClock(unixTimeMs: number): Promise<void>;
+  /** Both at once, where that is cheaper (one exec); returns the bytes credited. */
+  reseed?(bytes: Buffer, unixTimeMs: number): Promise<number>;
 }
 
 /**
@@ -32,9 +34,30 @@ ioctl($f, 0x5207, 0) or die "RNDRESEEDCRNG: $!\\n";
 print $n;
 `;
 
-/** The real guest actions: perl for the entropy ioctls, coreutils `date` for the clock. */
+/**
+ * The real guest actions. With the exec helper (runner-exec --reseed), the ioctls and the clock
+ * in one static exec (~10 ms under TCG); without it, perl for the ioctls and coreutils `date`
+ * for the clock (~340 ms under TCG).
+ */
 export class SystemGuestActions implements GuestActions {
-  constructor(private readonly timeoutMs = 10_000) {}
+  constructor(
+    private readonly helper: string | null = null,
+    private readonly timeoutMs = 10_000,
+  ) {}
+
+  async reseed(bytes: Buffer, unixTimeMs: number): Promise<number> {
+    if (this.helper === null) {
+      const credited = await this.addEntropy(bytes);
+      await this.setClock(unixTimeMs);
+      return credited;
+    }
+    const out = await this.run(this.helper, ['--reseed', String(Math.trunc(unixTimeMs))], bytes);
+    const credited = Number(out.trim());
+    if (!Number.isInteger(credited)) {
+      throw new SandboxFailureError(`reseed: unexpected output ${JSON.stringify(out)}`);
+    }
+    return credited;
+  }
 
   async addEntropy(bytes: Buffer): Promise<number> {
     const out = await this.run('perl', ['-e', ENTROPY_SCRIPT], bytes);

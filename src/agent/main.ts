@@ -16,7 +16,7 @@ import { SerialTransport, UnixTransport, type Transport } from './transport.js';
 
 export const USAGE = `usage: agent.mjs (--unix PATH | --serial DEVICE) --languages DIR
                  [--uid N --gid N] [--cgroup-root DIR | --no-cgroup] [--work-root DIR]
-                 [--scratch DIR,DIR...] [--vm-id ID]
+                 [--scratch DIR,DIR...] [--exec-helper PATH] [--vm-id ID]
 
   --unix PATH         listen on a unix socket (vsock reaches it through a socat bridge)
   --serial DEVICE     serve a virtio-serial port, e.g. /dev/virtio-ports/runner
@@ -28,6 +28,9 @@ export const USAGE = `usage: agent.mjs (--unix PATH | --serial DEVICE) --languag
   --work-root DIR     where per-job work dirs are made (default $TMPDIR/runner-work)
   --scratch DIRS      shared scratch folders (comma-separated, e.g. /tmp,/var/tmp,/dev/shm)
                       emptied of the job user's files after every stage (default: none)
+  --exec-helper PATH  the static runner-exec: each stage is one exec of it (cgroup, rlimits,
+                      uid, no_new_privs, environment), and the reseed too (default: the
+                      chain sh, prlimit, setpriv, env; perl and date for the reseed)
   --vm-id ID          the VM id to announce until a seed message sets one
   --help, --version`;
 
@@ -40,6 +43,7 @@ export interface AgentCliOptions {
   readonly cgroupRoot: string | null;
   readonly workRoot: string;
   readonly scratchDirs: readonly string[];
+  readonly execHelper: string | null;
   readonly vmId: string | null;
 }
 
@@ -61,6 +65,7 @@ export function parseAgentArgs(argv: readonly string[]): AgentCliOptions | 'help
         'no-cgroup': { type: 'boolean' },
         'work-root': { type: 'string' },
         scratch: { type: 'string' },
+        'exec-helper': { type: 'string' },
         'vm-id': { type: 'string' },
         help: { type: 'boolean', short: 'h' },
         version: { type: 'boolean' },
@@ -100,6 +105,7 @@ export function parseAgentArgs(argv: readonly string[]): AgentCliOptions | 'help
     cgroupRoot: values['no-cgroup'] ? null : (values['cgroup-root'] ?? '/sys/fs/cgroup'),
     workRoot: values['work-root'] ?? join(tmpdir(), 'runner-work'),
     scratchDirs: scratchDirs(values.scratch, bad),
+    execHelper: values['exec-helper'] ?? null,
     vmId: values['vm-id'] ?? null,
   };
 }
@@ -127,12 +133,13 @@ export async function startAgent(
     runAs: options.runAs,
     cgroupRoot: options.cgroupRoot,
     scratchDirs: options.scratchDirs,
+    execHelper: options.execHelper,
     log,
   });
   log(`languages: ${executor.languages().join(', ') || '(none)'}`);
   const server = new AgentServer({
     executor,
-    guest: new SystemGuestActions(),
+    guest: new SystemGuestActions(options.execHelper),
     vmId: options.vmId,
     log,
   });

@@ -186,8 +186,15 @@ export class AgentServer {
     message: SeedMessage,
   ): Promise<void> {
     try {
-      const credited = await this.options.guest.addEntropy(Buffer.from(message.entropy, 'base64'));
-      await this.options.guest.setClock(message.unixTimeMs);
+      const entropy = Buffer.from(message.entropy, 'base64');
+      const guest = this.options.guest;
+      let credited: number;
+      if (guest.reseed) {
+        credited = await guest.reseed(entropy, message.unixTimeMs);
+      } else {
+        credited = await guest.addEntropy(entropy);
+        await guest.setClock(message.unixTimeMs);
+      }
       this.currentVmId = message.vmId;
       await this.send(channel, {
         type: 'seeded',

@@ -17,6 +17,11 @@ import {
 /** How one stage is confined; fixed for the life of an executor. */
 export interface StageSandbox {
   readonly tools: SandboxTools;
+  /**
+   * The static exec helper (runner-exec): cgroup, rlimits, uid, no_new_privs and environment in
+   * one exec. Null: the chain of sh (cgroup gate), prlimit, setpriv and env from `tools`.
+   */
+  readonly helper?: string | null;
   /** The unprivileged user that runs the code, or null to run as the agent's own user. */
   readonly runAs: FileOwner | null;
   /** A usable cgroup v2 hierarchy, or null for the rlimit + uid-sweep fallback. */
@@ -59,33 +64,53 @@ const CGROUP_GATE = 'read -r go <&3 || exit 125; exec 3<&-; exec "$@"';
 
 type KillReason = 'wall' | 'cpu' | 'output' | 'abort';
 
-/**
- * Builds the command line of a stage: [sh gate] prlimit … -- setpriv … -- env -i -- K=V… argv.
- * The helpers run as root with a fixed, clean environment; the job's environment is applied
- * by `env -i` only after privileges are dropped, so nothing the request sets (LD_PRELOAD…)
- * ever reaches a root process.
- */
-export function buildStageArgv(sandbox: StageSandbox, spec: StageSpec): string[] {
-  const { tools, runAs, cgroup } = sandbox;
-  const l = spec.limits;
-  const cpuSoftS = Math.ceil(l.cpuTimeMs / 1000) + 1;
-  const out: string[] = [];
-  if (cgroup) out.push(tools.sh, '-c', CGROUP_GATE, 'sh');
-  out.push(
-    tools.prlimit,
-    `--cpu=${cpuSoftS}:${cpuSoftS + 1}`,
-    '--core=0:0',
-    `--fsize=${l.fileSizeBytes}:${l.fileSizeBytes}`,
-    `--nofile=${l.openFiles}:${l.openFiles}`,
-  );
+/** The rlimits of a stage, as NAME=SOFT:HARD (the names runner-exec and prlimit share). */
+function stageRlimits(sandbox: StageSandbox, limits: Limits): string[] {
+  const cpuSoftS = Math.ceil(limits.cpuTimeMs / 1000) + 1;
+  const out = [
+    `cpu=${cpuSoftS}:${cpuSoftS + 1}`,
+    'core=0:0',
+    `fsize=${limits.fileSizeBytes}:${limits.fileSizeBytes}`,
+    `nofile=${limits.openFiles}:${limits.openFiles}`,
+  ];
   // RLIMIT_NPROC counts every process of the real uid: meaningful only for the job's own uid.
-  if (runAs) out.push(`--nproc=${l.processes}:${l.processes}`);
+  if (sandbox.runAs) out.push(`nproc=${limits.processes}:${limits.processes}`);
   // Without the memory controller, RLIMIT_DATA (private writable memory, not address-space
   // reservations, which RLIMIT_AS would count and break node, java and go with) stands in.
-  if (!cgroup?.memory) {
-    const bytes = l.memoryMib * 1024 * 1024;
-    out.push(`--data=${bytes}:${bytes}`);
+  if (!sandbox.cgroup?.memory) {
+    const bytes = limits.memoryMib * 1024 * 1024;
+    out.push(`data=${bytes}:${bytes}`);
   }
+  return out;
+}
+
+/**
+ * Builds the command line of a stage. With the exec helper: `runner-exec --cgroup DIR
+ * --rlimit … --uid N --gid N --env K=V… -- argv`, one static exec that joins the stage's cgroup
+ * itself before anything of the program runs. Without it (a host without the helper):
+ * [sh gate] prlimit … -- setpriv … -- env -i -- K=V… argv. Either way the helpers run as root
+ * with a fixed, clean environment, and the job's environment applies only after privileges are
+ * dropped, so nothing the request sets (LD_PRELOAD…) ever reaches a root process.
+ */
+export function buildStageArgv(
+  sandbox: StageSandbox,
+  spec: StageSpec,
+  cgroupPath: string | null = null,
+): string[] {
+  const { tools, runAs, cgroup } = sandbox;
+  const rlimits = stageRlimits(sandbox, spec.limits);
+  const out: string[] = [];
+  if (sandbox.helper) {
+    out.push(sandbox.helper, '--status-fd', '3');
+    if (cgroupPath !== null) out.push('--cgroup', cgroupPath);
+    for (const r of rlimits) out.push('--rlimit', r);
+    if (runAs) out.push('--uid', String(runAs.uid), '--gid', String(runAs.gid));
+    for (const [k, v] of Object.entries(spec.env)) out.push('--env', `${k}=${v}`);
+    out.push('--', ...spec.argv);
+    return out;
+  }
+  if (cgroup) out.push(tools.sh, '-c', CGROUP_GATE, 'sh');
+  out.push(tools.prlimit, ...rlimits.map((r) => `--${r}`));
   out.push('--', tools.setpriv);
   if (runAs) {
     out.push(
@@ -225,11 +250,15 @@ class StageRun {
   async execute(): Promise<StageResult> {
     if (this.spec.signal?.aborted) return sandboxErrorResult('the job was aborted');
     const reapedCpuBefore = await readReapedChildrenCpuMs();
-    const argv = buildStageArgv(this.sandbox, this.spec);
+    // With the exec helper the stage joins its cgroup by itself, and fd 3 carries its failure
+    // to start the program (if any); the chain needs fd 3 as the cgroup gate.
+    const helper = Boolean(this.sandbox.helper);
+    const gated = this.cgroup !== null && !helper;
+    const argv = buildStageArgv(this.sandbox, this.spec, this.cgroup?.path ?? null);
     const child = spawn(argv[0] as string, argv.slice(1), {
       cwd: this.spec.cwd,
       env: HELPER_ENV,
-      stdio: this.cgroup ? ['pipe', 'pipe', 'pipe', 'pipe'] : ['pipe', 'pipe', 'pipe'],
+      stdio: gated || helper ? ['pipe', 'pipe', 'pipe', 'pipe'] : ['pipe', 'pipe', 'pipe'],
       // setsid(): the stage gets its own session and process group (pgid = pid).
       detached: true,
     });
@@ -245,12 +274,13 @@ class StageRun {
     if (spawned) return sandboxErrorResult(`cannot start the stage: ${spawned.message}`);
     child.on('error', () => undefined);
 
+    const startFailure = helper ? readAll(child.stdio[3] as Readable) : Promise.resolve('');
     const stdoutDone = collect(child.stdout, this.stdout);
     const stderrDone = collect(child.stderr, this.stderr);
     const outputDone = Promise.all([stdoutDone, stderrDone]);
     feedStdin(child.stdin, this.spec.stdin);
 
-    if (this.cgroup) {
+    if (this.cgroup && gated) {
       const gate = child.stdio[3] as Writable;
       gate.on('error', () => undefined);
       try {
@@ -286,6 +316,12 @@ class StageRun {
       child.stdin?.destroy();
     }
 
+    const failure = await Promise.race([startFailure, sleep(this.timings.drainMs).then(() => '')]);
+    if (failure !== '')
+      return sandboxErrorResult(
+        `the sandbox could not start the program: ${failure}`,
+        this.elapsedMs(),
+      );
     const cpuTimeMs = await this.finalCpuMs(reapedCpuBefore);
     const memoryPeakBytes = this.cgroup
       ? ((await this.cgroup.memoryPeakBytes()) ?? this.polledRssBytes)
@@ -432,6 +468,22 @@ class StageRun {
     const reaped = (await readReapedChildrenCpuMs()) - reapedBefore;
     return Math.max(this.polledCpuMs, reaped);
   }
+}
+
+/** Everything a stream gives until it ends (a few bytes at most: the helper's failure). */
+function readAll(stream: Readable | null): Promise<string> {
+  return new Promise((resolve) => {
+    if (!stream) {
+      resolve('');
+      return;
+    }
+    const chunks: Buffer[] = [];
+    stream.on('data', (c: Buffer) => chunks.push(c));
+    const done = (): void => resolve(Buffer.concat(chunks).toString('utf8').slice(0, 1000));
+    stream.once('end', done);
+    stream.once('close', done);
+    stream.once('error', done);
+  });
 }
 
 function collect(stream: Readable | null, capture: OutputCapture): Promise<void> {

@@ -28,6 +28,8 @@ export const GUEST_INIT_PATH = '/sbin/runner-init';
 
 /** Where the agent bundle and the language definitions live in the guest. */
 export const GUEST_AGENT_PATH = '/opt/runner/agent.mjs';
+/** The static exec helper (src/agent/native/runner-exec.c). */
+export const GUEST_EXEC_HELPER_PATH = '/opt/runner/runner-exec';
 export const GUEST_LANGUAGES_DIR = '/opt/runner/languages';
 /** The unprivileged user that runs the programs. */
 export const GUEST_RUNNER_UID = 1000;
@@ -179,7 +181,7 @@ wait_port() { # NAME; up to about 10 s
   return 1
 }
 
-agent_common="--languages /opt/runner/languages --uid 1000 --gid 1000 --cgroup-root /sys/fs/cgroup/runner --work-root /run/scratch/work --scratch /tmp,/var/tmp,/dev/shm"
+agent_common="--languages /opt/runner/languages --uid 1000 --gid 1000 --cgroup-root /sys/fs/cgroup/runner --work-root /run/scratch/work --scratch /tmp,/var/tmp,/dev/shm --exec-helper /opt/runner/runner-exec"
 agent_env="PATH=$PATH HOME=/root LANG=C.UTF-8 NODE_ENV=production"
 
 case "$transport" in

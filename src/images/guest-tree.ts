@@ -18,6 +18,7 @@ import type { Language } from '../languages/index.js';
 import { unmountUnder } from './chroot.js';
 import {
   GUEST_AGENT_PATH,
+  GUEST_EXEC_HELPER_PATH,
   GUEST_INIT_PATH,
   GUEST_INIT_SCRIPT,
   GUEST_LANGUAGES_DIR,
@@ -179,7 +180,12 @@ export function shrink(root: string): void {
  * Writes what makes a toolchain tree a runner image: the runner user, the agent bundle, the
  * language's folder (only this image's language), /sbin/runner-init, and our own /etc files.
  */
-export function installGuestFiles(root: string, language: Language, agentBundle: Buffer): void {
+export function installGuestFiles(
+  root: string,
+  language: Language,
+  agentBundle: Buffer,
+  execHelper: Buffer,
+): void {
   const definition = language.definition;
   addRunnerUser(root);
   // The agent, the language folder and the init.
@@ -188,6 +194,11 @@ export function installGuestFiles(root: string, language: Language, agentBundle:
   rmSync(agentPath, { force: true });
   writeFileSync(agentPath, agentBundle, { mode: 0o644, flag: 'wx' });
   chmodSync(agentPath, 0o644);
+  // The static exec helper: root's, run by the agent only (0755: nothing in it is secret).
+  const helperPath = guestPath(root, GUEST_EXEC_HELPER_PATH);
+  rmSync(helperPath, { force: true });
+  writeFileSync(helperPath, execHelper, { mode: 0o755, flag: 'wx' });
+  chmodSync(helperPath, 0o755);
   const langDir = join(guestPath(root, GUEST_LANGUAGES_DIR), definition.name);
   mkdirSync(langDir, { recursive: true, mode: 0o755 });
   cpSync(language.dir, langDir, { recursive: true, dereference: true });

@@ -107,6 +107,8 @@ export interface RootfsIdentityInputs {
   /** The files of the language folder copied into the image. */
   readonly languageFiles: readonly FileDigest[];
   readonly agentSha256: string;
+  /** The static exec helper installed beside the agent (absent in identities from before it). */
+  readonly execHelperSha256?: string;
   readonly initScript: string;
   readonly agentVersion: string;
   /**
@@ -150,6 +152,7 @@ export function rootfsIdentity(inputs: RootfsIdentityInputs): RootfsIdentity {
       toolchainKey,
       toolchainPackages: inputs.toolchainPackagesDigest ?? null,
       agentSha256: inputs.agentSha256,
+      ...(inputs.execHelperSha256 !== undefined && { execHelperSha256: inputs.execHelperSha256 }),
       agentVersion: inputs.agentVersion,
       initSha256,
       definitionSha256,

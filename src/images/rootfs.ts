@@ -10,6 +10,7 @@ import { BuildLog } from './build-log.js';
 import { chrootCapture, chrootRun, removeTree, withChrootMounts } from './chroot.js';
 import { makeExt4 } from './ext4.js';
 import { GUEST_AGENT_PATH, GUEST_INIT_SCRIPT } from './guest-init.js';
+import { buildExecHelper } from './exec-helper.js';
 import { installGuestFiles, shrink } from './guest-tree.js';
 import {
   BASE_PACKAGES,
@@ -46,6 +47,11 @@ export interface RootfsBuilderOptions {
   readonly store: ImageStore;
   /** The bundled agent (one ES module for Node 18), copied to /opt/runner/agent.mjs. */
   readonly agentBundlePath: string;
+  /**
+   * The static exec helper (runner-exec), copied to /opt/runner/runner-exec; built from
+   * src/agent/native/runner-exec.c into the build dir when not given.
+   */
+  readonly execHelperPath?: string;
   /** Recorded in the manifest; 'none' when unknown. Not part of the identity. */
   readonly kernelVersion?: string;
   /** The Debian mirror settings; unset ones fall back to the machine's apt configuration. */
@@ -106,6 +112,7 @@ export class RootfsBuilder {
   private readonly reporter: BuildReporter;
   /** The base and toolchain layers; it lives as long as the builder (see rebuildLayers). */
   private readonly layers: LayerCache;
+  private helperBuild: Promise<string> | undefined;
 
   constructor(options: RootfsBuilderOptions) {
     this.options = options;
@@ -119,6 +126,13 @@ export class RootfsBuilder {
     });
   }
 
+  /** The exec helper's path: the given one, or built once per builder into the build dir. */
+  private execHelper(): Promise<string> {
+    if (this.options.execHelperPath !== undefined) return Promise.resolve(this.options.execHelperPath);
+    this.helperBuild ??= buildExecHelper(join(this.options.paths.buildDir, 'agent', 'runner-exec'));
+    return this.helperBuild;
+  }
+
   private get workDir(): string {
     return join(this.options.paths.buildDir, 'work');
   }
@@ -126,18 +140,21 @@ export class RootfsBuilder {
   /** What the identity of `language`'s image is computed from, but the toolchain layer's packages. */
   private async identityInputs(
     language: Language,
-  ): Promise<RootfsIdentityInputs & { readonly agentBundle: Buffer }> {
+  ): Promise<RootfsIdentityInputs & { readonly agentBundle: Buffer; readonly execHelper: Buffer }> {
     const path = this.options.agentBundlePath;
     if (!existsSync(path) || !statSync(path).isFile()) {
       throw new ImageBuildFailedError(`agent bundle ${path} does not exist`);
     }
     // Read once: the bytes hashed are the bytes installed, even if the file changes meanwhile.
     const agentBundle = readFileSync(path);
+    const execHelper = readFileSync(await this.execHelper());
     return {
       definition: language.definition,
       languageFiles: await folderDigests(language.dir),
       agentSha256: sha256Hex(agentBundle),
+      execHelperSha256: sha256Hex(execHelper),
       agentBundle,
+      execHelper,
       initScript: GUEST_INIT_SCRIPT,
       agentVersion: AGENT_VERSION,
     };
@@ -280,7 +297,7 @@ export class RootfsBuilder {
       await copyTree(log, join(toolchain.dir, 'root'), root, this.options.signal);
       const { toolchainVersion, warnings } = await this.finalLayer(
         language,
-        inputs.agentBundle,
+        { agentBundle: inputs.agentBundle, execHelper: inputs.execHelper },
         root,
         log,
       );
@@ -368,12 +385,12 @@ export class RootfsBuilder {
   /** The final layer, in a copy of the toolchain layer. Returns the toolchain version read. */
   private async finalLayer(
     language: Language,
-    agentBundle: Buffer,
+    agent: { agentBundle: Buffer; execHelper: Buffer },
     root: string,
     log: BuildLog,
   ): Promise<{ toolchainVersion: string; warnings: string[] }> {
     const definition = language.definition;
-    installGuestFiles(root, language, agentBundle);
+    installGuestFiles(root, language, agent.agentBundle, agent.execHelper);
     log.write('# final layer: runner user, agent, language, init written');
 
     let output = '';

@@ -131,6 +131,44 @@ describe('stage command line', () => {
     expect(argv.some((a) => a.startsWith('--data'))).toBe(false);
   });
 
+  it('is one exec of the helper, which joins the cgroup itself, when there is a helper', () => {
+    const sandbox: StageSandbox = {
+      tools,
+      runAs: { uid: 1000, gid: 1000 },
+      cgroup: { root: '/sys/fs/cgroup', kill: true, memory: true, pids: true },
+      helper: '/opt/runner/runner-exec',
+    };
+    expect(buildStageArgv(sandbox, spec, '/sys/fs/cgroup/runner-1')).toEqual([
+      '/opt/runner/runner-exec',
+      '--status-fd',
+      '3',
+      '--cgroup',
+      '/sys/fs/cgroup/runner-1',
+      '--rlimit',
+      'cpu=3:4',
+      '--rlimit',
+      'core=0:0',
+      '--rlimit',
+      'fsize=100:100',
+      '--rlimit',
+      'nofile=9:9',
+      '--rlimit',
+      'nproc=7:7',
+      '--uid',
+      '1000',
+      '--gid',
+      '1000',
+      '--env',
+      'PATH=/usr/bin',
+      '--env',
+      'LD_PRELOAD=/w/evil.so',
+      '--',
+      'python3',
+      'main.py',
+      'arg',
+    ]);
+  });
+
   it('does not count the agent user’s processes when it keeps its own user', () => {
     const argv = buildStageArgv({ tools, runAs: null, cgroup: null }, spec);
     expect(argv.some((a) => a.startsWith('--nproc') || a.startsWith('--reuid'))).toBe(false);

@@ -4,6 +4,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Executor, listProcessesOfUid, type ExecutorOutcome } from '../../../src/agent/index.js';
 import { hasCode } from '../../../src/errors.js';
+import { buildExecHelper } from '../../../src/images/exec-helper.js';
 import {
   MAX_RESULT_OUTPUT_BYTES,
   parseStageResult,
@@ -34,14 +35,29 @@ function stage(result: StageResult | null): StageResult {
  * skipped where none is usable) and `fallback` (rlimits, /proc, a uid sweep). Privilege-
  * dropping cases need root and are skipped otherwise, saying so.
  */
-export function defineExecutorSuite(mode: 'cgroup' | 'fallback', uidBase: number): void {
+export function defineExecutorSuite(
+  mode: 'cgroup' | 'fallback' | 'helper',
+  uidBase: number,
+): void {
   let fx: ExecutorFixture;
   let skipReason: string | null = null;
+  let helperDir: string | null = null;
 
   beforeAll(async () => {
-    const cgroupRoot = mode === 'cgroup' ? await findCgroupRoot() : null;
-    if (mode === 'cgroup' && cgroupRoot === null) {
+    const cgroupRoot = mode === 'fallback' ? null : await findCgroupRoot();
+    if (mode !== 'fallback' && cgroupRoot === null) {
       skipReason = 'no usable cgroup v2 hierarchy on this machine';
+    }
+    // The helper mode is how the guest runs stages: runner-exec (built here with gcc) in a
+    // cgroup per stage.
+    let execHelper: string | null = null;
+    if (mode === 'helper') {
+      helperDir = await mkdtemp(join(tmpdir(), 'runner-exec-'));
+      try {
+        execHelper = await buildExecHelper(join(helperDir, 'runner-exec'));
+      } catch (err) {
+        skipReason = `the exec helper cannot be built here: ${(err as Error).message}`;
+      }
     }
     if (!isRoot) {
       console.warn(
@@ -50,11 +66,12 @@ export function defineExecutorSuite(mode: 'cgroup' | 'fallback', uidBase: number
       );
     }
     const owner = isRoot ? await freeOwner(uidBase, 100) : null;
-    fx = await makeExecutor({ owner, cgroupRoot });
+    fx = await makeExecutor({ owner, cgroupRoot, execHelper });
   });
 
   afterAll(async () => {
     await fx.close();
+    if (helperDir !== null) await rm(helperDir, { recursive: true, force: true });
   });
 
   /** Runs a job and checks the invariants every job must keep. */
@@ -92,7 +109,8 @@ export function defineExecutorSuite(mode: 'cgroup' | 'fallback', uidBase: number
 
   describe(`executor (${mode})`, () => {
     it_('uses the isolation it was asked for', () => {
-      expect(fx.executor.sandbox.cgroup !== null).toBe(mode === 'cgroup');
+      expect(fx.executor.sandbox.cgroup !== null).toBe(mode !== 'fallback');
+      expect(Boolean(fx.executor.sandbox.helper)).toBe(mode === 'helper');
       expect(fx.executor.languages()).toEqual(
         expect.arrayContaining(['bash', 'c', 'javascript', 'python']),
       );

@@ -36,6 +36,8 @@ describe('parseAgentArgs', () => {
         '/run/jobs',
         '--scratch',
         '/tmp,/dev/shm',
+        '--exec-helper',
+        '/opt/runner/runner-exec',
         '--vm-id',
         'vm-1',
       ]),
@@ -47,6 +49,7 @@ describe('parseAgentArgs', () => {
       cgroupRoot: '/sys/fs/cgroup',
       workRoot: '/run/jobs',
       scratchDirs: ['/tmp', '/dev/shm'],
+      execHelper: '/opt/runner/runner-exec',
       vmId: 'vm-1',
     });
     expect(
