@@ -11,7 +11,13 @@ import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import type { Settings } from '../config/settings.js';
-import { ERROR_CATALOGUE, type ErrorCode, RunnerError, ShuttingDownError } from '../errors.js';
+import {
+  ERROR_CATALOGUE,
+  type ErrorCode,
+  RequestInvalidError,
+  RunnerError,
+  ShuttingDownError,
+} from '../errors.js';
 import { LocalQueue, type JobQueue, type JobStore } from '../queue/index.js';
 import { AGENT_VERSION } from '../version.js';
 import { ApiKeys, RateLimiter } from './auth.js';
@@ -126,6 +132,35 @@ function toApiError(err: unknown, bodyLimitBytes: number): ApiError {
 }
 
 /**
+ * The Piston routes in a scope of their own. Piston's most used npm client and many bots send the
+ * JSON body as `text/plain;charset=UTF-8` (what fetch sends for a string body) or with no content
+ * type at all; Piston itself takes them. So here, and only here, a body of any content type is
+ * parsed as JSON (a missing content type comes to the catch-all parser too); a body that is not
+ * JSON is a 400 as usual. Every other route keeps its 415.
+ */
+function pistonScope(ctx: ApiContext) {
+  return (scope: ApiInstance, _opts: unknown, done: (err?: Error) => void): void => {
+    scope.addContentTypeParser('*', { parseAs: 'string' }, (_req, body, parsed) => {
+      const text = typeof body === 'string' ? body : body.toString('utf8');
+      if (text.trim() === '') {
+        parsed(new RequestInvalidError('the body is empty; send a JSON object'), undefined);
+        return;
+      }
+      try {
+        parsed(null, JSON.parse(text) as unknown);
+      } catch (err) {
+        parsed(
+          new RequestInvalidError(`the body is not valid JSON: ${(err as Error).message}`),
+          undefined,
+        );
+      }
+    });
+    registerPistonRoutes(scope.withTypeProvider<TypeBoxTypeProvider>(), ctx);
+    done();
+  };
+}
+
+/**
  * Builds the HTTP service: both APIs, their schemas and OpenAPI document, API keys, rate
  * limits, caps, metrics and the job service. Never listens; the caller owns the engine and the
  * job store and closes them after the app.
@@ -154,7 +189,8 @@ export function buildApp(deps: AppDeps): App {
   }).withTypeProvider<TypeBoxTypeProvider>();
   // Slowloris: the headers must arrive within this; Node requires it to be at most requestTimeout.
   app.server.headersTimeout = Math.min(settings.headersTimeoutMs, settings.requestTimeoutMs);
-  // Only JSON bodies: a text/plain body gets 415 instead of a confusing schema error.
+  // Only JSON bodies: a text/plain body gets 415 instead of a confusing schema error. The Piston
+  // routes take JSON under any content type in their own scope (pistonScope below).
   app.removeContentTypeParser('text/plain');
 
   const queue =
@@ -248,9 +284,9 @@ export function buildApp(deps: AppDeps): App {
       app.swagger(),
     );
     registerV1Routes(typed, ctx);
-    registerPistonRoutes(typed, ctx);
     done();
   });
+  void app.register(pistonScope(ctx));
 
   app.addHook('preClose', (done) => {
     draining = true;
