@@ -23,6 +23,7 @@ import { AGENT_VERSION } from '../version.js';
 import { ApiKeys, RateLimiter } from './auth.js';
 import type { ApiContext, ApiInstance } from './context.js';
 import { ApiMetrics } from './metrics.js';
+import { judge0Prefix, registerJudge0Routes } from './judge0/index.js';
 import { registerPistonRoutes } from './piston.js';
 import { JobService, type ApiEngine } from './service.js';
 import { registerV1Routes } from './v1.js';
@@ -59,11 +60,12 @@ const OPENAPI_BASE = {
     title: 'Runner Codes',
     version: AGENT_VERSION,
     description:
-      'Runs untrusted code, each job in its own throwaway microVM. A native API under /v1 and a Piston-compatible one under /api/v2. Generated from the route schemas (npm run openapi).',
+      'Runs untrusted code, each job in its own throwaway microVM. A native API under /v1, a Piston-compatible one under /api/v2 and a Judge0 CE-compatible one at the root (or RUNNER_JUDGE0_PREFIX). Generated from the route schemas (npm run openapi).',
   },
   tags: [
     { name: 'v1', description: 'The native API' },
     { name: 'piston', description: 'Piston API v2 compatibility' },
+    { name: 'judge0', description: 'Judge0 CE compatibility (docs/judge0.md)' },
     { name: 'health', description: 'Health, readiness and metrics' },
   ],
   components: {
@@ -74,6 +76,12 @@ const OPENAPI_BASE = {
         description: 'Authorization: Bearer KEY (when RUNNER_API_KEYS is set)',
       },
       apiKey: { type: 'apiKey' as const, in: 'header' as const, name: 'X-API-Key' },
+      judge0Token: {
+        type: 'apiKey' as const,
+        in: 'header' as const,
+        name: 'X-Auth-Token',
+        description: "Judge0's header; the same keys as RUNNER_API_KEYS (Judge0 routes only)",
+      },
     },
   },
 };
@@ -223,7 +231,15 @@ export function buildApp(deps: AppDeps): App {
     try {
       const config = req.routeOptions.config;
       if (config.public !== true && !req.url.startsWith('/docs')) {
-        req.owner = keys.check(req.headers);
+        // Judge0's clients send their key as X-Auth-Token: the same keys, under Judge0's header.
+        const token = req.headers['x-auth-token'];
+        const headers =
+          config.judge0 === true &&
+          typeof token === 'string' &&
+          req.headers['x-api-key'] === undefined
+            ? { ...req.headers, 'x-api-key': token }
+            : req.headers;
+        req.owner = keys.check(headers);
         if (config.createsJobs === true) {
           if (draining)
             throw new ShuttingDownError('the server is shutting down and takes no new jobs');
@@ -261,6 +277,7 @@ export function buildApp(deps: AppDeps): App {
     if (e.code === 'UNAUTHORIZED') reply.header('www-authenticate', 'Bearer');
     reply.code(e.status);
     if (req.url.startsWith('/api/v2/')) return { message: e.message };
+    if (req.routeOptions.config.judge0 === true) return { error: e.message };
     return {
       statusCode: e.status,
       code: e.code,
@@ -287,6 +304,13 @@ export function buildApp(deps: AppDeps): App {
     done();
   });
   void app.register(pistonScope(ctx));
+  void app.register(
+    (scope, _opts, done) => {
+      registerJudge0Routes(scope.withTypeProvider<TypeBoxTypeProvider>(), ctx);
+      done();
+    },
+    { prefix: judge0Prefix(settings.judge0Prefix) },
+  );
 
   app.addHook('preClose', (done) => {
     draining = true;

@@ -77,6 +77,7 @@ export const SETTINGS = [
   { key: 'callbackBackoffMs', env: 'RUNNER_CALLBACK_BACKOFF_MS', kind: 'integer', default: 1000, unit: 'ms', min: 1, description: 'Wait before the second callback try; doubled for each later one (capped at a minute).' },
   { key: 'callbackTimeoutMs', env: 'RUNNER_CALLBACK_TIMEOUT_MS', kind: 'integer', default: 10000, unit: 'ms', min: 100, description: 'Deadline of one callback try.' },
   { key: 'logLevel', env: 'RUNNER_LOG_LEVEL', kind: 'enum', values: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], default: 'info', description: 'Level of the service log (JSON lines on stdout).' },
+  { key: 'judge0Prefix', env: 'RUNNER_JUDGE0_PREFIX', kind: 'string', default: '', description: 'Path prefix of the Judge0-compatible API (e.g. /judge0); empty serves it at the root paths Judge0 uses (/submissions, /languages, ...). docs/judge0.md.' },
 ] as const satisfies readonly SettingSpec[];
 
 type Spec = (typeof SETTINGS)[number];
