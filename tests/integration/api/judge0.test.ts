@@ -90,11 +90,11 @@ describe.skipIf(reason !== null)('the Judge0 API with real VMs', () => {
       headers: { 'content-type': 'application/json' },
       body: JSON.stringify(body),
     });
-    return { status: res.status, body: (await res.json()) };
+    return { status: res.status, body: await res.json() };
   };
   const get = async (path: string) => {
     const res = await fetch(url(path));
-    return { status: res.status, body: (await res.json()) };
+    return { status: res.status, body: await res.json() };
   };
   const b64 = (s: string): string => Buffer.from(s).toString('base64');
 
