@@ -13,12 +13,19 @@ import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import type { Settings } from '../config/settings.js';
-import { ERROR_CATALOGUE, type ErrorCode, RunnerError, ShuttingDownError } from '../errors.js';
+import {
+  ERROR_CATALOGUE,
+  type ErrorCode,
+  RequestInvalidError,
+  RunnerError,
+  ShuttingDownError,
+} from '../errors.js';
 import { LocalQueue, type JobQueue, type JobStore } from '../queue/index.js';
 import { AGENT_VERSION } from '../version.js';
 import { ApiKeys, RateLimiter } from './auth.js';
 import type { ApiContext, ApiInstance } from './context.js';
 import { ApiMetrics } from './metrics.js';
+import { judge0Prefix, registerJudge0Routes } from './judge0/index.js';
 import { registerPistonRoutes } from './piston.js';
 import { JobService, type ApiEngine } from './service.js';
 import { registerV1Routes } from './v1.js';
@@ -55,11 +62,12 @@ const OPENAPI_BASE = {
     title: 'Runner Codes',
     version: AGENT_VERSION,
     description:
-      'Runs untrusted code, each job in its own throwaway microVM. A native API under /v1 and a Piston-compatible one under /api/v2. Generated from the route schemas (npm run openapi).',
+      'Runs untrusted code, each job in its own throwaway microVM. A native API under /v1, a Piston-compatible one under /api/v2 and a Judge0 CE-compatible one at the root (or RUNNER_JUDGE0_PREFIX). Generated from the route schemas (npm run openapi).',
   },
   tags: [
     { name: 'v1', description: 'The native API' },
     { name: 'piston', description: 'Piston API v2 compatibility' },
+    { name: 'judge0', description: 'Judge0 CE compatibility (docs/judge0.md)' },
     { name: 'health', description: 'Health, readiness and metrics' },
   ],
   components: {
@@ -70,6 +78,12 @@ const OPENAPI_BASE = {
         description: 'Authorization: Bearer KEY (when RUNNER_API_KEYS is set)',
       },
       apiKey: { type: 'apiKey' as const, in: 'header' as const, name: 'X-API-Key' },
+      judge0Token: {
+        type: 'apiKey' as const,
+        in: 'header' as const,
+        name: 'X-Auth-Token',
+        description: "Judge0's header; the same keys as RUNNER_API_KEYS (Judge0 routes only)",
+      },
     },
   },
 };
@@ -269,6 +283,35 @@ function toApiError(err: unknown, bodyLimitBytes: number): ApiError {
 }
 
 /**
+ * The Piston routes in a scope of their own. Piston's most used npm client and many bots send the
+ * JSON body as `text/plain;charset=UTF-8` (what fetch sends for a string body) or with no content
+ * type at all; Piston itself takes them. So here, and only here, a body of any content type is
+ * parsed as JSON (a missing content type comes to the catch-all parser too); a body that is not
+ * JSON is a 400 as usual. Every other route keeps its 415.
+ */
+function pistonScope(ctx: ApiContext) {
+  return (scope: ApiInstance, _opts: unknown, done: (err?: Error) => void): void => {
+    scope.addContentTypeParser('*', { parseAs: 'string' }, (_req, body, parsed) => {
+      const text = typeof body === 'string' ? body : body.toString('utf8');
+      if (text.trim() === '') {
+        parsed(new RequestInvalidError('the body is empty; send a JSON object'), undefined);
+        return;
+      }
+      try {
+        parsed(null, JSON.parse(text) as unknown);
+      } catch (err) {
+        parsed(
+          new RequestInvalidError(`the body is not valid JSON: ${(err as Error).message}`),
+          undefined,
+        );
+      }
+    });
+    registerPistonRoutes(scope.withTypeProvider<TypeBoxTypeProvider>(), ctx);
+    done();
+  };
+}
+
+/**
  * Builds the HTTP service: both APIs, their schemas and OpenAPI document, API keys, rate
  * limits, caps, metrics and the job service. Never listens; the caller owns the engine and the
  * job store and closes them after the app.
@@ -297,7 +340,8 @@ export function buildApp(deps: AppDeps): App {
   }).withTypeProvider<TypeBoxTypeProvider>();
   // Slowloris: the headers must arrive within this; Node requires it to be at most requestTimeout.
   app.server.headersTimeout = Math.min(settings.headersTimeoutMs, settings.requestTimeoutMs);
-  // Only JSON bodies: a text/plain body gets 415 instead of a confusing schema error.
+  // Only JSON bodies: a text/plain body gets 415 instead of a confusing schema error. The Piston
+  // routes take JSON under any content type in their own scope (pistonScope below).
   app.removeContentTypeParser('text/plain');
 
   const queue =
@@ -330,7 +374,15 @@ export function buildApp(deps: AppDeps): App {
     try {
       const config = req.routeOptions.config;
       if (config.public !== true && !req.url.startsWith('/docs')) {
-        req.owner = keys.check(req.headers);
+        // Judge0's clients send their key as X-Auth-Token: the same keys, under Judge0's header.
+        const token = req.headers['x-auth-token'];
+        const headers =
+          config.judge0 === true &&
+          typeof token === 'string' &&
+          req.headers['x-api-key'] === undefined
+            ? { ...req.headers, 'x-api-key': token }
+            : req.headers;
+        req.owner = keys.check(headers);
         if (config.createsJobs === true) {
           if (draining)
             throw new ShuttingDownError('the server is shutting down and takes no new jobs');
@@ -379,6 +431,7 @@ export function buildApp(deps: AppDeps): App {
     if (e.code === 'UNAUTHORIZED') reply.header('www-authenticate', 'Bearer');
     reply.code(e.status);
     if (req.url.startsWith('/api/v2/')) return { message: e.message };
+    if (req.routeOptions.config.judge0 === true) return { error: e.message };
     return {
       statusCode: e.status,
       code: e.code,
@@ -402,9 +455,16 @@ export function buildApp(deps: AppDeps): App {
       app.swagger(),
     );
     registerV1Routes(typed, ctx);
-    registerPistonRoutes(typed, ctx);
     done();
   });
+  void app.register(pistonScope(ctx));
+  void app.register(
+    (scope, _opts, done) => {
+      registerJudge0Routes(scope.withTypeProvider<TypeBoxTypeProvider>(), ctx);
+      done();
+    },
+    { prefix: judge0Prefix(settings.judge0Prefix) },
+  );
 
   app.addHook('preClose', (done) => {
     draining = true;

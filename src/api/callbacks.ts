@@ -39,7 +39,7 @@ export interface CallbackOptions {
 const MAX_BACKOFF_MS = 60_000;
 
 /**
- * Delivers results to callback URLs: a JSON POST, retried on network errors and non-2xx
+ * Delivers results to callback URLs: a JSON POST (or PUT), retried on network errors and non-2xx
  * answers, waiting `backoffMs`, then twice that, and so on (capped at a minute). Pending
  * deliveries are tracked so a drain can wait for them, and aborted by `close()`.
  */
@@ -49,9 +49,12 @@ export class CallbackSender {
 
   constructor(private readonly options: CallbackOptions) {}
 
-  /** Starts a delivery in the background; the promise says whether it got through. */
-  send(url: string, body: unknown): Promise<boolean> {
-    const p = this.deliver(url, JSON.stringify(body)).finally(() => this.pending.delete(p));
+  /**
+   * Starts a delivery in the background; the promise says whether it got through. POST for the
+   * native API; Judge0's callbacks are a PUT.
+   */
+  send(url: string, body: unknown, method: 'POST' | 'PUT' = 'POST'): Promise<boolean> {
+    const p = this.deliver(url, JSON.stringify(body), method).finally(() => this.pending.delete(p));
     this.pending.add(p);
     return p;
   }
@@ -74,14 +77,14 @@ export class CallbackSender {
     await Promise.allSettled([...this.pending]);
   }
 
-  private async deliver(url: string, payload: string): Promise<boolean> {
+  private async deliver(url: string, payload: string, method: 'POST' | 'PUT'): Promise<boolean> {
     let wait = this.options.backoffMs;
     for (let attempt = 1; attempt <= this.options.attempts; attempt++) {
       if (this.abort.signal.aborted) return false;
       let why: string;
       try {
         const res = await fetch(url, {
-          method: 'POST',
+          method,
           headers: { 'content-type': 'application/json', 'user-agent': 'runner-codes-callback' },
           body: payload,
           redirect: 'manual',

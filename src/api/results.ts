@@ -60,23 +60,19 @@ export function sandboxResponse(
   };
 }
 
-/** How a test case's stdout is compared with the expected output. */
-export type CompareMode = 'exact' | 'trim-trailing';
-
-/**
- * True when `actual` matches `expected`: byte for byte (exact), or ignoring white space at the
- * end of each line and blank lines at the end (trim-trailing, the usual judge rule).
- */
-export function outputMatches(actual: string, expected: string, mode: CompareMode): boolean {
-  if (mode === 'exact') return actual === expected;
-  const norm = (s: string): string =>
-    s
-      .replace(/\r\n/g, '\n')
-      .split('\n')
-      .map((line) => line.replace(/[ \t\r\f\v]+$/, ''))
-      .join('\n')
-      .replace(/\n+$/, '');
-  return norm(actual) === norm(expected);
+/** A stage with its stderr appended to its stdout, and stderr empty (not interleaved). */
+export function mergeStderrIntoStdout(stage: StageResult): StageResult {
+  const out = Buffer.concat([
+    Buffer.from(stage.stdout, 'base64'),
+    Buffer.from(stage.stderr, 'base64'),
+  ]);
+  return {
+    ...stage,
+    stdout: out.toString('base64'),
+    stderr: '',
+    stdoutTruncated: stage.stdoutTruncated || stage.stderrTruncated,
+    stderrTruncated: false,
+  };
 }
 
 /** Piston's short status codes. */

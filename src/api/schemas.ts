@@ -1,5 +1,6 @@
 import Type, { type Static } from 'typebox';
 import { JobTimingsSchema } from '../pool/job.js';
+import { MAX_REGEX_PATTERN_CHARS, REGEX_FLAGS_PATTERN } from './checkers.js';
 import {
   ENV_NAME_PATTERN,
   LimitsSchema,
@@ -51,17 +52,78 @@ export const FileRequest = Type.Object(
   closed,
 );
 
+/** The checkers that need nothing but their name (a string `compare` is short for `{ kind }`). */
+export const SIMPLE_CHECKERS = [
+  'exact',
+  'trim-trailing',
+  'trim',
+  'tokens',
+  'case-insensitive',
+  'float',
+] as const;
+
+const SimpleCompareName = Type.Enum([...SIMPLE_CHECKERS], {
+  description:
+    'exact: byte for byte; trim-trailing (default): ignoring white space at the end of each line and blank lines at the end; trim: Judge0’s rule, white space at the end of each line, then at both ends of the output; tokens: any run of white space is one separator; case-insensitive: trim-trailing ignoring letter case; float: tokens, numbers within 1e-6 (absolute or relative).',
+});
+
+/** A checker given as an object: its kind and, for some kinds, its parameters. */
+export const CompareRequest = Type.Union(
+  [
+    SimpleCompareName,
+    Type.Object(
+      { kind: Type.Enum(['exact', 'trim-trailing', 'trim', 'tokens', 'case-insensitive']) },
+      closed,
+    ),
+    Type.Object(
+      {
+        kind: Type.Literal('float'),
+        absTolerance: Type.Optional(Type.Number({ minimum: 0 })),
+        relTolerance: Type.Optional(Type.Number({ minimum: 0 })),
+      },
+      {
+        ...closed,
+        description:
+          'Tokens; two numbers are equal within absTolerance, or within relTolerance × |expected|. Neither given: both 1e-6; one given: the other 0.',
+      },
+    ),
+    Type.Object(
+      {
+        kind: Type.Literal('regex'),
+        pattern: Type.String({ minLength: 1, maxLength: MAX_REGEX_PATTERN_CHARS }),
+        flags: Type.Optional(Type.String({ pattern: REGEX_FLAGS_PATTERN, maxLength: 3 })),
+      },
+      {
+        ...closed,
+        description:
+          'The whole output (without its final line breaks) must match the pattern (JavaScript syntax; flags i, s, u). All regex checks of a request share a time budget of 200 ms; a pattern that backtracks past it gets checker_error.',
+      },
+    ),
+    Type.Object(
+      {
+        kind: Type.Literal('custom'),
+        language: Type.String({ minLength: 1, maxLength: 64 }),
+        version: Type.Optional(Type.String({ maxLength: 64 })),
+        source: Type.String({ minLength: 1 }),
+        sourceEncoding: Type.Optional(Encoding),
+      },
+      {
+        ...closed,
+        description:
+          'A checker program in any of our languages, run as its own job in its own VM. It gets input.txt, expected.txt and actual.txt in its work dir (their paths as arguments) and prints AC or WA on its first line, then an optional message.',
+      },
+    ),
+  ],
+  { description: 'How the output is judged; trim-trailing by default.' },
+);
+export type CompareRequest = Static<typeof CompareRequest>;
+
 export const TestCaseRequest = Type.Object(
   {
     stdin: Type.Optional(Type.String()),
     stdinEncoding: Type.Optional(Encoding),
     expectedOutput: Type.String({ description: 'Expected stdout (UTF-8).' }),
-    compare: Type.Optional(
-      Type.Enum(['exact', 'trim-trailing'], {
-        description:
-          'exact: byte for byte; trim-trailing (default): ignoring white space at the end of each line and at the end of the output.',
-      }),
-    ),
+    compare: Type.Optional(CompareRequest),
   },
   closed,
 );
@@ -135,6 +197,13 @@ export type StageView = Static<typeof StageView>;
 /** Where the time went: the engine's own timings schema (src/pool/job.ts). */
 export const Timings = JobTimingsSchema;
 
+/** Where the output first parts from the expected output. */
+export const FirstDifference = Type.Object({
+  line: Type.Integer({ description: '1-based line (of the expected output, for token checkers)' }),
+  expected: Type.Union([Type.String(), Type.Null()], { description: 'null: past its end' }),
+  actual: Type.Union([Type.String(), Type.Null()], { description: 'null: past its end' }),
+});
+
 export const TestCaseResult = Type.Object({
   index: Type.Integer(),
   status: StatusSchema,
@@ -144,6 +213,16 @@ export const TestCaseResult = Type.Object({
   message: Type.Optional(
     Type.String({ description: 'Why the case did not run (the compile failed, the job ended).' }),
   ),
+  verdict: Type.Optional(
+    Type.Enum(['accepted', 'wrong_answer', 'checker_error'], {
+      description:
+        'The checker’s verdict, when the case ran to its end (status ok); checker_error: the checker itself failed (see checkerMessage).',
+    }),
+  ),
+  checkerMessage: Type.Optional(
+    Type.String({ description: 'What a custom checker said, or why a checker failed.' }),
+  ),
+  firstDifference: Type.Optional(FirstDifference),
 });
 export type TestCaseResult = Static<typeof TestCaseResult>;
 

@@ -14,13 +14,24 @@ import { fitOutput, withoutOutput } from '../queue/index.js';
 import { CallbackSender, checkCallbackUrl } from './callbacks.js';
 import type { ApiMetrics } from './metrics.js';
 import {
+  checkOutput,
+  compileRegex,
+  checkerRequest,
+  customChecker,
+  REGEX_BUDGET_MS,
+  type CheckOutcome,
+  type CompareSpec,
+  type RegexBudget,
+} from './checkers.js';
+import {
   executeResponse,
-  outputMatches,
+  mergeStderrIntoStdout,
   sandboxResponse,
   stageView,
   textOrNull,
 } from './results.js';
 import type {
+  CompareRequest,
   ExecuteRequest,
   ExecuteResponse,
   JobView,
@@ -60,8 +71,19 @@ export type ServiceSettings = Pick<
 
 /** How a test case's output is judged. */
 export interface CaseCheck {
-  readonly expected: string;
-  readonly compare: 'exact' | 'trim-trailing';
+  /** null: nothing to compare (Judge0 without expected_output); the run's status decides. */
+  readonly expected: string | null;
+  readonly compare: CompareSpec;
+  /** The case's stdin, which a custom checker gets as input.txt. */
+  readonly input: Buffer;
+  /** A regex checker's pattern, compiled (and so checked) at request time. */
+  readonly re?: RegExp;
+}
+
+/** A request's `compare` as a checker spec: a string is short for `{ kind }`. */
+export function compareSpec(compare: CompareRequest | undefined): CompareSpec {
+  if (compare === undefined) return { kind: 'trim-trailing' };
+  return typeof compare === 'string' ? { kind: compare } : compare;
 }
 
 /**
@@ -72,6 +94,8 @@ export interface ApiJob {
   readonly job: PreparedJob;
   /** The verdict rules of each test case, in order (null without test cases). */
   readonly cases: readonly CaseCheck[] | null;
+  /** stderr is appended to stdout (and emptied) before the output is judged and shown. */
+  readonly mergeStderr?: boolean;
 }
 
 const RESTART_MESSAGE = 'the server restarted before the job finished';
@@ -149,10 +173,15 @@ export class JobService {
         }
         return caseStdin;
       });
-      cases = body.testCases.map((c) => ({
-        expected: c.expectedOutput,
-        compare: c.compare ?? 'trim-trailing',
-      }));
+      const stdins = caseStdins;
+      cases = body.testCases.map((c, i) =>
+        this.caseCheck(
+          c.expectedOutput,
+          compareSpec(c.compare),
+          stdins[i] ?? Buffer.alloc(0),
+          `testCases[${i}].compare`,
+        ),
+      );
     }
     const job = this.engine.prepare({
       language: body.language,
@@ -169,11 +198,38 @@ export class JobService {
   }
 
   /**
+   * Checks one case's checker at request time: a regex is compiled, a custom checker's job is
+   * prepared once with empty files (its language, version and source are checked: a 400 before
+   * anything runs).
+   */
+  caseCheck(
+    expected: string | null,
+    compare: CompareSpec,
+    input: Buffer,
+    field: string,
+  ): CaseCheck {
+    if (compare.kind === 'regex')
+      return { expected, compare, input, re: compileRegex(compare.pattern, compare.flags, field) };
+    if (compare.kind === 'custom') {
+      const empty = Buffer.alloc(0);
+      this.engine.prepare(
+        checkerRequest(compare, { input: empty, expected: empty, actual: empty }),
+      );
+    }
+    return { expected, compare, input };
+  }
+
+  /**
    * Runs a checked job through the queue and waits for its result. The job is recorded in the
    * durable store too (under the job's own id, readable at GET /v1/jobs/:id), so that a crash
-   * mid-job leaves a final status behind, not nothing.
+   * mid-job leaves a final status behind, not nothing. The stored record has no output unless
+   * `keepOutput` (then it is capped as for submitted jobs).
    */
-  async execute(job: ApiJob, owner: string | null = null): Promise<ExecuteResponse> {
+  async execute(
+    job: ApiJob,
+    owner: string | null = null,
+    options: { keepOutput?: boolean } = {},
+  ): Promise<ExecuteResponse> {
     this.queue.admit();
     const record = this.record(job, owner, null);
     let result: ExecuteResponse;
@@ -189,8 +245,14 @@ export class JobService {
       );
       throw err;
     }
-    // The client gets the output in the response; the record keeps the verdict only.
-    this.finish(record.id, withoutOutput(result));
+    // The client gets the output in the response; the record keeps the verdict only, unless
+    // the API promises the result can be read again later (Judge0's ?wait=true): then capped.
+    this.finish(
+      record.id,
+      options.keepOutput === true
+        ? fitOutput(result, this.settings.jobStoreMaxResultBytes)
+        : withoutOutput(result),
+    );
     return result;
   }
 
@@ -203,7 +265,20 @@ export class JobService {
       body.callbackUrl === undefined
         ? null
         : checkCallbackUrl(body.callbackUrl, this.settings.callbackAllowedHosts);
-    const job = this.prepare(body);
+    return this.submitJob(this.prepare(body), owner, callbackUrl);
+  }
+
+  /**
+   * submit() for a job already checked (the Judge0 API builds its own). `onFinish` is told the
+   * final record (after any callbackUrl delivery was started): an API with its own callback
+   * shape sends it from there.
+   */
+  submitJob(
+    job: ApiJob,
+    owner: string | null,
+    callbackUrl: string | null,
+    onFinish?: (record: JobRecord) => void,
+  ): JobRecord {
     // Checked and recorded synchronously, so the push below cannot be refused.
     this.queue.admit();
     const record = this.record(job, owner, callbackUrl);
@@ -213,11 +288,12 @@ export class JobService {
         return this.run(job);
       })
       .then(
-        (result) => this.finish(record.id, fitOutput(result, this.settings.jobStoreMaxResultBytes)),
+        (result) =>
+          this.finish(record.id, fitOutput(result, this.settings.jobStoreMaxResultBytes), onFinish),
         (err: unknown) => {
           const why = asRunnerError(err).message;
           this.log.error(`job ${record.id}: ${why}`);
-          this.finish(record.id, this.failed(job, `the job failed to run: ${why}`));
+          this.finish(record.id, this.failed(job, `the job failed to run: ${why}`), onFinish);
         },
       );
     return record;
@@ -289,11 +365,16 @@ export class JobService {
     await this.callbacks.close(callbackGraceMs);
   }
 
-  private finish(id: string, result: ExecuteResponse): void {
+  private finish(
+    id: string,
+    result: ExecuteResponse,
+    onFinish?: (record: JobRecord) => void,
+  ): void {
     try {
       const record = this.jobs.finish(id, result.status, result);
       if (record.callbackUrl !== null)
         void this.callbacks.send(record.callbackUrl, this.view(record));
+      onFinish?.(record);
     } catch (err) {
       this.log.error(`job ${id}: could not record its result: ${asRunnerError(err).message}`);
     }
@@ -317,8 +398,9 @@ export class JobService {
       return this.failed(job, e.message);
     }
     this.metrics.job(result.language, result.status, result.timings.totalMs, result.timings);
+    if (job.mergeStderr === true) result = mergedResult(result);
     if (job.cases === null) return executeResponse(result);
-    return caseResponse(result, job.cases);
+    return caseResponse(result, job.cases, this.engine);
   }
 
   /** The result of a job the system failed to run: every test case says why, too. */
@@ -342,18 +424,34 @@ export class JobService {
   }
 }
 
+/** A result with every run stage's stderr appended to its stdout (redirect_stderr_to_stdout). */
+function mergedResult(result: JobResult): JobResult {
+  return {
+    ...result,
+    run: result.run === null ? null : mergeStderrIntoStdout(result.run),
+    ...(result.cases != null && { cases: result.cases.map(mergeStderrIntoStdout) }),
+  };
+}
+
 /**
  * Test cases: one job, compiled once, run once per case with its own stdin in the same VM
- * (the agent's `cases`); each case gets its verdict. A case that did not run says why: the
- * compile stage failed, or an earlier case ended the job.
+ * (the agent's `cases`); each case gets its verdict from its checker. A custom checker runs
+ * after the job, one checker job per case, each in its own VM. A case that did not run says
+ * why: the compile stage failed, or an earlier case ended the job.
  */
-function caseResponse(result: JobResult, checks: readonly CaseCheck[]): ExecuteResponse {
+async function caseResponse(
+  result: JobResult,
+  checks: readonly CaseCheck[],
+  engine: ApiEngine,
+): Promise<ExecuteResponse> {
   const runs = result.cases ?? [];
   const notRun =
     result.status === 'compile_error'
       ? 'not run: the program did not compile'
       : `not run: the job ended before this case (${result.status})`;
-  const results: TestCaseResult[] = checks.map((c, index) => {
+  const budget: RegexBudget = { remainingMs: REGEX_BUDGET_MS };
+  const results: TestCaseResult[] = [];
+  for (const [index, c] of checks.entries()) {
     const run = runs[index];
     if (run === undefined) {
       const status: Status =
@@ -362,13 +460,39 @@ function caseResponse(result: JobResult, checks: readonly CaseCheck[]): ExecuteR
           : result.status === 'ok'
             ? 'sandbox_error'
             : result.status;
-      return { index, status, passed: false, run: null, timings: null, message: notRun };
+      results.push({ index, status, passed: false, run: null, timings: null, message: notRun });
+      continue;
+    }
+    const base = { index, status: run.status, run: stageView(run), timings: null };
+    if (run.status !== 'ok') {
+      results.push({ ...base, passed: false });
+      continue;
+    }
+    if (c.expected === null) {
+      results.push({ ...base, passed: true });
+      continue;
     }
     const stdout = textOrNull(run.stdout);
-    const passed =
-      run.status === 'ok' && stdout !== null && outputMatches(stdout, c.expected, c.compare);
-    return { index, status: run.status, passed, run: stageView(run), timings: null };
-  });
+    let check: CheckOutcome;
+    if (c.compare.kind === 'custom') {
+      check = await customChecker(engine, c.compare, {
+        input: c.input,
+        expected: Buffer.from(c.expected, 'utf8'),
+        actual: Buffer.from(run.stdout, 'base64'),
+      });
+    } else if (stdout === null) {
+      check = { verdict: 'wrong_answer', message: 'the output is not valid UTF-8' };
+    } else {
+      check = checkOutput(c.compare, stdout, c.expected, budget, c.re);
+    }
+    results.push({
+      ...base,
+      passed: check.verdict === 'accepted',
+      verdict: check.verdict,
+      ...(check.message !== undefined && { checkerMessage: check.message }),
+      ...(check.difference !== undefined && { firstDifference: check.difference }),
+    });
+  }
   const passed = results.filter((r) => r.passed).length;
   return {
     ...executeResponse(result),

@@ -81,6 +81,7 @@ export const SETTINGS = [
   { key: 'jobStoreMaxResultBytes', env: 'RUNNER_JOB_STORE_MAX_RESULT_BYTES', kind: 'integer', default: 4194304, unit: 'bytes', min: 4096, description: 'Most bytes of the stored result of one submitted job (GET /v1/jobs/{id} and its callback); longer output is cut and marked truncated. Synchronous jobs keep no output.' },
   { key: 'jobStoreMaxBytes', env: 'RUNNER_JOB_STORE_MAX_BYTES', kind: 'integer', default: 268435456, unit: 'bytes', min: 1048576, description: 'Most bytes of stored results in the job store; past it the oldest finished records are deleted before their retention ends.' },
   { key: 'logLevel', env: 'RUNNER_LOG_LEVEL', kind: 'enum', values: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], default: 'info', description: 'Level of the service log (JSON lines on stdout).' },
+  { key: 'judge0Prefix', env: 'RUNNER_JUDGE0_PREFIX', kind: 'string', default: '', description: 'Path prefix of the Judge0-compatible API (e.g. /judge0); empty serves it at the root paths Judge0 uses (/submissions, /languages, ...). docs/judge0.md.' },
 ] as const satisfies readonly SettingSpec[];
 
 type Spec = (typeof SETTINGS)[number];

@@ -25,6 +25,8 @@ export const LanguageDefinitionSchema = Type.Object(
     name: Type.String({ pattern: '^[a-z0-9+#-]+$' }),
     aliases: Type.Array(Type.String({ minLength: 1 })),
     version: Type.String({ pattern: '^[0-9]+(\\.[0-9]+)*$' }),
+    /** The language's id in Judge0 CE (71 is Python 3), served by the Judge0 API; unique. */
+    judge0Id: Type.Optional(Type.Integer({ minimum: 1 })),
     packages: Type.Array(Type.String({ pattern: '^[a-z0-9][a-z0-9+.-]*$' }), { minItems: 1 }),
     extension: Type.String({ pattern: '^[a-z0-9]+$' }),
     sourceFile: Type.String({ minLength: 1 }),

@@ -1,3 +1,4 @@
+import { request } from 'node:http';
 import { afterEach, describe, expect, test } from 'vitest';
 import type { PistonExecuteResponse } from '../../../src/api/schemas.js';
 import { MAX_LIMITS } from '../../../src/config/limits.js';
@@ -206,19 +207,96 @@ describe('POST /api/v2/execute', () => {
     expect(t?.engine.calls).toHaveLength(0);
   });
 
-  test('415 and 404 keep the Piston error shape', async () => {
+  test('a body that is not JSON, under any content type, and a 404 keep the Piston error shape', async () => {
     t = await makeApp();
-    const r415 = await t.app.inject({
+    const r400 = await t.app.inject({
       method: 'POST',
       url: '/api/v2/execute',
       payload: 'x',
       headers: { 'content-type': 'text/plain' },
     });
-    expect(r415.statusCode).toBe(415);
-    expect(Object.keys(r415.json<object>())).toEqual(['message']);
+    expect(r400.statusCode).toBe(400);
+    expect(r400.json<{ message: string }>().message).toMatch(/not valid JSON/);
+    expect(Object.keys(r400.json<object>())).toEqual(['message']);
     const r404 = await t.app.inject({ method: 'GET', url: '/api/v2/nothing' });
     expect(r404.statusCode).toBe(404);
     expect(Object.keys(r404.json<object>())).toEqual(['message']);
+  });
+});
+
+/**
+ * Piston's most used npm client and many bots send the JSON body with node-fetch's default
+ * content type for a string body, or with none; Piston takes both, so the Piston routes do too.
+ */
+describe('Piston clients as they really are', () => {
+  const body = JSON.stringify({
+    language: 'python',
+    version: '3',
+    files: [{ name: 'main.py', content: 'print(input())' }],
+    stdin: 'hi',
+  });
+
+  test.each([['text/plain;charset=UTF-8'], ['text/plain'], ['application/octet-stream']])(
+    'a JSON body sent as %s runs',
+    async (type) => {
+      t = await makeApp();
+      const res = await t.app.inject({
+        method: 'POST',
+        url: '/api/v2/execute',
+        payload: body,
+        headers: { 'content-type': type },
+      });
+      expect(res.statusCode).toBe(200);
+      expect(res.json<PistonExecuteResponse>().run.stdout).toBe('hi');
+      expect(t.engine.calls).toHaveLength(1);
+    },
+  );
+
+  test('a JSON body with no content type runs (over a real socket, so no header is added)', async () => {
+    t = await makeApp();
+    const address = await t.app.listen({ host: '127.0.0.1', port: 0 });
+    const { status, text } = await new Promise<{ status: number; text: string }>(
+      (resolve, reject) => {
+        const req = request(
+          `${address}/api/v2/execute`,
+          { method: 'POST', headers: { 'content-length': Buffer.byteLength(body) } },
+          (res) => {
+            let text = '';
+            res.on('data', (c: Buffer) => (text += c.toString()));
+            res.on('end', () => resolve({ status: res.statusCode ?? 0, text }));
+          },
+        );
+        req.on('error', reject);
+        expect(req.getHeader('content-type')).toBeUndefined();
+        req.end(body);
+      },
+    );
+    expect(status).toBe(200);
+    expect((JSON.parse(text) as PistonExecuteResponse).run.stdout).toBe('hi');
+  });
+
+  test('an empty text/plain body is a 400 with a Piston {message}', async () => {
+    t = await makeApp();
+    const res = await t.app.inject({
+      method: 'POST',
+      url: '/api/v2/execute',
+      payload: '',
+      headers: { 'content-type': 'text/plain;charset=UTF-8', 'content-length': '0' },
+    });
+    expect(res.statusCode).toBe(400);
+    expect(Object.keys(res.json<object>())).toEqual(['message']);
+  });
+
+  test('outside the Piston routes a text/plain JSON body is still a 415', async () => {
+    t = await makeApp();
+    const res = await t.app.inject({
+      method: 'POST',
+      url: '/v1/execute',
+      payload: JSON.stringify({ language: 'python', files: [{ content: 'print(1)' }] }),
+      headers: { 'content-type': 'text/plain;charset=UTF-8' },
+    });
+    expect(res.statusCode).toBe(415);
+    expect(t.engine.calls).toHaveLength(0);
   });
 });
 

@@ -1,0 +1,223 @@
+import { chmodSync, copyFileSync, existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { startServer, type RunningServer } from '../../../src/api/server.js';
+import { loadSettings } from '../../../src/config/settings.js';
+import { testDataPaths } from '../../support/paths.js';
+import { ensureImages } from '../../support/vm.js';
+
+/**
+ * The Judge0-compatible API end to end: `startServer` with the real engine, python and c only,
+ * over real HTTP, Judge0's requests sent as its documentation shows them. Images come from
+ * the shared test data folder; snapshots, run dirs and the job store are private. VMs: a cold
+ * boot per language for its snapshot, then one restore per job (a custom checker is a job of
+ * its own, in its own VM).
+ */
+const shared = testDataPaths();
+
+function skipReason(): string | null {
+  if (process.getuid?.() !== 0) return 'booting VMs needs root';
+  if (!existsSync('/usr/bin/qemu-system-x86_64')) return 'qemu-system-x86_64 is not installed';
+  return null;
+}
+const reason = skipReason();
+if (reason !== null) console.warn(`tests/integration/api/judge0 skipped: ${reason}`);
+
+interface Submission {
+  token?: string;
+  stdout?: string | null;
+  stderr?: string | null;
+  compile_output?: string | null;
+  message?: string | null;
+  status?: { id: number; description: string };
+  time?: string | null;
+  memory?: number | null;
+}
+
+/** The C program of Judge0's documentation: reads a name, greets it. */
+const HELLO_C =
+  '#include <stdio.h>\n\nint main(void) {\n  char name[10];\n  scanf("%s", name);\n  printf("hello, %s\\n", name);\n  return 0;\n}';
+
+describe.skipIf(reason !== null)('the Judge0 API with real VMs', () => {
+  let server: RunningServer | undefined;
+  let dir = '';
+  const savedImagesDir = process.env.RUNNER_IMAGES_DIR;
+
+  beforeAll(async () => {
+    await ensureImages(['python', 'c']);
+    dir = mkdtempSync(join(tmpdir(), 'judge0-it-'));
+    // QEMU runs as an unprivileged user and must reach the VM run dirs below this one.
+    chmodSync(dir, 0o755);
+    // The engine reads the images from the shared store (as a setting, and from the
+    // environment for engines that still read it there); all else is private.
+    process.env.RUNNER_IMAGES_DIR = shared.imagesDir;
+    const probe = join(shared.dataDir, 'kvm-probe.json');
+    if (existsSync(probe)) copyFileSync(probe, join(dir, 'kvm-probe.json'));
+    const settings = loadSettings(
+      { RUNNER_DATA_DIR: dir, RUNNER_IMAGES_DIR: shared.imagesDir },
+      {
+        host: '127.0.0.1',
+        port: 0,
+        jobStoreFile: join(dir, 'jobs.sqlite'),
+        poolMaxVms: 2,
+        logLevel: 'warn',
+        qemuUser: process.env.RUNNER_QEMU_USER ?? 'runner-vmm',
+      },
+    );
+    server = await startServer(settings);
+  }, 900_000);
+
+  afterAll(async () => {
+    try {
+      await server?.close();
+      if (dir !== '' && existsSync(join(dir, 'run')))
+        expect(readdirSync(join(dir, 'run'))).toEqual([]);
+    } finally {
+      if (savedImagesDir === undefined) delete process.env.RUNNER_IMAGES_DIR;
+      else process.env.RUNNER_IMAGES_DIR = savedImagesDir;
+      if (dir !== '') rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  const url = (path: string): string => {
+    if (!server) throw new Error('the server did not start');
+    return `${server.url}${path}`;
+  };
+  const post = async (path: string, body: unknown) => {
+    const res = await fetch(url(path), {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify(body),
+    });
+    return { status: res.status, body: await res.json() };
+  };
+  const get = async (path: string) => {
+    const res = await fetch(url(path));
+    return { status: res.status, body: await res.json() };
+  };
+  const b64 = (s: string): string => Buffer.from(s).toString('base64');
+
+  test('wait=true: the documented C request is Accepted, with time and memory', async () => {
+    const { status, body } = await post('/submissions?wait=true', {
+      source_code: HELLO_C,
+      language_id: 50,
+      stdin: 'Judge0',
+      expected_output: 'hello, Judge0',
+    });
+    expect(status).toBe(201);
+    const s = body as Submission;
+    expect(s).toMatchObject({
+      stdout: 'hello, Judge0\n',
+      stderr: null,
+      compile_output: null,
+      status: { id: 3, description: 'Accepted' },
+    });
+    expect(s.time).toMatch(/^\d+\.\d{3}$/);
+    expect(s.memory).toBeGreaterThan(0);
+  }, 600_000);
+
+  test('a wrong answer is 4 with the program output', async () => {
+    const { body } = await post('/submissions?wait=true', {
+      source_code: 'print(input()[::-1])',
+      language_id: 71,
+      stdin: 'abc',
+      expected_output: 'abc',
+    });
+    expect(body).toMatchObject({ stdout: 'cba\n', status: { id: 4, description: 'Wrong Answer' } });
+  }, 600_000);
+
+  test('a C compilation error is 6 with the compiler output', async () => {
+    const { body } = await post('/submissions?wait=true', {
+      source_code: 'int main( { return 0; }',
+      language_id: 50,
+    });
+    const s = body as Submission;
+    expect(s.status).toEqual({ id: 6, description: 'Compilation Error' });
+    expect(s.compile_output).toMatch(/error/);
+    expect(s.stdout).toBeNull();
+  }, 600_000);
+
+  test('base64 in and out, then polled by token', async () => {
+    const { status, body } = await post('/submissions?base64_encoded=true', {
+      source_code: b64('import sys\nprint(input())\nprint("e", file=sys.stderr)'),
+      language_id: 71,
+      stdin: b64('héllo'),
+      expected_output: b64('héllo'),
+    });
+    expect(status).toBe(201);
+    const token = (body as Submission).token ?? '';
+    let s: Submission = {};
+    for (let i = 0; i < 600; i++) {
+      s = (await get(`/submissions/${token}?base64_encoded=true`)).body as Submission;
+      if ((s.status?.id ?? 1) > 2) break;
+      await new Promise((r) => setTimeout(r, 500));
+    }
+    expect(s).toMatchObject({
+      stdout: b64('héllo\n'),
+      stderr: b64('e\n'),
+      status: { id: 3 },
+    });
+  }, 600_000);
+
+  test('a batch: tokens in order, read back together', async () => {
+    const { status, body } = await post('/submissions/batch', {
+      submissions: [
+        { language_id: 71, source_code: 'print("hello from Python")' },
+        { language_id: 50, source_code: '#include <stdio.h>\nint main(){puts("hello from C");}' },
+      ],
+    });
+    expect(status).toBe(201);
+    const tokens = (body as { token: string }[]).map((x) => x.token);
+    let list: (Submission | null)[] = [];
+    for (let i = 0; i < 600; i++) {
+      const got = await get(
+        `/submissions/batch?tokens=${tokens.join(',')}&fields=token,stdout,status`,
+      );
+      list = (got.body as { submissions: (Submission | null)[] }).submissions;
+      if (list.every((x) => (x?.status?.id ?? 1) > 2)) break;
+      await new Promise((r) => setTimeout(r, 500));
+    }
+    expect(list).toEqual([
+      {
+        token: tokens[0],
+        stdout: 'hello from Python\n',
+        status: { id: 3, description: 'Accepted' },
+      },
+      { token: tokens[1], stdout: 'hello from C\n', status: { id: 3, description: 'Accepted' } },
+    ]);
+  }, 900_000);
+
+  test('a custom checker in python judges a C program, in a VM of its own', async () => {
+    const checker = {
+      kind: 'custom',
+      language: 'python',
+      source: [
+        'import sys',
+        'inp, exp, act = (open(p).read() for p in sys.argv[1:4])',
+        'a, b = map(int, inp.split())',
+        'print("AC" if int(act) == a + b == int(exp) else "WA")',
+        'print("sum of", a, b)',
+      ].join('\n'),
+    };
+    const { status, body } = await post('/v1/execute', {
+      language: 'c',
+      files: [
+        {
+          content:
+            '#include <stdio.h>\nint main(){int a,b;scanf("%d %d",&a,&b);printf("%d\\n",a*b==4?a+b:a*b);}',
+        },
+      ],
+      testCases: [
+        { stdin: '2 2', expectedOutput: '4', compare: checker },
+        { stdin: '2 3', expectedOutput: '5', compare: checker },
+      ],
+    });
+    expect(status).toBe(200);
+    const cases = (
+      body as { testCases: { verdict?: string; checkerMessage?: string; passed: boolean }[] }
+    ).testCases;
+    expect(cases.map((c) => c.verdict)).toEqual(['accepted', 'wrong_answer']);
+    expect(cases[1]?.checkerMessage).toBe('sum of 2 3');
+  }, 900_000);
+});
