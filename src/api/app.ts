@@ -12,7 +12,7 @@ import Fastify, {
 import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
-import type { Settings } from '../config/settings.js';
+import type { Settings } from '../config/index.js';
 import {
   ERROR_CATALOGUE,
   type ErrorCode,

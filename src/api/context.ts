@@ -6,7 +6,7 @@ import type {
   RawServerDefault,
 } from 'fastify';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
-import type { Settings } from '../config/settings.js';
+import type { Settings } from '../config/index.js';
 import type { JobQueue } from '../queue/index.js';
 import type { ApiMetrics } from './metrics.js';
 import type { ApiEngine, JobService } from './service.js';

@@ -1,6 +1,5 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
-import type { PoolStats } from '../pool/index.js';
-import type { JobResult } from '../pool/index.js';
+import type { JobResult, PoolStats } from '../pool/index.js';
 import type { Status } from '../protocol/index.js';
 import type { QueueStats } from '../queue/index.js';
 

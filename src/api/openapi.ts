@@ -1,4 +1,4 @@
-import { loadSettings } from '../config/settings.js';
+import { loadSettings } from '../config/index.js';
 import { LanguageRegistry } from '../languages/index.js';
 import { InternalError } from '../errors.js';
 import { prepareJob } from '../pool/index.js';

@@ -1,4 +1,4 @@
-import { MAX_LIMITS, type Stage } from '../config/limits.js';
+import { MAX_LIMITS, type Stage } from '../config/index.js';
 import { LimitInvalidError, EncodingInvalidError } from '../errors.js';
 import type { Limits } from '../protocol/index.js';
 import type { ApiContext, ApiInstance } from './context.js';

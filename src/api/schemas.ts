@@ -1,5 +1,5 @@
 import Type, { type Static } from 'typebox';
-import { JobTimingsSchema } from '../pool/job.js';
+import { JobTimingsSchema } from '../pool/index.js';
 import { MAX_REGEX_PATTERN_CHARS, REGEX_FLAGS_PATTERN } from './checkers.js';
 import {
   ENV_NAME_PATTERN,

@@ -1,6 +1,6 @@
 import { join } from 'node:path';
 import { pino } from 'pino';
-import type { Settings } from '../config/settings.js';
+import type { Settings } from '../config/index.js';
 import { createEngine, type Engine } from '../pool/index.js';
 import { JobStore } from '../queue/index.js';
 import { buildApp } from './app.js';

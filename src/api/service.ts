@@ -1,5 +1,5 @@
 import type { EventEmitter } from 'node:events';
-import type { Settings } from '../config/settings.js';
+import type { Settings } from '../config/index.js';
 import {
   asRunnerError,
   JobNotFoundError,

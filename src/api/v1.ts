@@ -1,5 +1,5 @@
 import Type from 'typebox';
-import { DEFAULT_LIMITS, MAX_LIMITS } from '../config/limits.js';
+import { DEFAULT_LIMITS, MAX_LIMITS } from '../config/index.js';
 import { LimitsSchema } from '../protocol/index.js';
 import type { ApiContext, ApiInstance } from './context.js';
 import {

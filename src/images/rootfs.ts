@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { DataPaths } from '../config/paths.js';
+import type { DataPaths } from '../config/index.js';
 import { hasCode, ImageBuildFailedError, RunnerError } from '../errors.js';
 import type { Language } from '../languages/index.js';
 import { AGENT_VERSION } from '../version.js';

@@ -1,5 +1,5 @@
 import { S3Client } from '@aws-sdk/client-s3';
-import type { Settings } from '../config/settings.js';
+import type { Settings } from '../config/index.js';
 import { ConfigInvalidError } from '../errors.js';
 
 /** Where and how the remote image store reaches its S3-compatible server. */

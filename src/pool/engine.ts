@@ -2,8 +2,7 @@ import { EventEmitter } from 'node:events';
 import { readFileSync } from 'node:fs';
 import { readdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { dataPaths, type DataPaths } from '../config/paths.js';
-import type { Settings } from '../config/settings.js';
+import { dataPaths, type DataPaths, type Settings } from '../config/index.js';
 import { ConfigInvalidError } from '../errors.js';
 import {
   RemoteImageStore,

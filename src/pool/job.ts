@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import Type, { type Static } from 'typebox';
-import { MAX_LIMITS, resolveLimits, type StageLimits } from '../config/limits.js';
+import { MAX_LIMITS, resolveLimits, type StageLimits } from '../config/index.js';
 import type { LanguageRegistry } from '../languages/index.js';
 import {
   checkExecuteMessage,

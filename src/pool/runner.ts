@@ -1,4 +1,4 @@
-import { MAX_LIMITS, type StageLimits } from '../config/limits.js';
+import { MAX_LIMITS, type StageLimits } from '../config/index.js';
 import { messageOf } from '../errors.js';
 import type { LanguageRegistry } from '../languages/index.js';
 import { sandboxStage, type ResultMessage } from '../protocol/index.js';

@@ -1,6 +1,6 @@
 import type { FastifyReply } from 'fastify';
 import { ConfigInvalidError, RequestInvalidError } from '../../errors.js';
-import { MAX_LIMITS } from '../../config/limits.js';
+import { MAX_LIMITS } from '../../config/index.js';
 import { AGENT_VERSION } from '../../version.js';
 import type { ApiContext, ApiInstance } from '../context.js';
 import { Judge0Languages } from './languages.js';

@@ -1,4 +1,4 @@
-import { MAX_LIMITS } from '../../config/limits.js';
+import { MAX_LIMITS } from '../../config/index.js';
 import { RequestInvalidError, RunnerError } from '../../errors.js';
 import { decodeBase64 } from '../../protocol/index.js';
 import type { JobRecord } from '../../queue/index.js';

@@ -3,10 +3,9 @@ import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, tmpdir, totalmem } from 'node:os';
 import { join } from 'node:path';
-import { loadSettings } from '../../config/settings.js';
+import { loadSettings } from '../../config/index.js';
 import { LanguageUnknownError, LimitInvalidError, SandboxFailureError } from '../../errors.js';
-import { createEngine, type Engine } from '../../pool/index.js';
-import type { JobRequest } from '../../pool/index.js';
+import { createEngine, type Engine, type JobRequest } from '../../pool/index.js';
 import { startSpinner } from '../progress.js';
 
 /** Median and 95th percentile of a sample, in ms. */

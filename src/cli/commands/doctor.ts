@@ -3,11 +3,10 @@ import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { dataPaths } from '../../config/paths.js';
-import { loadSettings } from '../../config/settings.js';
+import { dataPaths, loadSettings } from '../../config/index.js';
 import { ImageStore } from '../../images/store.js';
 import { LanguageRegistry } from '../../languages/index.js';
-import { lookupUser } from '../../pool/engine.js';
+import { lookupUser } from '../../pool/index.js';
 import { probeKvm } from '../../vmm/index.js';
 
 /** One line of the doctor's report. */

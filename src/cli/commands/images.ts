@@ -9,8 +9,7 @@ import {
   type RemoteStoreSettings,
 } from '../../images/remote.js';
 import type { Command } from '@commander-js/extra-typings';
-import { dataPaths, type DataPaths } from '../../config/paths.js';
-import { loadSettings } from '../../config/settings.js';
+import { dataPaths, loadSettings, type DataPaths } from '../../config/index.js';
 import {
   ConfigInvalidError,
   ImageBuildFailedError,

@@ -2,11 +2,10 @@ import { Option, type Command } from '@commander-js/extra-typings';
 import { readFile } from 'node:fs/promises';
 import { basename, extname } from 'node:path';
 import { constants as osConstants } from 'node:os';
-import { loadSettings } from '../../config/settings.js';
+import { loadSettings } from '../../config/index.js';
 import { FileNameInvalidError, LanguageUnknownError, LimitInvalidError } from '../../errors.js';
 import type { LanguageRegistry } from '../../languages/index.js';
-import { createEngine } from '../../pool/index.js';
-import type { JobResult } from '../../pool/index.js';
+import { createEngine, type JobResult } from '../../pool/index.js';
 import type { Limits } from '../../protocol/index.js';
 import { startSpinner } from '../progress.js';
 

@@ -2,7 +2,7 @@ import type { Command } from '@commander-js/extra-typings';
 import closeWithGrace from 'close-with-grace';
 import { generateOpenApi } from '../../api/openapi.js';
 import { startServer } from '../../api/server.js';
-import { loadSettings, SETTINGS, type SettingSpec, type Settings } from '../../config/settings.js';
+import { loadSettings, SETTINGS, type SettingSpec, type Settings } from '../../config/index.js';
 import { ERROR_CATALOGUE, ERROR_CLASSES, type ErrorCode } from '../../errors.js';
 
 /** How a `secret: true` row is printed: whether it is set (and how many keys), never the value. */
