@@ -299,6 +299,42 @@ export class JobService {
     return record;
   }
 
+  /**
+   * submitJob() for jobs that share one compile (Judge0's batch, issue 14): every member is
+   * recorded as queued (durably) under its own id before this returns, then `combined` (one
+   * test case per member, in order) runs once through the queue, and each member's record is
+   * finished with its own case as if it had run alone: the shared compile, its own run and
+   * verdict. Throws QUEUE_FULL or SHUTTING_DOWN, with no record made, when it cannot be taken.
+   */
+  submitGroup(
+    members: readonly { job: ApiJob; onFinish?: ((record: JobRecord) => void) | undefined }[],
+    combined: ApiJob,
+    owner: string | null,
+  ): JobRecord[] {
+    this.queue.admit();
+    const records = members.map((m) => this.record(m.job, owner, null));
+    this.log.info(`job ${combined.job.id} runs the jobs ${records.map((r) => r.id).join(', ')}`);
+    const finishAll = (resultOf: (job: ApiJob, index: number) => ExecuteResponse): void =>
+      members.forEach((m, i) => this.finish(m.job.job.id, resultOf(m.job, i), m.onFinish));
+    this.queue
+      .push(async () => {
+        for (const r of records) this.jobs.markRunning(r.id);
+        return this.run(combined);
+      })
+      .then(
+        (result) =>
+          finishAll((job, i) =>
+            fitOutput(memberResponse(result, job, i), this.settings.jobStoreMaxResultBytes),
+          ),
+        (err: unknown) => {
+          const why = asRunnerError(err).message;
+          this.log.error(`job ${combined.job.id}: ${why}`);
+          finishAll((job) => this.failed(job, `the job failed to run: ${why}`));
+        },
+      );
+    return records;
+  }
+
   /** Records an accepted job as queued, under the job's own id. */
   private record(job: ApiJob, owner: string | null, callbackUrl: string | null): JobRecord {
     return this.jobs.create({
@@ -422,6 +458,22 @@ export class JobService {
       summary: { total: testCases.length, passed: 0, failed: testCases.length },
     };
   }
+}
+
+/**
+ * One member's share of a grouped job's result: its own test case (renumbered 0) and that
+ * case's status, under its own id; the compile and the timings are the group's.
+ */
+function memberResponse(result: ExecuteResponse, member: ApiJob, index: number): ExecuteResponse {
+  const c = result.testCases?.[index];
+  if (c === undefined) return { ...result, id: member.job.id };
+  return {
+    ...result,
+    id: member.job.id,
+    status: c.status,
+    testCases: [{ ...c, index: 0 }],
+    summary: { total: 1, passed: c.passed ? 1 : 0, failed: c.passed ? 0 : 1 },
+  };
 }
 
 /** A result with every run stage's stderr appended to its stdout (redirect_stderr_to_stdout). */

@@ -1,8 +1,9 @@
 import type { FastifyReply } from 'fastify';
-import { ConfigInvalidError, RequestInvalidError } from '../../errors.js';
+import { ConfigInvalidError, RequestInvalidError, RunnerError } from '../../errors.js';
 import { MAX_LIMITS } from '../../config/index.js';
 import { AGENT_VERSION } from '../../version.js';
 import type { ApiContext, ApiInstance } from '../context.js';
+import type { ApiJob } from '../service.js';
 import { Judge0Languages } from './languages.js';
 import {
   Judge0About,
@@ -23,9 +24,11 @@ import {
   Judge0Worker,
 } from './schemas.js';
 import {
+  buildGroupJob,
   buildJob,
   DEFAULT_FIELDS,
   fieldErrorsOf,
+  groupKey,
   JUDGE0_LIMITS,
   MAX_BATCH_SIZE,
   NOT_UTF8,
@@ -92,6 +95,22 @@ export function registerJudge0Routes(app: ApiInstance, ctx: ApiContext): void {
             'PUT',
           );
         };
+
+  /** A checked submission of a batch, and where its answer goes in the batch's response. */
+  type Member = { params: Judge0Params; job: ApiJob; index: number };
+
+  /**
+   * The one job of a group, or null when it is refused (a cap on the whole job, say): then its
+   * submissions run alone, as each was accepted alone.
+   */
+  const groupJob = (members: readonly Member[]): ApiJob | null => {
+    try {
+      return buildGroupJob(ctx.service, members);
+    } catch (err) {
+      if (err instanceof RunnerError && err.status < 500) return null;
+      throw err;
+    }
+  };
 
   const unprocessable = (reply: FastifyReply, err: unknown) => {
     const fields = fieldErrorsOf(err);
@@ -177,20 +196,41 @@ export function registerJudge0Routes(app: ApiInstance, ctx: ApiContext): void {
           `number of submissions in a batch should be less than or equal to ${MAX_BATCH_SIZE}`,
         );
       const out: unknown[] = [];
-      let any = false;
+      const accepted: Member[] = [];
       for (const body of list) {
         try {
-          const { params, job } = prepare(body, base64);
-          const record = ctx.service.submitJob(job, req.owner, null, callback(params));
-          out.push({ token: record.id });
-          any = true;
+          accepted.push({ ...prepare(body, base64), index: out.length });
+          out.push(null);
         } catch (err) {
           const fields = fieldErrorsOf(err);
           if (fields === null) throw err;
           out.push(fields);
         }
       }
-      return reply.code(any ? 201 : 422).send(out);
+      // Submissions that differ only in stdin (and expected_output, callback_url) share one
+      // job: compiled once, one test case each; each keeps its token and record.
+      const groups = new Map<string, Member[]>();
+      for (const m of accepted) {
+        const key = groupKey(m.params) ?? m.job.job.id;
+        const group = groups.get(key) ?? [];
+        if (group.length === 0) groups.set(key, group);
+        group.push(m);
+      }
+      for (const group of groups.values()) {
+        for (let i = 0; i < group.length; i += settings.maxTestCases) {
+          const chunk = group.slice(i, i + settings.maxTestCases);
+          const combined = chunk.length > 1 ? groupJob(chunk) : null;
+          if (combined === null) {
+            for (const m of chunk)
+              ctx.service.submitJob(m.job, req.owner, null, callback(m.params));
+          } else {
+            const members = chunk.map((m) => ({ job: m.job, onFinish: callback(m.params) }));
+            ctx.service.submitGroup(members, combined, req.owner);
+          }
+          for (const m of chunk) out[m.index] = { token: m.job.job.id };
+        }
+      }
+      return reply.code(accepted.length > 0 ? 201 : 422).send(out);
     },
   );
 

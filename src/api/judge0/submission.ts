@@ -1,5 +1,5 @@
 import { MAX_LIMITS } from '../../config/index.js';
-import { RequestInvalidError, RunnerError } from '../../errors.js';
+import { InternalError, RequestInvalidError, RunnerError } from '../../errors.js';
 import { decodeBase64 } from '../../protocol/index.js';
 import type { JobRecord } from '../../queue/index.js';
 import { checkCallbackUrl } from '../callbacks.js';
@@ -320,6 +320,42 @@ export function buildJob(service: JobService, p: Judge0Params): ApiJob {
     cases:
       p.expected === null ? (job.cases?.map((c) => ({ ...c, expected: null })) ?? null) : job.cases,
     mergeStderr: p.redirectStderr,
+  };
+}
+
+/**
+ * What submissions of a batch must share to run as one job, compiled once (issue 14):
+ * everything but stdin, expected_output and callback_url. null: this one runs alone (with
+ * number_of_runs above 1 its runs are already test cases of its own job).
+ */
+export function groupKey(p: Judge0Params): string | null {
+  if (p.limits.number_of_runs !== 1) return null;
+  return JSON.stringify([
+    p.language.id,
+    p.source,
+    p.args,
+    p.limits,
+    p.redirectStderr,
+    p.additionalFiles.map((f) => [f.name, f.content.toString('base64')]),
+  ]);
+}
+
+/**
+ * The one job of submissions with the same groupKey (each already built by buildJob): one
+ * test case per submission, with its stdin and its own expected_output.
+ */
+export function buildGroupJob(
+  service: JobService,
+  members: readonly { params: Judge0Params; job: ApiJob }[],
+): ApiJob {
+  const first = members[0];
+  if (first === undefined) throw new InternalError('a group of submissions cannot be empty');
+  const stdins = members.map((m) => m.params.stdin);
+  const job = service.prepare(toExecuteRequest(first.params, stdins));
+  return {
+    ...job,
+    cases: members.flatMap((m) => m.job.cases ?? []),
+    mergeStderr: first.params.redirectStderr,
   };
 }
 

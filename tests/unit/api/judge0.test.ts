@@ -4,7 +4,8 @@ import { zipSync } from 'fflate';
 import { afterEach, describe, expect, test } from 'vitest';
 import { splitArguments } from '../../../src/api/judge0/submission.js';
 import { MAX_EXTRACT_BYTES, unpackAdditionalFiles } from '../../../src/api/judge0/zip.js';
-import { makeApp, stage, type FakeBehavior, type TestApp } from './helpers.js';
+import { VmStateError } from '../../../src/errors.js';
+import { gate, makeApp, stage, type FakeBehavior, type TestApp } from './helpers.js';
 
 let t: TestApp | undefined;
 afterEach(async () => {
@@ -241,6 +242,157 @@ describe("Judge0's documented examples", () => {
       422,
     );
     expect((await get('/submissions/batch?tokens=')).status).toBe(400);
+  });
+});
+
+describe('batch: submissions that differ only in stdin compile once (issue 14)', () => {
+  const c = (stdin: string, extra: Record<string, unknown> = {}) => ({
+    source_code: HELLO_C,
+    language_id: 50,
+    stdin,
+    ...extra,
+  });
+  const tokensOf = (body: unknown): string[] => (body as { token: string }[]).map((s) => s.token);
+  /** The fields a grouped submission must show exactly as if it had run alone. */
+  const RESULT_FIELDS =
+    'stdout,stderr,compile_output,message,status,exit_code,exit_signal,time,wall_time,memory';
+
+  test('one engine job, one case each; every token reads back its own result', async () => {
+    await app({}, greet);
+    const { status, body } = await post('/submissions/batch', {
+      submissions: [
+        c('a', { expected_output: 'hello, a' }),
+        c('b', { expected_output: 'hello, x' }),
+        c('c'),
+      ],
+    });
+    expect(status).toBe(201);
+    const tokens = tokensOf(body);
+    expect(new Set(tokens).size).toBe(3);
+    const subs = await Promise.all(tokens.map((tk) => poll(tk, `?fields=token,${RESULT_FIELDS}`)));
+    expect(t?.engine.jobs).toHaveLength(1);
+    expect(t?.engine.calls[0]?.cases?.map((b) => b.toString())).toEqual(['a', 'b', 'c']);
+    expect(subs.map((s) => [s.token, s.stdout, s.status?.description])).toEqual([
+      [tokens[0], 'hello, a\n', 'Accepted'],
+      [tokens[1], 'hello, b\n', 'Wrong Answer'],
+      [tokens[2], 'hello, c\n', 'Accepted'],
+    ]);
+    const got = await get(`/submissions/batch?tokens=${tokens.join(',')}&fields=token,stdout`);
+    expect(got.body).toEqual({
+      submissions: tokens.map((token, i) => ({ token, stdout: `hello, ${'abc'[i]}\n` })),
+    });
+    // Shaped exactly as the same submission run alone.
+    const alone = await post(
+      `/submissions?wait=true&fields=token,${RESULT_FIELDS}`,
+      c('b', { expected_output: 'hello, x' }),
+    );
+    expect(subs[1]).toEqual({ ...(alone.body as Sub), token: tokens[1] });
+  });
+
+  test('different sources, limits or number_of_runs are not grouped', async () => {
+    await app({}, greet);
+    const other = 'int main(void) { return 0; }';
+    const { body } = await post('/submissions/batch', {
+      submissions: [c('a'), c('b', { source_code: other }), c('c'), c('d', { source_code: other })],
+    });
+    const subs = await Promise.all(tokensOf(body).map((tk) => poll(tk)));
+    expect(subs.map((s) => s.stdout)).toEqual([
+      'hello, a\n',
+      'hello, b\n',
+      'hello, c\n',
+      'hello, d\n',
+    ]);
+    expect(t?.engine.calls.map((r) => r.cases?.map((b) => b.toString()))).toEqual([
+      ['a', 'c'],
+      ['b', 'd'],
+    ]);
+    const more = await post('/submissions/batch', {
+      submissions: [c('e'), c('f', { cpu_time_limit: 2 }), c('g', { number_of_runs: 2 })],
+    });
+    await Promise.all(tokensOf(more.body).map((tk) => poll(tk)));
+    expect(t?.engine.calls.slice(2).map((r) => r.cases?.map((b) => b.toString()))).toEqual([
+      ['e'],
+      ['f'],
+      ['g', 'g'],
+    ]);
+  });
+
+  test('a group is split at the test case cap (RUNNER_MAX_TEST_CASES)', async () => {
+    await app({ maxTestCases: 2 }, greet);
+    const { body } = await post('/submissions/batch', { submissions: [c('a'), c('b'), c('c')] });
+    const subs = await Promise.all(tokensOf(body).map((tk) => poll(tk)));
+    expect(subs.map((s) => s.stdout)).toEqual(['hello, a\n', 'hello, b\n', 'hello, c\n']);
+    expect(t?.engine.calls.map((r) => r.cases?.length)).toEqual([2, 1]);
+  });
+
+  test('a failed compile gives every submission of the group Compilation Error', async () => {
+    await app({}, () => ({
+      compile: stage({ status: 'compile_error', exitCode: 1, err: 'main.c:1: error' }),
+      run: null,
+    }));
+    const { body } = await post('/submissions/batch', { submissions: [c('a'), c('b'), c('c')] });
+    const subs = await Promise.all(tokensOf(body).map((tk) => poll(tk)));
+    expect(t?.engine.jobs).toHaveLength(1);
+    for (const s of subs)
+      expect(s).toMatchObject({
+        status: { id: 6, description: 'Compilation Error' },
+        compile_output: 'main.c:1: error',
+        stdout: null,
+      });
+  });
+
+  test('every token is recorded as queued before the 201; a failed engine fails each', async () => {
+    const open = gate();
+    await app({}, async () => {
+      await open.promise;
+      throw new VmStateError('the VM died');
+    });
+    const { body } = await post('/submissions/batch', { submissions: [c('a'), c('b')] });
+    const tokens = tokensOf(body);
+    for (const tk of tokens) {
+      expect(t?.jobStore.get(tk)?.state).toMatch(/^(queued|running)$/);
+      expect(((await get(`/submissions/${tk}`)).body as Sub).status?.id).toBeLessThanOrEqual(2);
+    }
+    open.open();
+    for (const tk of tokens)
+      expect(await poll(tk, '?fields=token,status,message')).toEqual({
+        token: tk,
+        status: { id: 13, description: 'Internal Error' },
+        message: 'the VM died',
+      });
+    expect(t?.engine.jobs).toHaveLength(1);
+  });
+
+  test("each grouped submission's callback is sent, with its own result", async () => {
+    const got: Sub[] = [];
+    const server = createServer((req: IncomingMessage, res) => {
+      let data = '';
+      req.on('data', (chunk: Buffer) => (data += chunk.toString()));
+      req.on('end', () => {
+        got.push(JSON.parse(data) as Sub);
+        res.writeHead(200).end();
+      });
+    });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/hook`;
+    try {
+      await app({ callbackAllowedHosts: ['127.0.0.1'] }, greet);
+      const { body } = await post('/submissions/batch', {
+        submissions: [c('a', { callback_url: url }), c('b', { callback_url: url })],
+      });
+      const tokens = tokensOf(body);
+      for (let i = 0; i < 200 && got.length < 2; i++) await new Promise((r) => setTimeout(r, 10));
+      expect(t?.engine.jobs).toHaveLength(1);
+      const b64 = (s: string) => Buffer.from(s).toString('base64');
+      expect(got.map((s) => [s.token, s.stdout]).sort()).toEqual(
+        [
+          [tokens[0], b64('hello, a\n')],
+          [tokens[1], b64('hello, b\n')],
+        ].sort(),
+      );
+    } finally {
+      server.close();
+    }
   });
 });
 
