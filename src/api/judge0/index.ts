@@ -68,7 +68,8 @@ export function judge0Prefix(raw: string): string {
 /**
  * Judge0 CE's API (the submission, language, status and system routes) as an adapter over the
  * job service: a submission is one job of the engine (compiled once, one test case per
- * run), its token the job's id; the result is read back from the job store and shown with
+ * run), or one test case of a batch's shared job (same source, other stdin), its token its
+ * record's id; the result is read back from the job store and shown with
  * Judge0's fields and units. Bad input is Judge0's 422 of per-field messages. docs/judge0.md
  * says what is covered and where it differs.
  */

@@ -188,6 +188,53 @@ describe.skipIf(reason !== null)('the Judge0 API with real VMs', () => {
     ]);
   }, 900_000);
 
+  test('a batch of one C source with three stdins compiles once; each token has its own run', async () => {
+    // The #warning makes the compile stage print something, the same for all three.
+    const source =
+      '#warning "compiled once"\n#include <stdio.h>\nint main(void){int n;if(scanf("%d",&n)!=1)return 1;printf("%d\\n",n*n);return 0;}';
+    const { status, body } = await post('/submissions/batch', {
+      submissions: ['2', '3', '4'].map((stdin, i) => ({
+        language_id: 50,
+        source_code: source,
+        stdin,
+        expected_output: i === 1 ? '10' : String(Number(stdin) ** 2),
+      })),
+    });
+    expect(status).toBe(201);
+    const tokens = (body as { token: string }[]).map((x) => x.token);
+    expect(new Set(tokens).size).toBe(3);
+    let list: (Submission | null)[] = [];
+    for (let i = 0; i < 600; i++) {
+      const got = await get(
+        `/submissions/batch?tokens=${tokens.join(',')}&fields=token,stdout,compile_output,status`,
+      );
+      list = (got.body as { submissions: (Submission | null)[] }).submissions;
+      if (list.every((x) => (x?.status?.id ?? 1) > 2)) break;
+      await new Promise((r) => setTimeout(r, 500));
+    }
+    expect(list.map((x) => [x?.token, x?.stdout, x?.status?.description])).toEqual([
+      [tokens[0], '4\n', 'Accepted'],
+      [tokens[1], '9\n', 'Wrong Answer'],
+      [tokens[2], '16\n', 'Accepted'],
+    ]);
+    const compileOutput = list[0]?.compile_output;
+    expect(compileOutput).toMatch(/compiled once/);
+    expect(list.map((x) => x?.compile_output)).toEqual([
+      compileOutput,
+      compileOutput,
+      compileOutput,
+    ]);
+    // One compile, one VM: the three records share the compile stage and the job's timings,
+    // to the millisecond, which three separate jobs would not.
+    const records = await Promise.all(tokens.map((tk) => get(`/v1/jobs/${tk}`)));
+    const shared = records.map((r) => {
+      const result = (r.body as { result: { compile: unknown; timings: unknown } }).result;
+      return { compile: result.compile, timings: result.timings };
+    });
+    expect(shared[1]).toEqual(shared[0]);
+    expect(shared[2]).toEqual(shared[0]);
+  }, 900_000);
+
   test('a custom checker in python judges a C program, in a VM of its own', async () => {
     const checker = {
       kind: 'custom',
