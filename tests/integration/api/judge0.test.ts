@@ -1,6 +1,9 @@
 import { chmodSync, copyFileSync, existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { createServer, request } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
+import { strToU8, zipSync } from 'fflate';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { startServer, type RunningServer } from '../../../src/api/server.js';
 import { loadSettings } from '../../../src/config/settings.js';
@@ -36,6 +39,10 @@ interface Submission {
 }
 
 /** The C program of Judge0's documentation: reads a name, greets it. */
+/** The API key of this server: Judge0 clients send it as X-Auth-Token. */
+const KEY = 'judge0-it-key-0123456789';
+const AUTH = { 'x-auth-token': KEY, 'x-api-key': KEY };
+
 const HELLO_C =
   '#include <stdio.h>\n\nint main(void) {\n  char name[10];\n  scanf("%s", name);\n  printf("hello, %s\\n", name);\n  return 0;\n}';
 
@@ -63,6 +70,8 @@ describe.skipIf(reason !== null)('the Judge0 API with real VMs', () => {
         poolMaxVms: 2,
         logLevel: 'warn',
         qemuUser: process.env.RUNNER_QEMU_USER ?? 'runner-vmm',
+        // Keys on: every Judge0 request below carries X-Auth-Token, as Judge0's clients do.
+        apiKeys: [KEY],
       },
     );
     server = await startServer(settings);
@@ -87,13 +96,13 @@ describe.skipIf(reason !== null)('the Judge0 API with real VMs', () => {
   const post = async (path: string, body: unknown) => {
     const res = await fetch(url(path), {
       method: 'POST',
-      headers: { 'content-type': 'application/json' },
+      headers: { 'content-type': 'application/json', ...AUTH },
       body: JSON.stringify(body),
     });
     return { status: res.status, body: await res.json() };
   };
   const get = async (path: string) => {
-    const res = await fetch(url(path));
+    const res = await fetch(url(path), { headers: AUTH });
     return { status: res.status, body: await res.json() };
   };
   const b64 = (s: string): string => Buffer.from(s).toString('base64');
@@ -266,5 +275,119 @@ describe.skipIf(reason !== null)('the Judge0 API with real VMs', () => {
     ).testCases;
     expect(cases.map((c) => c.verdict)).toEqual(['accepted', 'wrong_answer']);
     expect(cases[1]?.checkerMessage).toBe('sum of 2 3');
+  }, 900_000);
+
+  test('without X-Auth-Token nothing runs: 401', async () => {
+    const res = await fetch(url('/submissions?wait=true'), {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ source_code: 'print(1)', language_id: 71 }),
+    });
+    expect(res.status).toBe(401);
+  });
+
+  test("time limit, NZEC and SIGSEGV get Judge0's statuses 5, 11 and 7", async () => {
+    const tle = await post('/submissions?wait=true', {
+      source_code: 'while True: pass',
+      language_id: 71,
+      cpu_time_limit: 1,
+      wall_time_limit: 5,
+    });
+    expect((tle.body as Submission).status).toEqual({ id: 5, description: 'Time Limit Exceeded' });
+    const nzec = await post('/submissions?wait=true&fields=status,exit_code', {
+      source_code: 'import sys\nsys.exit(3)',
+      language_id: 71,
+    });
+    expect(nzec.body).toMatchObject({ status: { id: 11 }, exit_code: 3 });
+    const segv = await post('/submissions?wait=true&fields=status,exit_signal', {
+      source_code: '#include <signal.h>\nint main(void){raise(SIGSEGV);return 0;}',
+      language_id: 50,
+    });
+    expect(segv.body).toMatchObject({ status: { id: 7 }, exit_signal: 11 });
+  }, 900_000);
+
+  test('additional_files: a zip unpacked into the work dir, read by the program', async () => {
+    const zip = zipSync({ 'data/input.txt': strToU8('from the zip\n') });
+    const { body } = await post('/submissions?wait=true', {
+      source_code: 'print(open("data/input.txt").read().strip())',
+      language_id: 71,
+      additional_files: Buffer.from(zip).toString('base64'),
+    });
+    expect(body).toMatchObject({ stdout: 'from the zip\n', status: { id: 3 } });
+    const evil = zipSync({ '../escape.txt': strToU8('x') });
+    const refused = await post('/submissions', {
+      source_code: 'print(1)',
+      language_id: 71,
+      additional_files: Buffer.from(evil).toString('base64'),
+    });
+    expect(refused.status).toBe(422);
+  }, 900_000);
+
+  test('callback_url: the result is PUT to it when the submission ends', async () => {
+    const received: { method: string; body: Submission }[] = [];
+    const listener = createServer((req, res) => {
+      let data = '';
+      req.on('data', (c: Buffer) => (data += c.toString()));
+      req.on('end', () => {
+        received.push({ method: req.method ?? '', body: JSON.parse(data) as Submission });
+        res.end('ok');
+      });
+    });
+    await new Promise<void>((r) => listener.listen(0, '127.0.0.1', r));
+    try {
+      const port = (listener.address() as AddressInfo).port;
+      const { status, body } = await post('/submissions', {
+        source_code: 'print("called back")',
+        language_id: 71,
+        callback_url: `http://127.0.0.1:${port}/judge0`,
+      });
+      expect(status).toBe(201);
+      const token = (body as { token: string }).token;
+      for (let i = 0; i < 600 && received.length === 0; i++)
+        await new Promise((r) => setTimeout(r, 200));
+      expect(received[0]?.method).toBe('PUT');
+      // Judge0 sends the callback in its default fields, base64-encoded.
+      expect(received[0]?.body).toMatchObject({
+        token,
+        stdout: b64('called back\n'),
+        status: { id: 3, description: 'Accepted' },
+      });
+    } finally {
+      listener.close();
+    }
+  }, 900_000);
+
+  test('Piston clients: a JSON body sent as text/plain, and with no content type, runs', async () => {
+    const body = JSON.stringify({
+      language: 'python',
+      version: '*',
+      files: [{ content: 'print("piston ok")' }],
+    });
+    const plain = await fetch(url('/api/v2/execute'), {
+      method: 'POST',
+      headers: { 'content-type': 'text/plain;charset=UTF-8', authorization: `Bearer ${KEY}` },
+      body,
+    });
+    expect(plain.status).toBe(200);
+    expect(((await plain.json()) as { run: { stdout: string } }).run.stdout).toBe('piston ok\n');
+    // No content type at all (node:http sends none unless asked).
+    const bare = await new Promise<{ status: number; text: string }>((resolve, reject) => {
+      const req = request(
+        url('/api/v2/execute'),
+        {
+          method: 'POST',
+          headers: { authorization: `Bearer ${KEY}`, 'content-length': Buffer.byteLength(body) },
+        },
+        (res) => {
+          let text = '';
+          res.on('data', (c: Buffer) => (text += c.toString()));
+          res.on('end', () => resolve({ status: res.statusCode ?? 0, text }));
+        },
+      );
+      req.on('error', reject);
+      req.end(body);
+    });
+    expect(bare.status).toBe(200);
+    expect((JSON.parse(bare.text) as { run: { stdout: string } }).run.stdout).toBe('piston ok\n');
   }, 900_000);
 });
