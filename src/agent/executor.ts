@@ -410,6 +410,7 @@ export class Executor {
       outputBytes: 1024,
       fileSizeBytes: 1024,
       openFiles: 64,
+      stackBytes: 8 * 1024 * 1024,
     };
     let workDir: string;
     try {

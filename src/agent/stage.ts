@@ -72,6 +72,7 @@ function stageRlimits(sandbox: StageSandbox, limits: Limits): string[] {
     'core=0:0',
     `fsize=${limits.fileSizeBytes}:${limits.fileSizeBytes}`,
     `nofile=${limits.openFiles}:${limits.openFiles}`,
+    `stack=${limits.stackBytes}:${limits.stackBytes}`,
   ];
   // RLIMIT_NPROC counts every process of the real uid: meaningful only for the job's own uid.
   if (sandbox.runAs) out.push(`nproc=${limits.processes}:${limits.processes}`);

@@ -75,6 +75,33 @@ export function mergeStderrIntoStdout(stage: StageResult): StageResult {
   };
 }
 
+/**
+ * Judge0's cpu_extra_time: a run is killed only at the CPU limit plus the extra, but any run
+ * that used more than `limitMs` of CPU is a time limit all the same. Marks such stages
+ * `timeout` (saying so) and the job with them.
+ */
+export function withCpuVerdict<
+  T extends { status: Status; run: StageResult | null; cases?: StageResult[] | null },
+>(result: T, limitMs: number): T {
+  const judge = (stage: StageResult): StageResult =>
+    stage.status !== 'timeout' &&
+    stage.status !== 'sandbox_error' &&
+    stage.cpuTimeMs !== null &&
+    stage.cpuTimeMs > limitMs
+      ? { ...stage, status: 'timeout', message: `CPU time limit of ${limitMs} ms exceeded` }
+      : stage;
+  const run = result.run === null ? null : judge(result.run);
+  const cases = result.cases == null ? result.cases : result.cases.map(judge);
+  const stages = [run, ...(cases ?? [])].filter((s): s is StageResult => s !== null);
+  const changed = stages.some((s) => s.status === 'timeout') && result.status === 'ok';
+  return {
+    ...result,
+    run,
+    ...(cases != null && { cases }),
+    ...(changed && { status: 'timeout' as const }),
+  };
+}
+
 /** Piston's short status codes. */
 function pistonStatus(stage: StageResult): string | null {
   switch (stage.status) {

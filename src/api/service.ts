@@ -26,6 +26,7 @@ import {
 import {
   executeResponse,
   mergeStderrIntoStdout,
+  withCpuVerdict,
   sandboxResponse,
   stageView,
   textOrNull,
@@ -96,6 +97,11 @@ export interface ApiJob {
   readonly cases: readonly CaseCheck[] | null;
   /** stderr is appended to stdout (and emptied) before the output is judged and shown. */
   readonly mergeStderr?: boolean;
+  /**
+   * A CPU time over which a run is a time limit though it was not killed (its kill limit is
+   * higher: Judge0's cpu_extra_time).
+   */
+  readonly verdictCpuMs?: number;
 }
 
 const RESTART_MESSAGE = 'the server restarted before the job finished';
@@ -435,6 +441,7 @@ export class JobService {
     }
     this.metrics.job(result.language, result.status, result.timings.totalMs, result.timings);
     if (job.mergeStderr === true) result = mergedResult(result);
+    if (job.verdictCpuMs !== undefined) result = withCpuVerdict(result, job.verdictCpuMs);
     if (job.cases === null) return executeResponse(result);
     return caseResponse(result, job.cases, this.engine);
   }

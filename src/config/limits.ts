@@ -22,6 +22,8 @@ export const DEFAULT_LIMITS: StageLimits = Object.freeze({
     outputBytes: 1024 * 1024,
     fileSizeBytes: 64 * 1024 * 1024,
     openFiles: 256,
+    // Compilers recurse deeply (gcc raises its own soft limit to 64 MiB where it can).
+    stackBytes: 64 * 1024 * 1024,
   }),
   run: Object.freeze({
     wallTimeMs: 10_000,
@@ -31,6 +33,8 @@ export const DEFAULT_LIMITS: StageLimits = Object.freeze({
     outputBytes: 1024 * 1024,
     fileSizeBytes: 16 * 1024 * 1024,
     openFiles: 256,
+    // Linux's usual default: what programs got before the limit was a job's own.
+    stackBytes: 8 * 1024 * 1024,
   }),
 });
 
@@ -44,6 +48,7 @@ export const MAX_LIMITS: StageLimits = Object.freeze({
     outputBytes: 16 * 1024 * 1024,
     fileSizeBytes: 256 * 1024 * 1024,
     openFiles: 1024,
+    stackBytes: 256 * 1024 * 1024,
   }),
   run: Object.freeze({
     wallTimeMs: 120_000,
@@ -53,6 +58,7 @@ export const MAX_LIMITS: StageLimits = Object.freeze({
     outputBytes: 16 * 1024 * 1024,
     fileSizeBytes: 256 * 1024 * 1024,
     openFiles: 1024,
+    stackBytes: 256 * 1024 * 1024,
   }),
 });
 

@@ -10,6 +10,7 @@ export const StageLimitOverrides = Type.Object(
     outputBytes: Type.Optional(Type.Integer({ minimum: 1 })),
     fileSizeBytes: Type.Optional(Type.Integer({ minimum: 1 })),
     openFiles: Type.Optional(Type.Integer({ minimum: 1 })),
+    stackBytes: Type.Optional(Type.Integer({ minimum: 65_536 })),
   },
   { additionalProperties: false },
 );

@@ -66,6 +66,8 @@ export const LimitsSchema = Type.Object(
     outputBytes: Type.Integer({ minimum: 1, maximum: 64 * 1024 * 1024 }),
     fileSizeBytes: Type.Integer({ minimum: 1, maximum: 4 * 1024 * 1024 * 1024 }),
     openFiles: Type.Integer({ minimum: 3, maximum: 65_536 }),
+    /** RLIMIT_STACK, soft and hard: the main thread's stack (and glibc's default for others). */
+    stackBytes: Type.Integer({ minimum: 65_536, maximum: 1024 * 1024 * 1024 }),
   },
   closed,
 );

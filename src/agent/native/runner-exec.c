@@ -10,7 +10,7 @@
  *
  *   1. joins the stage's cgroup (writes its own pid to DIR/cgroup.procs), so the program and
  *      everything it starts is counted and confined from its first instruction;
- *   2. sets the rlimits (cpu, core, fsize, nofile, nproc, data);
+ *   2. sets the rlimits (cpu, core, fsize, nofile, stack, nproc, data);
  *   3. drops every capability from the bounding set, clears supplementary groups, sets the gid
  *      and the uid (all of them: real, effective, saved), and sets no_new_privs;
  *   4. replaces the whole environment with the --env pairs and looks PROGRAM up in their PATH;
@@ -84,6 +84,7 @@ static int rlimit_resource(const char *name) {
   if (strcmp(name, "nofile") == 0) return RLIMIT_NOFILE;
   if (strcmp(name, "nproc") == 0) return RLIMIT_NPROC;
   if (strcmp(name, "data") == 0) return RLIMIT_DATA;
+  if (strcmp(name, "stack") == 0) return RLIMIT_STACK;
   return -1;
 }
 

@@ -47,11 +47,11 @@ export const SUBMISSION_INPUT = {
   ),
   cpu_time_limit: num('Seconds (default 5, at most 15).'),
   cpu_extra_time: num(
-    'Seconds (default 1, at most 5); taken, not applied: the program stops at cpu_time_limit.',
+    'Seconds (default 1, at most 5): the program is killed at cpu_time_limit plus this, and a run over cpu_time_limit is a time limit all the same.',
   ),
   wall_time_limit: num('Seconds (default 10, at most 20).'),
   memory_limit: num('Kilobytes (default 128000, at most 512000); rounded up to MiB.'),
-  stack_limit: int('Kilobytes (default 64000, at most 128000); checked, not applied separately.'),
+  stack_limit: int('Kilobytes (default 64000, at most 128000): the stack rlimit of the run.'),
   max_processes_and_or_threads: int('Default 60, at most 120.'),
   enable_per_process_and_thread_time_limit: bool('Only false is taken.'),
   enable_per_process_and_thread_memory_limit: bool('Only false is taken.'),

@@ -302,11 +302,16 @@ export function toExecuteRequest(
     ],
     args: p.args,
     runLimits: {
-      cpuTimeMs: Math.ceil(l.cpu_time_limit * 1000),
+      // Killed at the limit plus cpu_extra_time; judged at the limit (verdictCpuMs).
+      cpuTimeMs: Math.min(
+        MAX_LIMITS.run.cpuTimeMs,
+        Math.ceil((l.cpu_time_limit + Math.max(0, l.cpu_extra_time)) * 1000),
+      ),
       wallTimeMs: Math.ceil(l.wall_time_limit * 1000),
       memoryMib: Math.min(MAX_LIMITS.run.memoryMib, Math.ceil(l.memory_limit / 1024)),
       processes: l.max_processes_and_or_threads,
       fileSizeBytes: l.max_file_size * 1024,
+      stackBytes: Math.min(MAX_LIMITS.run.stackBytes, Math.max(65_536, l.stack_limit * 1024)),
     },
     testCases: cases,
   };
@@ -320,6 +325,7 @@ export function buildJob(service: JobService, p: Judge0Params): ApiJob {
     cases:
       p.expected === null ? (job.cases?.map((c) => ({ ...c, expected: null })) ?? null) : job.cases,
     mergeStderr: p.redirectStderr,
+    verdictCpuMs: Math.ceil(p.limits.cpu_time_limit * 1000),
   };
 }
 
@@ -356,6 +362,7 @@ export function buildGroupJob(
     ...job,
     cases: members.flatMap((m) => m.job.cases ?? []),
     mergeStderr: first.params.redirectStderr,
+    verdictCpuMs: Math.ceil(first.params.limits.cpu_time_limit * 1000),
   };
 }
 

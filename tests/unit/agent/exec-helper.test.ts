@@ -47,12 +47,12 @@ describe('runner-exec', () => {
     const r = await runStage(
       await sandbox(),
       spec(
-        'env | sort | tr "\\n" " "; echo; ulimit -n; grep NoNewPrivs /proc/self/status; [ -e /proc/$$/fd/3 ] && echo fd3-open || echo fd3-closed',
+        'env | sort | tr "\\n" " "; echo; ulimit -n; ulimit -s; grep NoNewPrivs /proc/self/status; [ -e /proc/$$/fd/3 ] && echo fd3-open || echo fd3-closed',
       ),
     );
     expect(r.status).toBe('ok');
     const out = text(r.stdout);
-    expect(out).toMatch(/^ONLY=this PATH=\/usr\/bin:\/bin PWD=\S+ \n33\n/);
+    expect(out).toMatch(/^ONLY=this PATH=\/usr\/bin:\/bin PWD=\S+ \n33\n8192\n/);
     expect(out).toMatch(/NoNewPrivs:\s+1/);
     expect(out).toMatch(/fd3-closed\n$/);
   });

@@ -20,6 +20,7 @@ export const LIMITS: Limits = {
   outputBytes: 64 * 1024,
   fileSizeBytes: 1024 * 1024,
   openFiles: 64,
+  stackBytes: 8 * 1024 * 1024,
 };
 
 /** Compile limits: gcc on a busy machine may need a few seconds. */

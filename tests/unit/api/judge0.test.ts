@@ -90,12 +90,41 @@ describe("Judge0's documented examples", () => {
     // The engine was asked for C, with Judge0's default limits in our units.
     expect(t?.engine.calls[0]?.language).toBe('c');
     expect(t?.engine.calls[0]?.runLimits).toEqual({
-      cpuTimeMs: 5000,
+      // cpu_time_limit 5 s + cpu_extra_time 1 s: killed at 6 s, judged at 5 s.
+      cpuTimeMs: 6000,
       wallTimeMs: 10000,
       memoryMib: 125,
       processes: 60,
       fileSizeBytes: 1024 * 1024,
+      stackBytes: 64_000 * 1024,
     });
+  });
+
+  const greetSub = { source_code: 'x', language_id: 50, expected_output: 'hello, a' };
+
+  test('stack_limit becomes the stack rlimit of the run', async () => {
+    await app({}, greet);
+    await post('/submissions?wait=true', { ...greetSub, stack_limit: 16_000 });
+    expect(t?.engine.calls[0]?.runLimits?.stackBytes).toBe(16_000 * 1024);
+  });
+
+  test('cpu_extra_time: a run over cpu_time_limit but under the kill limit is a time limit', async () => {
+    await app({}, () => ({ run: stage({ cpuTimeMs: 1500, out: 'hello, a\n' }) }));
+    const slow = await post('/submissions?wait=true&fields=status,message', {
+      ...greetSub,
+      cpu_time_limit: 1,
+      cpu_extra_time: 2,
+    });
+    expect(t?.engine.calls[0]?.runLimits?.cpuTimeMs).toBe(3000);
+    expect(slow.body).toMatchObject({
+      status: { id: 5, description: 'Time Limit Exceeded' },
+      message: 'Time limit exceeded',
+    });
+    const fast = await post('/submissions?wait=true&fields=status', {
+      ...greetSub,
+      cpu_time_limit: 2,
+    });
+    expect((fast.body as Sub).status?.id).toBe(3);
   });
 
   test('wait=true with expected_output: the result at once, Accepted (language_id as a string)', async () => {

@@ -167,6 +167,7 @@ const execute = (id: string): ExecuteMessage => {
     outputBytes: 1024,
     fileSizeBytes: 1024,
     openFiles: 16,
+    stackBytes: 8 * 1024 * 1024,
   };
   return {
     type: 'execute',

@@ -15,6 +15,7 @@ const limits = {
   outputBytes: 1024,
   fileSizeBytes: 1024,
   openFiles: 16,
+  stackBytes: 8 * 1024 * 1024,
 };
 const execute = {
   type: 'execute',
