@@ -390,4 +390,43 @@ describe.skipIf(reason !== null)('the Judge0 API with real VMs', () => {
     expect(bare.status).toBe(200);
     expect((JSON.parse(bare.text) as { run: { stdout: string } }).run.stdout).toBe('piston ok\n');
   }, 900_000);
+
+  test('every built-in checker judges real output, compiled and run once for all cases', async () => {
+    // The program prints its stdin back with its letters upper-cased and a float rounded.
+    const program = [
+      'import sys',
+      'text = sys.stdin.read()',
+      'if text.startswith("f "):',
+      '    print("%.4f" % float(text[2:]))',
+      'else:',
+      '    print("  ".join(text.upper().split()) + "  ")',
+    ].join('\n');
+    const cases: [string, string, unknown, boolean][] = [
+      ['a b', 'A  B  \n', 'exact', true],
+      ['a b', 'A  B', 'exact', false],
+      ['a b', 'A  B', 'trim-trailing', true],
+      ['a b', '\nA  B\n\n', 'trim', true],
+      ['a b', 'A B', 'tokens', true],
+      ['a b', 'a  b', 'case-insensitive', true],
+      ['f 3.14159265', '3.1416', { kind: 'float', absTolerance: 1e-3 }, true],
+      ['f 3.14159265', '3.2', { kind: 'float', absTolerance: 1e-3 }, false],
+      ['a b', '', { kind: 'regex', pattern: '^A +B *$' }, true],
+      ['a b', '', { kind: 'regex', pattern: '^B' }, false],
+    ];
+    const { status, body } = await post('/v1/execute', {
+      language: 'python',
+      files: [{ content: program }],
+      testCases: cases.map(([stdin, expectedOutput, compare]) => ({
+        stdin,
+        expectedOutput,
+        compare,
+      })),
+    });
+    expect(status).toBe(200);
+    const results = (body as { testCases: { passed: boolean; firstDifference?: unknown }[] })
+      .testCases;
+    expect(results.map((r) => r.passed)).toEqual(cases.map((c) => c[3]));
+    // A mismatch says where: the first differing line.
+    expect(results[1]?.firstDifference).toMatchObject({ line: 1 });
+  }, 900_000);
 });
