@@ -1,11 +1,6 @@
-import { chmodSync, copyFileSync, existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import type { ExecuteResponse, JobView, PistonExecuteResponse } from '../../../src/api/schemas.js';
-import { startServer, type RunningServer } from '../../../src/api/server.js';
-import { loadSettings } from '../../../src/config/settings.js';
-import { testDataPaths } from '../../support/paths.js';
+import { serverSkipReason, startPrivateServer, type PrivateServer } from '../../support/server.js';
 import { ensureImages } from '../../support/vm.js';
 
 /**
@@ -15,56 +10,25 @@ import { ensureImages } from '../../support/vm.js';
  * neither sweeps nor prunes what other test files running at the same time use. VMs: one cold
  * boot for the snapshot, then one restore per job (three jobs).
  */
-const shared = testDataPaths();
-
-function skipReason(): string | null {
-  if (process.getuid?.() !== 0) return 'booting VMs needs root';
-  if (!existsSync('/usr/bin/qemu-system-x86_64')) return 'qemu-system-x86_64 is not installed';
-  return null;
-}
-const reason = skipReason();
+const reason = serverSkipReason();
 if (reason !== null) console.warn(`tests/integration/api skipped: ${reason}`);
 
 describe.skipIf(reason !== null)('runner serve with real VMs', () => {
-  let server: RunningServer | undefined;
-  let dir = '';
+  let fixture: PrivateServer | undefined;
 
   beforeAll(async () => {
     await ensureImages(['python']);
-    dir = mkdtempSync(join(tmpdir(), 'api-it-'));
-    // QEMU runs as an unprivileged user and must reach the VM run dirs below this one.
-    chmodSync(dir, 0o755);
-    const probe = join(shared.dataDir, 'kvm-probe.json');
-    if (existsSync(probe)) copyFileSync(probe, join(dir, 'kvm-probe.json'));
-    const settings = loadSettings(
-      // The engine reads the images from the shared store; all else is private.
-      { RUNNER_DATA_DIR: dir, RUNNER_IMAGES_DIR: shared.imagesDir },
-      {
-        host: '127.0.0.1',
-        port: 0,
-        jobStoreFile: join(dir, 'jobs.sqlite'),
-        poolMaxVms: 2,
-        logLevel: 'warn',
-        qemuUser: process.env.RUNNER_QEMU_USER ?? 'runner-vmm',
-      },
-    );
-    server = await startServer(settings);
+    fixture = await startPrivateServer('api-it-');
   });
 
   afterAll(async () => {
-    try {
-      await server?.close();
-      // Every VM was destroyed: nothing is left in the private run dir.
-      if (dir !== '' && existsSync(join(dir, 'run')))
-        expect(readdirSync(join(dir, 'run'))).toEqual([]);
-    } finally {
-      if (dir !== '') rmSync(dir, { recursive: true, force: true });
-    }
+    // Every VM was destroyed: nothing is left in the private run dir.
+    if (fixture) expect(await fixture.close()).toEqual([]);
   });
 
   const url = (path: string): string => {
-    if (!server) throw new Error('the server did not start');
-    return `${server.url}${path}`;
+    if (!fixture) throw new Error('the server did not start');
+    return fixture.url(path);
   };
   const post = async (path: string, body: unknown) => {
     const res = await fetch(url(path), {

@@ -1,13 +1,8 @@
-import { chmodSync, copyFileSync, existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { createServer, request } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { join } from 'node:path';
 import { strToU8, zipSync } from 'fflate';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { startServer, type RunningServer } from '../../../src/api/server.js';
-import { loadSettings } from '../../../src/config/settings.js';
-import { testDataPaths } from '../../support/paths.js';
+import { serverSkipReason, startPrivateServer, type PrivateServer } from '../../support/server.js';
 import { ensureImages } from '../../support/vm.js';
 
 /**
@@ -17,14 +12,7 @@ import { ensureImages } from '../../support/vm.js';
  * boot per language for its snapshot, then one restore per job (a custom checker is a job of
  * its own, in its own VM).
  */
-const shared = testDataPaths();
-
-function skipReason(): string | null {
-  if (process.getuid?.() !== 0) return 'booting VMs needs root';
-  if (!existsSync('/usr/bin/qemu-system-x86_64')) return 'qemu-system-x86_64 is not installed';
-  return null;
-}
-const reason = skipReason();
+const reason = serverSkipReason();
 if (reason !== null) console.warn(`tests/integration/api/judge0 skipped: ${reason}`);
 
 interface Submission {
@@ -47,51 +35,22 @@ const HELLO_C =
   '#include <stdio.h>\n\nint main(void) {\n  char name[10];\n  scanf("%s", name);\n  printf("hello, %s\\n", name);\n  return 0;\n}';
 
 describe.skipIf(reason !== null)('the Judge0 API with real VMs', () => {
-  let server: RunningServer | undefined;
-  let dir = '';
-  const savedImagesDir = process.env.RUNNER_IMAGES_DIR;
+  let fixture: PrivateServer | undefined;
 
   beforeAll(async () => {
     await ensureImages(['python', 'c']);
-    dir = mkdtempSync(join(tmpdir(), 'judge0-it-'));
-    // QEMU runs as an unprivileged user and must reach the VM run dirs below this one.
-    chmodSync(dir, 0o755);
-    // The engine reads the images from the shared store (as a setting, and from the
-    // environment for engines that still read it there); all else is private.
-    process.env.RUNNER_IMAGES_DIR = shared.imagesDir;
-    const probe = join(shared.dataDir, 'kvm-probe.json');
-    if (existsSync(probe)) copyFileSync(probe, join(dir, 'kvm-probe.json'));
-    const settings = loadSettings(
-      { RUNNER_DATA_DIR: dir, RUNNER_IMAGES_DIR: shared.imagesDir },
-      {
-        host: '127.0.0.1',
-        port: 0,
-        jobStoreFile: join(dir, 'jobs.sqlite'),
-        poolMaxVms: 2,
-        logLevel: 'warn',
-        qemuUser: process.env.RUNNER_QEMU_USER ?? 'runner-vmm',
-        // Keys on: every Judge0 request below carries X-Auth-Token, as Judge0's clients do.
-        apiKeys: [KEY],
-      },
-    );
-    server = await startServer(settings);
+    // Keys on: every Judge0 request below carries X-Auth-Token, as Judge0's clients do.
+    fixture = await startPrivateServer('judge0-it-', { apiKeys: [KEY] });
   }, 900_000);
 
   afterAll(async () => {
-    try {
-      await server?.close();
-      if (dir !== '' && existsSync(join(dir, 'run')))
-        expect(readdirSync(join(dir, 'run'))).toEqual([]);
-    } finally {
-      if (savedImagesDir === undefined) delete process.env.RUNNER_IMAGES_DIR;
-      else process.env.RUNNER_IMAGES_DIR = savedImagesDir;
-      if (dir !== '') rmSync(dir, { recursive: true, force: true });
-    }
+    // Every VM was destroyed: nothing is left in the private run dir.
+    if (fixture) expect(await fixture.close()).toEqual([]);
   });
 
   const url = (path: string): string => {
-    if (!server) throw new Error('the server did not start');
-    return `${server.url}${path}`;
+    if (!fixture) throw new Error('the server did not start');
+    return fixture.url(path);
   };
   const post = async (path: string, body: unknown) => {
     const res = await fetch(url(path), {
