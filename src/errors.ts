@@ -75,6 +75,11 @@ export const ERROR_CATALOGUE = {
     status: 400,
     description: 'A callbackUrl is not an http(s) URL or names a host that is not allowed.',
   },
+  EGRESS_DENIED: {
+    status: 400,
+    description:
+      'A request the service would make for a user (a callback) goes to an address its egress policy refuses (loopback, private, link-local, metadata...).',
+  },
   UNAUTHORIZED: {
     status: 401,
     description: 'API keys are configured and the request has no valid one.',
@@ -219,6 +224,8 @@ export class ConfigInvalidError extends coded('CONFIG_INVALID') {}
 export class RequestInvalidError extends coded('REQUEST_INVALID') {}
 /** CALLBACK_URL_INVALID: A callbackUrl is not an http(s) URL or names a host that is not allowed. */
 export class CallbackUrlInvalidError extends coded('CALLBACK_URL_INVALID') {}
+/** EGRESS_DENIED: A request the service would make for a user goes to an address its egress policy refuses. */
+export class EgressDeniedError extends coded('EGRESS_DENIED') {}
 /** UNAUTHORIZED: API keys are configured and the request has no valid one. */
 export class UnauthorizedError extends coded('UNAUTHORIZED') {}
 /** NOT_FOUND: No such route. */
@@ -272,6 +279,7 @@ export const ERROR_CLASSES: { readonly [C in ErrorCode]: ErrorClass<C> } = {
   CONFIG_INVALID: ConfigInvalidError,
   REQUEST_INVALID: RequestInvalidError,
   CALLBACK_URL_INVALID: CallbackUrlInvalidError,
+  EGRESS_DENIED: EgressDeniedError,
   UNAUTHORIZED: UnauthorizedError,
   NOT_FOUND: NotFoundError,
   JOB_NOT_FOUND: JobNotFoundError,

@@ -1,7 +1,16 @@
-import { CallbackUrlInvalidError } from '../errors.js';
+import { CallbackUrlInvalidError, EgressDeniedError } from '../errors.js';
+import { EgressPolicy } from '../net/index.js';
 
-/** Checks a callbackUrl at submission: http(s) only, no credentials, an allowed host. */
-export function checkCallbackUrl(raw: string, allowedHosts: readonly string[]): string {
+/**
+ * Checks a callbackUrl at submission: http(s) only, no credentials, an allowed host
+ * (callbackAllowedHosts), and no IP-literal host the egress policy refuses (EGRESS_DENIED, a
+ * 400 whose message starts with the field). Host names are checked when the callback connects.
+ */
+export function checkCallbackUrl(
+  raw: string,
+  allowedHosts: readonly string[],
+  egress: EgressPolicy,
+): string {
   let url: URL;
   try {
     url = new URL(raw);
@@ -25,6 +34,7 @@ export function checkCallbackUrl(raw: string, allowedHosts: readonly string[]): 
       `callbackUrl host ${host} is not allowed (allowed: ${allowedHosts.join(', ')})`,
     );
   }
+  egress.checkUrl(url, 'callbackUrl');
   return url.href;
 }
 
@@ -34,20 +44,27 @@ export interface CallbackOptions {
   readonly backoffMs: number;
   readonly timeoutMs: number;
   readonly log?: (msg: string) => void;
+  /** The rule every delivery is checked against when it connects (default: refuse non-public). */
+  readonly egress?: EgressPolicy;
 }
 
 const MAX_BACKOFF_MS = 60_000;
 
 /**
  * Delivers results to callback URLs: a JSON POST (or PUT), retried on network errors and non-2xx
- * answers, waiting `backoffMs`, then twice that, and so on (capped at a minute). Pending
- * deliveries are tracked so a drain can wait for them, and aborted by `close()`.
+ * answers, waiting `backoffMs`, then twice that, and so on (capped at a minute). Every try goes
+ * through the egress policy, checked on the address it connects to; a refused address is final
+ * (logged once, not retried). Redirects are not followed. Pending deliveries are tracked so a
+ * drain can wait for them, and aborted by `close()`.
  */
 export class CallbackSender {
   private readonly pending = new Set<Promise<boolean>>();
   private readonly abort = new AbortController();
+  private readonly egress: EgressPolicy;
 
-  constructor(private readonly options: CallbackOptions) {}
+  constructor(private readonly options: CallbackOptions) {
+    this.egress = options.egress ?? new EgressPolicy();
+  }
 
   /**
    * Starts a delivery in the background; the promise says whether it got through. POST for the
@@ -82,19 +99,30 @@ export class CallbackSender {
     for (let attempt = 1; attempt <= this.options.attempts; attempt++) {
       if (this.abort.signal.aborted) return false;
       let why: string;
+      const timeout = AbortSignal.timeout(this.options.timeoutMs);
       try {
-        const res = await fetch(url, {
+        const status = await this.egress.send(url, {
           method,
           headers: { 'content-type': 'application/json', 'user-agent': 'runner-codes-callback' },
           body: payload,
-          redirect: 'manual',
-          signal: AbortSignal.any([this.abort.signal, AbortSignal.timeout(this.options.timeoutMs)]),
+          signal: AbortSignal.any([this.abort.signal, timeout]),
         });
-        await res.body?.cancel();
-        if (res.status >= 200 && res.status < 300) return true;
-        why = `HTTP ${res.status}`;
+        if (status >= 200 && status < 300) return true;
+        why =
+          status >= 300 && status < 400
+            ? `HTTP ${status} (redirects are not followed)`
+            : `HTTP ${status}`;
       } catch (err) {
-        why = err instanceof Error ? err.message : String(err);
+        if (err instanceof EgressDeniedError) {
+          // The address will be refused on every try: give up now.
+          this.options.log?.(`callback ${url} refused, not retried: ${err.message}`);
+          return false;
+        }
+        why = timeout.aborted
+          ? `no answer in ${this.options.timeoutMs} ms`
+          : err instanceof Error
+            ? err.message
+            : String(err);
       }
       this.options.log?.(
         `callback ${url} attempt ${attempt}/${this.options.attempts} failed: ${why}`,

@@ -11,6 +11,7 @@ import type { JobRequest, JobResult, PreparedJob, RuntimeStatus, VmPool } from '
 import { decodeBase64, sandboxStage, type Status } from '../protocol/index.js';
 import type { JobQueue, JobRecord, JobStore } from '../queue/index.js';
 import { fitOutput, withoutOutput } from '../queue/index.js';
+import { EgressPolicy } from '../net/index.js';
 import { CallbackSender, checkCallbackUrl } from './callbacks.js';
 import type { ApiMetrics } from './metrics.js';
 import {
@@ -63,6 +64,7 @@ export type ServiceSettings = Pick<
   | 'maxStdinBytes'
   | 'maxTestCases'
   | 'callbackAllowedHosts'
+  | 'egressAllow'
   | 'callbackAttempts'
   | 'callbackBackoffMs'
   | 'callbackTimeoutMs'
@@ -122,6 +124,8 @@ function decodeStdin(
  */
 export class JobService {
   readonly callbacks: CallbackSender;
+  /** The rule of every request made on a user's behalf (callbacks), from egressAllow. */
+  readonly egress: EgressPolicy;
 
   constructor(
     private readonly engine: ApiEngine,
@@ -135,7 +139,9 @@ export class JobService {
       error(msg: string): void;
     },
   ) {
+    this.egress = new EgressPolicy({ allow: settings.egressAllow });
     this.callbacks = new CallbackSender({
+      egress: this.egress,
       attempts: settings.callbackAttempts,
       backoffMs: settings.callbackBackoffMs,
       timeoutMs: settings.callbackTimeoutMs,
@@ -270,7 +276,7 @@ export class JobService {
     const callbackUrl =
       body.callbackUrl === undefined
         ? null
-        : checkCallbackUrl(body.callbackUrl, this.settings.callbackAllowedHosts);
+        : checkCallbackUrl(body.callbackUrl, this.settings.callbackAllowedHosts, this.egress);
     return this.submitJob(this.prepare(body), owner, callbackUrl);
   }
 

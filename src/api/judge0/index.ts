@@ -79,7 +79,13 @@ export function registerJudge0Routes(app: ApiInstance, ctx: ApiContext): void {
 
   /** Checks a submission and builds its job; 422 (per field) when it cannot be. */
   const prepare = (body: unknown, base64: boolean) => {
-    const params = parseSubmission(body, base64, languages, settings.callbackAllowedHosts);
+    const params = parseSubmission(
+      body,
+      base64,
+      languages,
+      settings.callbackAllowedHosts,
+      ctx.service.egress,
+    );
     return { params, job: buildJob(ctx.service, params) };
   };
 

@@ -3,6 +3,7 @@ import { InternalError, RequestInvalidError, RunnerError } from '../../errors.js
 import { decodeBase64 } from '../../protocol/index.js';
 import type { JobRecord } from '../../queue/index.js';
 import { checkCallbackUrl } from '../callbacks.js';
+import type { EgressPolicy } from '../../net/index.js';
 import type { ApiJob, JobService } from '../service.js';
 import type { ExecuteRequest, ExecuteResponse, StageView, TestCaseResult } from '../schemas.js';
 import type { Judge0Language, Judge0Languages } from './languages.js';
@@ -124,13 +125,15 @@ const present = (v: unknown): boolean => v !== undefined && v !== null;
 /**
  * Checks a submission as Judge0 would (Rails validations: numbers may be strings, null is the
  * default, unknown fields are ignored) and collects every field's messages; throws a
- * FieldErrorsError (422) when there is any. `allowedHosts` is the callback allow list.
+ * FieldErrorsError (422) when there is any. `allowedHosts` is the callback allow list, `egress`
+ * the policy a literal callback address is checked against.
  */
 export function parseSubmission(
   raw: unknown,
   base64: boolean,
   languages: Judge0Languages,
   allowedHosts: readonly string[],
+  egress: EgressPolicy,
 ): Judge0Params {
   const errors: FieldErrors = {};
   const add = (field: string, message: string): void => {
@@ -250,7 +253,7 @@ export function parseSubmission(
   const cb = str('callback_url');
   if (cb !== null && cb !== '') {
     try {
-      callbackUrl = checkCallbackUrl(cb, allowedHosts);
+      callbackUrl = checkCallbackUrl(cb, allowedHosts, egress);
     } catch (err) {
       add('callback_url', (err as Error).message.replace(/^callbackUrl /, ''));
     }

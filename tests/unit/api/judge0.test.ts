@@ -180,6 +180,22 @@ describe("Judge0's documented examples", () => {
       { source_code: 'x', language_id: 71, callback_url: 'ftp://x/y' },
       { callback_url: [expect.stringMatching(/http or https/) as unknown] },
     ],
+    [
+      { source_code: 'x', language_id: 71, callback_url: 'http://169.254.169.254/latest' },
+      {
+        callback_url: [
+          expect.stringMatching(/^host 169\.254\.169\.254 is refused .*metadata/) as unknown,
+        ],
+      },
+    ],
+    [
+      { source_code: 'x', language_id: 71, callback_url: 'http://[::ffff:127.0.0.1]:8080/' },
+      {
+        callback_url: [
+          expect.stringMatching(/^host ::ffff:7f00:1 is refused .*loopback/) as unknown,
+        ],
+      },
+    ],
   ])('422 names every bad field: %j', async (payload, errors) => {
     const { status, body } = await post('/submissions', payload);
     expect(status).toBe(422);
@@ -405,7 +421,8 @@ describe('batch: submissions that differ only in stdin compile once (issue 14)',
     await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
     const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}/hook`;
     try {
-      await app({ callbackAllowedHosts: ['127.0.0.1'] }, greet);
+      // The listener is loopback: the egress allow-list must open it.
+      await app({ callbackAllowedHosts: ['127.0.0.1'], egressAllow: ['127.0.0.1'] }, greet);
       const { body } = await post('/submissions/batch', {
         submissions: [c('a', { callback_url: url }), c('b', { callback_url: url })],
       });
@@ -616,7 +633,10 @@ describe('callbacks, auth, and the system routes', () => {
     await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
     const port = (server.address() as AddressInfo).port;
     try {
-      await app({ callbackAllowedHosts: ['127.0.0.1'], callbackBackoffMs: 20 }, greet);
+      await app(
+        { callbackAllowedHosts: ['127.0.0.1'], egressAllow: ['127.0.0.1'], callbackBackoffMs: 20 },
+        greet,
+      );
       const { body } = await post('/submissions', {
         source_code: 'x',
         language_id: 71,
@@ -635,6 +655,29 @@ describe('callbacks, auth, and the system routes', () => {
     } finally {
       server.close();
     }
+  });
+
+  test('a callback_url to a loopback listener the allow-list does not open: 422, and it receives nothing', async () => {
+    let connections = 0;
+    const server = createServer((_req, res) => res.writeHead(200).end());
+    server.on('connection', () => connections++);
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const port = (server.address() as AddressInfo).port;
+    try {
+      // callbackAllowedHosts names it, but that only narrows: the egress policy still refuses.
+      await app({ callbackAllowedHosts: ['127.0.0.1'], callbackBackoffMs: 1 }, greet);
+      const { status, body } = await post('/submissions?wait=true', {
+        source_code: 'x',
+        language_id: 71,
+        callback_url: `http://127.0.0.1:${port}/hook`,
+      });
+      expect(status).toBe(422);
+      expect(body).toMatchObject({ callback_url: [expect.stringMatching(/loopback/) as unknown] });
+      expect(t?.engine.calls).toHaveLength(0);
+    } finally {
+      server.close();
+    }
+    expect(connections).toBe(0);
   });
 
   test('X-Auth-Token is taken as a key when keys are configured', async () => {

@@ -1,7 +1,9 @@
 import { createServer, type IncomingMessage } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { afterEach, describe, expect, test } from 'vitest';
+import { CallbackSender } from '../../../src/api/callbacks.js';
 import type { ExecuteResponse, JobView } from '../../../src/api/schemas.js';
+import { EgressPolicy } from '../../../src/net/index.js';
 import {
   FakeEngine,
   gate,
@@ -438,7 +440,12 @@ describe('jobs: submit, poll, callback', () => {
     try {
       const port = (server.address() as AddressInfo).port;
       t = await makeApp({
-        settings: { callbackAllowedHosts: ['127.0.0.1'], callbackBackoffMs: 20 },
+        // The listener is loopback: the egress allow-list must open it.
+        settings: {
+          callbackAllowedHosts: ['127.0.0.1'],
+          egressAllow: ['127.0.0.1'],
+          callbackBackoffMs: 20,
+        },
       });
       const res = await t.app.inject({
         method: 'POST',
@@ -476,6 +483,69 @@ describe('jobs: submit, poll, callback', () => {
     expect(res.statusCode).toBe(400);
     expect(res.json<ErrorBody>().code).toBe('CALLBACK_URL_INVALID');
     expect(res.json<ErrorBody>().message).toMatch(message);
+  });
+
+  test.each([
+    ['http://127.0.0.1:9/', /127\.0\.0\.1 is refused by the egress policy: loopback/],
+    ['http://[::ffff:127.0.0.1]/', /::ffff:7f00:1 is refused .*IPv4-mapped 127\.0\.0\.1/],
+    ['http://2130706433/', /127\.0\.0\.1 is refused/],
+    ['http://0x7f.1/', /127\.0\.0\.1 is refused/],
+    ['http://10.0.0.1/', /private/],
+    ['http://169.254.169.254/latest/meta-data', /cloud metadata/],
+    ['http://[fd00:ec2::254]/', /AWS IPv6 metadata/],
+    ['http://localhost:9/', /localhost is refused/],
+  ])(
+    'callbackUrl %s (a refused address) is a 400 EGRESS_DENIED naming the field',
+    async (url, why) => {
+      t = await makeApp();
+      const res = await t.app.inject({
+        method: 'POST',
+        url: '/v1/jobs',
+        payload: pyJob({ callbackUrl: url }),
+      });
+      expect(res.statusCode).toBe(400);
+      expect(res.json<ErrorBody>().code).toBe('EGRESS_DENIED');
+      expect(res.json<ErrorBody>().message).toMatch(/^callbackUrl host /);
+      expect(res.json<ErrorBody>().message).toMatch(why);
+      expect(t.jobStore.counts()).toEqual({ queued: 0, running: 0, done: 0 });
+    },
+  );
+
+  test('a loopback listener the allow-list does not open receives nothing (refused at connect, not retried)', async () => {
+    // A host name (no literal, so the submit check passes) whose injected resolution is the
+    // listener's own loopback address: only the connect-time check stands in the way.
+    let connections = 0;
+    const server = createServer((_req, res) => res.end('ok'));
+    server.on('connection', () => connections++);
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const port = (server.address() as AddressInfo).port;
+    const warnings: string[] = [];
+    const resolved: string[] = [];
+    const egress = new EgressPolicy({
+      resolve: (host) => {
+        resolved.push(host);
+        return Promise.resolve([{ address: '127.0.0.1', family: 4 }]);
+      },
+    });
+    const sender = new CallbackSender({
+      attempts: 5,
+      backoffMs: 1,
+      timeoutMs: 2000,
+      egress,
+      log: (m) => warnings.push(m),
+    });
+    try {
+      expect(await sender.send(`http://hook.test:${port}/hook`, { x: 1 })).toBe(false);
+      expect(connections).toBe(0);
+      expect(resolved).toEqual(['hook.test']); // one try: a refusal is final
+      expect(warnings).toHaveLength(1);
+      expect(warnings[0]).toMatch(
+        /refused, not retried: egress to 127\.0\.0\.1 \(hook\.test\) refused: loopback/,
+      );
+    } finally {
+      await sender.close(0);
+      await new Promise((r) => server.close(r));
+    }
   });
 });
 
