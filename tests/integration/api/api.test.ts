@@ -1,3 +1,5 @@
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import type { ExecuteResponse, JobView, PistonExecuteResponse } from '../../../src/api/schemas.js';
 import { serverSkipReason, startPrivateServer, type PrivateServer } from '../../support/server.js';
@@ -18,7 +20,8 @@ describe.skipIf(reason !== null)('runner serve with real VMs', () => {
 
   beforeAll(async () => {
     await ensureImages(['python']);
-    fixture = await startPrivateServer('api-it-');
+    // The callback test's listener is on loopback: the egress allow-list opens 127.0.0.1 only.
+    fixture = await startPrivateServer('api-it-', { egressAllow: ['127.0.0.1'] });
   });
 
   afterAll(async () => {
@@ -134,5 +137,52 @@ describe.skipIf(reason !== null)('runner serve with real VMs', () => {
     });
     expect(status).toBe(400);
     expect(body).toEqual({ message: 'body is missing the field "version"' });
+  });
+
+  test('callbackUrl: an allow-listed loopback listener gets the result; refused addresses are a 400', async () => {
+    const received: { method: string; body: JobView }[] = [];
+    const listener = createServer((req, res) => {
+      let data = '';
+      req.on('data', (c: Buffer) => (data += c.toString()));
+      req.on('end', () => {
+        received.push({ method: req.method ?? '', body: JSON.parse(data) as JobView });
+        res.end('ok');
+      });
+    });
+    await new Promise<void>((r) => listener.listen(0, '127.0.0.1', r));
+    try {
+      const port = (listener.address() as AddressInfo).port;
+      // Refused before any VM, and nothing is sent to them: 127.0.0.2 is outside the allow-list.
+      for (const refused of [
+        'http://169.254.169.254/latest/meta-data',
+        'http://[::ffff:169.254.169.254]/',
+        `http://127.0.0.2:${port}/`,
+        'http://10.0.0.1/',
+      ]) {
+        const { status, body } = await post('/v1/jobs', {
+          language: 'py',
+          files: [{ content: 'print(1)' }],
+          callbackUrl: refused,
+        });
+        expect(status, refused).toBe(400);
+        expect(body, refused).toMatchObject({ code: 'EGRESS_DENIED' });
+      }
+      const { status, body } = await post('/v1/jobs', {
+        language: 'py',
+        files: [{ content: 'print("called back")' }],
+        callbackUrl: `http://127.0.0.1:${port}/hook`,
+      });
+      expect(status).toBe(202);
+      const { id } = body as { id: string };
+      await expect.poll(() => received.length, { timeout: 120_000, interval: 200 }).toBe(1);
+      expect(received[0]?.method).toBe('POST');
+      expect(received[0]?.body).toMatchObject({
+        id,
+        state: 'done',
+        result: { status: 'ok', run: { stdoutText: 'called back\n' } },
+      });
+    } finally {
+      listener.close();
+    }
   });
 });

@@ -39,8 +39,13 @@ describe.skipIf(reason !== null)('the Judge0 API with real VMs', () => {
 
   beforeAll(async () => {
     await ensureImages(['python', 'c']);
-    // Keys on: every Judge0 request below carries X-Auth-Token, as Judge0's clients do.
-    fixture = await startPrivateServer('judge0-it-', { apiKeys: [KEY] });
+    // Keys on: every Judge0 request below carries X-Auth-Token, as Judge0's clients do. The
+    // callback test's listener is on loopback, which the egress policy refuses unless the
+    // allow-list opens it.
+    fixture = await startPrivateServer('judge0-it-', {
+      apiKeys: [KEY],
+      egressAllow: ['127.0.0.1'],
+    });
   }, 900_000);
 
   afterAll(async () => {
