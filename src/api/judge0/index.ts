@@ -79,7 +79,13 @@ export function registerJudge0Routes(app: ApiInstance, ctx: ApiContext): void {
 
   /** Checks a submission and builds its job; 422 (per field) when it cannot be. */
   const prepare = (body: unknown, base64: boolean) => {
-    const params = parseSubmission(body, base64, languages, settings.callbackAllowedHosts);
+    const params = parseSubmission(
+      body,
+      base64,
+      languages,
+      settings.callbackAllowedHosts,
+      settings.networkEnabled,
+    );
     return { params, job: buildJob(ctx.service, params) };
   };
 
@@ -422,7 +428,7 @@ export function registerJudge0Routes(app: ApiInstance, ctx: ApiContext): void {
         max_submission_batch_size: MAX_BATCH_SIZE,
         submission_cache_duration: 0,
         use_docs_as_homepage: false,
-        allow_enable_network: false,
+        allow_enable_network: settings.networkEnabled,
         enable_network: false,
       };
     },

@@ -59,6 +59,8 @@ export interface Judge0Params {
   readonly redirectStderr: boolean;
   readonly additionalFiles: readonly ZipFile[];
   readonly callbackUrl: string | null;
+  /** enable_network, where the operator allows network (networkEnabled). */
+  readonly network: boolean;
 }
 
 /** A 422 of per-field messages. */
@@ -131,6 +133,7 @@ export function parseSubmission(
   base64: boolean,
   languages: Judge0Languages,
   allowedHosts: readonly string[],
+  networkAllowed = false,
 ): Judge0Params {
   const errors: FieldErrors = {};
   const add = (field: string, message: string): void => {
@@ -221,10 +224,11 @@ export function parseSubmission(
     'enable_per_process_and_thread_memory_limit',
   ])
     if (flag(field)) add(field, 'this option cannot be enabled');
-  if (flag('enable_network'))
+  const network = flag('enable_network');
+  if (network && !networkAllowed)
     add(
       'enable_network',
-      'network access is not allowed on this server (programs run with no network)',
+      'network access is not allowed on this server (NETWORK_DISABLED: networkEnabled is off)',
     );
   const redirectStderr = flag('redirect_stderr_to_stdout');
 
@@ -268,6 +272,7 @@ export function parseSubmission(
     redirectStderr,
     additionalFiles,
     callbackUrl,
+    network,
   };
 }
 
@@ -314,6 +319,7 @@ export function toExecuteRequest(
       stackBytes: Math.min(MAX_LIMITS.run.stackBytes, Math.max(65_536, l.stack_limit * 1024)),
     },
     testCases: cases,
+    ...(p.network && { network: true }),
   };
 }
 
@@ -342,6 +348,7 @@ export function groupKey(p: Judge0Params): string | null {
     p.args,
     p.limits,
     p.redirectStderr,
+    p.network,
     p.additionalFiles.map((f) => [f.name, f.content.toString('base64')]),
   ]);
 }
