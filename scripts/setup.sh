@@ -5,8 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# gcc and libc6-dev build the guest's static exec helper (src/agent/native/runner-exec.c).
-packages=(qemu-system-x86 debootstrap e2fsprogs cpio lz4 zstd util-linux gcc libc6-dev)
+# gcc and libc6-dev build the guest's static exec helper (src/agent/native/runner-exec.c); nftables
+# holds the egress policy of networked VMs (docs/network.md).
+packages=(qemu-system-x86 debootstrap e2fsprogs cpio lz4 zstd util-linux gcc libc6-dev nftables)
 if [[ "${1:-}" == "--test" ]]; then
   packages+=(python3 bash socat redis-server)
 fi

@@ -58,6 +58,14 @@ export const ERROR_CATALOGUE = {
   VM_DIED: { status: 500, description: 'The VMM process exited while the VM was in use.' },
   VM_TIMEOUT: { status: 500, description: 'The VM did not answer before its deadline.' },
   VM_STATE: { status: 500, description: 'A VM lifecycle command was not legal in its state.' },
+  NETWORK_DISABLED: {
+    status: 403,
+    description: 'The job asked for network, and the operator does not allow it (networkEnabled).',
+  },
+  NETWORK_SETUP_FAILED: {
+    status: 500,
+    description: "A VM's network (namespace, tap, veth, egress policy) could not be set up.",
+  },
   POOL_CLOSED: { status: 503, description: 'The VM pool is closed (the service is stopping).' },
   POOL_STATE: {
     status: 500,
@@ -210,6 +218,10 @@ export class VmDiedError extends coded('VM_DIED') {}
 export class VmTimeoutError extends coded('VM_TIMEOUT') {}
 /** VM_STATE: A VM lifecycle command was not legal in its state. */
 export class VmStateError extends coded('VM_STATE') {}
+/** NETWORK_DISABLED: The job asked for network, and the operator does not allow it. */
+export class NetworkDisabledError extends coded('NETWORK_DISABLED') {}
+/** NETWORK_SETUP_FAILED: A VM's network could not be set up. */
+export class NetworkSetupFailedError extends coded('NETWORK_SETUP_FAILED') {}
 /** POOL_CLOSED: The VM pool is closed (the service is stopping). */
 export class PoolClosedError extends coded('POOL_CLOSED') {}
 /** POOL_STATE: A pool slot was moved in a way its life does not allow. */
@@ -272,6 +284,8 @@ export const ERROR_CLASSES: { readonly [C in ErrorCode]: ErrorClass<C> } = {
   VM_DIED: VmDiedError,
   VM_TIMEOUT: VmTimeoutError,
   VM_STATE: VmStateError,
+  NETWORK_DISABLED: NetworkDisabledError,
+  NETWORK_SETUP_FAILED: NetworkSetupFailedError,
   POOL_CLOSED: PoolClosedError,
   POOL_STATE: PoolStateError,
   JOB_STATE: JobStateError,

@@ -161,6 +161,12 @@ const jobFields = {
       description: 'Run the program once per case, each with its own stdin, and judge its stdout.',
     }),
   ),
+  network: Type.Optional(
+    Type.Boolean({
+      description:
+        "Run with network behind the operator's egress policy (a cold-booted VM with a NIC); 403 NETWORK_DISABLED where the operator does not allow it. Default false: no interface but lo.",
+    }),
+  ),
 };
 
 /** POST /v1/execute. */

@@ -205,6 +205,7 @@ export class JobService {
       ...(body.compileLimits !== undefined && { compileLimits: body.compileLimits }),
       ...(body.runLimits !== undefined && { runLimits: body.runLimits }),
       ...(caseStdins !== undefined && { cases: caseStdins }),
+      ...(body.network === true && { network: true }),
     });
     return { job, cases };
   }

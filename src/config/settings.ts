@@ -83,6 +83,13 @@ export const SETTINGS = [
   { key: 'jobStoreMaxBytes', env: 'RUNNER_JOB_STORE_MAX_BYTES', kind: 'integer', default: 268435456, unit: 'bytes', min: 1048576, description: 'Most bytes of stored results in the job store; past it the oldest finished records are deleted before their retention ends.' },
   { key: 'logLevel', env: 'RUNNER_LOG_LEVEL', kind: 'enum', values: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], default: 'info', description: 'Level of the service log (JSON lines on stdout).' },
   { key: 'judge0Prefix', env: 'RUNNER_JUDGE0_PREFIX', kind: 'string', default: '', description: 'Path prefix of the Judge0-compatible API (e.g. /judge0); empty serves it at the root paths Judge0 uses (/submissions, /languages, ...). docs/judge0.md.' },
+  // ---- network on request (docs/network.md) ----
+  { key: 'networkEnabled', env: 'RUNNER_NETWORK_ENABLED', kind: 'boolean', default: false, description: 'Let a job ask for network (`network: true`, Judge0 enable_network); off: such a job is refused with NETWORK_DISABLED and no VM has a NIC.' },
+  { key: 'networkAllow', env: 'RUNNER_NETWORK_ALLOW', kind: 'list', default: [], description: 'IPv4 CIDRs and domain names a networked job may reach (comma-separated); nothing else is reachable. Private ranges only when a CIDR names them; domains are resolved through networkDns when each VM is set up.' },
+  { key: 'networkDns', env: 'RUNNER_NETWORK_DNS', kind: 'string', default: null, description: 'IPv4 address of the one DNS resolver networked jobs use (the guest asks its gateway, which forwards to it); unset: no DNS at all.' },
+  { key: 'networkBandwidthKbit', env: 'RUNNER_NETWORK_BANDWIDTH_KBIT', kind: 'integer', default: 10000, unit: 'kbit/s', min: 8, description: 'Bandwidth cap of each networked VM, each way (tc tbf on its tap and veth).' },
+  { key: 'networkMaxConnections', env: 'RUNNER_NETWORK_MAX_CONNECTIONS', kind: 'integer', default: 32, min: 1, max: 65535, description: 'Most connections (conntrack entries) a networked VM may have open at once (nft ct count).' },
+  { key: 'networkLinkCidr', env: 'RUNNER_NETWORK_LINK_CIDR', kind: 'string', default: '10.255.0.0/16', description: 'IPv4 range of the per-VM veth links between the host and each VM namespace, one /30 per VM; must not overlap the host networks.' },
 ] as const satisfies readonly SettingSpec[];
 
 type Spec = (typeof SETTINGS)[number];

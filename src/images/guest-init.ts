@@ -39,6 +39,20 @@ export const GUEST_VSOCK_PORT = 5000;
 /** The cgroup under which the agent makes one cgroup per job. */
 export const GUEST_CGROUP_ROOT = '/sys/fs/cgroup/runner';
 
+/**
+ * The guest's side of a networked VM's link (docs/network.md). The same in every VM: each
+ * networked VM has a namespace of its own on the host, so the addresses never meet, and a
+ * snapshot taken with the NIC would restore into any namespace. The gateway (the namespace's
+ * end of the tap) also answers DNS: the host forwards its port 53 to the operator's resolver.
+ * The initramfs configures eth0 (busybox `ip`: the language rootfs has no iproute2).
+ */
+export const GUEST_NET = {
+  address: '10.254.0.2',
+  gateway: '10.254.0.1',
+  prefix: 30,
+  mac: '02:72:63:00:00:02',
+} as const;
+
 export const GUEST_INIT_SCRIPT = `#!/bin/sh
 # runner-init: PID 1 of a Runner Codes guest. Written by the image builder
 # (src/images/guest-init.ts); see there for the contract with the initramfs and the host.

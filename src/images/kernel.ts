@@ -17,6 +17,7 @@ import { createGzip } from 'node:zlib';
 import { ImageBuildFailedError, ImageCorruptError } from '../errors.js';
 import type { BuildLog } from './build-log.js';
 import { canonicalJson, DEBIAN_SUITE, sha256File, sha256Hex } from './identity.js';
+import { GUEST_NET } from './guest-init.js';
 import type { ImageManifest } from './manifest.js';
 import { resolveDebianMirrors, type DebianMirrorSettings } from './mirror.js';
 import { writeManifest, type ImageStore, type StoredImage } from './store.js';
@@ -41,6 +42,11 @@ export const INITRAMFS_MODULES = [
   'vmw_vsock_virtio_transport_common',
   'vmw_vsock_virtio_transport',
   'overlay',
+  // The NIC of a VM that asked for network (src/net/vmnet.ts); virtio_net needs net_failover,
+  // which needs failover. Loaded in every VM: without a virtio-net device it binds to nothing.
+  'failover',
+  'net_failover',
+  'virtio_net',
 ] as const;
 
 /** Bumped when the initramfs recipe changes in a way the inputs below do not capture. */
@@ -75,6 +81,14 @@ mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /rw || fail "cannot mount the ove
 mkdir -p /rw/upper /rw/work
 mount -t overlay -o lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work overlay /newroot || fail "cannot mount the overlay"
 [ -x /newroot/sbin/runner-init ] || fail "the rootfs has no /sbin/runner-init"
+# Network on request (src/net/vmnet.ts): only a VM started with a NIC has eth0. Configured here,
+# where busybox has ip; the address and the route outlive switch_root.
+if [ -e /sys/class/net/eth0 ]; then
+  ip link set eth0 up && ip addr add ${GUEST_NET.address}/${GUEST_NET.prefix} dev eth0 &&
+    ip route add default via ${GUEST_NET.gateway} dev eth0 &&
+    echo "nameserver ${GUEST_NET.gateway}" > /newroot/etc/resolv.conf ||
+    echo "runner-initramfs: cannot configure eth0" > /dev/console
+fi
 mount --move /dev /newroot/dev
 umount /proc /sys
 exec switch_root /newroot /sbin/runner-init

@@ -18,6 +18,7 @@ import {
   type KvmProbeResult,
   type VmmDriver,
 } from '../vmm/index.js';
+import { sweepVmNets, VmNetManager } from '../net/vmnet.js';
 import { VmPool } from './pool.js';
 import type { JobRequest, JobResult, PreparedJob } from './job.js';
 import { JobRunner } from './runner.js';
@@ -237,7 +238,31 @@ export async function createEngine(
     fetchMissing: remoteFetcher(store, settings, log),
     log,
   });
+  // Network on request: set up (and checked) at start, so a host that cannot do it fails here.
+  let network: VmNetManager | null = null;
+  if (settings.networkEnabled) {
+    if (settings.vmm !== 'qemu') {
+      throw new ConfigInvalidError(
+        'networkEnabled needs the qemu driver (Firecracker has no NIC wiring yet)',
+      );
+    }
+    network = new VmNetManager({
+      allow: settings.networkAllow,
+      dns: settings.networkDns,
+      bandwidthKbit: settings.networkBandwidthKbit,
+      maxConnections: settings.networkMaxConnections,
+      linkCidr: settings.networkLinkCidr,
+      vmmUser: settings.vmm === 'qemu' ? user : null,
+      ...(log && { log }),
+    });
+    await network.start();
+  } else if (process.getuid?.() === 0) {
+    // Leftovers of a crashed service that had network on.
+    const swept = await sweepVmNets().catch(() => []);
+    if (swept.length > 0) log?.(`network: swept ${swept.join(', ')}`);
+  }
   const pool = new VmPool({
+    network,
     onRestore: emit('restore'),
     driver,
     snapshots,

@@ -24,6 +24,8 @@ export interface JobRequest {
   readonly runLimits?: Partial<Limits>;
   /** Test cases: compile once, then one run per entry with that stdin (`stdin` is then unused). */
   readonly cases?: readonly Buffer[];
+  /** Run in a VM with network behind the egress policy (docs/network.md); default no NIC. */
+  readonly network?: boolean;
 }
 
 /**
@@ -39,6 +41,8 @@ export interface PreparedJob {
   readonly compiles: boolean;
   /** How long the host waits for the agent's result before it gives up on the VM. */
   readonly deadlineMs: number;
+  /** The job runs in a cold-booted VM with a NIC (docs/network.md). */
+  readonly network: boolean;
 }
 
 /** Where the time of a job went, in ms: the engine's result and the API's body share it. */
@@ -150,5 +154,6 @@ export function prepareJob(
     version: definition.version,
     compiles,
     deadlineMs: jobDeadlineMs(message, compiles),
+    network: request.network === true,
   };
 }

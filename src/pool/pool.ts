@@ -1,6 +1,12 @@
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
-import { PoolClosedError, PoolStateError, SandboxFailureError } from '../errors.js';
+import {
+  NetworkDisabledError,
+  PoolClosedError,
+  PoolStateError,
+  SandboxFailureError,
+} from '../errors.js';
+import type { VmNet, VmNetManager } from '../net/vmnet.js';
 import type { MicroVm, VmmDriver } from '../vmm/index.js';
 import type { SnapshotManager } from './snapshots.js';
 
@@ -18,6 +24,8 @@ export interface PoolOptions {
   readonly vmMemoryMib: number;
   readonly restoreTimeoutMs: number;
   readonly log?: (line: string) => void;
+  /** Makes networked VMs' networks; null or absent: network is off (networkEnabled). */
+  readonly network?: VmNetManager | null;
   /** Told how long each restore took, to the agent reseeded (for metrics). */
   readonly onRestore?: (language: string, ms: number) => void;
 }
@@ -161,9 +169,19 @@ export class VmPool {
     }
   }
 
-  /** A VM for one job: a ready one (hit) or one restored now (miss). POOL_CLOSED once closed. */
-  async acquire(language: string): Promise<Lease> {
+  /** Whether networked VMs can be made here (the operator turned networkEnabled on). */
+  get networkEnabled(): boolean {
+    return (this.options.network ?? null) !== null;
+  }
+
+  /**
+   * A VM for one job: a ready one (hit) or one restored now (miss). POOL_CLOSED once closed.
+   * With `network`, always a cold boot with a NIC in a namespace of its own (a miss; it takes
+   * a slot like any VM); NETWORK_DISABLED when the operator did not allow network.
+   */
+  async acquire(language: string, options: { network?: boolean } = {}): Promise<Lease> {
     if (this.closed) throw new PoolClosedError('the pool is closed');
+    if (options.network === true) return this.acquireNetworked(language);
     const ready = this.readyOf(language);
     if (ready?.vm) {
       ready.to('leased');
@@ -254,6 +272,37 @@ export class VmPool {
     const restoreMs = Date.now() - started;
     this.options.onRestore?.(language, restoreMs);
     return { vm, restoreMs };
+  }
+
+  private async acquireNetworked(language: string): Promise<Lease> {
+    const network = this.options.network ?? null;
+    if (network === null)
+      throw new NetworkDisabledError('network is off on this host (networkEnabled)');
+    this.counters.misses++;
+    const slot = await this.takeSlot(language, true);
+    let vm: MicroVm;
+    let bootMs: number;
+    try {
+      const net = await network.create();
+      try {
+        const booted = await this.options.snapshots.bootFresh(language, {
+          netns: net.netnsPath,
+        });
+        vm = withNetwork(booted.vm, net);
+        bootMs = booted.bootMs;
+      } catch (err) {
+        await net.destroy();
+        throw err;
+      }
+    } catch (err) {
+      this.counters.failures++;
+      this.giveUp(slot);
+      throw err;
+    }
+    slot.vm = vm;
+    slot.restoreMs = bootMs;
+    slot.to('leased');
+    return { vm, language, hit: false, restoreMs: bootMs };
   }
 
   /** The first ready VM's slot of `language`. */
@@ -357,6 +406,38 @@ export class VmPool {
     this.options.log?.(`pool: idle VM ${slot.vm?.id ?? ''} died; replacing it`);
     this.refill();
   }
+}
+
+/** The VM with its network: destroying it also deletes the network, even when the VMM's end fails. */
+function withNetwork(vm: MicroVm, net: VmNet): MicroVm {
+  return {
+    get id() {
+      return vm.id;
+    },
+    get driver() {
+      return vm.driver;
+    },
+    get state() {
+      return vm.state;
+    },
+    get pid() {
+      return vm.pid;
+    },
+    get hello() {
+      return vm.hello;
+    },
+    exited: vm.exited,
+    agent: () => vm.agent(),
+    snapshot: (path) => vm.snapshot(path),
+    consoleTail: () => vm.consoleTail(),
+    destroy: async () => {
+      try {
+        await vm.destroy();
+      } finally {
+        await net.destroy();
+      }
+    },
+  };
 }
 
 function messageOf(err: unknown): string {

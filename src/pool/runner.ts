@@ -1,5 +1,5 @@
 import { MAX_LIMITS, type StageLimits } from '../config/index.js';
-import { messageOf } from '../errors.js';
+import { messageOf, NetworkDisabledError } from '../errors.js';
 import type { LanguageRegistry } from '../languages/index.js';
 import { sandboxStage, type ResultMessage } from '../protocol/index.js';
 import type { MicroVm } from '../vmm/index.js';
@@ -27,6 +27,11 @@ export class JobRunner {
 
   /** Checks a request and builds its one execute message (no VM is touched); see prepareJob. */
   prepare(request: JobRequest, id?: string): PreparedJob {
+    if (request.network === true && !this.pool.networkEnabled) {
+      throw new NetworkDisabledError(
+        'this job asks for network, and the operator does not allow it (networkEnabled is off)',
+      );
+    }
     return prepareJob(request, this.languages, {
       maxLimits: this.maxLimits,
       ...(id !== undefined && { id }),
@@ -36,7 +41,7 @@ export class JobRunner {
   /** Runs one prepared job to its result. */
   async run(job: PreparedJob): Promise<JobResult> {
     const started = performance.now();
-    const lease: Lease = await this.pool.acquire(job.language);
+    const lease: Lease = await this.pool.acquire(job.language, { network: job.network });
     const acquired = performance.now();
     let result: ResultMessage;
     let answered: number;

@@ -86,9 +86,12 @@ export class SnapshotManager {
    * images, shape and checks), timed to the agent's hello. The caller owns the VM and destroys
    * it; `runner bench` times it.
    */
-  async bootFresh(language: string): Promise<{ vm: MicroVm; bootMs: number }> {
+  async bootFresh(
+    language: string,
+    options: { netns?: string | null } = {},
+  ): Promise<{ vm: MicroVm; bootMs: number }> {
     const { base } = await this.target(language);
-    return this.boot(base);
+    return this.boot(base, options.netns ?? null);
   }
 
   /** Removes snapshots of a language whose key is not `keep` (stale after an image change). */
@@ -167,14 +170,16 @@ export class SnapshotManager {
   /** Cold-boots a VM of the target and checks that its agent offers the language. */
   private async boot(
     base: Omit<SnapshotRef, 'sizeBytes'>,
+    netns: string | null = null,
   ): Promise<{ vm: MicroVm; bootMs: number }> {
-    const vmId = `snap-${base.language}-${randomBytes(4).toString('hex')}`;
+    const vmId = `${netns ? 'net' : 'snap'}-${base.language}-${randomBytes(4).toString('hex')}`;
     const started = Date.now();
     const vm = await this.options.driver.boot({
       ...base.resources,
       vmId,
       runDir: join(this.options.runDir, vmId),
       timeoutMs: this.options.bootTimeoutMs,
+      ...(netns !== null && { netns }),
     });
     const bootMs = Date.now() - started;
     this.options.onBoot?.(base.language, bootMs);

@@ -14,6 +14,8 @@ import {
   VmTimeoutError,
 } from '../errors.js';
 import { BaseVm, bringUp } from './base-vm.js';
+import { GUEST_NET } from '../images/guest-init.js';
+import { VM_TAP } from '../net/vmnet.js';
 import { QmpClient } from './qmp.js';
 import type { MicroVm, SnapshotInfo, VmLaunchOptions, VmmDriver, AgentChannel } from './types.js';
 
@@ -82,7 +84,7 @@ const SNAPSHOT_TIMEOUT_MS = 120_000;
  */
 export type QemuMachine = Pick<
   VmLaunchOptions,
-  'vmId' | 'runDir' | 'kernelPath' | 'initrdPath' | 'memoryMib' | 'vcpus'
+  'vmId' | 'runDir' | 'kernelPath' | 'initrdPath' | 'memoryMib' | 'vcpus' | 'netns'
 > & { readonly rootfsPath: string | null };
 
 /**
@@ -147,6 +149,15 @@ export function qemuArgs(
     '-qmp',
     `unix:${join(dir, 'qmp.sock')},server=on,wait=off`,
   ];
+  if (options.netns) {
+    // The tap exists already in the VM's namespace, owned by the VMM user (QEMU cannot make one).
+    args.push(
+      '-netdev',
+      `tap,id=net0,ifname=${VM_TAP},script=no,downscript=no`,
+      '-device',
+      `virtio-net-device,netdev=net0,mac=${GUEST_NET.mac}`,
+    );
+  }
   if (driver.sandbox ?? true) {
     args.push(
       '-sandbox',
@@ -223,10 +234,21 @@ class QemuVm extends BaseVm {
       join(options.runDir, 'cmdline'),
       JSON.stringify([driver.binary ?? 'qemu-system-x86_64', ...args]),
     );
-    const child = spawn(driver.binary ?? 'qemu-system-x86_64', args, {
+    // Until the jail joins the namespace itself: nsenter (as root) joins it, drops to the VMM
+    // user and execs QEMU, keeping the pid.
+    const binary = driver.binary ?? 'qemu-system-x86_64';
+    const nsenter = options.netns
+      ? [
+          '--net=' + options.netns,
+          ...(user ? ['-S', `${user.uid}`, '-G', `${user.gid}`] : []),
+          '--',
+          binary,
+        ]
+      : null;
+    const child = spawn(nsenter ? 'nsenter' : binary, [...(nsenter ?? []), ...args], {
       stdio:
         incomingFd === null ? ['ignore', 'pipe', 'pipe'] : ['ignore', 'pipe', 'pipe', incomingFd],
-      ...(user ? { uid: user.uid, gid: user.gid } : {}),
+      ...(user && !nsenter ? { uid: user.uid, gid: user.gid } : {}),
       detached: false,
     });
     const spawned = new Promise<void>((resolve, reject) => {

@@ -117,6 +117,11 @@ export interface VmLaunchOptions extends VmResources {
   readonly timeoutMs: number;
   /** Bytes of console output kept (the most recent ones). */
   readonly consoleBytes?: number;
+  /**
+   * The network namespace file (e.g. /run/netns/NAME) of a VM that asked for network: QEMU
+   * runs in it and gets a virtio-net NIC on its tap (src/net/vmnet.ts). Null or absent: no NIC.
+   */
+  readonly netns?: string | null;
 }
 
 /** How a VMM process ended. */

@@ -85,6 +85,7 @@ export function registerJudge0Routes(app: ApiInstance, ctx: ApiContext): void {
       languages,
       settings.callbackAllowedHosts,
       ctx.service.egress,
+      settings.networkEnabled,
     );
     return { params, job: buildJob(ctx.service, params) };
   };
@@ -428,7 +429,7 @@ export function registerJudge0Routes(app: ApiInstance, ctx: ApiContext): void {
         max_submission_batch_size: MAX_BATCH_SIZE,
         submission_cache_duration: 0,
         use_docs_as_homepage: false,
-        allow_enable_network: false,
+        allow_enable_network: settings.networkEnabled,
         enable_network: false,
       };
     },

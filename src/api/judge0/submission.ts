@@ -60,6 +60,8 @@ export interface Judge0Params {
   readonly redirectStderr: boolean;
   readonly additionalFiles: readonly ZipFile[];
   readonly callbackUrl: string | null;
+  /** enable_network, where the operator allows network (networkEnabled). */
+  readonly network: boolean;
 }
 
 /** A 422 of per-field messages. */
@@ -134,6 +136,7 @@ export function parseSubmission(
   languages: Judge0Languages,
   allowedHosts: readonly string[],
   egress: EgressPolicy,
+  networkAllowed = false,
 ): Judge0Params {
   const errors: FieldErrors = {};
   const add = (field: string, message: string): void => {
@@ -224,10 +227,11 @@ export function parseSubmission(
     'enable_per_process_and_thread_memory_limit',
   ])
     if (flag(field)) add(field, 'this option cannot be enabled');
-  if (flag('enable_network'))
+  const network = flag('enable_network');
+  if (network && !networkAllowed)
     add(
       'enable_network',
-      'network access is not allowed on this server (programs run with no network)',
+      'network access is not allowed on this server (NETWORK_DISABLED: networkEnabled is off)',
     );
   const redirectStderr = flag('redirect_stderr_to_stdout');
 
@@ -271,6 +275,7 @@ export function parseSubmission(
     redirectStderr,
     additionalFiles,
     callbackUrl,
+    network,
   };
 }
 
@@ -317,6 +322,7 @@ export function toExecuteRequest(
       stackBytes: Math.min(MAX_LIMITS.run.stackBytes, Math.max(65_536, l.stack_limit * 1024)),
     },
     testCases: cases,
+    ...(p.network && { network: true }),
   };
 }
 
@@ -345,6 +351,7 @@ export function groupKey(p: Judge0Params): string | null {
     p.args,
     p.limits,
     p.redirectStderr,
+    p.network,
     p.additionalFiles.map((f) => [f.name, f.content.toString('base64')]),
   ]);
 }
