@@ -6,7 +6,6 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { hostAddresses } from '../../../src/net/vmnet.js';
 import type { Engine } from '../../../src/pool/engine.js';
-import { testDataDir } from '../../support/paths.js';
 import { ensureImages, testEngine, vmSkipReason } from '../../support/vm.js';
 
 function skipReason(): string | null {
@@ -19,9 +18,6 @@ function skipReason(): string | null {
 const skip = skipReason();
 if (skip) console.warn(`skipping the network tests in real VMs: ${skip}`);
 
-// The images with virtio_net are kept apart until every worktree's kernel has it, so this
-// file's kernel does not become the shared store's latest under other tests.
-process.env.RUNNER_IMAGES_DIR ??= join(testDataDir(), 'images-vmnet');
 
 /**
  * "The internet" for these tests: a namespace reached from the host over a veth pair, holding
