@@ -117,6 +117,11 @@ export interface VmLaunchOptions extends VmResources {
   readonly timeoutMs: number;
   /** Bytes of console output kept (the most recent ones). */
   readonly consoleBytes?: number;
+  /**
+   * A network namespace (a path such as /run/netns/NAME) the VMM joins instead of a new empty
+   * one; QEMU's jail then also binds /dev/net/tun. Null or absent: no network at all.
+   */
+  readonly netns?: string | null;
 }
 
 /** How a VMM process ended. */
