@@ -56,6 +56,11 @@ export const ERROR_CATALOGUE = {
     description: 'A VM did not boot or its agent did not say hello in time.',
   },
   VM_DIED: { status: 500, description: 'The VMM process exited while the VM was in use.' },
+  VM_JAIL_FAILED: {
+    status: 500,
+    description:
+      "QEMU's jail could not be set up (the message names the part); the VM did not start.",
+  },
   VM_TIMEOUT: { status: 500, description: 'The VM did not answer before its deadline.' },
   VM_STATE: { status: 500, description: 'A VM lifecycle command was not legal in its state.' },
   NETWORK_DISABLED: {
@@ -214,6 +219,8 @@ export class ImageLockedError extends coded('IMAGE_LOCKED') {}
 export class VmBootFailedError extends coded('VM_BOOT_FAILED') {}
 /** VM_DIED: The VMM process exited while the VM was in use. */
 export class VmDiedError extends coded('VM_DIED') {}
+/** VM_JAIL_FAILED: QEMU's jail could not be set up (the message names the part); the VM did not start. */
+export class VmJailFailedError extends coded('VM_JAIL_FAILED') {}
 /** VM_TIMEOUT: The VM did not answer before its deadline. */
 export class VmTimeoutError extends coded('VM_TIMEOUT') {}
 /** VM_STATE: A VM lifecycle command was not legal in its state. */
@@ -282,6 +289,7 @@ export const ERROR_CLASSES: { readonly [C in ErrorCode]: ErrorClass<C> } = {
   IMAGE_LOCKED: ImageLockedError,
   VM_BOOT_FAILED: VmBootFailedError,
   VM_DIED: VmDiedError,
+  VM_JAIL_FAILED: VmJailFailedError,
   VM_TIMEOUT: VmTimeoutError,
   VM_STATE: VmStateError,
   NETWORK_DISABLED: NetworkDisabledError,

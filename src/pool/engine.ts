@@ -15,7 +15,10 @@ import {
   FirecrackerDriver,
   probeKvm,
   QemuDriver,
+  QemuJail,
+  sweepJails,
   type KvmProbeResult,
+  type QemuJailOptions,
   type VmmDriver,
 } from '../vmm/index.js';
 import { sweepVmNets, VmNetManager } from '../net/vmnet.js';
@@ -161,6 +164,26 @@ export function remoteFetcher(
   };
 }
 
+/** The QEMU jail's options from the settings (docs/qemu.md, "QEMU's jail"). */
+export function qemuJailOptions(
+  settings: Pick<
+    Settings,
+    'qemuJailMemoryOverheadMib' | 'qemuJailPidsMax' | 'qemuJailCpuPercent' | 'qemuJailCgroupRoot'
+  >,
+  paths: Pick<DataPaths, 'dataDir' | 'buildDir'>,
+  user: { uid: number; gid: number } | null,
+): QemuJailOptions {
+  return {
+    user,
+    buildDir: paths.buildDir,
+    rootBaseDir: join(paths.dataDir, 'qemu-jail'),
+    cgroupRoot: settings.qemuJailCgroupRoot,
+    memoryOverheadMib: settings.qemuJailMemoryOverheadMib,
+    pidsMax: settings.qemuJailPidsMax,
+    cpuPercent: settings.qemuJailCpuPercent,
+  };
+}
+
 /** Builds the engine from settings: picks the driver (probing KVM), sweeps leftovers. */
 export async function createEngine(
   settings: Settings,
@@ -215,7 +238,9 @@ export async function createEngine(
     });
     driverTag = settings.jailerBinary === '' ? 'firecracker' : 'firecracker-jailer';
   } else {
-    driver = new QemuDriver({ binary: settings.qemuBinary, accel: mode, user });
+    const jail = settings.qemuJail ? new QemuJail(qemuJailOptions(settings, paths, user)) : null;
+    if (jail) await sweepJails(jail.options);
+    driver = new QemuDriver({ binary: settings.qemuBinary, accel: mode, user, jail });
     driverTag = `qemu-${mode}`;
   }
   const events = new EventEmitter();

@@ -10,6 +10,31 @@ export {
   type QemuMachine,
 } from './qemu.js';
 export { QmpClient, type QmpEvent } from './qmp.js';
+export {
+  JAIL_CONTROLLERS,
+  JAIL_FAILED_EXIT,
+  QEMU_DATA_FILES,
+  QEMU_TCG_MODULE,
+  QemuJail,
+  buildJailHelper,
+  cgroupPlan,
+  cgroupVersion,
+  jailArgv,
+  jailDevices,
+  jailLimits,
+  parseLdd,
+  qemuSupportFiles,
+  resolveBinary,
+  selfCgroups,
+  sweepJails,
+  type CgroupDir,
+  type JailLimits,
+  type JailPart,
+  type JailSpec,
+  type JailedVm,
+  type PreparedJail,
+  type QemuJailOptions,
+} from './jail.js';
 export { bootUnderKvm, probeKvm, type KvmProbeBoot, type KvmProbeResult } from './kvm.js';
 export { TailBuffer } from './tail-buffer.js';
 export * from './firecracker-api.js';

@@ -104,6 +104,10 @@ export async function bootUnderKvm(
   }
 }
 
+// The probe runs QEMU unjailed (jail.ts), on purpose: it boots no rootfs and no user code,
+// only our own guest kernel to /init, for a few seconds at start-up, with nothing of a job in
+// reach; and it must tell whether KVM works, not whether the jail does (`runner doctor` tries
+// the jail on its own), so a broken jail does not turn into a wrong "TCG" answer cached on disk.
 function watchBoot(
   binary: string,
   args: string[],

@@ -1,21 +1,24 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, openSync, readFileSync } from 'node:fs';
-import { chmod, chown, mkdir, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { chmod, chown, mkdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { connect, createServer, type Socket } from 'node:net';
 import { dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { createWriteStream } from 'node:fs';
+import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import {
   RunnerError,
   SnapshotFailedError,
   VmBootFailedError,
+  VmJailFailedError,
   VmStateError,
   VmTimeoutError,
 } from '../errors.js';
 import { BaseVm, bringUp } from './base-vm.js';
 import { GUEST_NET } from '../images/guest-init.js';
 import { VM_TAP } from '../net/vmnet.js';
+import type { PreparedJail, QemuJail } from './jail.js';
 import { QmpClient } from './qmp.js';
 import type { MicroVm, SnapshotInfo, VmLaunchOptions, VmmDriver, AgentChannel } from './types.js';
 
@@ -38,6 +41,11 @@ export interface QemuDriverOptions {
   readonly kernelArgs?: readonly string[];
   /** Largest frame the host accepts from the agent. */
   readonly maxFrameBytes?: number;
+  /**
+   * Run each QEMU in a jail of its own (jail.ts, native/runner-jail.c: namespaces, a pivoted
+   * root of only its files, no capabilities, a cgroup with limits). Null or absent: unjailed.
+   */
+  readonly jail?: QemuJail | null;
 }
 
 /** The kernel command line every VM gets (loglevel=1: with `quiet` the console says nothing). */
@@ -206,16 +214,51 @@ export class QemuDriver implements VmmDriver {
   }
 }
 
+/** Everything the helper wrote on its status fd (empty: QEMU was exec'd). */
+function readAll(stream: Readable): Promise<string> {
+  return new Promise((resolve) => {
+    const chunks: Buffer[] = [];
+    stream.on('data', (c: Buffer) => chunks.push(c));
+    stream.once('error', () => resolve(Buffer.concat(chunks).toString('utf8')));
+    stream.once('close', () => resolve(Buffer.concat(chunks).toString('utf8')));
+  });
+}
+
+/** VM_JAIL_FAILED from the helper's `PART: what: why` line. */
+function jailFailure(text: string): VmJailFailedError {
+  const line = text.split('\n')[0] ?? text;
+  const colon = line.indexOf(': ');
+  const part = colon > 0 ? line.slice(0, colon) : 'unknown';
+  const rest = colon > 0 ? line.slice(colon + 2) : line;
+  return new VmJailFailedError(`QEMU's jail could not be set up (${part}): ${rest}`);
+}
+
+/** QEMU's pid (the jail parent's one child), as the host sees it. */
+async function jailedPid(parent: number | undefined): Promise<number | undefined> {
+  if (parent === undefined) return undefined;
+  const text = await readFile(`/proc/${parent}/task/${parent}/children`, 'utf8').catch(() => '');
+  const pid = Number(text.trim().split(' ')[0]);
+  return Number.isInteger(pid) && pid > 0 ? pid : undefined;
+}
+
 class QemuVm extends BaseVm {
   readonly driver = 'qemu';
   private qmp: QmpClient | null = null;
+  /** Jailed: QEMU's own pid (the child of the jail's parent, which `process` watches). */
+  qemuPid: number | undefined = undefined;
 
   private constructor(
     options: VmLaunchOptions,
     private readonly driverOptions: QemuDriverOptions,
     child: ChildProcess,
+    private readonly jail: PreparedJail | null,
   ) {
     super(options, child, 'QEMU', driverOptions.maxFrameBytes);
+  }
+
+  /** QEMU's pid: in a jail, not the jail's parent but its child (for RSS and /proc checks). */
+  override get pid(): number | undefined {
+    return this.qemuPid ?? super.pid;
   }
 
   static async launch(
@@ -230,41 +273,75 @@ class QemuVm extends BaseVm {
     const user = process.getuid?.() === 0 ? (driver.user ?? null) : null;
     if (user) await chown(options.runDir, user.uid, user.gid);
     const args = qemuArgs(options, driver, incomingFd !== null);
-    await writeFile(
-      join(options.runDir, 'cmdline'),
-      JSON.stringify([driver.binary ?? 'qemu-system-x86_64', ...args]),
-    );
-    // Until the jail joins the namespace itself: nsenter (as root) joins it, drops to the VMM
-    // user and execs QEMU, keeping the pid.
     const binary = driver.binary ?? 'qemu-system-x86_64';
-    const nsenter = options.netns
-      ? [
-          '--net=' + options.netns,
-          ...(user ? ['-S', `${user.uid}`, '-G', `${user.gid}`] : []),
-          '--',
-          binary,
-        ]
-      : null;
-    const child = spawn(nsenter ? 'nsenter' : binary, [...(nsenter ?? []), ...args], {
-      stdio:
-        incomingFd === null ? ['ignore', 'pipe', 'pipe'] : ['ignore', 'pipe', 'pipe', incomingFd],
-      ...(user && !nsenter ? { uid: user.uid, gid: user.gid } : {}),
+    await writeFile(join(options.runDir, 'cmdline'), JSON.stringify([binary, ...args]));
+    // Jailed, the helper gets a status fd after the snapshot's (it closes on QEMU's exec).
+    const statusFd = incomingFd === null ? 3 : 4;
+    let jail: PreparedJail | null = null;
+    if (driver.jail) {
+      try {
+        jail = await driver.jail.prepare(options, driver.accel, binary, args, {
+          keep: incomingFd === null ? [] : [3],
+          status: statusFd,
+        });
+      } catch (err) {
+        await rm(options.runDir, { recursive: true, force: true });
+        throw err;
+      }
+    }
+    // Without the jail, a networked VM's QEMU is started in its namespace by nsenter (as root),
+    // which drops to the VMM user and execs QEMU, keeping the pid.
+    const nsenter =
+      jail === null && options.netns
+        ? [
+            '--net=' + options.netns,
+            ...(user ? ['-S', `${user.uid}`, '-G', `${user.gid}`] : []),
+            '--',
+            binary,
+          ]
+        : null;
+    const command = jail?.command ?? (nsenter ? 'nsenter' : binary);
+    const argv = jail?.argv ?? [...(nsenter ?? []), ...args];
+    const child = spawn(command, argv, {
+      stdio: [
+        'ignore',
+        'pipe',
+        'pipe',
+        ...(incomingFd === null ? [] : [incomingFd]),
+        ...(jail ? ['pipe' as const] : []),
+      ],
+      // The jail drops to the user itself, after the namespaces and mounts that need root.
+      ...(user && !jail && !nsenter ? { uid: user.uid, gid: user.gid } : {}),
       detached: false,
     });
     const spawned = new Promise<void>((resolve, reject) => {
       child.once('spawn', resolve);
       child.once('error', (err) =>
         reject(
-          new VmBootFailedError(
-            `cannot start ${driver.binary ?? 'qemu-system-x86_64'}: ${err.message}`,
-            { cause: err },
-          ),
+          new VmBootFailedError(`cannot start ${jail?.command ?? binary}: ${err.message}`, {
+            cause: err,
+          }),
         ),
       );
     });
-    const vm = new QemuVm(options, driver, child);
-    await spawned;
+    const status = jail ? readAll(child.stdio[statusFd] as Readable) : null;
+    const vm = new QemuVm(options, driver, child, jail);
+    try {
+      await spawned;
+    } catch (err) {
+      await vm.destroy();
+      throw err;
+    }
+    // The pid file names the jail's parent: killing it (the sweep) takes QEMU with it.
     await writeFile(join(options.runDir, 'pid'), String(child.pid));
+    if (status) {
+      const text = (await status).trim();
+      if (text !== '') {
+        await vm.destroy();
+        throw jailFailure(text);
+      }
+      vm.qemuPid = await jailedPid(child.pid);
+    }
     try {
       vm.qmp = await QmpClient.connect(join(options.runDir, 'qmp.sock'), {
         timeoutMs: options.timeoutMs,
@@ -375,6 +452,7 @@ class QemuVm extends BaseVm {
   }
 
   protected async removeFiles(): Promise<void> {
+    if (this.jail) await this.driverOptions.jail?.release(this.jail);
     await rm(this.options.runDir, { recursive: true, force: true });
   }
 

@@ -118,8 +118,9 @@ export interface VmLaunchOptions extends VmResources {
   /** Bytes of console output kept (the most recent ones). */
   readonly consoleBytes?: number;
   /**
-   * The network namespace file (e.g. /run/netns/NAME) of a VM that asked for network: QEMU
-   * runs in it and gets a virtio-net NIC on its tap (src/net/vmnet.ts). Null or absent: no NIC.
+   * The network namespace file (e.g. /run/netns/NAME) of a VM that asked for network
+   * (src/net/vmnet.ts): QEMU runs in it (its jail joins it instead of a new empty one, and binds
+   * /dev/net/tun) and gets a virtio-net NIC on its tap. Null or absent: no network at all.
    */
   readonly netns?: string | null;
 }

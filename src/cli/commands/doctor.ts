@@ -8,6 +8,7 @@ import { ImageStore } from '../../images/store.js';
 import { LanguageRegistry } from '../../languages/index.js';
 import { lookupUser } from '../../pool/index.js';
 import { probeKvm } from '../../vmm/index.js';
+import { jailChecks } from './doctor-jail.js';
 
 /** One line of the doctor's report. */
 export interface Check {
@@ -101,6 +102,18 @@ export async function runChecks(options: { refreshKvm?: boolean } = {}): Promise
         : 'no /dev/kvm: VMs run under TCG',
     });
   }
+  checks.push(
+    ...(await jailChecks(
+      settings,
+      paths,
+      kernel
+        ? {
+            kernelPath: join(kernel.dir, 'vmlinuz'),
+            initrdPath: join(kernel.dir, 'initrd.img'),
+          }
+        : null,
+    )),
+  );
   const snapshots = new Set(await readdir(paths.snapshotsDir).catch(() => [] as string[]));
   for (const { definition } of LanguageRegistry.fromDir().list()) {
     const rootfs = await store.latest('rootfs', definition.name);
@@ -123,7 +136,7 @@ export function registerDoctorCommand(program: Command): void {
   program
     .command('doctor')
     .description(
-      'check QEMU, Firecracker, KVM (by really booting a guest), images and snapshots; say how to fix what is missing',
+      "check QEMU, Firecracker, KVM (by really booting a guest), QEMU's jail (by a trial), images and snapshots; say how to fix what is missing",
     )
     .option('--refresh-kvm', 'probe KVM again instead of using the cached answer')
     .option('--json', 'print the checks as JSON')
