@@ -18,7 +18,6 @@ function skipReason(): string | null {
 const skip = skipReason();
 if (skip) console.warn(`skipping the network tests in real VMs: ${skip}`);
 
-
 /**
  * "The internet" for these tests: a namespace reached from the host over a veth pair, holding
  * every address the VMs try. Nothing leaves the machine: the host's routes to these addresses
@@ -38,6 +37,9 @@ const METADATA = '169.254.169.254';
 const ROUTED = ['198.18.1.0/24', '192.88.99.0/24', `${METADATA}/32`];
 const PORT = 8080;
 const MAX_CONNECTIONS = 4;
+/** The bandwidth cap, and a download that must take at least BIG_BYTES / cap under it. */
+const BANDWIDTH_KBIT = 2000;
+const BIG_BYTES = 768 * 1024;
 
 const b64 = (s: string | undefined): string => Buffer.from(s ?? '', 'base64').toString();
 
@@ -50,7 +52,9 @@ function sh(cmd: string, args: string[]): void {
 const INET_SERVER = `
 import { createServer } from 'node:http';
 import { createSocket } from 'node:dgram';
-createServer((req, res) => res.end('hello from ' + req.socket.localAddress)).listen(${PORT}, '0.0.0.0');
+createServer((req, res) =>
+  res.end(req.url === '/big' ? Buffer.alloc(${BIG_BYTES}, 97) : 'hello from ' + req.socket.localAddress),
+).listen(${PORT}, '0.0.0.0');
 const names = { 'allowed.test': '${BY_NAME}', 'denied.test': '${PUBLIC_DENIED}' };
 for (const addr of ['${DNS}', '${OTHER_DNS}']) {
   const s = createSocket('udp4');
@@ -79,10 +83,10 @@ import json, os, socket
 out = {}
 def tcp(addr, port=${PORT}, timeout=3):
     return socket.create_connection((addr, port), timeout=timeout)
-def get(addr, port):
+def get(addr, port, path='/'):
     try:
-        s = tcp(addr, port)
-        s.sendall(b'GET / HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n')
+        s = tcp(addr, port, timeout=30)
+        s.sendall(b'GET ' + path.encode() + b' HTTP/1.0\\r\\nHost: x\\r\\n\\r\\n')
         data = b''
         while True:
             b = s.recv(4096)
@@ -99,6 +103,10 @@ for _ in range(${MAX_CONNECTIONS * 2}):
 out['cap'] = {'held': len(held), 'refused': refused}
 for s in held: s.close()
 out['ifaces'] = sorted(os.listdir('/sys/class/net'))
+import time
+started = time.monotonic()
+big = get('${ALLOWED}', ${PORT}, '/big')
+out['big'] = {'bytes': len(big), 'seconds': time.monotonic() - started}
 for name, addr, port in json.loads('${JSON.stringify(targets)}'):
     out[name] = get(addr, port)
 try:
@@ -161,6 +169,7 @@ describe.skipIf(skip !== null)('network on request, in real VMs', () => {
       networkAllow: `${ALLOWED}/32,allowed.test`,
       networkDns: DNS,
       networkMaxConnections: MAX_CONNECTIONS,
+      networkBandwidthKbit: BANDWIDTH_KBIT,
     });
   }, 900_000);
 
@@ -199,6 +208,12 @@ describe.skipIf(skip !== null)('network on request, in real VMs', () => {
     const out = JSON.parse(text) as Record<string, unknown>;
     expect(out.ifaces).toEqual(['eth0', 'lo']);
     expect(out.cap).toEqual({ held: MAX_CONNECTIONS, refused: MAX_CONNECTIONS });
+    // The bandwidth cap: the download came whole, at no more than the cap (plus its 32 kB
+    // burst and some slack); uncapped, a VM under TCG here moves it several times faster.
+    const big = out.big as { bytes: number; seconds: number };
+    expect(big.bytes).toBe(BIG_BYTES);
+    const kbit = (big.bytes * 8) / 1000 / big.seconds;
+    expect(kbit).toBeLessThanOrEqual(BANDWIDTH_KBIT * 1.25);
     expect(out.allowed).toBe(`hello from ${ALLOWED}`);
     expect(out.byName).toBe(`hello from ${BY_NAME}`);
     for (const k of ['denied', 'publicDenied', 'metadata', 'gateway']) {
