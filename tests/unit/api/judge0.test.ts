@@ -735,3 +735,19 @@ describe('callbacks, auth, and the system routes', () => {
     expect((await get('/statuses')).status).toBe(404);
   });
 });
+
+describe('enable_network', () => {
+  test('where the operator allows network, enable_network asks the engine for a networked VM', async () => {
+    await app({ networkEnabled: true });
+    const on = await post('/submissions?wait=true', {
+      source_code: 'print(1)',
+      language_id: 71,
+      enable_network: true,
+    });
+    expect(on.status).toBe(201);
+    const off = await post('/submissions?wait=true', { source_code: 'print(2)', language_id: 71 });
+    expect(off.status).toBe(201);
+    expect(t?.engine.calls.map((c) => c.network === true)).toEqual([true, false]);
+    expect((await get('/config_info')).body).toMatchObject({ allow_enable_network: true });
+  });
+});
