@@ -198,6 +198,27 @@ export interface KernelBuildOptions {
   onPhase?: (phase: string) => void;
 }
 
+/**
+ * The hash of how this code builds a kernel image (the recipe version, the initramfs modules
+ * and its /init), apart from the Debian packages: kept in the manifest's `inputs.recipe`, so
+ * that a store whose kernel was built by another recipe (say, before virtio_net was added) is
+ * seen to need a new one without downloading anything.
+ */
+export function kernelRecipe(): string {
+  return sha256Hex(
+    canonicalJson({
+      recipe: KERNEL_RECIPE,
+      modules: INITRAMFS_MODULES,
+      init: sha256Hex(initramfsInit(INITRAMFS_MODULES)),
+    }),
+  ).slice(0, 16);
+}
+
+/** Whether a stored kernel image was built by this code's recipe. */
+export function isCurrentKernel(image: { manifest: { inputs?: Record<string, string> } }): boolean {
+  return image.manifest.inputs?.recipe === kernelRecipe();
+}
+
 /** The identity of a kernel image: the exact Debian packages and the initramfs recipe. */
 export function kernelIdentity(inputs: {
   kernelPackage: string;
@@ -302,6 +323,7 @@ export async function buildKernelImage(options: KernelBuildOptions): Promise<Sto
       totalSizeBytes: total,
       buildSeconds: Math.round((Date.now() - started) / 100) / 10,
       builtAt: new Date().toISOString(),
+      inputs: { recipe: kernelRecipe() },
     };
     await writeManifest(staging, manifest);
     return await store.commit(staging, { replace: options.force === true });

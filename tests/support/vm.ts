@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import { loadSettings, type Settings } from '../../src/config/settings.js';
 import { bundleAgent } from '../../src/images/agent-bundle.js';
 import { BuildLog } from '../../src/images/build-log.js';
-import { buildKernelImage } from '../../src/images/kernel.js';
+import { buildKernelImage, isCurrentKernel } from '../../src/images/kernel.js';
 import { RootfsBuilder } from '../../src/images/rootfs.js';
 import { ImageStore } from '../../src/images/store.js';
 import { LanguageRegistry } from '../../src/languages/index.js';
@@ -34,7 +34,8 @@ export async function ensureImages(languages: readonly string[]): Promise<void> 
   mkdirSync(paths.logsDir, { recursive: true });
   const log = new BuildLog(join(paths.logsDir, 'test-kernel.log'));
   try {
-    if ((await store.latest('kernel', null)) === undefined) {
+    const kernel = await store.latest('kernel', null);
+    if (kernel === undefined || !isCurrentKernel(kernel)) {
       await buildKernelImage({
         store,
         workDir: join(paths.buildDir, 'kernel'),

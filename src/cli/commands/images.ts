@@ -1,7 +1,7 @@
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { BuildLog } from '../../images/build-log.js';
-import { buildKernelImage } from '../../images/kernel.js';
+import { buildKernelImage, isCurrentKernel } from '../../images/kernel.js';
 import {
   RemoteImageStore,
   remoteStoreConfigFromSettings,
@@ -57,7 +57,8 @@ async function ensureKernel(
   force: boolean,
 ): Promise<StoredImage> {
   const existing = await store.latest('kernel', null);
-  if (existing && !force) return existing;
+  // A kernel built by another recipe (modules, initramfs) is rebuilt, not reused.
+  if (existing && isCurrentKernel(existing) && !force) return existing;
   await mkdir(paths.logsDir, { recursive: true });
   const log = new BuildLog(
     join(paths.logsDir, `kernel-${new Date().toISOString().replace(/[:.]/g, '-')}.log`),

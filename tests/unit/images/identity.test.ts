@@ -133,3 +133,18 @@ describe('rootfs identity', () => {
     );
   });
 });
+
+describe('the kernel recipe', () => {
+  it('marks a kernel built by this code as current, and one built by another recipe as not', async () => {
+    const { initramfsInit, isCurrentKernel, kernelRecipe } = await import(
+      '../../../src/images/kernel.js'
+    );
+    expect(kernelRecipe()).toMatch(/^[0-9a-f]{16}$/);
+    expect(isCurrentKernel({ manifest: { inputs: { recipe: kernelRecipe() } } })).toBe(true);
+    // Built before the recipe was recorded, or by another module list: rebuilt.
+    expect(isCurrentKernel({ manifest: {} })).toBe(false);
+    expect(isCurrentKernel({ manifest: { inputs: { recipe: '0123456789abcdef' } } })).toBe(false);
+    // The recipe covers the initramfs: the networked VMs' virtio_net is in its /init.
+    expect(initramfsInit(['virtio_net'])).toContain('virtio_net');
+  });
+});
