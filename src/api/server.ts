@@ -1,15 +1,19 @@
 import { join } from 'node:path';
 import { pino } from 'pino';
 import type { Settings } from '../config/index.js';
+import { ClusterEngine } from '../cluster/index.js';
+import { LanguageRegistry } from '../languages/index.js';
 import { createEngine, type Engine } from '../pool/index.js';
 import { JobStore } from '../queue/index.js';
 import { buildApp } from './app.js';
 import type { ApiInstance } from './context.js';
+import type { ApiEngine } from './service.js';
 
 /** A listening service and how to stop it. */
 export interface RunningServer {
   readonly app: ApiInstance;
-  readonly engine: Engine;
+  /** This host's engine, or (with `redisUrl`) the cluster's, which runs no VM here. */
+  readonly engine: Engine | ClusterEngine;
   /** The base URL it listens on (the real port when 0 was asked for). */
   readonly url: string;
   /**
@@ -36,20 +40,29 @@ export async function startServer(
   });
   // One log for the service and its engine: a job's lines carry its id in both.
   const logger = pino({ level: settings.logLevel });
-  let engine: Engine;
+  let engine: Engine | ClusterEngine;
   try {
     engine =
       options.engine ??
-      (await createEngine(settings, {
-        log: (line) => logger.info(line),
-        warn: (line) => logger.warn(line),
-      }));
+      (settings.redisUrl !== ''
+        ? new ClusterEngine(LanguageRegistry.fromDir(), {
+            redisUrl: settings.redisUrl,
+            prefix: settings.clusterPrefix,
+            maxInFlight: settings.clusterMaxInFlight,
+            queueWaitMs: settings.clusterQueueWaitMs,
+            log: (line) => logger.warn(line),
+          })
+        : await createEngine(settings, {
+            log: (line) => logger.info(line),
+            warn: (line) => logger.warn(line),
+          }));
   } catch (err) {
     jobStore.close();
     throw err;
   }
+  const apiEngine: ApiEngine = engine;
   const { app, service } = buildApp({
-    engine,
+    engine: apiEngine,
     settings,
     jobStore,
     loggerInstance: logger,
@@ -76,8 +89,9 @@ export async function startServer(
       app.log.warn(
         `${ended.length} job(s) left unfinished by an earlier run were ended as sandbox_error`,
       );
-    for (const language of settings.warmLanguages) {
-      engine.pool.warm(language).then(
+    const local = engine instanceof ClusterEngine ? null : engine;
+    for (const language of local === null ? [] : settings.warmLanguages) {
+      local?.pool.warm(language).then(
         () => app.log.info(`warmed ${language}`),
         (err: unknown) =>
           app.log.error(
@@ -87,7 +101,9 @@ export async function startServer(
     }
     const url = await app.listen({ host: settings.host, port: settings.port });
     app.log.info(
-      `runner serve: listening on ${url} (VM driver ${engine.driver.constructor.name}, accel ${engine.accel?.accel ?? 'as configured'})`,
+      local === null
+        ? `runner serve: listening on ${url} (API node of the cluster at ${settings.redisUrl.replace(/\/\/[^@/]*@/, '//***@')}: jobs run on its workers)`
+        : `runner serve: listening on ${url} (VM driver ${local.driver.constructor.name}, accel ${local.accel?.accel ?? 'as configured'})`,
     );
     return { app, engine, url, close };
   } catch (err) {

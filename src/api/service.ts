@@ -51,7 +51,8 @@ export interface ApiEngine {
   readonly events?: Pick<EventEmitter, 'on' | 'off'>;
   /** Checks a request and builds its one execute message (4xx RunnerErrors; no VM). */
   prepare(request: JobRequest, id?: string): PreparedJob;
-  run(job: PreparedJob): Promise<JobResult>;
+  /** Runs a job; `owner` (the API key) is for a shared queue's per-key share. */
+  run(job: PreparedJob, owner?: string | null): Promise<JobResult>;
   /** Every language's readiness (images built, snapshot taken). */
   runtimes(): Promise<Map<string, RuntimeStatus>>;
 }
@@ -242,7 +243,7 @@ export class JobService {
     try {
       result = await this.queue.push(async () => {
         this.jobs.markRunning(record.id);
-        return this.run(job);
+        return this.run(job, owner);
       });
     } catch (err) {
       this.finish(
@@ -291,7 +292,7 @@ export class JobService {
     this.queue
       .push(async () => {
         this.jobs.markRunning(record.id);
-        return this.run(job);
+        return this.run(job, owner);
       })
       .then(
         (result) =>
@@ -325,7 +326,7 @@ export class JobService {
     this.queue
       .push(async () => {
         for (const r of records) this.jobs.markRunning(r.id);
-        return this.run(combined);
+        return this.run(combined, owner);
       })
       .then(
         (result) =>
@@ -427,11 +428,11 @@ export class JobService {
    * the system's (a failed restore, a closed pool) or a bug of ours (INTERNAL, counted apart):
    * either way the job ends sandbox_error and the log says why, with the job's id.
    */
-  private async run(job: ApiJob): Promise<ExecuteResponse> {
+  private async run(job: ApiJob, owner: string | null): Promise<ExecuteResponse> {
     const started = Date.now();
     let result: JobResult;
     try {
-      result = await this.engine.run(job.job);
+      result = await this.engine.run(job.job, owner);
     } catch (err) {
       const e = asRunnerError(err);
       this.log.error(`job ${job.job.id} (${job.job.language}): ${e.code}: ${e.message}`);

@@ -82,6 +82,11 @@ export const SETTINGS = [
   { key: 'jobStoreMaxBytes', env: 'RUNNER_JOB_STORE_MAX_BYTES', kind: 'integer', default: 268435456, unit: 'bytes', min: 1048576, description: 'Most bytes of stored results in the job store; past it the oldest finished records are deleted before their retention ends.' },
   { key: 'logLevel', env: 'RUNNER_LOG_LEVEL', kind: 'enum', values: ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], default: 'info', description: 'Level of the service log (JSON lines on stdout).' },
   { key: 'judge0Prefix', env: 'RUNNER_JUDGE0_PREFIX', kind: 'string', default: '', description: 'Path prefix of the Judge0-compatible API (e.g. /judge0); empty serves it at the root paths Judge0 uses (/submissions, /languages, ...). docs/judge0.md.' },
+  { key: 'redisUrl', env: 'RUNNER_REDIS_URL', kind: 'string', default: '', description: 'redis:// URL of the shared queue. Empty: a single box (in-process queue, SQLite). Set: `runner serve` is an API node and `runner worker` a VM host of that cluster (docs/scaling.md).' },
+  { key: 'clusterPrefix', env: 'RUNNER_CLUSTER_PREFIX', kind: 'string', default: 'rc', description: 'Prefix of every Redis key of the cluster, so that two clusters can share one Redis.' },
+  { key: 'clusterMaxInFlight', env: 'RUNNER_CLUSTER_MAX_IN_FLIGHT', kind: 'integer', default: 1024, min: 1, max: 1000000, description: 'Jobs one API node may have in the cluster at once (waiting or running).' },
+  { key: 'clusterQueueWaitMs', env: 'RUNNER_CLUSTER_QUEUE_WAIT_MS', kind: 'integer', default: 600000, unit: 'ms', min: 1000, description: 'How long a job may wait for a worker, beyond its own deadline, before it ends as sandbox_error.' },
+  { key: 'workerId', env: 'RUNNER_WORKER_ID', kind: 'string', default: '', description: 'This worker\'s name in the cluster; empty: host name and pid.' },
 ] as const satisfies readonly SettingSpec[];
 
 type Spec = (typeof SETTINGS)[number];
