@@ -69,7 +69,7 @@ export async function startServer(
     processMetrics: true,
   });
   const stopped = { done: false };
-  const prune = setInterval(() => service.prune(), PRUNE_EVERY_MS);
+  const prune = setInterval(() => void service.prune(), PRUNE_EVERY_MS);
   prune.unref();
   const close = async (): Promise<void> => {
     if (stopped.done) return;
@@ -84,7 +84,7 @@ export async function startServer(
   };
   try {
     await app.ready();
-    const ended = service.recover();
+    const ended = await service.recover();
     if (ended.length > 0)
       app.log.warn(
         `${ended.length} job(s) left unfinished by an earlier run were ended as sandbox_error`,

@@ -9,7 +9,7 @@ import {
 import type { LanguageRegistry } from '../languages/index.js';
 import type { JobRequest, JobResult, PreparedJob, RuntimeStatus, VmPool } from '../pool/index.js';
 import { decodeBase64, sandboxStage, type Status } from '../protocol/index.js';
-import type { JobQueue, JobRecord, JobStore } from '../queue/index.js';
+import type { JobQueue, JobRecord, JobRecords } from '../queue/index.js';
 import { fitOutput, withoutOutput } from '../queue/index.js';
 import { CallbackSender, checkCallbackUrl } from './callbacks.js';
 import type { ApiMetrics } from './metrics.js';
@@ -127,7 +127,7 @@ export class JobService {
   constructor(
     private readonly engine: ApiEngine,
     private readonly queue: JobQueue,
-    private readonly jobs: JobStore,
+    private readonly jobs: JobRecords,
     private readonly metrics: ApiMetrics,
     private readonly settings: ServiceSettings,
     private readonly log: {
@@ -238,15 +238,15 @@ export class JobService {
     options: { keepOutput?: boolean } = {},
   ): Promise<ExecuteResponse> {
     this.queue.admit();
-    const record = this.record(job, owner, null);
+    const record = await this.record(job, owner, null);
     let result: ExecuteResponse;
     try {
       result = await this.queue.push(async () => {
-        this.jobs.markRunning(record.id);
+        await this.jobs.markRunning(record.id);
         return this.run(job, owner);
       });
     } catch (err) {
-      this.finish(
+      await this.finish(
         record.id,
         this.failed(job, `the job failed to run: ${asRunnerError(err).message}`),
       );
@@ -254,7 +254,7 @@ export class JobService {
     }
     // The client gets the output in the response; the record keeps the verdict only, unless
     // the API promises the result can be read again later (Judge0's ?wait=true): then capped.
-    this.finish(
+    await this.finish(
       record.id,
       options.keepOutput === true
         ? fitOutput(result, this.settings.jobStoreMaxResultBytes)
@@ -267,7 +267,7 @@ export class JobService {
    * Accepts a job for later: recorded as queued (durably) before this returns, then run through
    * the queue. Throws QUEUE_FULL or SHUTTING_DOWN, with no record made, when it cannot be taken.
    */
-  submit(body: SubmitRequest, owner: string | null): JobRecord {
+  submit(body: SubmitRequest, owner: string | null): Promise<JobRecord> {
     const callbackUrl =
       body.callbackUrl === undefined
         ? null
@@ -280,18 +280,19 @@ export class JobService {
    * final record (after any callbackUrl delivery was started): an API with its own callback
    * shape sends it from there.
    */
-  submitJob(
+  async submitJob(
     job: ApiJob,
     owner: string | null,
     callbackUrl: string | null,
     onFinish?: (record: JobRecord) => void,
-  ): JobRecord {
-    // Checked and recorded synchronously, so the push below cannot be refused.
+  ): Promise<JobRecord> {
+    // Checked before the record is made; a push refused after it (the queue filled meanwhile)
+    // still finishes the record, as a failure.
     this.queue.admit();
-    const record = this.record(job, owner, callbackUrl);
+    const record = await this.record(job, owner, callbackUrl);
     this.queue
       .push(async () => {
-        this.jobs.markRunning(record.id);
+        await this.jobs.markRunning(record.id);
         return this.run(job, owner);
       })
       .then(
@@ -300,7 +301,11 @@ export class JobService {
         (err: unknown) => {
           const why = asRunnerError(err).message;
           this.log.error(`job ${record.id}: ${why}`);
-          this.finish(record.id, this.failed(job, `the job failed to run: ${why}`), onFinish);
+          return this.finish(
+            record.id,
+            this.failed(job, `the job failed to run: ${why}`),
+            onFinish,
+          );
         },
       );
     return record;
@@ -313,19 +318,24 @@ export class JobService {
    * finished with its own case as if it had run alone: the shared compile, its own run and
    * verdict. Throws QUEUE_FULL or SHUTTING_DOWN, with no record made, when it cannot be taken.
    */
-  submitGroup(
+  async submitGroup(
     members: readonly { job: ApiJob; onFinish?: ((record: JobRecord) => void) | undefined }[],
     combined: ApiJob,
     owner: string | null,
-  ): JobRecord[] {
+  ): Promise<JobRecord[]> {
     this.queue.admit();
-    const records = members.map((m) => this.record(m.job, owner, null));
+    const records: JobRecord[] = [];
+    for (const m of members) records.push(await this.record(m.job, owner, null));
     this.log.info(`job ${combined.job.id} runs the jobs ${records.map((r) => r.id).join(', ')}`);
-    const finishAll = (resultOf: (job: ApiJob, index: number) => ExecuteResponse): void =>
-      members.forEach((m, i) => this.finish(m.job.job.id, resultOf(m.job, i), m.onFinish));
+    const finishAll = async (
+      resultOf: (job: ApiJob, index: number) => ExecuteResponse,
+    ): Promise<void> => {
+      for (const [i, m] of members.entries())
+        await this.finish(m.job.job.id, resultOf(m.job, i), m.onFinish);
+    };
     this.queue
       .push(async () => {
-        for (const r of records) this.jobs.markRunning(r.id);
+        for (const r of records) await this.jobs.markRunning(r.id);
         return this.run(combined, owner);
       })
       .then(
@@ -336,14 +346,18 @@ export class JobService {
         (err: unknown) => {
           const why = asRunnerError(err).message;
           this.log.error(`job ${combined.job.id}: ${why}`);
-          finishAll((job) => this.failed(job, `the job failed to run: ${why}`));
+          return finishAll((job) => this.failed(job, `the job failed to run: ${why}`));
         },
       );
     return records;
   }
 
   /** Records an accepted job as queued, under the job's own id. */
-  private record(job: ApiJob, owner: string | null, callbackUrl: string | null): JobRecord {
+  private record(
+    job: ApiJob,
+    owner: string | null,
+    callbackUrl: string | null,
+  ): Promise<JobRecord> {
     return this.jobs.create({
       id: job.job.id,
       language: job.job.language,
@@ -354,8 +368,8 @@ export class JobService {
   }
 
   /** A submitted job, if it exists and belongs to `owner`. */
-  get(id: string, owner: string | null): JobRecord {
-    const record = this.jobs.get(id);
+  async get(id: string, owner: string | null): Promise<JobRecord> {
+    const record = await this.jobs.get(id);
     if (record === undefined || (record.owner !== null && record.owner !== owner)) {
       throw new JobNotFoundError(`no job ${id}`);
     }
@@ -382,8 +396,8 @@ export class JobService {
    * At start: ends the jobs a crashed run left queued or running (sandbox_error, the server
    * restarted), sends their callbacks, and prunes old records.
    */
-  recover(): JobRecord[] {
-    const ended = this.jobs.recover((job) => ({
+  async recover(): Promise<JobRecord[]> {
+    const ended = await this.jobs.recover((job) => ({
       status: 'sandbox_error',
       result: sandboxResponse(job.id, job.language, job.version ?? '', RESTART_MESSAGE),
     }));
@@ -392,13 +406,13 @@ export class JobService {
       this.metrics.job(job.language, 'sandbox_error', 0);
       if (job.callbackUrl !== null) void this.callbacks.send(job.callbackUrl, this.view(job));
     }
-    const pruned = this.jobs.prune(this.settings.jobRetentionHours * 3_600_000);
+    const pruned = await this.jobs.prune(this.settings.jobRetentionHours * 3_600_000);
     if (pruned > 0) this.log.info(`pruned ${pruned} finished job records`);
     return ended;
   }
 
   /** Prunes finished records past their retention (called periodically). */
-  prune(): number {
+  prune(): Promise<number> {
     return this.jobs.prune(this.settings.jobRetentionHours * 3_600_000);
   }
 
@@ -408,13 +422,13 @@ export class JobService {
     await this.callbacks.close(callbackGraceMs);
   }
 
-  private finish(
+  private async finish(
     id: string,
     result: ExecuteResponse,
     onFinish?: (record: JobRecord) => void,
-  ): void {
+  ): Promise<void> {
     try {
-      const record = this.jobs.finish(id, result.status, result);
+      const record = await this.jobs.finish(id, result.status, result);
       if (record.callbackUrl !== null)
         void this.callbacks.send(record.callbackUrl, this.view(record));
       onFinish?.(record);

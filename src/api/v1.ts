@@ -120,7 +120,7 @@ export function registerV1Routes(app: ApiInstance, ctx: ApiContext): void {
       },
     },
     async (req, reply) => {
-      const record = ctx.service.submit(req.body, req.owner);
+      const record = await ctx.service.submit(req.body, req.owner);
       const url = `/v1/jobs/${record.id}`;
       return reply
         .code(202)
@@ -140,7 +140,7 @@ export function registerV1Routes(app: ApiInstance, ctx: ApiContext): void {
         response: { 200: JobView, ...errors(401, 404) },
       },
     },
-    (req) => ctx.service.view(ctx.service.get(req.params.id, req.owner)),
+    async (req) => ctx.service.view(await ctx.service.get(req.params.id, req.owner)),
   );
 
   app.get(
