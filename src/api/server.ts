@@ -1,7 +1,8 @@
 import { join } from 'node:path';
 import { pino } from 'pino';
 import type { Settings } from '../config/index.js';
-import { ClusterEngine } from '../cluster/index.js';
+import { hostname } from 'node:os';
+import { ClusterEngine, RedisJobRecords } from '../cluster/index.js';
 import { LanguageRegistry } from '../languages/index.js';
 import { createEngine, type Engine } from '../pool/index.js';
 import { JobStore } from '../queue/index.js';
@@ -24,6 +25,8 @@ export interface RunningServer {
 }
 
 const PRUNE_EVERY_MS = 3_600_000;
+/** How often an API node of a cluster looks for the open jobs of API nodes that stopped. */
+const ADOPT_EVERY_MS = 5_000;
 
 /**
  * Starts `runner serve`: opens the job store (ending the jobs a crashed run left behind),
@@ -35,16 +38,28 @@ export async function startServer(
   options: { engine?: Engine } = {},
 ): Promise<RunningServer> {
   const dataDir = settings.dataDir ?? '.';
-  const jobStore = new JobStore(settings.jobStoreFile ?? join(dataDir, 'jobs.sqlite'), {
-    maxBytes: settings.jobStoreMaxBytes,
-  });
+  const clustered = settings.redisUrl !== '' && options.engine === undefined;
+  // In a cluster the records live in Redis, so that any API node answers for any job.
+  const redisRecords = clustered
+    ? new RedisJobRecords({
+        redisUrl: settings.redisUrl,
+        prefix: settings.clusterPrefix,
+        node: `api-${hostname()}-${process.pid}`,
+        retentionMs: settings.jobRetentionHours * 3_600_000,
+      })
+    : null;
+  const jobStore =
+    redisRecords ??
+    new JobStore(settings.jobStoreFile ?? join(dataDir, 'jobs.sqlite'), {
+      maxBytes: settings.jobStoreMaxBytes,
+    });
   // One log for the service and its engine: a job's lines carry its id in both.
   const logger = pino({ level: settings.logLevel });
   let engine: Engine | ClusterEngine;
   try {
     engine =
       options.engine ??
-      (settings.redisUrl !== ''
+      (clustered
         ? new ClusterEngine(LanguageRegistry.fromDir(), {
             redisUrl: settings.redisUrl,
             prefix: settings.clusterPrefix,
@@ -57,7 +72,7 @@ export async function startServer(
             warn: (line) => logger.warn(line),
           }));
   } catch (err) {
-    jobStore.close();
+    void jobStore.close();
     throw err;
   }
   const apiEngine: ApiEngine = engine;
@@ -70,6 +85,11 @@ export async function startServer(
   });
   const stopped = { done: false };
   const prune = setInterval(() => void service.prune(), PRUNE_EVERY_MS);
+  // A cluster's API node finishes the open jobs of API nodes that stopped.
+  const adopt = setInterval(() => {
+    if (redisRecords !== null) service.adoptOrphans().catch(() => 0);
+  }, ADOPT_EVERY_MS);
+  adopt.unref();
   prune.unref();
   const close = async (): Promise<void> => {
     if (stopped.done) return;
@@ -79,10 +99,12 @@ export async function startServer(
       await app.close();
     } finally {
       await engine.close();
-      jobStore.close();
+      clearInterval(adopt);
+      await jobStore.close();
     }
   };
   try {
+    await redisRecords?.start();
     await app.ready();
     const ended = await service.recover();
     if (ended.length > 0)

@@ -53,6 +53,12 @@ export interface ApiEngine {
   prepare(request: JobRequest, id?: string): PreparedJob;
   /** Runs a job; `owner` (the API key) is for a shared queue's per-key share. */
   run(job: PreparedJob, owner?: string | null): Promise<JobResult>;
+  /**
+   * A cluster's: the job `id` as queued by any API node, and its result once it has one
+   * (waiting for it); null when no such job was queued. Lets a node finish a job whose API
+   * node stopped.
+   */
+  resume?(id: string, language: string): Promise<{ job: PreparedJob; result: JobResult } | null>;
   /** Every language's readiness (images built, snapshot taken). */
   runtimes(): Promise<Map<string, RuntimeStatus>>;
 }
@@ -364,7 +370,46 @@ export class JobService {
       version: job.job.version,
       owner,
       callbackUrl,
+      spec: specOf(job),
     });
+  }
+
+  /**
+   * In a cluster: adopts the open jobs of API nodes that stopped (each claimed by one node),
+   * waits for their results on the shared queue and finishes their records, with the verdict
+   * rules they were accepted with; a job that never reached the queue ends as sandbox_error.
+   * Returns how many it adopted. Native callbacks are sent; a Judge0 callback is not (its
+   * shape is the Judge0 route's, which the adopting node does not have).
+   */
+  async adoptOrphans(): Promise<number> {
+    const orphans = (await this.jobs.orphans?.()) ?? [];
+    for (const { record, spec } of orphans) void this.adopt(record, spec);
+    return orphans.length;
+  }
+
+  private async adopt(record: JobRecord, spec: unknown): Promise<void> {
+    this.log.warn(`job ${record.id}: the API node that accepted it stopped; this node finishes it`);
+    let resumed: { job: PreparedJob; result: JobResult } | null = null;
+    try {
+      resumed = (await this.engine.resume?.(record.id, record.language)) ?? null;
+    } catch (err) {
+      this.log.error(`job ${record.id}: cannot resume: ${asRunnerError(err).message}`);
+    }
+    if (resumed === null) {
+      await this.finish(
+        record.id,
+        sandboxResponse(
+          record.id,
+          record.language,
+          record.version ?? '',
+          'the API node that accepted the job stopped before it was queued',
+        ),
+      );
+      return;
+    }
+    const job = apiJobOf(resumed.job, spec);
+    const response = await this.judge(job, resumed.result);
+    await this.finish(record.id, fitOutput(response, this.settings.jobStoreMaxResultBytes));
   }
 
   /** A submitted job, if it exists and belongs to `owner`. */
@@ -455,9 +500,15 @@ export class JobService {
       return this.failed(job, e.message);
     }
     this.metrics.job(result.language, result.status, result.timings.totalMs, result.timings);
+    return this.judge(job, result);
+  }
+
+  /** The API's result of a job from the engine's: stderr merged, verdicts of CPU and cases. */
+  private judge(job: ApiJob, engineResult: JobResult): Promise<ExecuteResponse> {
+    let result = engineResult;
     if (job.mergeStderr === true) result = mergedResult(result);
     if (job.verdictCpuMs !== undefined) result = withCpuVerdict(result, job.verdictCpuMs);
-    if (job.cases === null) return executeResponse(result);
+    if (job.cases === null) return Promise.resolve(executeResponse(result));
     return caseResponse(result, job.cases, this.engine);
   }
 
@@ -480,6 +531,45 @@ export class JobService {
       summary: { total: testCases.length, passed: 0, failed: testCases.length },
     };
   }
+}
+
+/** An ApiJob's verdict rules as JSON (the cluster keeps them with the record). */
+interface ApiJobSpec {
+  readonly cases: { expected: string | null; compare: CompareSpec; input: string }[] | null;
+  readonly mergeStderr: boolean;
+  readonly verdictCpuMs: number | null;
+}
+
+function specOf(job: ApiJob): ApiJobSpec {
+  return {
+    cases:
+      job.cases?.map((c) => ({
+        expected: c.expected,
+        compare: c.compare,
+        input: c.input.toString('base64'),
+      })) ?? null,
+    mergeStderr: job.mergeStderr === true,
+    verdictCpuMs: job.verdictCpuMs ?? null,
+  };
+}
+
+/** The ApiJob of a prepared job and the spec it was accepted with (regexes compiled again). */
+function apiJobOf(prepared: PreparedJob, spec: unknown): ApiJob {
+  const s = (spec ?? { cases: null, mergeStderr: false, verdictCpuMs: null }) as ApiJobSpec;
+  return {
+    job: prepared,
+    cases:
+      s.cases?.map((c, i) => ({
+        expected: c.expected,
+        compare: c.compare,
+        input: Buffer.from(c.input, 'base64'),
+        ...(c.compare.kind === 'regex' && {
+          re: compileRegex(c.compare.pattern, c.compare.flags, `testCases[${i}].compare`),
+        }),
+      })) ?? null,
+    ...(s.mergeStderr && { mergeStderr: true }),
+    ...(s.verdictCpuMs !== null && { verdictCpuMs: s.verdictCpuMs }),
+  };
 }
 
 /**

@@ -1,4 +1,4 @@
-import { Queue, QueueEvents } from 'bullmq';
+import { Job, Queue, QueueEvents } from 'bullmq';
 import { Redis } from 'ioredis';
 import { ClusterUnavailableError, asRunnerError } from '../errors.js';
 import type { LanguageRegistry } from '../languages/index.js';
@@ -17,7 +17,7 @@ import {
   type ClusterOptions,
   type WorkerBeat,
 } from './names.js';
-import { fromClusterResult, toClusterJob } from './wire.js';
+import { fromClusterJob, fromClusterResult, toClusterJob } from './wire.js';
 
 /** Settings of an API node's view of the cluster. */
 export interface ClusterEngineOptions extends ClusterOptions {
@@ -93,7 +93,7 @@ export class ClusterEngine {
     try {
       // The per-key share: a key's n-th waiting job gets priority n, so one key's flood queues
       // behind every other key's first jobs instead of in front of them.
-      const waiting = await this.redis.hincrby(this.keys.owners, share, 1);
+      const waiting = Math.max(1, await this.redis.hincrby(this.keys.owners, share, 1));
       queued = await queue.add('job', toClusterJob(job, owner), {
         jobId: job.id,
         priority: Math.min(waiting, 2_097_151),
@@ -101,6 +101,7 @@ export class ClusterEngine {
         removeOnFail: { age: 3600, count: 10_000 },
       });
     } catch (err) {
+      await this.redis.hincrby(this.keys.owners, share, -1).catch(() => 0);
       throw new ClusterUnavailableError(
         `cannot queue job ${job.id}: ${asRunnerError(err).message}`,
         {
@@ -119,9 +120,30 @@ export class ClusterEngine {
         `job ${job.id} got no result from the cluster: ${asRunnerError(err).message}`,
         { cause: err },
       );
-    } finally {
-      await this.redis.hincrby(this.keys.owners, share, -1).catch(() => 0);
     }
+  }
+
+  /**
+   * The job `id` as some API node queued it, and its result (waiting for it when it has none
+   * yet); null when it was never queued or is gone from the queue.
+   */
+  async resume(
+    id: string,
+    language: string,
+  ): Promise<{ job: PreparedJob; result: JobResult } | null> {
+    const queue = this.queueOf(language);
+    const found = await Job.fromId(queue, id);
+    if (found === undefined) return null;
+    const { job } = fromClusterJob(found.data);
+    const state = await found.getState();
+    const value: unknown =
+      state === 'completed'
+        ? found.returnvalue
+        : await found.waitUntilFinished(
+            await this.eventsOf(language),
+            this.options.queueWaitMs + job.deadlineMs,
+          );
+    return { job, result: fromClusterResult(value).result };
   }
 
   /** Every language, ready where a live worker takes it. */

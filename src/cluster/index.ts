@@ -4,6 +4,7 @@
  * slot is free (ClusterWorker, `runner worker --redis`). docs/scaling.md has the design.
  */
 export { ClusterEngine, type ClusterEngineOptions, type ClusterView } from './client.js';
+export { RedisJobRecords, type RedisRecordsOptions } from './records.js';
 export {
   ClusterWorker,
   lostResult,

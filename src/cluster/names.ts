@@ -18,12 +18,27 @@ export function clusterKeys(prefix = 'rc'): {
   readonly workers: string;
   /** Hash: owner -> jobs of that owner waiting or running (the per-key share). */
   readonly owners: string;
+  /** String (JSON): one job's record. */
+  record(id: string): string;
+  /** String (JSON): what an API node needs to finish a job another node accepted. */
+  spec(id: string): string;
+  /** Sorted set: the ids of the records not yet done, by creation time. */
+  readonly open: string;
+  /** Hash: job id -> the API node that accepted it (while it is open). */
+  readonly jobNodes: string;
+  /** Hash: API node id -> its last heartbeat (ms since the epoch). */
+  readonly apiNodes: string;
 } {
   return {
     bullPrefix: `${prefix}:bull`,
     queue: (language) => `jobs-${language}`,
     workers: `${prefix}:workers`,
     owners: `${prefix}:owners`,
+    record: (id) => `${prefix}:job:${id}`,
+    spec: (id) => `${prefix}:spec:${id}`,
+    open: `${prefix}:open`,
+    jobNodes: `${prefix}:jobnode`,
+    apiNodes: `${prefix}:apinodes`,
   };
 }
 

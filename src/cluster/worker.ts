@@ -226,6 +226,11 @@ export class ClusterWorker {
     const wire: ClusterResult = { ...result, worker: this.id };
     try {
       await job.moveToCompleted(wire, token, false);
+      // The job leaves its owner's share (counted up by the API node that queued it).
+      const owner = (job.data as { owner?: unknown }).owner;
+      await this.redis
+        .hincrby(this.keys.owners, typeof owner === 'string' ? owner : '-', -1)
+        .catch(() => 0);
     } catch (err) {
       // The lock was lost (this worker was taken for dead): the job was handed out again.
       this.options.log?.(

@@ -1,4 +1,4 @@
-export type { JobQueue, JobRecords, NewJobRecord, QueueStats } from './types.js';
+export type { JobQueue, JobRecords, NewJobRecord, Orphan, QueueStats } from './types.js';
 export { StoreRecords } from './records.js';
 export { LocalQueue } from './local.js';
 export {

@@ -45,6 +45,17 @@ export interface NewJobRecord {
   readonly version: string | null;
   readonly owner: string | null;
   readonly callbackUrl: string | null;
+  /**
+   * What another API node needs to finish the job if the one that accepted it stops (the
+   * verdict rules of its test cases); kept by the cluster's records only.
+   */
+  readonly spec?: unknown;
+}
+
+/** An open job whose API node stopped, claimed by this node, with the spec it was created with. */
+export interface Orphan {
+  readonly record: JobRecord;
+  readonly spec: unknown;
 }
 
 /**
@@ -61,7 +72,11 @@ export interface JobRecords {
   /** queued|running → done, with the final status and result body. */
   finish(id: string, status: Status, result: unknown): Promise<JobRecord>;
   /** At start: ends the jobs an earlier run of this node left unfinished; returns them. */
-  recover(makeResult: (job: JobRecord) => { status: Status; result: unknown }): Promise<JobRecord[]>;
+  recover(
+    makeResult: (job: JobRecord) => { status: Status; result: unknown },
+  ): Promise<JobRecord[]>;
+  /** The open jobs of API nodes that stopped, each claimed for this node (a cluster's only). */
+  orphans?(): Promise<Orphan[]>;
   /** Deletes finished records past `maxAgeMs`; returns how many went. */
   prune(maxAgeMs: number): Promise<number>;
   close(): Promise<void>;
