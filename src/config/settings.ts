@@ -86,6 +86,7 @@ export const SETTINGS = [
   { key: 'clusterPrefix', env: 'RUNNER_CLUSTER_PREFIX', kind: 'string', default: 'rc', description: 'Prefix of every Redis key of the cluster, so that two clusters can share one Redis.' },
   { key: 'clusterMaxInFlight', env: 'RUNNER_CLUSTER_MAX_IN_FLIGHT', kind: 'integer', default: 1024, min: 1, max: 1000000, description: 'Jobs one API node may have in the cluster at once (waiting or running).' },
   { key: 'clusterQueueWaitMs', env: 'RUNNER_CLUSTER_QUEUE_WAIT_MS', kind: 'integer', default: 600000, unit: 'ms', min: 1000, description: 'How long a job may wait for a worker, beyond its own deadline, before it ends as sandbox_error.' },
+  { key: 'clusterLockMs', env: 'RUNNER_CLUSTER_LOCK_MS', kind: 'integer', default: 30000, unit: 'ms', min: 1000, description: 'How long a worker holds a job without renewing its lock (renewed every third of it): a worker that died is found stalled after at most about this long, and its job run again or ended.' },
   { key: 'workerId', env: 'RUNNER_WORKER_ID', kind: 'string', default: '', description: 'This worker\'s name in the cluster; empty: host name and pid.' },
 ] as const satisfies readonly SettingSpec[];
 

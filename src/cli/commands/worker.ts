@@ -40,6 +40,7 @@ export function registerWorkerCommand(program: Command): void {
       const worker = new ClusterWorker(engine, {
         redisUrl: settings.redisUrl,
         prefix: settings.clusterPrefix,
+        lockMs: settings.clusterLockMs,
         ...(settings.workerId !== '' && { id: settings.workerId }),
         ...(concurrency !== undefined && { concurrency }),
         log,
