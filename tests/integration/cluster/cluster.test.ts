@@ -1,4 +1,4 @@
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { chmodSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -91,6 +91,8 @@ describe.skipIf(reason !== null)('a cluster: API nodes and workers on one Redis'
   beforeAll(async () => {
     await ensureImages(['python']);
     dir = mkdtempSync(join(tmpdir(), 'cluster-it-'));
+    // QEMU runs as the unprivileged VMM user and must reach the VM run dirs below this one.
+    chmodSync(dir, 0o755);
     redis = await startRedis(join(dir, 'redis'));
     for (const id of ['w1', 'w2'])
       workers.set(id, startWorker(join(dir, id), redis.url, id, workerEnv));
@@ -106,7 +108,10 @@ describe.skipIf(reason !== null)('a cluster: API nodes and workers on one Redis'
     for (const p of [...workers.values(), ...api.map((a) => a.proc)]) killGroup(p, 'SIGKILL');
     if (redis) killGroup(redis.proc, 'SIGKILL');
     await sleep(500);
-    if (dir !== '') rmSync(dir, { recursive: true, force: true });
+    // RUNNER_TEST_KEEP=1 keeps the processes' logs and data dirs for a look after a failure.
+    if (dir !== '' && process.env.RUNNER_TEST_KEEP !== '1')
+      rmSync(dir, { recursive: true, force: true });
+    else if (dir !== '') console.info(`cluster test files kept in ${dir}`);
   });
 
   test('jobs from both API nodes spread over both workers, and any node answers for any job', async () => {
