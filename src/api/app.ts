@@ -354,8 +354,13 @@ export function buildApp(deps: AppDeps): App {
   const queue =
     deps.queue ??
     new LocalQueue({ concurrency: engine.pool.stats().capacity, maxQueued: settings.queueMax });
+  const clusterView = engine.cluster?.bind(engine);
   const metrics = new ApiMetrics(
-    { queue: () => queue.stats(), pool: () => engine.pool.stats() },
+    {
+      queue: () => queue.stats(),
+      pool: () => engine.pool.stats(),
+      ...(clusterView !== undefined && { cluster: clusterView }),
+    },
     { defaultMetrics: deps.processMetrics ?? false },
   );
   const onVm = (t: VmTiming): void => metrics.vm(t.kind, t.language, t.ms);

@@ -64,6 +64,7 @@ export async function startServer(
             redisUrl: settings.redisUrl,
             prefix: settings.clusterPrefix,
             maxInFlight: settings.clusterMaxInFlight,
+            maxQueued: settings.queueMax,
             queueWaitMs: settings.clusterQueueWaitMs,
             log: (line) => logger.warn(line),
           })

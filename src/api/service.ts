@@ -1,4 +1,5 @@
 import type { EventEmitter } from 'node:events';
+import type { ClusterView } from '../cluster/index.js';
 import type { Settings } from '../config/index.js';
 import {
   asRunnerError,
@@ -59,6 +60,10 @@ export interface ApiEngine {
    * node stopped.
    */
   resume?(id: string, language: string): Promise<{ job: PreparedJob; result: JobResult } | null>;
+  /** A cluster's live workers and queues (GET /v1/cluster); absent on a single box. */
+  cluster?(): Promise<ClusterView>;
+  /** A shared queue's own cap (QUEUE_FULL), checked with the local queue's before a record is made. */
+  admit?(): void;
   /** Every language's readiness (images built, snapshot taken). */
   runtimes(): Promise<Map<string, RuntimeStatus>>;
 }
@@ -244,6 +249,7 @@ export class JobService {
     options: { keepOutput?: boolean } = {},
   ): Promise<ExecuteResponse> {
     this.queue.admit();
+    this.engine.admit?.();
     const record = await this.record(job, owner, null);
     let result: ExecuteResponse;
     try {
@@ -295,6 +301,7 @@ export class JobService {
     // Checked before the record is made; a push refused after it (the queue filled meanwhile)
     // still finishes the record, as a failure.
     this.queue.admit();
+    this.engine.admit?.();
     const record = await this.record(job, owner, callbackUrl);
     this.queue
       .push(async () => {
@@ -330,6 +337,7 @@ export class JobService {
     owner: string | null,
   ): Promise<JobRecord[]> {
     this.queue.admit();
+    this.engine.admit?.();
     const records: JobRecord[] = [];
     for (const m of members) records.push(await this.record(m.job, owner, null));
     this.log.info(`job ${combined.job.id} runs the jobs ${records.map((r) => r.id).join(', ')}`);

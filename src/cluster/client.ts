@@ -1,6 +1,6 @@
 import { Job, Queue, QueueEvents } from 'bullmq';
 import { Redis } from 'ioredis';
-import { ClusterUnavailableError, asRunnerError } from '../errors.js';
+import { ClusterUnavailableError, QueueFullError, asRunnerError } from '../errors.js';
 import type { LanguageRegistry } from '../languages/index.js';
 import {
   prepareJob,
@@ -23,16 +23,35 @@ import { fromClusterJob, fromClusterResult, toClusterJob } from './wire.js';
 export interface ClusterEngineOptions extends ClusterOptions {
   /** Jobs this API node may have in the cluster at once (its local queue's concurrency). */
   readonly maxInFlight: number;
+  /** Jobs that may wait in the whole cluster; beyond it new jobs get QUEUE_FULL (503). */
+  readonly maxQueued: number;
   /** How long a job may wait in the queue before it ends as sandbox_error (no worker took it). */
   readonly queueWaitMs: number;
   readonly log?: (line: string) => void;
 }
 
-/** What the cluster looks like from an API node: live workers and their slots. */
+/** One language's queue, as an autoscaler wants it. */
+export interface QueueView {
+  /** Jobs waiting for a worker. */
+  readonly waiting: number;
+  /** Jobs a worker holds. */
+  readonly active: number;
+  /** Age of the oldest waiting job, in ms (0 when none waits). */
+  readonly oldestMs: number;
+}
+
+/** What the cluster looks like from an API node: live workers, their slots, the queues. */
 export interface ClusterView {
   readonly workers: readonly WorkerBeat[];
+  /** Slots of the live workers that are not draining. */
   readonly capacity: number;
   readonly running: number;
+  /** Free slots: capacity − running (never below 0). */
+  readonly free: number;
+  /** Per language with any job waiting or running. */
+  readonly queues: Readonly<Record<string, QueueView>>;
+  /** Jobs waiting in every queue. */
+  readonly waiting: number;
 }
 
 /**
@@ -46,7 +65,14 @@ export class ClusterEngine {
   private readonly redis: Redis;
   private readonly queues = new Map<string, Queue>();
   private readonly queueEvents = new Map<string, QueueEvents>();
-  private view: ClusterView = { workers: [], capacity: 0, running: 0 };
+  private view: ClusterView = {
+    workers: [],
+    capacity: 0,
+    running: 0,
+    free: 0,
+    queues: {},
+    waiting: 0,
+  };
   private readonly refresh: NodeJS.Timeout;
 
   /** The pool as the HTTP layer sees it: this node's share of the cluster. */
@@ -74,6 +100,17 @@ export class ClusterEngine {
     };
     this.refresh = setInterval(() => void this.readView(), 1000);
     this.refresh.unref();
+  }
+
+  /**
+   * The cluster-wide cap: throws QUEUE_FULL (503, Retry-After) when as many jobs wait in the
+   * whole cluster as the cap allows (read from the view, at most a second or two old).
+   */
+  admit(): void {
+    if (this.view.waiting >= this.options.maxQueued)
+      throw new QueueFullError(
+        `the cluster's queue is full (${this.view.waiting} waiting, ${this.view.free} free slots); retry later`,
+      );
   }
 
   /** Checks a request and builds its one execute message (no Redis, no VM). */
@@ -178,10 +215,28 @@ export class ClusterEngine {
       const workers = Object.values(beats)
         .map((text) => JSON.parse(text) as WorkerBeat)
         .filter((b) => now - b.at < BEAT_STALE_MS);
+      const capacity = workers.reduce((n, w) => n + (w.draining ? 0 : w.capacity), 0);
+      const running = workers.reduce((n, w) => n + w.running, 0);
+      const queues: Record<string, QueueView> = {};
+      let waiting = 0;
+      for (const language of this.languages.names()) {
+        const queue = this.queueOf(language);
+        const counts = await queue.getJobCounts('wait', 'prioritized', 'active');
+        const queued = (counts.wait ?? 0) + (counts.prioritized ?? 0);
+        if (queued === 0 && (counts.active ?? 0) === 0) continue;
+        // The oldest waiting job: the head of the plain and the prioritized lists.
+        const heads = await queue.getJobs(['wait', 'prioritized'], 0, 20, true);
+        const oldest = heads.reduce((t, j) => Math.min(t, j.timestamp), now);
+        queues[language] = { waiting: queued, active: counts.active ?? 0, oldestMs: now - oldest };
+        waiting += queued;
+      }
       this.view = {
         workers,
-        capacity: workers.reduce((n, w) => n + (w.draining ? 0 : w.capacity), 0),
-        running: workers.reduce((n, w) => n + w.running, 0),
+        capacity,
+        running,
+        free: Math.max(0, capacity - running),
+        queues,
+        waiting,
       };
     } catch (err) {
       this.options.log?.(`cluster view: ${asRunnerError(err).message}`);
