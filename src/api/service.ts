@@ -60,6 +60,11 @@ export interface ApiEngine {
    * node stopped.
    */
   resume?(id: string, language: string): Promise<{ job: PreparedJob; result: JobResult } | null>;
+  /**
+   * A cluster's: puts the job on the shared queue now (run() then waits for it), so that a
+   * job is in Redis before its 202 is sent.
+   */
+  enqueue?(job: PreparedJob, owner: string | null): Promise<unknown>;
   /** A cluster's live workers and queues (GET /v1/cluster); absent on a single box. */
   cluster?(): Promise<ClusterView>;
   /** A shared queue's own cap (QUEUE_FULL), checked with the local queue's before a record is made. */
@@ -303,6 +308,7 @@ export class JobService {
     this.queue.admit();
     this.engine.admit?.();
     const record = await this.record(job, owner, callbackUrl);
+    await this.enqueued(record.id, job, owner);
     this.queue
       .push(async () => {
         await this.jobs.markRunning(record.id);
@@ -340,6 +346,7 @@ export class JobService {
     this.engine.admit?.();
     const records: JobRecord[] = [];
     for (const m of members) records.push(await this.record(m.job, owner, null));
+    await this.enqueued(combined.job.id, combined, owner);
     this.log.info(`job ${combined.job.id} runs the jobs ${records.map((r) => r.id).join(', ')}`);
     const finishAll = async (
       resultOf: (job: ApiJob, index: number) => ExecuteResponse,
@@ -364,6 +371,23 @@ export class JobService {
         },
       );
     return records;
+  }
+
+  /**
+   * In a cluster, puts an accepted job on the shared queue before the caller answers; when
+   * that fails the record is finished as a failure and the error thrown (503).
+   */
+  private async enqueued(recordId: string, job: ApiJob, owner: string | null): Promise<void> {
+    if (this.engine.enqueue === undefined) return;
+    try {
+      await this.engine.enqueue(job.job, owner);
+    } catch (err) {
+      await this.finish(
+        recordId,
+        this.failed(job, `the job could not be queued: ${asRunnerError(err).message}`),
+      );
+      throw err;
+    }
   }
 
   /** Records an accepted job as queued, under the job's own id. */

@@ -65,6 +65,8 @@ export class ClusterEngine {
   private readonly redis: Redis;
   private readonly queues = new Map<string, Queue>();
   private readonly queueEvents = new Map<string, QueueEvents>();
+  /** Jobs this node has put on the queue and not yet seen the end of. */
+  private readonly enqueued = new Map<string, Promise<Job>>();
   private view: ClusterView = {
     workers: [],
     capacity: 0,
@@ -123,8 +125,41 @@ export class ClusterEngine {
    * BullMQ job's id, so a job queued twice (a retried request) is one job.
    */
   async run(job: PreparedJob, owner: string | null = null): Promise<JobResult> {
-    const queue = this.queueOf(job.language);
     const events = await this.eventsOf(job.language);
+    const queued = await this.enqueue(job, owner);
+    try {
+      const value: unknown = await queued.waitUntilFinished(
+        events,
+        this.options.queueWaitMs + job.deadlineMs,
+      );
+      return fromClusterResult(value).result;
+    } catch (err) {
+      throw new ClusterUnavailableError(
+        `job ${job.id} got no result from the cluster: ${asRunnerError(err).message}`,
+        { cause: err },
+      );
+    } finally {
+      this.enqueued.delete(job.id);
+    }
+  }
+
+  /**
+   * Puts the job on its language's queue (once: a second call for the same id gives the job
+   * queued by the first), so that an accepted job is in Redis before the client hears so: an
+   * API node that dies after its 202 leaves the job to the workers and its record to another
+   * node (JobService.adoptOrphans).
+   */
+  async enqueue(job: PreparedJob, owner: string | null = null): Promise<Job> {
+    const pending = this.enqueued.get(job.id);
+    if (pending !== undefined) return pending;
+    const added = this.add(job, owner);
+    this.enqueued.set(job.id, added);
+    added.catch(() => this.enqueued.delete(job.id));
+    return added;
+  }
+
+  private async add(job: PreparedJob, owner: string | null): Promise<Job> {
+    const queue = this.queueOf(job.language);
     const share = owner ?? '-';
     let queued;
     try {
@@ -146,18 +181,7 @@ export class ClusterEngine {
         },
       );
     }
-    try {
-      const value: unknown = await queued.waitUntilFinished(
-        events,
-        this.options.queueWaitMs + job.deadlineMs,
-      );
-      return fromClusterResult(value).result;
-    } catch (err) {
-      throw new ClusterUnavailableError(
-        `job ${job.id} got no result from the cluster: ${asRunnerError(err).message}`,
-        { cause: err },
-      );
-    }
+    return queued;
   }
 
   /**

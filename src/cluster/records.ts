@@ -165,15 +165,16 @@ export class RedisJobRecords implements JobRecords {
   }
 
   /**
-   * The open jobs of API nodes that are gone (no heartbeat), or of this node's earlier run
-   * (same id), each claimed for this node so that only one node ends it.
+   * The open jobs of API nodes that are gone (no heartbeat within BEAT_STALE_MS), each
+   * claimed for this node (atomically: only one node takes each) so that only it ends it.
    */
   async orphans(): Promise<Orphan[]> {
     const liveNodes = await this.liveNodes();
     const owners = await this.redis.hgetall(this.nodes);
     const out: Orphan[] = [];
     for (const [id, node] of Object.entries(owners)) {
-      if (liveNodes.has(node) && node !== this.options.node) continue;
+      // A live node's jobs are its own (this node's too); only a silent node's are taken.
+      if (liveNodes.has(node)) continue;
       // Claimed only if it still names the node it named when read.
       const claimed = await this.redis.eval(
         "if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then redis.call('HSET', KEYS[1], ARGV[1], ARGV[3]) return 1 end return 0",
@@ -181,7 +182,7 @@ export class RedisJobRecords implements JobRecords {
         this.nodes,
         id,
         node,
-        `${this.options.node}#adopting`,
+        this.options.node,
       );
       if (claimed !== 1) continue;
       const record = await this.get(id);

@@ -251,6 +251,15 @@ describe.skipIf(reason !== null)('the cluster queue on a real Redis', () => {
       expect(done.state).toBe('done');
       expect((await c.get('j1'))?.result).toEqual({ hello: 1 });
       expect(await b.orphans()).toEqual([]);
+      // A live node's open jobs are its own: neither it nor another live node takes them.
+      await b.create({
+        id: 'j2',
+        language: 'python',
+        version: null,
+        owner: null,
+        callbackUrl: null,
+      });
+      expect([...(await b.orphans()), ...(await c.orphans())]).toEqual([]);
     } finally {
       await Promise.all([a.close(), b.close(), c.close()]);
     }
