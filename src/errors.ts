@@ -77,6 +77,14 @@ export const ERROR_CATALOGUE = {
     description: 'A pool slot was moved in a way its life does not allow.',
   },
   JOB_STATE: { status: 500, description: 'A job was moved in a way its life does not allow.' },
+  CLUSTER_WIRE: {
+    status: 500,
+    description: 'A job or result read from the shared queue does not match the cluster wire format.',
+  },
+  CLUSTER_UNAVAILABLE: {
+    status: 503,
+    description: 'The shared queue (Redis) cannot be reached, or no worker answered in time.',
+  },
   SNAPSHOT_FAILED: { status: 500, description: 'Taking or restoring a snapshot failed.' },
   CONFIG_INVALID: { status: 500, description: 'A configuration value is invalid.' },
   REQUEST_INVALID: {
@@ -235,6 +243,12 @@ export class PoolClosedError extends coded('POOL_CLOSED') {}
 export class PoolStateError extends coded('POOL_STATE') {}
 /** JOB_STATE: A job was moved in a way its life does not allow. */
 export class JobStateError extends coded('JOB_STATE') {}
+
+/** CLUSTER_WIRE: A job or result read from the shared queue does not match the wire format. */
+export class ClusterWireError extends coded('CLUSTER_WIRE') {}
+
+/** CLUSTER_UNAVAILABLE: The shared queue cannot be reached, or no worker answered in time. */
+export class ClusterUnavailableError extends coded('CLUSTER_UNAVAILABLE') {}
 /** SNAPSHOT_FAILED: Taking or restoring a snapshot failed. */
 export class SnapshotFailedError extends coded('SNAPSHOT_FAILED') {}
 /** CONFIG_INVALID: A configuration value is invalid. */
@@ -297,6 +311,8 @@ export const ERROR_CLASSES: { readonly [C in ErrorCode]: ErrorClass<C> } = {
   POOL_CLOSED: PoolClosedError,
   POOL_STATE: PoolStateError,
   JOB_STATE: JobStateError,
+  CLUSTER_WIRE: ClusterWireError,
+  CLUSTER_UNAVAILABLE: ClusterUnavailableError,
   SNAPSHOT_FAILED: SnapshotFailedError,
   CONFIG_INVALID: ConfigInvalidError,
   REQUEST_INVALID: RequestInvalidError,

@@ -20,7 +20,13 @@ import {
   RunnerError,
   ShuttingDownError,
 } from '../errors.js';
-import { LocalQueue, type JobQueue, type JobStore } from '../queue/index.js';
+import {
+  JobStore,
+  LocalQueue,
+  StoreRecords,
+  type JobQueue,
+  type JobRecords,
+} from '../queue/index.js';
 import { AGENT_VERSION } from '../version.js';
 import { ApiKeys, RateLimiter } from './auth.js';
 import type { ApiContext, ApiInstance } from './context.js';
@@ -34,7 +40,8 @@ import { registerV1Routes } from './v1.js';
 export interface AppDeps {
   readonly engine: ApiEngine;
   readonly settings: Settings;
-  readonly jobStore: JobStore;
+  /** The job records: a SQLite JobStore (a single box) or any JobRecords (a cluster's). */
+  readonly jobStore: JobStore | JobRecords;
   /** Defaults to an in-process queue as wide as the pool, holding settings.queueMax. */
   readonly queue?: JobQueue;
   readonly logger?: FastifyServerOptions['logger'];
@@ -347,8 +354,13 @@ export function buildApp(deps: AppDeps): App {
   const queue =
     deps.queue ??
     new LocalQueue({ concurrency: engine.pool.stats().capacity, maxQueued: settings.queueMax });
+  const clusterView = engine.cluster?.bind(engine);
   const metrics = new ApiMetrics(
-    { queue: () => queue.stats(), pool: () => engine.pool.stats() },
+    {
+      queue: () => queue.stats(),
+      pool: () => engine.pool.stats(),
+      ...(clusterView !== undefined && { cluster: clusterView }),
+    },
     { defaultMetrics: deps.processMetrics ?? false },
   );
   const onVm = (t: VmTiming): void => metrics.vm(t.kind, t.language, t.ms);
@@ -357,7 +369,9 @@ export function buildApp(deps: AppDeps): App {
     engine.events?.off('vm', onVm);
     done();
   });
-  const service = new JobService(engine, queue, deps.jobStore, metrics, settings, {
+  const records =
+    deps.jobStore instanceof JobStore ? new StoreRecords(deps.jobStore) : deps.jobStore;
+  const service = new JobService(engine, queue, records, metrics, settings, {
     info: (m) => app.log.info(m),
     warn: (m) => app.log.warn(m),
     error: (m) => app.log.error(m),

@@ -1,12 +1,15 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { JobResult, PoolStats } from '../pool/index.js';
 import type { Status } from '../protocol/index.js';
+import type { ClusterView } from '../cluster/index.js';
 import type { QueueStats } from '../queue/index.js';
 
 /** Where the gauges read their values at scrape time. */
 export interface MetricSources {
   queue(): QueueStats;
   pool(): PoolStats;
+  /** A cluster's view (API nodes of a cluster only). */
+  cluster?: () => Promise<ClusterView>;
 }
 
 const SECONDS = [0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300];
@@ -114,6 +117,61 @@ export class ApiMetrics {
         );
       },
     });
+    const cluster = sources.cluster;
+    if (cluster !== undefined) {
+      // Read once per scrape, shared by the gauges below (each collect awaits the same read).
+      let scrape: { at: number; view: Promise<ClusterView> } | null = null;
+      const view = (): Promise<ClusterView> => {
+        if (scrape === null || Date.now() - scrape.at > 500)
+          scrape = { at: Date.now(), view: cluster() };
+        return scrape.view;
+      };
+      new Gauge({
+        name: 'runner_cluster_queue_depth',
+        help: 'Jobs waiting in the shared queue, by language.',
+        labelNames: ['language'],
+        registers,
+        async collect() {
+          this.reset();
+          for (const [language, q] of Object.entries((await view()).queues))
+            this.set({ language }, q.waiting);
+        },
+      });
+      new Gauge({
+        name: 'runner_cluster_oldest_job_age_seconds',
+        help: 'Age of the oldest job waiting in the shared queue, by language.',
+        labelNames: ['language'],
+        registers,
+        async collect() {
+          this.reset();
+          for (const [language, q] of Object.entries((await view()).queues))
+            this.set({ language }, q.oldestMs / 1000);
+        },
+      });
+      new Gauge({
+        name: 'runner_cluster_workers',
+        help: 'Live workers (a heartbeat within 10 s), by whether they drain.',
+        labelNames: ['draining'],
+        registers,
+        async collect() {
+          const workers = (await view()).workers;
+          this.set({ draining: 'false' }, workers.filter((w) => !w.draining).length);
+          this.set({ draining: 'true' }, workers.filter((w) => w.draining).length);
+        },
+      });
+      new Gauge({
+        name: 'runner_cluster_slots',
+        help: 'Job slots of the live workers: all (capacity), running, free.',
+        labelNames: ['state'],
+        registers,
+        async collect() {
+          const v = await view();
+          this.set({ state: 'capacity' }, v.capacity);
+          this.set({ state: 'running' }, v.running);
+          this.set({ state: 'free' }, v.free);
+        },
+      });
+    }
     new Gauge({
       name: 'runner_pool_capacity',
       help: 'Most VMs alive at once.',

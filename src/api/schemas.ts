@@ -307,6 +307,35 @@ export const ReadyResponse = Type.Object({
   }),
 });
 
+/** GET /v1/cluster: the hosts that run jobs and the queues, for an autoscaler. */
+export const ClusterResponse = Type.Object({
+  mode: Type.Union([Type.Literal('single'), Type.Literal('cluster')]),
+  workers: Type.Array(
+    Type.Object({
+      id: Type.String(),
+      capacity: Type.Integer({ description: 'Jobs it may run at once.' }),
+      running: Type.Integer(),
+      draining: Type.Boolean(),
+      languages: Type.Array(Type.String()),
+      lastSeenMs: Type.Integer({ description: 'Since its last heartbeat.' }),
+    }),
+  ),
+  capacity: Type.Integer({ description: 'Slots of the workers that are not draining.' }),
+  running: Type.Integer(),
+  free: Type.Integer({ description: 'Free slots: capacity - running.' }),
+  waiting: Type.Integer({ description: 'Jobs waiting in every queue.' }),
+  queues: Type.Record(
+    Type.String(),
+    Type.Object({
+      waiting: Type.Integer(),
+      active: Type.Integer(),
+      oldestMs: Type.Integer({ description: 'Age of the oldest waiting job (0: none waits).' }),
+    }),
+    { description: 'Per language with jobs waiting or running.' },
+  ),
+});
+export type ClusterResponse = Static<typeof ClusterResponse>;
+
 // ---- Piston (/api/v2) ----
 
 /** Piston's error body. */

@@ -1,15 +1,20 @@
 import { join } from 'node:path';
 import { pino } from 'pino';
 import type { Settings } from '../config/index.js';
+import { hostname } from 'node:os';
+import { ClusterEngine, RedisJobRecords } from '../cluster/index.js';
+import { LanguageRegistry } from '../languages/index.js';
 import { createEngine, type Engine } from '../pool/index.js';
 import { JobStore } from '../queue/index.js';
 import { buildApp } from './app.js';
 import type { ApiInstance } from './context.js';
+import type { ApiEngine } from './service.js';
 
 /** A listening service and how to stop it. */
 export interface RunningServer {
   readonly app: ApiInstance;
-  readonly engine: Engine;
+  /** This host's engine, or (with `redisUrl`) the cluster's, which runs no VM here. */
+  readonly engine: Engine | ClusterEngine;
   /** The base URL it listens on (the real port when 0 was asked for). */
   readonly url: string;
   /**
@@ -20,6 +25,8 @@ export interface RunningServer {
 }
 
 const PRUNE_EVERY_MS = 3_600_000;
+/** How often an API node of a cluster looks for the open jobs of API nodes that stopped. */
+const ADOPT_EVERY_MS = 5_000;
 
 /**
  * Starts `runner serve`: opens the job store (ending the jobs a crashed run left behind),
@@ -31,32 +38,59 @@ export async function startServer(
   options: { engine?: Engine } = {},
 ): Promise<RunningServer> {
   const dataDir = settings.dataDir ?? '.';
-  const jobStore = new JobStore(settings.jobStoreFile ?? join(dataDir, 'jobs.sqlite'), {
-    maxBytes: settings.jobStoreMaxBytes,
-  });
+  const clustered = settings.redisUrl !== '' && options.engine === undefined;
+  // In a cluster the records live in Redis, so that any API node answers for any job.
+  const redisRecords = clustered
+    ? new RedisJobRecords({
+        redisUrl: settings.redisUrl,
+        prefix: settings.clusterPrefix,
+        node: `api-${hostname()}-${process.pid}`,
+        retentionMs: settings.jobRetentionHours * 3_600_000,
+      })
+    : null;
+  const jobStore =
+    redisRecords ??
+    new JobStore(settings.jobStoreFile ?? join(dataDir, 'jobs.sqlite'), {
+      maxBytes: settings.jobStoreMaxBytes,
+    });
   // One log for the service and its engine: a job's lines carry its id in both.
   const logger = pino({ level: settings.logLevel });
-  let engine: Engine;
+  let engine: Engine | ClusterEngine;
   try {
     engine =
       options.engine ??
-      (await createEngine(settings, {
-        log: (line) => logger.info(line),
-        warn: (line) => logger.warn(line),
-      }));
+      (clustered
+        ? new ClusterEngine(LanguageRegistry.fromDir(), {
+            redisUrl: settings.redisUrl,
+            prefix: settings.clusterPrefix,
+            maxInFlight: settings.clusterMaxInFlight,
+            maxQueued: settings.queueMax,
+            queueWaitMs: settings.clusterQueueWaitMs,
+            log: (line) => logger.warn(line),
+          })
+        : await createEngine(settings, {
+            log: (line) => logger.info(line),
+            warn: (line) => logger.warn(line),
+          }));
   } catch (err) {
-    jobStore.close();
+    void jobStore.close();
     throw err;
   }
+  const apiEngine: ApiEngine = engine;
   const { app, service } = buildApp({
-    engine,
+    engine: apiEngine,
     settings,
     jobStore,
     loggerInstance: logger,
     processMetrics: true,
   });
   const stopped = { done: false };
-  const prune = setInterval(() => service.prune(), PRUNE_EVERY_MS);
+  const prune = setInterval(() => void service.prune(), PRUNE_EVERY_MS);
+  // A cluster's API node finishes the open jobs of API nodes that stopped.
+  const adopt = setInterval(() => {
+    if (redisRecords !== null) service.adoptOrphans().catch(() => 0);
+  }, ADOPT_EVERY_MS);
+  adopt.unref();
   prune.unref();
   const close = async (): Promise<void> => {
     if (stopped.done) return;
@@ -66,18 +100,21 @@ export async function startServer(
       await app.close();
     } finally {
       await engine.close();
-      jobStore.close();
+      clearInterval(adopt);
+      await jobStore.close();
     }
   };
   try {
+    await redisRecords?.start();
     await app.ready();
-    const ended = service.recover();
+    const ended = await service.recover();
     if (ended.length > 0)
       app.log.warn(
         `${ended.length} job(s) left unfinished by an earlier run were ended as sandbox_error`,
       );
-    for (const language of settings.warmLanguages) {
-      engine.pool.warm(language).then(
+    const local = engine instanceof ClusterEngine ? null : engine;
+    for (const language of local === null ? [] : settings.warmLanguages) {
+      local?.pool.warm(language).then(
         () => app.log.info(`warmed ${language}`),
         (err: unknown) =>
           app.log.error(
@@ -87,7 +124,9 @@ export async function startServer(
     }
     const url = await app.listen({ host: settings.host, port: settings.port });
     app.log.info(
-      `runner serve: listening on ${url} (VM driver ${engine.driver.constructor.name}, accel ${engine.accel?.accel ?? 'as configured'})`,
+      local === null
+        ? `runner serve: listening on ${url} (API node of the cluster at ${settings.redisUrl.replace(/\/\/[^@/]*@/, '//***@')}: jobs run on its workers)`
+        : `runner serve: listening on ${url} (VM driver ${local.driver.constructor.name}, accel ${local.accel?.accel ?? 'as configured'})`,
     );
     return { app, engine, url, close };
   } catch (err) {

@@ -1,4 +1,5 @@
 import type { EventEmitter } from 'node:events';
+import type { ClusterView } from '../cluster/index.js';
 import type { Settings } from '../config/index.js';
 import {
   asRunnerError,
@@ -9,7 +10,7 @@ import {
 import type { LanguageRegistry } from '../languages/index.js';
 import type { JobRequest, JobResult, PreparedJob, RuntimeStatus, VmPool } from '../pool/index.js';
 import { decodeBase64, sandboxStage, type Status } from '../protocol/index.js';
-import type { JobQueue, JobRecord, JobStore } from '../queue/index.js';
+import type { JobQueue, JobRecord, JobRecords } from '../queue/index.js';
 import { fitOutput, withoutOutput } from '../queue/index.js';
 import { EgressPolicy } from '../net/index.js';
 import { CallbackSender, checkCallbackUrl } from './callbacks.js';
@@ -52,7 +53,23 @@ export interface ApiEngine {
   readonly events?: Pick<EventEmitter, 'on' | 'off'>;
   /** Checks a request and builds its one execute message (4xx RunnerErrors; no VM). */
   prepare(request: JobRequest, id?: string): PreparedJob;
-  run(job: PreparedJob): Promise<JobResult>;
+  /** Runs a job; `owner` (the API key) is for a shared queue's per-key share. */
+  run(job: PreparedJob, owner?: string | null): Promise<JobResult>;
+  /**
+   * A cluster's: the job `id` as queued by any API node, and its result once it has one
+   * (waiting for it); null when no such job was queued. Lets a node finish a job whose API
+   * node stopped.
+   */
+  resume?(id: string, language: string): Promise<{ job: PreparedJob; result: JobResult } | null>;
+  /**
+   * A cluster's: puts the job on the shared queue now (run() then waits for it), so that a
+   * job is in Redis before its 202 is sent.
+   */
+  enqueue?(job: PreparedJob, owner: string | null): Promise<unknown>;
+  /** A cluster's live workers and queues (GET /v1/cluster); absent on a single box. */
+  cluster?(): Promise<ClusterView>;
+  /** A shared queue's own cap (QUEUE_FULL), checked with the local queue's before a record is made. */
+  admit?(): void;
   /** Every language's readiness (images built, snapshot taken). */
   runtimes(): Promise<Map<string, RuntimeStatus>>;
 }
@@ -130,7 +147,7 @@ export class JobService {
   constructor(
     private readonly engine: ApiEngine,
     private readonly queue: JobQueue,
-    private readonly jobs: JobStore,
+    private readonly jobs: JobRecords,
     private readonly metrics: ApiMetrics,
     private readonly settings: ServiceSettings,
     private readonly log: {
@@ -244,15 +261,16 @@ export class JobService {
     options: { keepOutput?: boolean } = {},
   ): Promise<ExecuteResponse> {
     this.queue.admit();
-    const record = this.record(job, owner, null);
+    this.engine.admit?.();
+    const record = await this.record(job, owner, null);
     let result: ExecuteResponse;
     try {
       result = await this.queue.push(async () => {
-        this.jobs.markRunning(record.id);
-        return this.run(job);
+        await this.jobs.markRunning(record.id);
+        return this.run(job, owner);
       });
     } catch (err) {
-      this.finish(
+      await this.finish(
         record.id,
         this.failed(job, `the job failed to run: ${asRunnerError(err).message}`),
       );
@@ -260,7 +278,7 @@ export class JobService {
     }
     // The client gets the output in the response; the record keeps the verdict only, unless
     // the API promises the result can be read again later (Judge0's ?wait=true): then capped.
-    this.finish(
+    await this.finish(
       record.id,
       options.keepOutput === true
         ? fitOutput(result, this.settings.jobStoreMaxResultBytes)
@@ -273,7 +291,7 @@ export class JobService {
    * Accepts a job for later: recorded as queued (durably) before this returns, then run through
    * the queue. Throws QUEUE_FULL or SHUTTING_DOWN, with no record made, when it cannot be taken.
    */
-  submit(body: SubmitRequest, owner: string | null): JobRecord {
+  submit(body: SubmitRequest, owner: string | null): Promise<JobRecord> {
     const callbackUrl =
       body.callbackUrl === undefined
         ? null
@@ -286,19 +304,22 @@ export class JobService {
    * final record (after any callbackUrl delivery was started): an API with its own callback
    * shape sends it from there.
    */
-  submitJob(
+  async submitJob(
     job: ApiJob,
     owner: string | null,
     callbackUrl: string | null,
     onFinish?: (record: JobRecord) => void,
-  ): JobRecord {
-    // Checked and recorded synchronously, so the push below cannot be refused.
+  ): Promise<JobRecord> {
+    // Checked before the record is made; a push refused after it (the queue filled meanwhile)
+    // still finishes the record, as a failure.
     this.queue.admit();
-    const record = this.record(job, owner, callbackUrl);
+    this.engine.admit?.();
+    const record = await this.record(job, owner, callbackUrl);
+    await this.enqueued(record.id, job, owner);
     this.queue
       .push(async () => {
-        this.jobs.markRunning(record.id);
-        return this.run(job);
+        await this.jobs.markRunning(record.id);
+        return this.run(job, owner);
       })
       .then(
         (result) =>
@@ -306,7 +327,11 @@ export class JobService {
         (err: unknown) => {
           const why = asRunnerError(err).message;
           this.log.error(`job ${record.id}: ${why}`);
-          this.finish(record.id, this.failed(job, `the job failed to run: ${why}`), onFinish);
+          return this.finish(
+            record.id,
+            this.failed(job, `the job failed to run: ${why}`),
+            onFinish,
+          );
         },
       );
     return record;
@@ -319,20 +344,27 @@ export class JobService {
    * finished with its own case as if it had run alone: the shared compile, its own run and
    * verdict. Throws QUEUE_FULL or SHUTTING_DOWN, with no record made, when it cannot be taken.
    */
-  submitGroup(
+  async submitGroup(
     members: readonly { job: ApiJob; onFinish?: ((record: JobRecord) => void) | undefined }[],
     combined: ApiJob,
     owner: string | null,
-  ): JobRecord[] {
+  ): Promise<JobRecord[]> {
     this.queue.admit();
-    const records = members.map((m) => this.record(m.job, owner, null));
+    this.engine.admit?.();
+    const records: JobRecord[] = [];
+    for (const m of members) records.push(await this.record(m.job, owner, null));
+    await this.enqueued(combined.job.id, combined, owner);
     this.log.info(`job ${combined.job.id} runs the jobs ${records.map((r) => r.id).join(', ')}`);
-    const finishAll = (resultOf: (job: ApiJob, index: number) => ExecuteResponse): void =>
-      members.forEach((m, i) => this.finish(m.job.job.id, resultOf(m.job, i), m.onFinish));
+    const finishAll = async (
+      resultOf: (job: ApiJob, index: number) => ExecuteResponse,
+    ): Promise<void> => {
+      for (const [i, m] of members.entries())
+        await this.finish(m.job.job.id, resultOf(m.job, i), m.onFinish);
+    };
     this.queue
       .push(async () => {
-        for (const r of records) this.jobs.markRunning(r.id);
-        return this.run(combined);
+        for (const r of records) await this.jobs.markRunning(r.id);
+        return this.run(combined, owner);
       })
       .then(
         (result) =>
@@ -342,26 +374,86 @@ export class JobService {
         (err: unknown) => {
           const why = asRunnerError(err).message;
           this.log.error(`job ${combined.job.id}: ${why}`);
-          finishAll((job) => this.failed(job, `the job failed to run: ${why}`));
+          return finishAll((job) => this.failed(job, `the job failed to run: ${why}`));
         },
       );
     return records;
   }
 
+  /**
+   * In a cluster, puts an accepted job on the shared queue before the caller answers; when
+   * that fails the record is finished as a failure and the error thrown (503).
+   */
+  private async enqueued(recordId: string, job: ApiJob, owner: string | null): Promise<void> {
+    if (this.engine.enqueue === undefined) return;
+    try {
+      await this.engine.enqueue(job.job, owner);
+    } catch (err) {
+      await this.finish(
+        recordId,
+        this.failed(job, `the job could not be queued: ${asRunnerError(err).message}`),
+      );
+      throw err;
+    }
+  }
+
   /** Records an accepted job as queued, under the job's own id. */
-  private record(job: ApiJob, owner: string | null, callbackUrl: string | null): JobRecord {
+  private record(
+    job: ApiJob,
+    owner: string | null,
+    callbackUrl: string | null,
+  ): Promise<JobRecord> {
     return this.jobs.create({
       id: job.job.id,
       language: job.job.language,
       version: job.job.version,
       owner,
       callbackUrl,
+      spec: specOf(job),
     });
   }
 
+  /**
+   * In a cluster: adopts the open jobs of API nodes that stopped (each claimed by one node),
+   * waits for their results on the shared queue and finishes their records, with the verdict
+   * rules they were accepted with; a job that never reached the queue ends as sandbox_error.
+   * Returns how many it adopted. Native callbacks are sent; a Judge0 callback is not (its
+   * shape is the Judge0 route's, which the adopting node does not have).
+   */
+  async adoptOrphans(): Promise<number> {
+    const orphans = (await this.jobs.orphans?.()) ?? [];
+    for (const { record, spec } of orphans) void this.adopt(record, spec);
+    return orphans.length;
+  }
+
+  private async adopt(record: JobRecord, spec: unknown): Promise<void> {
+    this.log.warn(`job ${record.id}: the API node that accepted it stopped; this node finishes it`);
+    let resumed: { job: PreparedJob; result: JobResult } | null = null;
+    try {
+      resumed = (await this.engine.resume?.(record.id, record.language)) ?? null;
+    } catch (err) {
+      this.log.error(`job ${record.id}: cannot resume: ${asRunnerError(err).message}`);
+    }
+    if (resumed === null) {
+      await this.finish(
+        record.id,
+        sandboxResponse(
+          record.id,
+          record.language,
+          record.version ?? '',
+          'the API node that accepted the job stopped before it was queued',
+        ),
+      );
+      return;
+    }
+    const job = apiJobOf(resumed.job, spec);
+    const response = await this.judge(job, resumed.result);
+    await this.finish(record.id, fitOutput(response, this.settings.jobStoreMaxResultBytes));
+  }
+
   /** A submitted job, if it exists and belongs to `owner`. */
-  get(id: string, owner: string | null): JobRecord {
-    const record = this.jobs.get(id);
+  async get(id: string, owner: string | null): Promise<JobRecord> {
+    const record = await this.jobs.get(id);
     if (record === undefined || (record.owner !== null && record.owner !== owner)) {
       throw new JobNotFoundError(`no job ${id}`);
     }
@@ -388,8 +480,8 @@ export class JobService {
    * At start: ends the jobs a crashed run left queued or running (sandbox_error, the server
    * restarted), sends their callbacks, and prunes old records.
    */
-  recover(): JobRecord[] {
-    const ended = this.jobs.recover((job) => ({
+  async recover(): Promise<JobRecord[]> {
+    const ended = await this.jobs.recover((job) => ({
       status: 'sandbox_error',
       result: sandboxResponse(job.id, job.language, job.version ?? '', RESTART_MESSAGE),
     }));
@@ -398,13 +490,13 @@ export class JobService {
       this.metrics.job(job.language, 'sandbox_error', 0);
       if (job.callbackUrl !== null) void this.callbacks.send(job.callbackUrl, this.view(job));
     }
-    const pruned = this.jobs.prune(this.settings.jobRetentionHours * 3_600_000);
+    const pruned = await this.jobs.prune(this.settings.jobRetentionHours * 3_600_000);
     if (pruned > 0) this.log.info(`pruned ${pruned} finished job records`);
     return ended;
   }
 
   /** Prunes finished records past their retention (called periodically). */
-  prune(): number {
+  prune(): Promise<number> {
     return this.jobs.prune(this.settings.jobRetentionHours * 3_600_000);
   }
 
@@ -414,13 +506,13 @@ export class JobService {
     await this.callbacks.close(callbackGraceMs);
   }
 
-  private finish(
+  private async finish(
     id: string,
     result: ExecuteResponse,
     onFinish?: (record: JobRecord) => void,
-  ): void {
+  ): Promise<void> {
     try {
-      const record = this.jobs.finish(id, result.status, result);
+      const record = await this.jobs.finish(id, result.status, result);
       if (record.callbackUrl !== null)
         void this.callbacks.send(record.callbackUrl, this.view(record));
       onFinish?.(record);
@@ -434,11 +526,11 @@ export class JobService {
    * the system's (a failed restore, a closed pool) or a bug of ours (INTERNAL, counted apart):
    * either way the job ends sandbox_error and the log says why, with the job's id.
    */
-  private async run(job: ApiJob): Promise<ExecuteResponse> {
+  private async run(job: ApiJob, owner: string | null): Promise<ExecuteResponse> {
     const started = Date.now();
     let result: JobResult;
     try {
-      result = await this.engine.run(job.job);
+      result = await this.engine.run(job.job, owner);
     } catch (err) {
       const e = asRunnerError(err);
       this.log.error(`job ${job.job.id} (${job.job.language}): ${e.code}: ${e.message}`);
@@ -447,9 +539,15 @@ export class JobService {
       return this.failed(job, e.message);
     }
     this.metrics.job(result.language, result.status, result.timings.totalMs, result.timings);
+    return this.judge(job, result);
+  }
+
+  /** The API's result of a job from the engine's: stderr merged, verdicts of CPU and cases. */
+  private judge(job: ApiJob, engineResult: JobResult): Promise<ExecuteResponse> {
+    let result = engineResult;
     if (job.mergeStderr === true) result = mergedResult(result);
     if (job.verdictCpuMs !== undefined) result = withCpuVerdict(result, job.verdictCpuMs);
-    if (job.cases === null) return executeResponse(result);
+    if (job.cases === null) return Promise.resolve(executeResponse(result));
     return caseResponse(result, job.cases, this.engine);
   }
 
@@ -472,6 +570,45 @@ export class JobService {
       summary: { total: testCases.length, passed: 0, failed: testCases.length },
     };
   }
+}
+
+/** An ApiJob's verdict rules as JSON (the cluster keeps them with the record). */
+interface ApiJobSpec {
+  readonly cases: { expected: string | null; compare: CompareSpec; input: string }[] | null;
+  readonly mergeStderr: boolean;
+  readonly verdictCpuMs: number | null;
+}
+
+function specOf(job: ApiJob): ApiJobSpec {
+  return {
+    cases:
+      job.cases?.map((c) => ({
+        expected: c.expected,
+        compare: c.compare,
+        input: c.input.toString('base64'),
+      })) ?? null,
+    mergeStderr: job.mergeStderr === true,
+    verdictCpuMs: job.verdictCpuMs ?? null,
+  };
+}
+
+/** The ApiJob of a prepared job and the spec it was accepted with (regexes compiled again). */
+function apiJobOf(prepared: PreparedJob, spec: unknown): ApiJob {
+  const s = (spec ?? { cases: null, mergeStderr: false, verdictCpuMs: null }) as ApiJobSpec;
+  return {
+    job: prepared,
+    cases:
+      s.cases?.map((c, i) => ({
+        expected: c.expected,
+        compare: c.compare,
+        input: Buffer.from(c.input, 'base64'),
+        ...(c.compare.kind === 'regex' && {
+          re: compileRegex(c.compare.pattern, c.compare.flags, `testCases[${i}].compare`),
+        }),
+      })) ?? null,
+    ...(s.mergeStderr && { mergeStderr: true }),
+    ...(s.verdictCpuMs !== null && { verdictCpuMs: s.verdictCpuMs }),
+  };
 }
 
 /**

@@ -11,6 +11,7 @@ import {
   JobParams,
   JobView,
   ReadyResponse,
+  ClusterResponse,
   RuntimesResponse,
   SubmitRequest,
 } from './schemas.js';
@@ -45,6 +46,61 @@ export function registerV1Routes(app: ApiInstance, ctx: ApiContext): void {
     () => ({
       status: 'ok',
     }),
+  );
+
+  app.get(
+    '/v1/cluster',
+    {
+      schema: {
+        tags: ['v1'],
+        summary: 'The hosts that run jobs (workers, their free slots) and the queues, per language',
+        security,
+        response: { 200: ClusterResponse, ...errors(401) },
+      },
+    },
+    async (): Promise<ClusterResponse> => {
+      const now = Date.now();
+      if (ctx.engine.cluster !== undefined) {
+        const view = await ctx.engine.cluster();
+        return {
+          mode: 'cluster',
+          workers: view.workers.map((w) => ({
+            id: w.id,
+            capacity: w.capacity,
+            running: w.running,
+            draining: w.draining,
+            languages: [...w.languages],
+            lastSeenMs: Math.max(0, now - w.at),
+          })),
+          capacity: view.capacity,
+          running: view.running,
+          free: view.free,
+          waiting: view.waiting,
+          queues: view.queues,
+        };
+      }
+      // A single box: this host is the one worker; its queue is the in-process one.
+      const pool = ctx.engine.pool.stats();
+      const q = ctx.queue.stats();
+      return {
+        mode: 'single',
+        workers: [
+          {
+            id: 'local',
+            capacity: pool.capacity,
+            running: q.running,
+            draining: ctx.draining(),
+            languages: ctx.engine.languages.names(),
+            lastSeenMs: 0,
+          },
+        ],
+        capacity: ctx.draining() ? 0 : pool.capacity,
+        running: q.running,
+        free: Math.max(0, pool.capacity - q.running),
+        waiting: q.queued,
+        queues: {},
+      };
+    },
   );
 
   app.get(
@@ -120,7 +176,7 @@ export function registerV1Routes(app: ApiInstance, ctx: ApiContext): void {
       },
     },
     async (req, reply) => {
-      const record = ctx.service.submit(req.body, req.owner);
+      const record = await ctx.service.submit(req.body, req.owner);
       const url = `/v1/jobs/${record.id}`;
       return reply
         .code(202)
@@ -140,7 +196,7 @@ export function registerV1Routes(app: ApiInstance, ctx: ApiContext): void {
         response: { 200: JobView, ...errors(401, 404) },
       },
     },
-    (req) => ctx.service.view(ctx.service.get(req.params.id, req.owner)),
+    async (req) => ctx.service.view(await ctx.service.get(req.params.id, req.owner)),
   );
 
   app.get(

@@ -6,6 +6,7 @@ import { registerRunCommand } from './commands/run.js';
 import { registerBenchCommand } from './commands/bench.js';
 import { registerDoctorCommand } from './commands/doctor.js';
 import { registerServeCommand } from './commands/serve.js';
+import { registerWorkerCommand } from './commands/worker.js';
 import { AGENT_VERSION } from '../version.js';
 
 /** Builds the `runner` command tree. Each subcommand lives in ./commands/. */
@@ -22,6 +23,7 @@ export function buildProgram(): Command {
   registerLanguagesCommand(program);
   registerImagesCommand(program);
   registerServeCommand(program);
+  registerWorkerCommand(program);
   return program;
 }
 

@@ -95,6 +95,13 @@ export const SETTINGS = [
   { key: 'networkBandwidthKbit', env: 'RUNNER_NETWORK_BANDWIDTH_KBIT', kind: 'integer', default: 10000, unit: 'kbit/s', min: 8, description: 'Bandwidth cap of each networked VM, each way (tc tbf on its tap and veth).' },
   { key: 'networkMaxConnections', env: 'RUNNER_NETWORK_MAX_CONNECTIONS', kind: 'integer', default: 32, min: 1, max: 65535, description: 'Most connections (conntrack entries) a networked VM may have open at once (nft ct count).' },
   { key: 'networkLinkCidr', env: 'RUNNER_NETWORK_LINK_CIDR', kind: 'string', default: '10.255.0.0/16', description: 'IPv4 range of the per-VM veth links between the host and each VM namespace, one /30 per VM; must not overlap the host networks.' },
+  // ---- many hosts on one Redis (docs/scaling.md) ----
+  { key: 'redisUrl', env: 'RUNNER_REDIS_URL', kind: 'string', default: '', description: 'redis:// URL of the shared queue. Empty: a single box (in-process queue, SQLite). Set: `runner serve` is an API node and `runner worker` a VM host of that cluster (docs/scaling.md).' },
+  { key: 'clusterPrefix', env: 'RUNNER_CLUSTER_PREFIX', kind: 'string', default: 'rc', description: 'Prefix of every Redis key of the cluster, so that two clusters can share one Redis.' },
+  { key: 'clusterMaxInFlight', env: 'RUNNER_CLUSTER_MAX_IN_FLIGHT', kind: 'integer', default: 1024, min: 1, max: 1000000, description: 'Jobs one API node may have in the cluster at once (waiting or running).' },
+  { key: 'clusterQueueWaitMs', env: 'RUNNER_CLUSTER_QUEUE_WAIT_MS', kind: 'integer', default: 600000, unit: 'ms', min: 1000, description: 'How long a job may wait for a worker, beyond its own deadline, before it ends as sandbox_error.' },
+  { key: 'clusterLockMs', env: 'RUNNER_CLUSTER_LOCK_MS', kind: 'integer', default: 30000, unit: 'ms', min: 1000, description: 'How long a worker holds a job without renewing its lock (renewed every third of it): a worker that died is found stalled after at most about this long, and its job run again or ended.' },
+  { key: 'workerId', env: 'RUNNER_WORKER_ID', kind: 'string', default: '', description: 'This worker\'s name in the cluster; empty: host name and pid.' },
 ] as const satisfies readonly SettingSpec[];
 
 type Spec = (typeof SETTINGS)[number];

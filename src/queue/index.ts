@@ -1,4 +1,5 @@
-export type { JobQueue, QueueStats } from './types.js';
+export type { JobQueue, JobRecords, NewJobRecord, Orphan, QueueStats } from './types.js';
+export { StoreRecords } from './records.js';
 export { LocalQueue } from './local.js';
 export {
   checkJobMove,

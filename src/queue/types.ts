@@ -1,3 +1,6 @@
+import type { Status } from '../protocol/index.js';
+import type { JobRecord } from './store.js';
+
 /** What a queue says about itself (for metrics, readiness and Retry-After). */
 export interface QueueStats {
   /** Tasks waiting for a slot. */
@@ -33,4 +36,48 @@ export interface JobQueue {
   retryAfterSeconds(): number;
   /** Stops taking tasks; resolves once every queued and running task has settled. */
   drain(): Promise<void>;
+}
+
+/** A job as accepted, before it runs. */
+export interface NewJobRecord {
+  readonly id: string;
+  readonly language: string;
+  readonly version: string | null;
+  readonly owner: string | null;
+  readonly callbackUrl: string | null;
+  /**
+   * What another API node needs to finish the job if the one that accepted it stops (the
+   * verdict rules of its test cases); kept by the cluster's records only.
+   */
+  readonly spec?: unknown;
+}
+
+/** An open job whose API node stopped, claimed by this node, with the spec it was created with. */
+export interface Orphan {
+  readonly record: JobRecord;
+  readonly spec: unknown;
+}
+
+/**
+ * Where the API keeps its job records: SQLite on a single box (StoreRecords over JobStore),
+ * Redis in a cluster (src/cluster), so that any API node answers for any job. The moves are
+ * those of checkJobMove: queued → running → done, or queued → done.
+ */
+export interface JobRecords {
+  /** Records a newly accepted job as queued; JOB_STATE when the id exists. */
+  create(job: NewJobRecord): Promise<JobRecord>;
+  get(id: string): Promise<JobRecord | undefined>;
+  /** queued → running. */
+  markRunning(id: string): Promise<JobRecord>;
+  /** queued|running → done, with the final status and result body. */
+  finish(id: string, status: Status, result: unknown): Promise<JobRecord>;
+  /** At start: ends the jobs an earlier run of this node left unfinished; returns them. */
+  recover(
+    makeResult: (job: JobRecord) => { status: Status; result: unknown },
+  ): Promise<JobRecord[]>;
+  /** The open jobs of API nodes that stopped, each claimed for this node (a cluster's only). */
+  orphans?(): Promise<Orphan[]>;
+  /** Deletes finished records past `maxAgeMs`; returns how many went. */
+  prune(maxAgeMs: number): Promise<number>;
+  close(): Promise<void>;
 }

@@ -151,7 +151,7 @@ export function registerJudge0Routes(app: ApiInstance, ctx: ApiContext): void {
       }
       const { params, job } = prepared;
       if (req.query.wait !== 'true') {
-        const record = ctx.service.submitJob(job, req.owner, null, callback(params));
+        const record = await ctx.service.submitJob(job, req.owner, null, callback(params));
         return reply.code(201).send({ token: record.id });
       }
       const createdAt = Date.now();
@@ -230,10 +230,10 @@ export function registerJudge0Routes(app: ApiInstance, ctx: ApiContext): void {
           const combined = chunk.length > 1 ? groupJob(chunk) : null;
           if (combined === null) {
             for (const m of chunk)
-              ctx.service.submitJob(m.job, req.owner, null, callback(m.params));
+              await ctx.service.submitJob(m.job, req.owner, null, callback(m.params));
           } else {
             const members = chunk.map((m) => ({ job: m.job, onFinish: callback(m.params) }));
-            ctx.service.submitGroup(members, combined, req.owner);
+            await ctx.service.submitGroup(members, combined, req.owner);
           }
           for (const m of chunk) out[m.index] = { token: m.job.job.id };
         }
@@ -254,7 +254,7 @@ export function registerJudge0Routes(app: ApiInstance, ctx: ApiContext): void {
         response: { 200: Judge0BatchView, ...errors },
       },
     },
-    (req) => {
+    async (req) => {
       const tokens = (req.query.tokens ?? '')
         .split(',')
         .map((t) => t.trim())
@@ -268,15 +268,17 @@ export function registerJudge0Routes(app: ApiInstance, ctx: ApiContext): void {
       const fields = parseFields(req.query.fields);
       const base64 = req.query.base64_encoded === 'true';
       return {
-        submissions: tokens.map((token) => {
-          let record;
-          try {
-            record = ctx.service.get(token, req.owner);
-          } catch {
-            return null;
-          }
-          return submissionView(record, languages, fields, base64);
-        }),
+        submissions: await Promise.all(
+          tokens.map(async (token) => {
+            let record;
+            try {
+              record = await ctx.service.get(token, req.owner);
+            } catch {
+              return null;
+            }
+            return submissionView(record, languages, fields, base64);
+          }),
+        ),
       };
     },
   );
@@ -294,8 +296,8 @@ export function registerJudge0Routes(app: ApiInstance, ctx: ApiContext): void {
         response: { 200: Judge0Submission, ...errors },
       },
     },
-    (req) => {
-      const record = ctx.service.get(req.params.token, req.owner);
+    async (req) => {
+      const record = await ctx.service.get(req.params.token, req.owner);
       return submissionView(
         record,
         languages,

@@ -229,6 +229,79 @@ export async function runBench(
 }
 
 /** `runner bench`: the numbers that matter, medians and p95, in one run. */
+/** What `runner bench --url` measured of a running service. */
+export interface HttpBenchReport {
+  readonly url: string;
+  readonly language: string;
+  readonly jobs: number;
+  readonly concurrency: number;
+  readonly wallMs: number;
+  readonly jobsPerSecond: number;
+  readonly latencyMs: Quantiles;
+  /** Jobs whose status was not ok (sandbox_error, timeouts...), by status. */
+  readonly failed: Record<string, number>;
+}
+
+/**
+ * Throughput of a running service (a single box or a cluster's API node): `jobs` hello-worlds
+ * through POST /v1/execute, `concurrency` at a time, after one untimed job (the snapshot).
+ */
+export async function benchHttp(options: {
+  url: string;
+  key?: string;
+  language: string;
+  jobs: number;
+  concurrency: number;
+  progress?: (line: string) => void;
+}): Promise<HttpBenchReport> {
+  const hello = HELLO[options.language];
+  if (!hello)
+    throw new LanguageUnknownError(`bench has a hello-world for ${Object.keys(HELLO).join(', ')}`);
+  const body = JSON.stringify({
+    language: options.language,
+    files: [{ name: hello.file, content: hello.code }],
+  });
+  const headers: Record<string, string> = { 'content-type': 'application/json' };
+  if (options.key !== undefined) headers['x-api-key'] = options.key;
+  const one = async (): Promise<{ ms: number; status: string }> => {
+    const started = performance.now();
+    const res = await fetch(new URL('/v1/execute', options.url), { method: 'POST', headers, body });
+    const json = (await res.json()) as { status?: string; code?: string };
+    return {
+      ms: performance.now() - started,
+      status: json.status ?? json.code ?? String(res.status),
+    };
+  };
+  options.progress?.('one untimed job first (snapshots)');
+  await one();
+  const latencies: number[] = [];
+  const failed: Record<string, number> = {};
+  let next = 0;
+  const started = performance.now();
+  await Promise.all(
+    Array.from({ length: options.concurrency }, async () => {
+      while (next < options.jobs) {
+        next++;
+        const r = await one();
+        latencies.push(r.ms);
+        if (r.status !== 'ok') failed[r.status] = (failed[r.status] ?? 0) + 1;
+        options.progress?.(`${latencies.length}/${options.jobs} jobs`);
+      }
+    }),
+  );
+  const wallMs = performance.now() - started;
+  return {
+    url: options.url,
+    language: options.language,
+    jobs: options.jobs,
+    concurrency: options.concurrency,
+    wallMs: Math.round(wallMs),
+    jobsPerSecond: Math.round((options.jobs / (wallMs / 1000)) * 100) / 100,
+    latencyMs: quantiles(latencies),
+    failed,
+  };
+}
+
 export function registerBenchCommand(program: Command): void {
   program
     .command('bench')
@@ -240,7 +313,36 @@ export function registerBenchCommand(program: Command): void {
     .option('--restores <n>', 'restores to time', '10')
     .option('--jobs <n>', 'jobs for the pool-hit, saturation and native samples', '20')
     .option('--json', 'print the report as JSON')
+    .option(
+      '--url <url>',
+      'measure a running service instead (a single box or a cluster API node): --jobs hello-worlds through POST /v1/execute',
+    )
+    .option('--key <key>', 'API key for --url (X-API-Key)')
+    .option('--concurrency <n>', 'requests at once with --url', '4')
     .action(async (opts) => {
+      if (opts.url !== undefined) {
+        const n = (v: string, name: string): number => {
+          if (!/^\d+$/.test(v) || Number(v) < 1)
+            throw new LimitInvalidError(`${name} must be a positive integer`);
+          return Number(v);
+        };
+        const spinner = startSpinner(opts.json !== true || !process.stderr.isTTY);
+        const report = await benchHttp({
+          url: opts.url,
+          ...(opts.key !== undefined && { key: opts.key }),
+          language: opts.language,
+          jobs: n(opts.jobs, '--jobs'),
+          concurrency: n(opts.concurrency, '--concurrency'),
+          progress: (l) => spinner.text(l),
+        });
+        spinner.stop();
+        process.stdout.write(
+          opts.json === true
+            ? `${JSON.stringify(report, null, 2)}\n`
+            : `runner bench --url ${report.url}: ${report.jobs} ${report.language} jobs, ${report.concurrency} at once: ${report.jobsPerSecond} jobs/s; latency p50 ${report.latencyMs.p50} ms, p95 ${report.latencyMs.p95} ms; not ok: ${JSON.stringify(report.failed)}\n`,
+        );
+        return;
+      }
       const settings = loadSettings(process.env, {
         poolTarget: Math.max(1, Number(process.env.RUNNER_POOL_TARGET ?? 1)),
       });

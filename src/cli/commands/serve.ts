@@ -106,6 +106,10 @@ export function registerServeCommand(program: Command): void {
     )
     .option('--host <host>', 'address to listen on (RUNNER_HOST)')
     .option('--port <port>', 'TCP port (RUNNER_PORT)')
+    .option(
+      '--redis <url>',
+      'be an API node of the cluster on this Redis (RUNNER_REDIS_URL): jobs run on `runner worker` hosts',
+    )
     .option('--print-config', 'print the validated configuration and exit')
     .option('--print-openapi', 'print the OpenAPI document and exit')
     .option('--print-config-doc', 'print docs/configuration.md (the settings table) and exit')
@@ -115,7 +119,11 @@ export function registerServeCommand(program: Command): void {
       '\nEvery setting is an environment variable (or a key of the JSON file named by RUNNER_CONFIG); see docs/configuration.md.\nSIGTERM or SIGINT drains: running and queued jobs finish (up to RUNNER_DRAIN_TIMEOUT_MS), then it exits.',
     )
     .action(async (opts) => {
-      const settings = loadSettings(process.env, { host: opts.host, port: opts.port });
+      const settings = loadSettings(process.env, {
+        host: opts.host,
+        port: opts.port,
+        redisUrl: opts.redis,
+      });
       if (opts.printOpenapi) {
         process.stdout.write(`${JSON.stringify(await generateOpenApi(), null, 2)}\n`);
         return;

@@ -45,7 +45,7 @@ describe('durable job records', () => {
     // Second run on the same file.
     const second = await makeApp({ jobStoreFile: file });
     try {
-      const ended = second.service.recover();
+      const ended = await second.service.recover();
       expect(ended.map((j) => j.id).sort()).toEqual([running, queued].sort());
       for (const id of [running, queued]) {
         const job = (
@@ -60,7 +60,7 @@ describe('durable job records', () => {
       expect(kept.result?.run?.stdoutText).toBe('first');
       expect(second.jobStore.counts()).toEqual({ queued: 0, running: 0, done: 3 });
       // Recovery is idempotent.
-      expect(second.service.recover()).toEqual([]);
+      expect(await second.service.recover()).toEqual([]);
     } finally {
       hang.open();
       await second.close();

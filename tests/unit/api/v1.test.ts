@@ -632,3 +632,26 @@ describe('runtimes, limits, health, metrics', () => {
     expect(res.json<ErrorBody>()).toMatchObject({ code: 'NOT_FOUND' });
   });
 });
+
+describe('GET /v1/cluster', () => {
+  test('a single box is one worker whose slots are the pool and whose queue is the local one', async () => {
+    t = await makeApp();
+    const res = await t.app.inject({ method: 'GET', url: '/v1/cluster' });
+    expect(res.statusCode).toBe(200);
+    const body = res.json<{
+      mode: string;
+      workers: { id: string; capacity: number; languages: string[] }[];
+      capacity: number;
+      free: number;
+      waiting: number;
+    }>();
+    expect(body.mode).toBe('single');
+    expect(body.workers).toHaveLength(1);
+    // The fake engine's pool holds 2 VMs.
+    expect(body.workers[0]?.capacity).toBe(2);
+    expect(body.capacity).toBe(2);
+    expect(body.workers[0]?.languages).toContain('python');
+    expect(body.free).toBe(body.capacity);
+    expect(body.waiting).toBe(0);
+  });
+});

@@ -1,0 +1,265 @@
+import { hostname } from 'node:os';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { Worker, type Job } from 'bullmq';
+import { Redis } from 'ioredis';
+import { asRunnerError } from '../errors.js';
+import type { JobResult, PreparedJob } from '../pool/index.js';
+import { sandboxStage } from '../protocol/index.js';
+import { clusterKeys, redisOptions, type ClusterOptions, type WorkerBeat } from './names.js';
+import { fromClusterJob, type ClusterResult } from './wire.js';
+
+/** What a worker needs of its host's engine. */
+export interface WorkerEngine {
+  readonly languages: { names(): string[] };
+  readonly pool: { readonly capacity: number };
+  run(job: PreparedJob): Promise<JobResult>;
+}
+
+/** Settings of one worker. */
+export interface ClusterWorkerOptions extends ClusterOptions {
+  /** This worker's name in the cluster (default host name and pid). */
+  readonly id?: string;
+  /** Jobs it runs at once (default the pool's capacity). */
+  readonly concurrency?: number;
+  /** How long a job's lock lasts without renewal: a dead worker's job is stalled after it. */
+  readonly lockMs?: number;
+  /** How often idle queues are looked at again. */
+  readonly pollMs?: number;
+  readonly log?: (line: string) => void;
+}
+
+/** The progress a worker writes on a job when it hands it to a VM. */
+interface RunMark {
+  readonly phase: 'running';
+  readonly worker: string;
+  readonly at: number;
+}
+
+function isRunMark(progress: unknown): progress is RunMark {
+  return (
+    typeof progress === 'object' &&
+    progress !== null &&
+    (progress as { phase?: unknown }).phase === 'running'
+  );
+}
+
+/**
+ * A VM host of the cluster (`runner worker --redis URL`). It takes a job only when its pool has
+ * a free slot, so a busy host never holds jobs an idle one could run: BullMQ's manual fetch,
+ * one queue per language, looked at in turn. Before a job reaches a VM the worker marks it
+ * `running`; a job whose worker died is found stalled by BullMQ (its lock was not renewed) and
+ * handed out again: one that was never marked runs again elsewhere, one that was marked ends
+ * as sandbox_error (its program may have had effects, and a rerun could give another verdict),
+ * so no job is left pending and none is run to two results.
+ */
+export class ClusterWorker {
+  readonly id: string;
+  private readonly keys;
+  private readonly redis: Redis;
+  private readonly workers = new Map<string, Worker>();
+  private inFlight = 0;
+  private taken = 0;
+  private stopping = false;
+  private wake: (() => void) | null = null;
+  private loop: Promise<void> | null = null;
+  private beat: NodeJS.Timeout | null = null;
+  private readonly lockMs: number;
+  private readonly pollMs: number;
+  private readonly concurrency: number;
+
+  constructor(
+    private readonly engine: WorkerEngine,
+    private readonly options: ClusterWorkerOptions,
+  ) {
+    this.id = options.id ?? `${hostname()}-${process.pid}`;
+    this.keys = clusterKeys(options.prefix);
+    this.redis = new Redis(redisOptions(options.redisUrl));
+    this.lockMs = options.lockMs ?? 30_000;
+    this.pollMs = options.pollMs ?? 50;
+    this.concurrency = options.concurrency ?? engine.pool.capacity;
+  }
+
+  /** Opens one BullMQ worker per language, starts the stalled checks and the fetch loop. */
+  async start(): Promise<void> {
+    for (const language of this.engine.languages.names()) {
+      const worker = new Worker(this.keys.queue(language), null, {
+        connection: redisOptions(this.options.redisUrl),
+        prefix: this.keys.bullPrefix,
+        autorun: false,
+        lockDuration: this.lockMs,
+        stalledInterval: Math.max(1000, Math.floor(this.lockMs / 2)),
+        // A stalled job comes back once; handle() decides whether it may run again.
+        maxStalledCount: 1,
+      });
+      worker.on('error', (err) => this.options.log?.(`worker ${language}: ${err.message}`));
+      await worker.startStalledCheckTimer();
+      this.workers.set(language, worker);
+    }
+    await this.heartbeat();
+    this.beat = setInterval(() => void this.heartbeat(), 2000);
+    this.beat.unref();
+    this.loop = this.fetchLoop();
+    this.options.log?.(
+      `worker ${this.id}: taking jobs of ${this.workers.size} languages, ${this.concurrency} at once`,
+    );
+  }
+
+  /** Jobs this worker holds now. */
+  get running(): number {
+    return this.inFlight;
+  }
+
+  /**
+   * Drains (SIGTERM): takes no new job, lets the running ones finish, leaves the cluster.
+   * Resolves when it is gone.
+   */
+  async drain(): Promise<void> {
+    this.stopping = true;
+    this.wake?.();
+    await this.loop;
+    while (this.inFlight > 0) await sleep(50);
+    if (this.beat) clearInterval(this.beat);
+    await Promise.all([...this.workers.values()].map((w) => w.close()));
+    await this.redis.hdel(this.keys.workers, this.id).catch(() => 0);
+    this.redis.disconnect();
+  }
+
+  private async heartbeat(): Promise<void> {
+    const beat: WorkerBeat = {
+      id: this.id,
+      capacity: this.concurrency,
+      running: this.inFlight,
+      languages: [...this.workers.keys()],
+      at: Date.now(),
+      draining: this.stopping,
+    };
+    try {
+      await this.redis.hset(this.keys.workers, this.id, JSON.stringify(beat));
+    } catch (err) {
+      this.options.log?.(`worker ${this.id}: heartbeat failed: ${asRunnerError(err).message}`);
+    }
+  }
+
+  private async fetchLoop(): Promise<void> {
+    const languages = [...this.workers.keys()];
+    let next = 0;
+    while (!this.stopping) {
+      if (this.inFlight >= this.concurrency) {
+        await new Promise<void>((resolve) => (this.wake = resolve));
+        this.wake = null;
+        continue;
+      }
+      let found = false;
+      for (let i = 0; i < languages.length && !this.stopping; i++) {
+        const language = languages[(next + i) % languages.length] as string;
+        const worker = this.workers.get(language) as Worker;
+        const token = `${this.id}:${++this.taken}`;
+        let job: Job | undefined;
+        try {
+          job = await worker.getNextJob(token, { block: false });
+        } catch (err) {
+          this.options.log?.(`worker ${this.id}: fetch failed: ${asRunnerError(err).message}`);
+          await sleep(1000);
+          break;
+        }
+        if (job === undefined) continue;
+        // The next look starts after this language, so no language starves the others.
+        next = (next + i + 1) % languages.length;
+        found = true;
+        this.inFlight++;
+        void this.handle(job, token).finally(() => {
+          this.inFlight--;
+          this.wake?.();
+          void this.heartbeat();
+        });
+        break;
+      }
+      if (!found && !this.stopping) await sleep(this.pollMs);
+    }
+  }
+
+  private async handle(job: Job, token: string): Promise<void> {
+    let prepared: PreparedJob;
+    try {
+      prepared = fromClusterJob(job.data).job;
+    } catch (err) {
+      this.options.log?.(`job ${job.id ?? '?'}: ${asRunnerError(err).message}`);
+      await job.moveToFailed(asRunnerError(err), token, false).catch(() => undefined);
+      return;
+    }
+    const progress: unknown = job.progress;
+    if (isRunMark(progress)) {
+      const why = `the worker ${progress.worker} stopped while it ran this job`;
+      this.options.log?.(`job ${prepared.id}: ${why}; ended as sandbox_error`);
+      await this.complete(job, token, lostResult(prepared, why));
+      return;
+    }
+    const renew = setInterval(
+      () => {
+        job.extendLock(token, this.lockMs).catch((err: unknown) => {
+          this.options.log?.(
+            `job ${prepared.id}: lock renewal failed: ${asRunnerError(err).message}`,
+          );
+        });
+      },
+      Math.floor(this.lockMs / 3),
+    );
+    try {
+      await job.updateProgress({
+        phase: 'running',
+        worker: this.id,
+        at: Date.now(),
+      } satisfies RunMark);
+      let result: JobResult;
+      try {
+        result = await this.engine.run(prepared);
+      } catch (err) {
+        result = lostResult(prepared, asRunnerError(err).message);
+      }
+      await this.complete(job, token, result);
+    } finally {
+      clearInterval(renew);
+    }
+  }
+
+  private async complete(job: Job, token: string, result: JobResult): Promise<void> {
+    const wire: ClusterResult = { ...result, worker: this.id };
+    try {
+      await job.moveToCompleted(wire, token, false);
+      // The job leaves its owner's share (counted up by the API node that queued it).
+      const owner = (job.data as { owner?: unknown }).owner;
+      await this.redis
+        .hincrby(this.keys.owners, typeof owner === 'string' ? owner : '-', -1)
+        .catch(() => 0);
+    } catch (err) {
+      // The lock was lost (this worker was taken for dead): the job was handed out again.
+      this.options.log?.(
+        `job ${result.id}: could not report its result: ${asRunnerError(err).message}`,
+      );
+    }
+  }
+}
+
+/** The result of a job the cluster lost (its worker died, or the engine threw). */
+export function lostResult(job: PreparedJob, why: string): JobResult {
+  const stage = sandboxStage(why);
+  const cases = job.message.cases;
+  return {
+    id: job.id,
+    language: job.language,
+    version: job.version,
+    status: 'sandbox_error',
+    compile: null,
+    run: cases === undefined ? stage : null,
+    ...(cases !== undefined && { cases: cases.map(() => stage) }),
+    vmId: null,
+    timings: {
+      totalMs: 0,
+      acquireMs: 0,
+      executeMs: 0,
+      guestMs: 0,
+      hostOverheadMs: 0,
+      poolHit: false,
+    },
+  };
+}
