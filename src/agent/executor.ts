@@ -12,13 +12,18 @@ import {
   SandboxFailureError,
   type ErrorCode,
 } from '../errors.js';
-import type { LanguageRegistry, Language } from '../languages/index.js';
+import {
+  DEFAULT_SECCOMP_FAMILY,
+  type LanguageRegistry,
+  type Language,
+} from '../languages/index.js';
 import {
   checkJob,
   LimitsSchema,
   MAX_RESULT_OUTPUT_BYTES,
   type ExecuteMessage,
   type Limits,
+  type SeccompFamily,
   type StageResult,
   type Status,
 } from '../protocol/index.js';
@@ -287,6 +292,8 @@ export class Executor {
     const compileArgv = def.compile ? expandCommand(def.compile, names, def.extension) : null;
     const runArgv = [...expandCommand(def.run, names, def.extension), ...job.args];
     const budget: OutputBudget = { remainingBytes: MAX_RESULT_OUTPUT_BYTES };
+    // The host's word (it sets it from the same definition), else this agent's definition.
+    const seccomp = job.seccomp ?? def.seccomp ?? DEFAULT_SECCOMP_FAMILY;
 
     let workDir: string;
     try {
@@ -313,6 +320,7 @@ export class Executor {
         job.compileLimits,
         signal,
         budget,
+        seccomp,
       );
       if (compile.status === 'runtime_error') compile = { ...compile, status: 'compile_error' };
       if (compile.status !== 'ok') return { status: compile.status, compile, run: null };
@@ -326,6 +334,7 @@ export class Executor {
         job.runLimits,
         signal,
         budget,
+        seccomp,
       );
       return { status: run.status, compile, run };
     }
@@ -349,6 +358,7 @@ export class Executor {
         job.runLimits,
         signal,
         budget,
+        seccomp,
       );
       cases.push(result);
       await removeWorkDir(caseDir).catch(() => undefined);
@@ -376,6 +386,7 @@ export class Executor {
     limits: Limits,
     signal: AbortSignal | undefined,
     outputBudget?: OutputBudget,
+    seccomp: SeccompFamily = DEFAULT_SECCOMP_FAMILY,
   ): Promise<StageResult> {
     const result = await runStage(
       this.sandbox,
@@ -387,6 +398,7 @@ export class Executor {
         limits,
         ...(signal ? { signal } : {}),
         ...(outputBudget ? { outputBudget } : {}),
+        seccomp,
       },
       this.options.timings ?? DEFAULT_STAGE_TIMINGS,
     );

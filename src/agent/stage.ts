@@ -3,7 +3,13 @@ import { performance } from 'node:perf_hooks';
 import type { Readable, Writable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { messageOf } from '../errors.js';
-import { sandboxStage, type Limits, type StageResult, type Status } from '../protocol/index.js';
+import {
+  sandboxStage,
+  type Limits,
+  type SeccompFamily,
+  type StageResult,
+  type Status,
+} from '../protocol/index.js';
 import { StageCgroup, type CgroupSupport } from './cgroup.js';
 import type { FileOwner } from './files.js';
 import {
@@ -39,6 +45,11 @@ export interface StageSpec {
   readonly signal?: AbortSignal;
   /** The job's output budget, shared with its other stages (none: only the stage's caps). */
   readonly outputBudget?: OutputBudget;
+  /**
+   * The seccomp filter family of every process of the stage (runner-exec --seccomp); none: no
+   * filter. Only the exec helper installs one: the tool chain fallback has none.
+   */
+  readonly seccomp?: SeccompFamily;
 }
 
 /** The stage machinery's own timings, in ms. */
@@ -87,7 +98,7 @@ function stageRlimits(sandbox: StageSandbox, limits: Limits): string[] {
 
 /**
  * Builds the command line of a stage. With the exec helper: `runner-exec --cgroup DIR
- * --rlimit … --uid N --gid N --env K=V… -- argv`, one static exec that joins the stage's cgroup
+ * --rlimit … --uid N --gid N --env K=V… [--seccomp FAMILY] -- argv`, one static exec that joins the stage's cgroup
  * itself before anything of the program runs. Without it (a host without the helper):
  * [sh gate] prlimit … -- setpriv … -- env -i -- K=V… argv. Either way the helpers run as root
  * with a fixed, clean environment, and the job's environment applies only after privileges are
@@ -107,6 +118,7 @@ export function buildStageArgv(
     for (const r of rlimits) out.push('--rlimit', r);
     if (runAs) out.push('--uid', String(runAs.uid), '--gid', String(runAs.gid));
     for (const [k, v] of Object.entries(spec.env)) out.push('--env', `${k}=${v}`);
+    if (spec.seccomp !== undefined) out.push('--seccomp', spec.seccomp);
     out.push('--', ...spec.argv);
     return out;
   }

@@ -154,6 +154,25 @@ else
   log "no cgroup v2: jobs run without cgroup limits"
 fi
 
+# --- kernel surface ---------------------------------------------------------------------------
+# Behind the seccomp filter of every job (runner-exec --seccomp), the kernel's own switches:
+# no user namespaces at all (nothing in the guest needs them), no unprivileged BPF (for good),
+# userfaultfd, perf or kexec; ptrace by root only; no kernel log or kernel addresses for users.
+# The 6.1 guest kernel has no kernel.io_uring_disabled (6.6+): the filter refuses io_uring.
+while read -r key value; do
+  echo "$value" > "/proc/sys/$key" 2>/dev/null || log "cannot set $key to $value"
+done <<'SYSCTL'
+user/max_user_namespaces 0
+kernel/unprivileged_userns_clone 0
+kernel/unprivileged_bpf_disabled 1
+vm/unprivileged_userfaultfd 0
+kernel/perf_event_paranoid 3
+kernel/kexec_load_disabled 1
+kernel/yama/ptrace_scope 2
+kernel/dmesg_restrict 1
+kernel/kptr_restrict 2
+SYSCTL
+
 # --- identity, network, entropy -------------------------------------------------------------
 echo runner > /proc/sys/kernel/hostname 2>/dev/null || log "cannot set the hostname"
 if command -v ip >/dev/null 2>&1; then

@@ -6,6 +6,7 @@ import { LanguageInvalidError, LanguageUnknownError } from '../errors.js';
 import { LanguageDefinitionSchema, type LanguageDefinition } from './schema.js';
 
 export {
+  DEFAULT_SECCOMP_FAMILY,
   LanguageDefinitionSchema,
   type LanguageDefinition,
   type StageLimitOverrides,

@@ -1,4 +1,8 @@
 import Type, { type Static } from 'typebox';
+import { SeccompFamilySchema, type SeccompFamily } from '../protocol/messages.js';
+
+/** The seccomp family of a language that names none. */
+export const DEFAULT_SECCOMP_FAMILY: SeccompFamily = 'default';
 
 /** Per-stage limit overrides a language may carry (for slow compilers such as rustc or javac). */
 export const StageLimitOverrides = Type.Object(
@@ -35,6 +39,11 @@ export const LanguageDefinitionSchema = Type.Object(
     run: Type.Array(Type.String(), { minItems: 1 }),
     env: Type.Record(Type.String({ pattern: '^[A-Z_][A-Z0-9_]*$' }), Type.String()),
     versionCommand: Type.Array(Type.String(), { minItems: 1 }),
+    /**
+     * The seccomp filter family its compile and run stages get (runner-exec --seccomp): `jvm`
+     * for the JVM, `node` for V8, `default` (when absent) for the rest.
+     */
+    seccomp: Type.Optional(SeccompFamilySchema),
     limits: Type.Optional(
       Type.Object(
         { compile: Type.Optional(StageLimitOverrides), run: Type.Optional(StageLimitOverrides) },

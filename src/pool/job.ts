@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import Type, { type Static } from 'typebox';
 import { MAX_LIMITS, resolveLimits, type StageLimits } from '../config/index.js';
-import type { LanguageRegistry } from '../languages/index.js';
+import { DEFAULT_SECCOMP_FAMILY, type LanguageRegistry } from '../languages/index.js';
 import {
   checkExecuteMessage,
   MAX_FRAME_BYTES,
@@ -143,6 +143,7 @@ export function prepareJob(
     env: { ...(request.env ?? {}) },
     compileLimits: resolveLimits('compile', definition, request.compileLimits, maxLimits),
     runLimits: resolveLimits('run', definition, request.runLimits, maxLimits),
+    seccomp: definition.seccomp ?? DEFAULT_SECCOMP_FAMILY,
     ...(request.cases !== undefined && { cases: request.cases.map((c) => c.toString('base64')) }),
   };
   checkExecuteMessage(message);

@@ -74,6 +74,20 @@ export const LimitsSchema = Type.Object(
 export type Limits = Static<typeof LimitsSchema>;
 
 /**
+ * The seccomp filter families of runner-exec (src/agent/native/runner-exec.c): `default` for
+ * native code and most interpreters, `jvm` for the JVM, `node` for V8. docs/security.md lists
+ * what each allows.
+ */
+export const SECCOMP_FAMILIES = ['default', 'jvm', 'node'] as const;
+export type SeccompFamily = (typeof SECCOMP_FAMILIES)[number];
+/** A seccomp family, as a schema (spelled out for the same reason as StatusSchema). */
+export const SeccompFamilySchema = Type.Union([
+  Type.Literal('default'),
+  Type.Literal('jvm'),
+  Type.Literal('node'),
+]);
+
+/**
  * One file of a job. Names are relative paths in the work dir; their byte limits, the encoding
  * and the rest are checked by `checkJob` (rules.ts) on both sides.
  */
@@ -139,6 +153,11 @@ export const ExecuteMessageSchema = Type.Object(
     ),
     compileLimits: LimitsSchema,
     runLimits: LimitsSchema,
+    /**
+     * The seccomp family every process of the job runs under (the language's `seccomp`). An
+     * older host sends none: the agent then takes its own language definition's.
+     */
+    seccomp: Type.Optional(SeccompFamilySchema),
     /**
      * Test cases: when present, the program is compiled once and then run once per entry, each
      * with that stdin (base64) instead of `stdin`; the result carries `cases` and no `run`.

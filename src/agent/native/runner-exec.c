@@ -6,7 +6,7 @@
  * static helper does all of it in one process, then execs the program:
  *
  *   runner-exec [--status-fd N] [--cgroup DIR] [--rlimit NAME=SOFT:HARD]... [--uid N --gid N]
- *               [--env NAME=VALUE]... -- PROGRAM [ARG]...
+ *               [--env NAME=VALUE]... [--seccomp FAMILY] -- PROGRAM [ARG]...
  *
  *   1. joins the stage's cgroup (writes its own pid to DIR/cgroup.procs), so the program and
  *      everything it starts is counted and confined from its first instruction;
@@ -14,7 +14,9 @@
  *   3. drops every capability from the bounding set, clears supplementary groups, sets the gid
  *      and the uid (all of them: real, effective, saved), and sets no_new_privs;
  *   4. replaces the whole environment with the --env pairs and looks PROGRAM up in their PATH;
- *   5. execs it. Any failure before the exec exits 125 with a line on stderr saying which step,
+ *   5. with --seccomp FAMILY (default, jvm, node), installs that family's seccomp-BPF filter
+ *      (see SECCOMP below), inherited by everything the program starts;
+ *   6. execs it. Any failure before the exec exits 125 with a line on stderr saying which step,
  *      and the same text on the status fd (close-on-exec: the agent reads nothing there when the
  *      program started, so a program's own exit 125 is never taken for the sandbox's failure).
  *
@@ -30,8 +32,13 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <linux/audit.h>
 #include <linux/capability.h>
+#include <linux/filter.h>
 #include <linux/random.h>
+#include <linux/seccomp.h>
+#include <sched.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,6 +46,8 @@
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -203,9 +212,202 @@ static int reseed(const char *time_ms) {
   return 0;
 }
 
+/*
+ * SECCOMP: one filter per language family, written by hand (no libseccomp: the helper is
+ * static and needs nothing from the image). docs/security.md lists what each family allows.
+ *
+ *   - Only the x86_64 ABI: a call through the i386 entry (int 0x80) or with the x32 bit set
+ *     kills the process (SIGSYS). No toolchain here makes such calls; their numbers mean other
+ *     syscalls, so an allow-list by number would be wrong for them, and a kill cannot be
+ *     mistaken for an ordinary failure.
+ *   - DENIED calls (the guest-kernel surface: ptrace, bpf, io_uring, keys, mounts, namespaces,
+ *     modules, the obsolete ones...) fail with EPERM, so a program can say what it was refused.
+ *   - clone with any CLONE_NEW* flag: EPERM; clone3: ENOSYS (its flags are in memory, which a
+ *     filter cannot read; glibc falls back to clone, whose flags it can, only on ENOSYS).
+ *   - personality: only the query (0xffffffff) and PER_LINUX (0); anything else EPERM.
+ *   - socket/socketpair: AF_UNIX, AF_INET, AF_INET6 and AF_NETLINK only; others (AF_VSOCK to
+ *     the host, AF_PACKET, AF_ALG, AF_KEY...) fail with EAFNOSUPPORT, as for a family the kernel
+ *     lacks.
+ *   - everything on the family's allow-list: allowed; anything else (newer calls, rare ones):
+ *     ENOSYS, as if the kernel lacked it: glibc's fallbacks (faccessat2, statx, clone3,
+ *     close_range...) act on ENOSYS only.
+ */
+#define SC_ALLOW SECCOMP_RET_ALLOW
+#define SC_KILL SECCOMP_RET_KILL_PROCESS
+#define SC_ERRNO(e) (SECCOMP_RET_ERRNO | ((e) & SECCOMP_RET_DATA))
+#define X32_BIT 0x40000000u
+#define CLONE_NEW_FLAGS                                                                     \
+  (CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER |            \
+   CLONE_NEWPID | CLONE_NEWNET)
+#define END (-1)
+
+/* What every family allows: ordinary file, memory, process, signal, time, IPC and socket calls. */
+static const int allow_base[] = {
+    SYS_read, SYS_write, SYS_open, SYS_close, SYS_stat, SYS_fstat, SYS_lstat, SYS_poll,
+    SYS_lseek, SYS_mmap, SYS_mprotect, SYS_munmap, SYS_brk, SYS_rt_sigaction,
+    SYS_rt_sigprocmask, SYS_rt_sigreturn, SYS_ioctl, SYS_pread64, SYS_pwrite64, SYS_readv,
+    SYS_writev, SYS_access, SYS_pipe, SYS_select, SYS_sched_yield, SYS_mremap, SYS_msync,
+    SYS_mincore, SYS_madvise, SYS_shmget, SYS_shmat, SYS_shmctl, SYS_dup, SYS_dup2, SYS_pause,
+    SYS_nanosleep, SYS_getitimer, SYS_alarm, SYS_setitimer, SYS_getpid, SYS_sendfile,
+    SYS_connect, SYS_accept, SYS_sendto, SYS_recvfrom, SYS_sendmsg, SYS_recvmsg, SYS_shutdown,
+    SYS_bind, SYS_listen, SYS_getsockname, SYS_getpeername, SYS_setsockopt, SYS_getsockopt,
+    SYS_fork, SYS_vfork, SYS_execve, SYS_exit, SYS_wait4, SYS_kill, SYS_uname, SYS_semget,
+    SYS_semop, SYS_semctl, SYS_shmdt, SYS_msgget, SYS_msgsnd, SYS_msgrcv, SYS_msgctl, SYS_fcntl,
+    SYS_flock, SYS_fsync, SYS_fdatasync, SYS_truncate, SYS_ftruncate, SYS_getdents, SYS_getcwd,
+    SYS_chdir, SYS_fchdir, SYS_rename, SYS_mkdir, SYS_rmdir, SYS_creat, SYS_link, SYS_unlink,
+    SYS_symlink, SYS_readlink, SYS_chmod, SYS_fchmod, SYS_chown, SYS_fchown, SYS_lchown,
+    SYS_umask, SYS_gettimeofday, SYS_getrlimit, SYS_getrusage, SYS_sysinfo, SYS_times,
+    SYS_getuid, SYS_getgid, SYS_setuid, SYS_setgid, SYS_geteuid, SYS_getegid, SYS_setpgid,
+    SYS_getppid, SYS_getpgrp, SYS_setsid, SYS_setreuid, SYS_setregid, SYS_getgroups,
+    SYS_setgroups, SYS_setresuid, SYS_getresuid, SYS_setresgid, SYS_getresgid, SYS_getpgid,
+    SYS_setfsuid, SYS_setfsgid, SYS_getsid, SYS_capget, SYS_capset, SYS_rt_sigpending,
+    SYS_rt_sigtimedwait, SYS_rt_sigqueueinfo, SYS_rt_sigsuspend, SYS_sigaltstack, SYS_utime,
+    SYS_mknod, SYS_statfs, SYS_fstatfs, SYS_getpriority, SYS_setpriority, SYS_sched_setparam,
+    SYS_sched_getparam, SYS_sched_setscheduler, SYS_sched_getscheduler,
+    SYS_sched_get_priority_max, SYS_sched_get_priority_min, SYS_sched_rr_get_interval,
+    SYS_mlock, SYS_munlock, SYS_mlockall, SYS_munlockall, SYS_prctl, SYS_arch_prctl,
+    SYS_setrlimit, SYS_sync, SYS_gettid, SYS_readahead, SYS_setxattr, SYS_lsetxattr,
+    SYS_fsetxattr, SYS_getxattr, SYS_lgetxattr, SYS_fgetxattr, SYS_listxattr, SYS_llistxattr,
+    SYS_flistxattr, SYS_removexattr, SYS_lremovexattr, SYS_fremovexattr, SYS_tkill, SYS_time,
+    SYS_futex, SYS_sched_setaffinity, SYS_sched_getaffinity, SYS_io_setup, SYS_io_destroy,
+    SYS_io_getevents, SYS_io_submit, SYS_io_cancel, SYS_epoll_create, SYS_getdents64,
+    SYS_set_tid_address, SYS_restart_syscall, SYS_semtimedop, SYS_fadvise64, SYS_timer_create,
+    SYS_timer_settime, SYS_timer_gettime, SYS_timer_getoverrun, SYS_timer_delete,
+    SYS_clock_gettime, SYS_clock_getres, SYS_clock_nanosleep, SYS_exit_group, SYS_epoll_wait,
+    SYS_epoll_ctl, SYS_tgkill, SYS_utimes, SYS_mq_open, SYS_mq_unlink, SYS_mq_timedsend,
+    SYS_mq_timedreceive, SYS_mq_notify, SYS_mq_getsetattr, SYS_waitid, SYS_inotify_init,
+    SYS_inotify_add_watch, SYS_inotify_rm_watch, SYS_openat, SYS_mkdirat, SYS_mknodat,
+    SYS_fchownat, SYS_futimesat, SYS_newfstatat, SYS_unlinkat, SYS_renameat, SYS_linkat,
+    SYS_symlinkat, SYS_readlinkat, SYS_fchmodat, SYS_faccessat, SYS_pselect6, SYS_ppoll,
+    SYS_set_robust_list, SYS_get_robust_list, SYS_splice, SYS_tee, SYS_sync_file_range,
+    SYS_vmsplice, SYS_utimensat, SYS_epoll_pwait, SYS_signalfd, SYS_timerfd_create, SYS_eventfd,
+    SYS_fallocate, SYS_timerfd_settime, SYS_timerfd_gettime, SYS_accept4, SYS_signalfd4,
+    SYS_eventfd2, SYS_epoll_create1, SYS_dup3, SYS_pipe2, SYS_inotify_init1, SYS_preadv,
+    SYS_pwritev, SYS_rt_tgsigqueueinfo, SYS_recvmmsg, SYS_prlimit64, SYS_syncfs, SYS_sendmmsg,
+    SYS_getcpu, SYS_sched_setattr, SYS_sched_getattr, SYS_renameat2, SYS_seccomp,
+    SYS_getrandom, SYS_memfd_create, SYS_execveat, SYS_mlock2, SYS_copy_file_range,
+    SYS_preadv2, SYS_pwritev2, SYS_statx, SYS_rseq, SYS_pidfd_send_signal, SYS_pidfd_open,
+    SYS_close_range, SYS_openat2, SYS_faccessat2, SYS_epoll_pwait2, SYS_futex_waitv, END};
+
+/* The JVM: HotSpot's NUMA support (-XX:+UseNUMA, through libnuma) sets its own memory policy. */
+static const int allow_jvm[] = {SYS_get_mempolicy, SYS_set_mempolicy, SYS_mbind, END};
+
+/* V8 (node): memory protection keys guard its JIT code (pkey_alloc at start-up). */
+static const int allow_node[] = {SYS_pkey_alloc, SYS_pkey_free, SYS_pkey_mprotect, END};
+
+/* Refused with EPERM in every family: the kernel surface no job needs. */
+static const int denied[] = {
+    /* other processes' memory and state */
+    SYS_ptrace, SYS_process_vm_readv, SYS_process_vm_writev, SYS_kcmp, SYS_pidfd_getfd,
+    SYS_process_madvise, SYS_move_pages, SYS_migrate_pages,
+    /* large kernel subsystems */
+    SYS_bpf, SYS_perf_event_open, SYS_userfaultfd, SYS_io_uring_setup, SYS_io_uring_enter,
+    SYS_io_uring_register, SYS_keyctl, SYS_add_key, SYS_request_key, SYS_fanotify_init,
+    SYS_fanotify_mark, SYS_open_by_handle_at, SYS_name_to_handle_at, SYS_modify_ldt,
+    /* namespaces and mounts */
+    SYS_unshare, SYS_setns, SYS_mount, SYS_umount2, SYS_pivot_root, SYS_chroot, SYS_fsopen,
+    SYS_fsconfig, SYS_fsmount, SYS_fspick, SYS_move_mount, SYS_open_tree, SYS_mount_setattr,
+    /* the machine itself */
+    SYS_kexec_load, SYS_kexec_file_load, SYS_reboot, SYS_init_module, SYS_finit_module,
+    SYS_delete_module, SYS_swapon, SYS_swapoff, SYS_acct, SYS_quotactl, SYS_quotactl_fd,
+    SYS_syslog, SYS_settimeofday, SYS_clock_settime, SYS_clock_adjtime, SYS_adjtimex,
+    SYS_sethostname, SYS_setdomainname, SYS_iopl, SYS_ioperm, SYS_vhangup,
+    /* obsolete */
+    SYS_uselib, SYS__sysctl, SYS_create_module, SYS_get_kernel_syms, SYS_query_module,
+    SYS_nfsservctl, SYS_afs_syscall, SYS_tuxcall, SYS_security, SYS_vserver, SYS_getpmsg,
+    SYS_putpmsg, SYS_epoll_ctl_old, SYS_epoll_wait_old, SYS_ustat, SYS_sysfs,
+    SYS_lookup_dcookie, SYS_remap_file_pages, SYS_set_thread_area, SYS_get_thread_area, END};
+
+struct family {
+  const char *name;
+  const int *extra;
+};
+
+static const struct family families[] = {
+    {"default", NULL}, {"jvm", allow_jvm}, {"node", allow_node}};
+
+#define MAX_FILTER 1024
+static struct sock_filter filter[MAX_FILTER];
+static unsigned short filter_len;
+
+static void emit(struct sock_filter insn) {
+  if (filter_len == MAX_FILTER) usage("seccomp filter too long");
+  filter[filter_len++] = insn;
+}
+
+#define STMT(code, k) emit((struct sock_filter)BPF_STMT(code, k))
+#define JUMP(code, k, jt, jf) emit((struct sock_filter)BPF_JUMP(code, k, jt, jf))
+#define LOAD_NR() STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr))
+/* The low 32 bits of argument 0 (x86_64 is little-endian); every test below is on them. */
+#define LOAD_ARG0() STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[0]))
+
+/* Each rule ends in its own return, so the jumps are short and never need patching. */
+static void rule_nr(int nr, unsigned int action) {
+  JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned int)nr, 0, 1);
+  STMT(BPF_RET | BPF_K, action);
+}
+
+static void rule_list(const int *list, unsigned int action) {
+  for (; list && *list != END; list++) rule_nr(*list, action);
+}
+
+/* nr: if (arg0 & mask) deny else allow. */
+static void rule_arg_mask(int nr, unsigned int mask, unsigned int deny) {
+  JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned int)nr, 0, 4);
+  LOAD_ARG0();
+  JUMP(BPF_JMP | BPF_JSET | BPF_K, mask, 0, 1);
+  STMT(BPF_RET | BPF_K, deny);
+  STMT(BPF_RET | BPF_K, SC_ALLOW);
+}
+
+/* nr: if arg0 is one of `values` allow else deny. */
+static void rule_arg_in(int nr, const unsigned int *values, int n, unsigned int deny) {
+  JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned int)nr, 0, (unsigned char)(n + 3));
+  LOAD_ARG0();
+  for (int k = 0; k < n; k++) JUMP(BPF_JMP | BPF_JEQ | BPF_K, values[k], (unsigned char)(n - k), 0);
+  STMT(BPF_RET | BPF_K, deny);
+  STMT(BPF_RET | BPF_K, SC_ALLOW);
+}
+
+static const struct family *find_family(const char *name) {
+  for (size_t k = 0; k < sizeof families / sizeof families[0]; k++) {
+    if (strcmp(families[k].name, name) == 0) return &families[k];
+  }
+  usage("--seccomp wants default, jvm or node");
+  return NULL;
+}
+
+static void install_seccomp(const struct family *family) {
+  static const unsigned int personalities[] = {0xffffffffu, 0};
+  static const unsigned int socket_families[] = {AF_UNIX, AF_INET, AF_INET6, AF_NETLINK};
+  filter_len = 0;
+  STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch));
+  JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 1, 0);
+  STMT(BPF_RET | BPF_K, SC_KILL);
+  LOAD_NR();
+  /* Numbers from 0x80000000 (syscall(-1)...) are no syscall: ENOSYS, as the kernel says. */
+  JUMP(BPF_JMP | BPF_JGE | BPF_K, 0x80000000u, 0, 1);
+  STMT(BPF_RET | BPF_K, SC_ERRNO(ENOSYS));
+  JUMP(BPF_JMP | BPF_JSET | BPF_K, X32_BIT, 0, 1);
+  STMT(BPF_RET | BPF_K, SC_KILL);
+  rule_nr(SYS_clone3, SC_ERRNO(ENOSYS));
+  rule_arg_mask(SYS_clone, CLONE_NEW_FLAGS, SC_ERRNO(EPERM));
+  /* Each rule above loads an argument only on its own number, and returns: A is still nr. */
+  rule_arg_in(SYS_personality, personalities, 2, SC_ERRNO(EPERM));
+  rule_arg_in(SYS_socket, socket_families, 4, SC_ERRNO(EAFNOSUPPORT));
+  rule_arg_in(SYS_socketpair, socket_families, 4, SC_ERRNO(EAFNOSUPPORT));
+  rule_list(denied, SC_ERRNO(EPERM));
+  rule_list(allow_base, SC_ALLOW);
+  rule_list(family->extra, SC_ALLOW);
+  STMT(BPF_RET | BPF_K, SC_ERRNO(ENOSYS));
+  struct sock_fprog prog = {.len = filter_len, .filter = filter};
+  if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog, 0, 0) != 0) die("seccomp", family->name);
+}
+
 int main(int argc, char **argv) {
   if (argc == 3 && strcmp(argv[1], "--reseed") == 0) return reseed(argv[2]);
   const char *cgroup = NULL;
+  const struct family *seccomp = NULL;
   unsigned long long uid = 0, gid = 0;
   int have_uid = 0, have_gid = 0;
   static char *envp[MAX_ENV + 1];
@@ -227,6 +429,8 @@ int main(int argc, char **argv) {
       if (parse_u64(v, &fd) || fd < 3 || fd > 1024) usage("--status-fd wants a number from 3");
       status_fd = (int)fd;
       if (fcntl(status_fd, F_SETFD, FD_CLOEXEC) != 0) die("fcntl", "--status-fd");
+    } else if (strcmp(a, "--seccomp") == 0) {
+      seccomp = find_family(v);
     } else if (strcmp(a, "--cgroup") == 0) {
       cgroup = v;
     } else if (strcmp(a, "--rlimit") == 0) {
@@ -254,6 +458,8 @@ int main(int argc, char **argv) {
   for (int k = 0; k < nrl; k++) set_rlimit(rlimits[k]);
   if (have_uid) drop_privileges(uid, gid);
   if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) die("no_new_privs", NULL);
+  /* Last: from here on only the calls the exec (or its failure) makes. */
+  if (seccomp) install_seccomp(seccomp);
   exec_program(argv + i, envp);
   return FAIL;
 }

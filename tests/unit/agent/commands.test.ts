@@ -172,6 +172,16 @@ describe('stage command line', () => {
     ]);
   });
 
+  it('asks the helper for the stage’s seccomp family, last before the program', () => {
+    const sandbox: StageSandbox = { tools, runAs: null, cgroup: null, helper: '/h' };
+    const argv = buildStageArgv(sandbox, { ...spec, seccomp: 'jvm' });
+    expect(argv.slice(-6)).toEqual(['--seccomp', 'jvm', '--', 'python3', 'main.py', 'arg']);
+    expect(buildStageArgv(sandbox, spec)).not.toContain('--seccomp');
+    // The tool chain has no filter to install: nothing is passed to prlimit or setpriv.
+    const chain = buildStageArgv({ tools, runAs: null, cgroup: null }, { ...spec, seccomp: 'jvm' });
+    expect(chain.join(' ')).not.toMatch(/seccomp/);
+  });
+
   it('does not count the agent user’s processes when it keeps its own user', () => {
     const argv = buildStageArgv({ tools, runAs: null, cgroup: null }, spec);
     expect(argv.some((a) => a.startsWith('--nproc') || a.startsWith('--reuid'))).toBe(false);

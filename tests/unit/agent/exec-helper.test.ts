@@ -98,4 +98,121 @@ describe('runner-exec', () => {
     expect(r.status).toBe('sandbox_error');
     expect(r.message).toMatch(/could not start the program: setresuid: Operation not permitted/);
   });
+
+  /**
+   * Calls that succeed (or fail with something else) for an ordinary user without the filter,
+   * so the filter is what the EPERM/ENOSYS lines prove. None of them does anything lasting.
+   */
+  const PROBE = [
+    'import ctypes, errno, socket',
+    'libc = ctypes.CDLL(None, use_errno=True)',
+    'libc.syscall.restype = ctypes.c_long',
+    'def sc(name, nr, *args):',
+    '    r = libc.syscall(ctypes.c_long(nr), *[ctypes.c_long(a) for a in args])',
+    '    print(name, errno.errorcode[ctypes.get_errno()] if r == -1 else "ok")',
+    'sc("ptrace_traceme", 101, 0, 0, 0, 0)',
+    'sc("add_key", 248, 0, 0, 0, 0, -3)',
+    'sc("keyctl", 250, 0, -3, 0)',
+    'sc("unshare", 272, 0x10000000)',
+    'sc("bpf", 321, 0, 0, 0)',
+    'sc("io_uring_setup", 425, 1, 0)',
+    'sc("personality", 135, 0x0040000)',
+    'sc("personality_query", 135, 0xffffffff)',
+    'sc("clone3", 435, 0, 0)',
+    'sc("landlock_create_ruleset", 444, 0, 0, 1)',
+    'try:',
+    '    socket.socket(40, socket.SOCK_STREAM).close(); print("socket_vsock ok")',
+    'except OSError as e:',
+    '    print("socket_vsock", errno.errorcode[e.errno])',
+    'status = open("/proc/self/status").read()',
+    'print("seccomp_mode", status.split("Seccomp:")[1].split()[0])',
+  ].join('\n');
+
+  const probe = async (seccomp?: 'default' | 'jvm' | 'node'): Promise<Record<string, string>> => {
+    const runAs = isRoot ? await freeOwner(48_000, 100) : null;
+    const r = await runStage(await sandbox({ runAs }), {
+      ...spec(''),
+      argv: ['python3', '-c', PROBE],
+      ...(seccomp ? { seccomp } : {}),
+    });
+    expect(r.status, text(r.stderr)).toBe('ok');
+    return Object.fromEntries(
+      text(r.stdout)
+        .trim()
+        .split('\n')
+        .map((l) => l.split(' ')),
+    ) as Record<string, string>;
+  };
+
+  it('--seccomp: the denied calls get EPERM, clone3 and unlisted calls ENOSYS, vsock refused', async (ctx) => {
+    if (helper === null) ctx.skip(why);
+    for (const family of ['default', 'jvm', 'node'] as const) {
+      expect(await probe(family), family).toEqual({
+        ptrace_traceme: 'EPERM',
+        add_key: 'EPERM',
+        keyctl: 'EPERM',
+        unshare: 'EPERM',
+        bpf: 'EPERM',
+        io_uring_setup: 'EPERM',
+        personality: 'EPERM',
+        personality_query: 'ok',
+        clone3: 'ENOSYS',
+        landlock_create_ruleset: 'ENOSYS',
+        socket_vsock: 'EAFNOSUPPORT',
+        seccomp_mode: '2',
+      });
+    }
+  });
+
+  it('without --seccomp there is no filter (the probe above is not vacuous)', async (ctx) => {
+    if (helper === null) ctx.skip(why);
+    const got = await probe();
+    expect(got).toMatchObject({ ptrace_traceme: 'ok', personality_query: 'ok', seccomp_mode: '0' });
+    expect(got.clone3).not.toBe('ENOSYS');
+  });
+
+  it('--seccomp: a call through the i386 or x32 ABI kills the process with SIGSYS', async (ctx) => {
+    if (helper === null) ctx.skip(why);
+    // getpid through int 0x80 (i386 number 20) and with the x32 bit (0x40000000 | 39).
+    const source = [
+      '#include <stdio.h>',
+      '#include <string.h>',
+      'int main(int argc, char **argv) {',
+      '  long r;',
+      '  if (argc > 1 && strcmp(argv[1], "x32") == 0)',
+      '    __asm__ volatile("syscall" : "=a"(r) : "a"(0x40000000L | 39) : "rcx", "r11", "memory");',
+      '  else',
+      '    __asm__ volatile("int $0x80" : "=a"(r) : "a"(20L) : "memory");',
+      '  printf("survived\\n");',
+      '  return 0;',
+      '}',
+    ].join('\n');
+    await writeFile(join(dir, 'abi.c'), source);
+    const built = await runStage(await sandbox(), {
+      ...spec(`gcc -o ${join(dir, 'abi')} ${join(dir, 'abi.c')}`),
+    });
+    expect(built.status, text(built.stderr)).toBe('ok');
+    for (const abi of ['i386', 'x32']) {
+      const r = await runStage(await sandbox(), {
+        ...spec(''),
+        argv: [join(dir, 'abi'), abi],
+        seccomp: 'default',
+      });
+      expect({ signal: r.signal, out: text(r.stdout) }, abi).toEqual({ signal: 'SIGSYS', out: '' });
+    }
+    const unfiltered = await runStage(await sandbox(), { ...spec(''), argv: [join(dir, 'abi')] });
+    // Without the filter: the call runs (or, on a kernel without i386 emulation, SIGSEGV).
+    expect(unfiltered.signal).not.toBe('SIGSYS');
+  });
+
+  it('an unknown seccomp family is the sandbox’s failure, before the program runs', async (ctx) => {
+    if (helper === null) ctx.skip(why);
+    const r = await runStage(await sandbox(), {
+      ...spec('echo never'),
+      seccomp: 'bogus' as 'default',
+    });
+    expect(r.status).toBe('sandbox_error');
+    expect(r.message).toMatch(/--seccomp wants default, jvm or node/);
+    expect(text(r.stdout)).toBe('');
+  });
 });

@@ -58,6 +58,31 @@ describe('languages as data', () => {
       expect.objectContaining({ code: 'LANGUAGE_INVALID' }),
     );
     expect(() => parseLanguageDefinition({ ...good, packages: ['Bad Name'] }, 'x.json')).toThrow();
+    expect(() => parseLanguageDefinition({ ...good, seccomp: 'none' }, 'x.json')).toThrow(
+      /seccomp/,
+    );
+    const bare: Record<string, unknown> = { ...good };
+    delete bare.seccomp;
+    expect(parseLanguageDefinition(bare, 'x.json').seccomp).toBeUndefined();
+  });
+
+  it('gives each language the seccomp family its runtime needs', () => {
+    const families = Object.fromEntries(
+      registry.list().map((l) => [l.definition.name, l.definition.seccomp]),
+    );
+    expect(families).toEqual({
+      bash: 'default',
+      c: 'default',
+      'c++': 'default',
+      go: 'default',
+      java: 'jvm',
+      javascript: 'node',
+      php: 'default',
+      python: 'default',
+      ruby: 'default',
+      rust: 'default',
+      typescript: 'node',
+    });
   });
 
   it('refuses an alias claimed by two languages', () => {

@@ -30,6 +30,21 @@ describe('prepareJob: one message, built once, checked as the agent checks it', 
     expect(job.message.stdin).toBe('');
   });
 
+  it('carries the language’s seccomp family to the agent (default when it names none)', () => {
+    const family = (language: string): string | undefined =>
+      prepareJob({ language, files: [{ content: '' }] }, registry).message.seccomp;
+    expect(family('java')).toBe('jvm');
+    expect(family('javascript')).toBe('node');
+    expect(family('typescript')).toBe('node');
+    expect(family('python')).toBe('default');
+    const python = { ...registry.get('python').definition };
+    delete python.seccomp;
+    const bare = new LanguageRegistry([{ definition: python, dir: '/nowhere' }]);
+    expect(prepareJob({ language: 'python', files: [{ content: '' }] }, bare).message.seccomp).toBe(
+      'default',
+    );
+  });
+
   it('gives a new id when none is given', () => {
     const a = prepareJob({ language: 'python', files: [{ content: '' }] }, registry);
     const b = prepareJob({ language: 'python', files: [{ content: '' }] }, registry);

@@ -4,6 +4,7 @@ import {
   parseAgentMessage,
   parseHostMessage,
   PROTOCOL_VERSION,
+  SECCOMP_FAMILIES,
   STATUSES,
 } from '../../../src/protocol/index.js';
 
@@ -63,6 +64,16 @@ describe('message schemas', () => {
       vmId: 'vm-1',
     };
     expect(parseHostMessage(seed)).toEqual(seed);
+  });
+
+  it('takes a seccomp family in execute, only a known one, and none from an older host', () => {
+    for (const family of SECCOMP_FAMILIES) {
+      expect(parseHostMessage({ ...execute, seccomp: family })).toMatchObject({ seccomp: family });
+    }
+    expect(SECCOMP_FAMILIES).toEqual(['default', 'jvm', 'node']);
+    expect(code(() => parseHostMessage({ ...execute, seccomp: 'none' }))).toBe('MESSAGE_INVALID');
+    expect(code(() => parseHostMessage({ ...execute, seccomp: '' }))).toBe('MESSAGE_INVALID');
+    expect(parseHostMessage(execute)).not.toHaveProperty('seccomp');
   });
 
   it('accepts each agent message', () => {
