@@ -6,8 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # gcc and libc6-dev build the guest's static exec helper (src/agent/native/runner-exec.c); nftables
-# holds the egress policy of networked VMs (docs/network.md).
-packages=(qemu-system-x86 debootstrap e2fsprogs cpio lz4 zstd util-linux gcc libc6-dev nftables)
+# holds the egress policy of networked VMs and iproute2 (ip, tc) their links (docs/network.md).
+packages=(qemu-system-x86 debootstrap e2fsprogs cpio lz4 zstd util-linux gcc libc6-dev nftables iproute2)
 if [[ "${1:-}" == "--test" ]]; then
   packages+=(python3 bash socat redis-server)
 fi
