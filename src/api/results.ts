@@ -1,4 +1,4 @@
-import type { JobResult, JobTimings } from '../pool/index.js';
+import { ZERO_TIMINGS, type JobResult, type JobTimings } from '../pool/index.js';
 import { sandboxStage, type StageResult, type Status } from '../protocol/index.js';
 import type { ExecuteResponse, PistonStage, StageView } from './schemas.js';
 
@@ -18,14 +18,6 @@ export function stageView(stage: StageResult): StageView {
   return { ...stage, stdoutText: textOrNull(stage.stdout), stderrText: textOrNull(stage.stderr) };
 }
 
-const ZERO_TIMINGS: JobTimings = {
-  totalMs: 0,
-  acquireMs: 0,
-  executeMs: 0,
-  guestMs: 0,
-  hostOverheadMs: 0,
-  poolHit: false,
-};
 
 /** The native result of one engine job. */
 export function executeResponse(result: JobResult): ExecuteResponse {

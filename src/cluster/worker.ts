@@ -3,7 +3,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { Worker, type Job } from 'bullmq';
 import { Redis } from 'ioredis';
 import { asRunnerError } from '../errors.js';
-import type { JobResult, PreparedJob } from '../pool/index.js';
+import { ZERO_TIMINGS, type JobResult, type PreparedJob } from '../pool/index.js';
 import { sandboxStage } from '../protocol/index.js';
 import { clusterKeys, redisOptions, type ClusterOptions, type WorkerBeat } from './names.js';
 import { fromClusterJob, type ClusterResult } from './wire.js';
@@ -253,13 +253,6 @@ export function lostResult(job: PreparedJob, why: string): JobResult {
     run: cases === undefined ? stage : null,
     ...(cases !== undefined && { cases: cases.map(() => stage) }),
     vmId: null,
-    timings: {
-      totalMs: 0,
-      acquireMs: 0,
-      executeMs: 0,
-      guestMs: 0,
-      hostOverheadMs: 0,
-      poolHit: false,
-    },
+    timings: ZERO_TIMINGS,
   };
 }

@@ -15,6 +15,7 @@ export {
   DEADLINE_BUDGET,
   jobDeadlineMs,
   JobTimingsSchema,
+  ZERO_TIMINGS,
   prepareJob,
   type JobRequest,
   type JobResult,

@@ -64,6 +64,16 @@ export const JobTimingsSchema = Type.Object({
 });
 export type JobTimings = Static<typeof JobTimingsSchema>;
 
+/** The timings of a job that never reached a VM. */
+export const ZERO_TIMINGS: JobTimings = Object.freeze({
+  totalMs: 0,
+  acquireMs: 0,
+  executeMs: 0,
+  guestMs: 0,
+  hostOverheadMs: 0,
+  poolHit: false,
+});
+
 /** The result of a job: the result shape of the protocol plus identity and timings. */
 export interface JobResult {
   readonly id: string;

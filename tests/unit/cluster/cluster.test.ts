@@ -28,6 +28,16 @@ const languages = LanguageRegistry.fromDir();
 const job = (code: string): PreparedJob =>
   prepareJob({ language: 'python', files: [{ content: code }] }, languages);
 
+/** An API node's engine on prefix `p`, with a cluster-wide cap of `maxQueued` waiting jobs. */
+const apiNode = (url: string, p: string, maxQueued: number): ClusterEngine =>
+  new ClusterEngine(languages, {
+    redisUrl: url,
+    prefix: p,
+    maxInFlight: 100,
+    maxQueued,
+    queueWaitMs: 30_000,
+  });
+
 /** An engine that "runs" a job by echoing its source, after `ms`. */
 function echoEngine(ms = 0, seen: string[] = []): WorkerEngine {
   return {
@@ -88,13 +98,7 @@ describe.skipIf(reason !== null)('the cluster queue on a real Redis', () => {
     const p = prefix();
     const url = redis?.url ?? '';
     const worker = new ClusterWorker(echoEngine(), { redisUrl: url, prefix: p, id: 'w' });
-    const api = new ClusterEngine(languages, {
-      redisUrl: url,
-      prefix: p,
-      maxInFlight: 10,
-      maxQueued: 10,
-      queueWaitMs: 10_000,
-    });
+    const api = apiNode(url, p, 10);
     await worker.start();
     try {
       const j = job('print(42)');
@@ -170,13 +174,7 @@ describe.skipIf(reason !== null)('the cluster queue on a real Redis', () => {
   test("one key's flood queues behind another key's first job", async () => {
     const p = prefix();
     const url = redis?.url ?? '';
-    const api = new ClusterEngine(languages, {
-      redisUrl: url,
-      prefix: p,
-      maxInFlight: 100,
-      maxQueued: 100,
-      queueWaitMs: 30_000,
-    });
+    const api = apiNode(url, p, 100);
     const order: string[] = [];
     const worker = new ClusterWorker(echoEngine(20, order), { redisUrl: url, prefix: p, id: 'w' });
     const flood = Array.from({ length: 6 }, (_, i) => job(`print(${i})`));
@@ -200,13 +198,7 @@ describe.skipIf(reason !== null)('the cluster queue on a real Redis', () => {
   test('the cluster-wide cap refuses with QUEUE_FULL when as many jobs wait as it allows', async () => {
     const p = prefix();
     const url = redis?.url ?? '';
-    const api = new ClusterEngine(languages, {
-      redisUrl: url,
-      prefix: p,
-      maxInFlight: 100,
-      maxQueued: 2,
-      queueWaitMs: 30_000,
-    });
+    const api = apiNode(url, p, 2);
     try {
       const pending = [api.run(job('1'), null), api.run(job('2'), null)];
       for (const run of pending) run.catch(() => undefined);
