@@ -1,3 +1,4 @@
+import type { LiveJob } from './live.js';
 import { constants as fsc } from 'node:fs';
 import { access, stat } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -256,7 +257,11 @@ export class Executor {
    * the last stage ends; the work dir is removed after that (before the next job starts), so a
    * job's clean-up is never part of the time the host waits for its result.
    */
-  async execute(job: ExecutorJob, signal?: AbortSignal): Promise<ExecutorOutcome> {
+  async execute(
+    job: ExecutorJob,
+    signal?: AbortSignal,
+    live?: LiveJob,
+  ): Promise<ExecutorOutcome> {
     // One job at a time: jobs share the run user, its RLIMIT_NPROC count and, without
     // cgroups, the uid sweep that ends every stage, so two at once would kill each other.
     const previous = this.tail;
@@ -265,7 +270,7 @@ export class Executor {
     await previous;
     const dirs: string[] = [];
     try {
-      return await this.executeAlone(job, signal, dirs);
+      return await this.executeAlone(job, signal, dirs, live);
     } finally {
       void Promise.all(
         dirs.map((dir) =>
@@ -282,6 +287,7 @@ export class Executor {
     job: ExecutorJob,
     signal: AbortSignal | undefined,
     dirs: string[],
+    live?: LiveJob,
   ): Promise<ExecutorOutcome> {
     const language = this.language(job.language);
     checkLimits(job.compileLimits, 'compile');
@@ -312,6 +318,7 @@ export class Executor {
     const runEnv = { ...baseEnv, ...job.env };
     let compile: StageResult | null = null;
     if (compileArgv) {
+      live?.stageStart('compile');
       compile = await this.stage(
         compileArgv,
         workDir,
@@ -321,11 +328,14 @@ export class Executor {
         signal,
         budget,
         seccomp,
+        live && { job: live, stdin: false },
       );
       if (compile.status === 'runtime_error') compile = { ...compile, status: 'compile_error' };
+      live?.stageEnd('compile', compile.status);
       if (compile.status !== 'ok') return { status: compile.status, compile, run: null };
     }
     if (job.cases === undefined) {
+      live?.stageStart('run');
       const run = await this.stage(
         runArgv,
         workDir,
@@ -335,7 +345,9 @@ export class Executor {
         signal,
         budget,
         seccomp,
+        live && { job: live, stdin: true },
       );
+      live?.stageEnd('run', run.status);
       return { status: run.status, compile, run };
     }
     // Compiled once; each case runs in a fresh copy of the compiled work dir with its own
@@ -387,6 +399,7 @@ export class Executor {
     signal: AbortSignal | undefined,
     outputBudget?: OutputBudget,
     seccomp: SeccompFamily = DEFAULT_SECCOMP_FAMILY,
+    live?: { job: LiveJob; stdin: boolean },
   ): Promise<StageResult> {
     const result = await runStage(
       this.sandbox,
@@ -399,6 +412,7 @@ export class Executor {
         ...(signal ? { signal } : {}),
         ...(outputBudget ? { outputBudget } : {}),
         seccomp,
+        ...(live && { live }),
       },
       this.options.timings ?? DEFAULT_STAGE_TIMINGS,
     );

@@ -15,15 +15,21 @@ import {
   type ResultMessage,
   type SeedMessage,
   type StageResult,
+  type CreditMessage,
+  type SignalMessage,
+  type StdinEndMessage,
+  type StdinMessage,
 } from '../protocol/index.js';
 import { REQUEST_CODES, type ExecutorJob, type ExecutorOutcome } from './executor.js';
 import type { GuestActions } from './guest.js';
+import { LiveJob } from './live.js';
 import { messageOf, sandboxErrorResult } from './stage.js';
 
 /** What the server needs of an executor (the real one, or a fake in tests). */
 export interface JobExecutor {
   languages(): string[];
-  execute(job: ExecutorJob, signal?: AbortSignal): Promise<ExecutorOutcome>;
+  /** Runs a job; `live` (a streamed job) gets its output as it comes, and gives it stdin. */
+  execute(job: ExecutorJob, signal?: AbortSignal, live?: LiveJob): Promise<ExecutorOutcome>;
 }
 
 export interface AgentServerOptions {
@@ -41,7 +47,8 @@ export interface AgentServerOptions {
  * The agent's side of the guest protocol. Serves one host session at a time over any byte
  * stream (the transports hand it streams): hello first, then execute, ping and seed messages.
  * Jobs and seeds run one after another in arrival order; pings are answered at once, even while
- * a job runs. A protocol error from the host ends that session, and only that session; when a
+ * a job runs, and so are a live job's stdin, stdin_end, signal and credit messages (routed to
+ * that job, or dropped once it has ended). A protocol error from the host ends that session, and only that session; when a
  * session ends, its running job is killed.
  */
 export class AgentServer {
@@ -92,6 +99,8 @@ export class AgentServer {
         vmId: this.currentVmId,
       });
       let queue: Promise<void> = Promise.resolve();
+      // Live jobs by id, from their execute message on (their stdin may come before they start).
+      const lives = new Map<string, LiveJob>();
       for (;;) {
         let message: HostMessage;
         try {
@@ -104,10 +113,31 @@ export class AgentServer {
           await this.send(channel, { type: 'pong', id: message.id });
           continue;
         }
+        if (
+          message.type === 'stdin' ||
+          message.type === 'stdin_end' ||
+          message.type === 'signal' ||
+          message.type === 'credit'
+        ) {
+          // For a job that ended (or never streamed) they are late, not wrong: dropped.
+          const live = lives.get(message.id);
+          if (live !== undefined) routeLive(live, message);
+          continue;
+        }
         const m = message;
-        queue = queue.then(() =>
-          m.type === 'execute' ? this.execute(channel, m, abort.signal) : this.seed(channel, m),
-        );
+        let live: LiveJob | undefined;
+        if (m.type === 'execute' && m.stream !== undefined && !lives.has(m.id)) {
+          live = new LiveJob(m.id, m.stream.windowBytes, (out) => void this.send(channel, out));
+          lives.set(m.id, live);
+        }
+        queue = queue.then(async () => {
+          if (m.type !== 'execute') return this.seed(channel, m);
+          try {
+            await this.execute(channel, m, abort.signal, live);
+          } finally {
+            if (live !== undefined) lives.delete(m.id);
+          }
+        });
       }
       await queue;
     } catch (err) {
@@ -135,6 +165,7 @@ export class AgentServer {
     channel: MessageChannel<HostMessage, AgentMessage>,
     message: ExecuteMessage,
     signal: AbortSignal,
+    live?: LiveJob,
   ): Promise<void> {
     const { id, language, files, stdin, args, env, compileLimits, runLimits, cases } = message;
     const job: ExecutorJob = {
@@ -154,7 +185,7 @@ export class AgentServer {
     );
     let result: ExecutorOutcome;
     try {
-      result = await this.options.executor.execute(job, signal);
+      result = await this.options.executor.execute(job, signal, live);
     } catch (err) {
       if (err instanceof RunnerError && REQUEST_CODES.has(err.code)) {
         log(`job ${id}: refused: ${err.code}: ${err.message}`);
@@ -224,6 +255,27 @@ export class AgentServer {
       this.options.log?.(`send failed: ${messageOf(err)}`);
       channel.close(err instanceof Error ? err : undefined);
     }
+  }
+}
+
+/** Hands a host's live message to its job. */
+function routeLive(
+  live: LiveJob,
+  message: StdinMessage | StdinEndMessage | SignalMessage | CreditMessage,
+): void {
+  switch (message.type) {
+    case 'stdin':
+      live.stdin(Buffer.from(message.data, 'base64'));
+      return;
+    case 'stdin_end':
+      live.stdinEnd();
+      return;
+    case 'signal':
+      live.signal(message.signal);
+      return;
+    case 'credit':
+      live.credit(message.bytes);
+      return;
   }
 }
 

@@ -11,6 +11,7 @@ import {
   type Status,
 } from '../protocol/index.js';
 import { StageCgroup, type CgroupSupport } from './cgroup.js';
+import type { LiveJob } from './live.js';
 import type { FileOwner } from './files.js';
 import {
   killAllOfUid,
@@ -50,6 +51,12 @@ export interface StageSpec {
    * filter. Only the exec helper installs one: the tool chain fallback has none.
    */
   readonly seccomp?: SeccompFamily;
+  /**
+   * A streamed job's live side: output is sent as it is read (within the caps), with
+   * back-pressure; with `stdin`, the program's stdin stays open for the host's chunks after
+   * `stdin` (the spec's) until the host ends it, and the host's signals reach the stage.
+   */
+  readonly live?: { readonly job: LiveJob; readonly stdin: boolean };
 }
 
 /** The stage machinery's own timings, in ms. */
@@ -168,8 +175,9 @@ class OutputCapture {
     private readonly budget: OutputBudget | undefined,
   ) {}
 
-  push(chunk: Buffer): void {
-    if (this.truncated) return;
+  /** Keeps what the caps allow of `chunk`; returns the part kept. */
+  push(chunk: Buffer): Buffer {
+    if (this.truncated) return EMPTY;
     const capRoom = Math.max(0, this.capBytes - this.seen);
     this.seen += chunk.length;
     let part = chunk.length > capRoom ? chunk.subarray(0, capRoom) : chunk;
@@ -188,12 +196,15 @@ class OutputCapture {
       this.truncated = true;
       this.onOverflow();
     }
+    return part;
   }
 
   base64(): string {
     return Buffer.concat(this.chunks, this.bytes).toString('base64');
   }
 }
+
+const EMPTY = Buffer.alloc(0);
 
 /** A stage result for a failure of the sandbox itself. */
 export const sandboxErrorResult = sandboxStage;
@@ -288,10 +299,30 @@ class StageRun {
     child.on('error', () => undefined);
 
     const startFailure = helper ? readAll(child.stdio[3] as Readable) : Promise.resolve('');
-    const stdoutDone = collect(child.stdout, this.stdout);
-    const stderrDone = collect(child.stderr, this.stderr);
+    const live = this.spec.live;
+    const pipes = [child.stdout, child.stderr];
+    // Live: each kept chunk goes to the host; a full window pauses both pipes until room.
+    const forward = (stream: 'stdout' | 'stderr') =>
+      live === undefined
+        ? undefined
+        : (kept: Buffer): void => {
+            if (live.job.output(stream, kept)) return;
+            for (const p of pipes) p?.pause();
+            live.job.whenRoom(() => {
+              for (const p of pipes) p?.resume();
+            });
+          };
+    const stdoutDone = collect(child.stdout, this.stdout, forward('stdout'));
+    const stderrDone = collect(child.stderr, this.stderr, forward('stderr'));
     const outputDone = Promise.all([stdoutDone, stderrDone]);
-    feedStdin(child.stdin, this.spec.stdin);
+    if (live?.stdin === true && child.stdin) {
+      child.stdin.on('error', () => undefined);
+      if (this.spec.stdin.length > 0) child.stdin.write(this.spec.stdin);
+      live.job.attachStdin(child.stdin);
+    } else {
+      feedStdin(child.stdin, this.spec.stdin);
+    }
+    live?.job.attachSignals((sig) => this.signalGroup(sig));
 
     if (this.cgroup && gated) {
       const gate = child.stdio[3] as Writable;
@@ -316,12 +347,22 @@ class StageRun {
     try {
       status = await exited;
       this.exitedAt = performance.now();
-      // Output the main process wrote before exiting may still be in the pipes.
-      await Promise.race([outputDone, sleep(this.timings.drainMs)]);
+      live?.job.attachSignals(null);
+      // Output the main process wrote before exiting may still be in the pipes. Live, the
+      // host may be slow to make room for it: wait for it within what is left of the wall limit.
+      const drainMs =
+        live !== undefined && live.job.blocked
+          ? Math.max(
+              this.timings.drainMs,
+              this.spec.limits.wallTimeMs - (this.exitedAt - this.started),
+            )
+          : this.timings.drainMs;
+      await Promise.race([outputDone, sleep(drainMs)]);
       // Whatever is left (daemons, a grandchild holding a pipe, setsid escapees) dies now.
       await this.killEverything();
       await Promise.race([outputDone, sleep(this.timings.drainMs)]);
     } finally {
+      live?.job.detach();
       this.spec.signal?.removeEventListener('abort', onAbort);
       for (const t of this.timers) clearTimeout(t);
       child.stdout?.destroy();
@@ -499,13 +540,20 @@ function readAll(stream: Readable | null): Promise<string> {
   });
 }
 
-function collect(stream: Readable | null, capture: OutputCapture): Promise<void> {
+function collect(
+  stream: Readable | null,
+  capture: OutputCapture,
+  onKept?: (kept: Buffer) => void,
+): Promise<void> {
   return new Promise((resolve) => {
     if (!stream) {
       resolve();
       return;
     }
-    stream.on('data', (chunk: Buffer) => capture.push(chunk));
+    stream.on('data', (chunk: Buffer) => {
+      const kept = capture.push(chunk);
+      if (kept.length > 0) onKept?.(kept);
+    });
     stream.once('end', () => resolve());
     stream.once('close', () => resolve());
     stream.once('error', () => resolve());

@@ -163,10 +163,77 @@ export const ExecuteMessageSchema = Type.Object(
      * with that stdin (base64) instead of `stdin`; the result carries `cases` and no `run`.
      */
     cases: Type.Optional(Type.Array(Base64, { minItems: 1, maxItems: MAX_JOB_CASES })),
+    /**
+     * A live job (docs/agent.md, "Streaming"): the agent sends `stage` and `output` messages as
+     * they happen, keeps the run stage's stdin open for `stdin` messages until `stdin_end`,
+     * and takes `signal`s. At most `windowBytes` of output are in flight: past it the agent
+     * stops reading the program's pipes (so the program blocks on write) until the host's
+     * `credit`s give room. The final `result` is still sent, the sum of the stream. Not with
+     * `cases`.
+     */
+    stream: Type.Optional(
+      Type.Object(
+        { windowBytes: Type.Integer({ minimum: 4096, maximum: 16 * 1024 * 1024 }) },
+        closed,
+      ),
+    ),
   },
   closed,
 );
 export type ExecuteMessage = Static<typeof ExecuteMessageSchema>;
+
+/** Signals a host may send to a live job's program (to its process group). */
+export const LIVE_SIGNALS = [
+  'SIGINT',
+  'SIGTERM',
+  'SIGKILL',
+  'SIGQUIT',
+  'SIGHUP',
+  'SIGUSR1',
+  'SIGUSR2',
+] as const;
+export type LiveSignal = (typeof LIVE_SIGNALS)[number];
+
+/** Bytes for a live job's stdin (the run stage's; before it starts they wait for it). */
+export const StdinMessageSchema = Type.Object(
+  { type: Type.Literal('stdin'), id: Id, data: Base64 },
+  closed,
+);
+export type StdinMessage = Static<typeof StdinMessageSchema>;
+
+/** Closes a live job's stdin (the program reads end of file). */
+export const StdinEndMessageSchema = Type.Object(
+  { type: Type.Literal('stdin_end'), id: Id },
+  closed,
+);
+export type StdinEndMessage = Static<typeof StdinEndMessageSchema>;
+
+/** A signal for the running stage of a live job. */
+export const SignalMessageSchema = Type.Object(
+  {
+    type: Type.Literal('signal'),
+    id: Id,
+    // Spelled out, as StatusSchema is (a mapped array loses the tuple type).
+    signal: Type.Union([
+      Type.Literal('SIGINT'),
+      Type.Literal('SIGTERM'),
+      Type.Literal('SIGKILL'),
+      Type.Literal('SIGQUIT'),
+      Type.Literal('SIGHUP'),
+      Type.Literal('SIGUSR1'),
+      Type.Literal('SIGUSR2'),
+    ]),
+  },
+  closed,
+);
+export type SignalMessage = Static<typeof SignalMessageSchema>;
+
+/** Room for `bytes` more of a live job's output (the host has passed that much on). */
+export const CreditMessageSchema = Type.Object(
+  { type: Type.Literal('credit'), id: Id, bytes: Type.Integer({ minimum: 1 }) },
+  closed,
+);
+export type CreditMessage = Static<typeof CreditMessageSchema>;
 
 export const PingMessageSchema = Type.Object({ type: Type.Literal('ping'), id: Id }, closed);
 export type PingMessage = Static<typeof PingMessageSchema>;
@@ -192,6 +259,10 @@ export const HostMessageSchema = Type.Union([
   ExecuteMessageSchema,
   PingMessageSchema,
   SeedMessageSchema,
+  StdinMessageSchema,
+  StdinEndMessageSchema,
+  SignalMessageSchema,
+  CreditMessageSchema,
 ]);
 export type HostMessage = Static<typeof HostMessageSchema>;
 
@@ -227,6 +298,32 @@ export const ResultMessageSchema = Type.Object(
 );
 export type ResultMessage = Static<typeof ResultMessageSchema>;
 
+/** A stage of a live job starts or ends. */
+export const StageMessageSchema = Type.Object(
+  {
+    type: Type.Literal('stage'),
+    id: Id,
+    stage: Type.Union([Type.Literal('compile'), Type.Literal('run')]),
+    phase: Type.Union([Type.Literal('start'), Type.Literal('end')]),
+    /** With `end`: how the stage ended. */
+    status: Type.Optional(StatusSchema),
+  },
+  closed,
+);
+export type StageMessage = Static<typeof StageMessageSchema>;
+
+/** Output of a live job's running stage, in the order the agent read it. */
+export const OutputMessageSchema = Type.Object(
+  {
+    type: Type.Literal('output'),
+    id: Id,
+    stream: Type.Union([Type.Literal('stdout'), Type.Literal('stderr')]),
+    data: Base64,
+  },
+  closed,
+);
+export type OutputMessage = Static<typeof OutputMessageSchema>;
+
 export const PongMessageSchema = Type.Object({ type: Type.Literal('pong'), id: Id }, closed);
 export type PongMessage = Static<typeof PongMessageSchema>;
 
@@ -257,6 +354,10 @@ export const AgentMessageSchema = Type.Union([
   PongMessageSchema,
   SeededMessageSchema,
   ErrorMessageSchema,
+  StageMessageSchema,
+  OutputMessageSchema,
+  // From the agent: that many bytes of a live job's stdin are in the program's pipe.
+  CreditMessageSchema,
 ]);
 export type AgentMessage = Static<typeof AgentMessageSchema>;
 

@@ -172,7 +172,7 @@ export function execBytes(args: readonly string[], env: Readonly<Record<string, 
  * size together, and the cases. Throws the error of the first rule broken, naming the field.
  */
 export function checkJob(
-  message: Pick<ExecuteMessage, 'files' | 'stdin' | 'env' | 'args' | 'cases'>,
+  message: Pick<ExecuteMessage, 'files' | 'stdin' | 'env' | 'args' | 'cases' | 'stream'>,
 ): void {
   checkFiles(message.files);
   if (!isBase64(message.stdin)) throw new EncodingInvalidError('stdin is not valid base64');
@@ -184,6 +184,8 @@ export function checkJob(
       `args and env take ${bytes} bytes of the exec limit together, over ${MAX_EXEC_BYTES}`,
     );
   }
+  if (message.cases !== undefined && message.stream !== undefined)
+    throw new LimitInvalidError('a live (streamed) job has one run: it cannot have test cases');
   if (message.cases !== undefined) {
     if (message.cases.length === 0 || message.cases.length > MAX_JOB_CASES) {
       throw new LimitInvalidError(`cases: a job may have 1 to ${MAX_JOB_CASES} test cases`);
