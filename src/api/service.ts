@@ -8,7 +8,14 @@ import {
   RequestInvalidError,
 } from '../errors.js';
 import type { LanguageRegistry } from '../languages/index.js';
-import type { JobRequest, JobResult, PreparedJob, RuntimeStatus, VmPool } from '../pool/index.js';
+import type {
+  JobRequest,
+  JobResult,
+  PreparedJob,
+  RunOptions,
+  RuntimeStatus,
+  VmPool,
+} from '../pool/index.js';
 import { decodeBase64, sandboxStage, type Status } from '../protocol/index.js';
 import type { JobQueue, JobRecord, JobRecords } from '../queue/index.js';
 import { fitOutput, withoutOutput } from '../queue/index.js';
@@ -54,7 +61,7 @@ export interface ApiEngine {
   /** Checks a request and builds its one execute message (4xx RunnerErrors; no VM). */
   prepare(request: JobRequest, id?: string): PreparedJob;
   /** Runs a job; `owner` (the API key) is for a shared queue's per-key share. */
-  run(job: PreparedJob, owner?: string | null): Promise<JobResult>;
+  run(job: PreparedJob, options?: RunOptions): Promise<JobResult>;
   /**
    * A cluster's: the job `id` as queued by any API node, and its result once it has one
    * (waiting for it); null when no such job was queued. Lets a node finish a job whose API
@@ -530,7 +537,7 @@ export class JobService {
     const started = Date.now();
     let result: JobResult;
     try {
-      result = await this.engine.run(job.job, owner);
+      result = await this.engine.run(job.job, { owner });
     } catch (err) {
       const e = asRunnerError(err);
       this.log.error(`job ${job.job.id} (${job.job.language}): ${e.code}: ${e.message}`);

@@ -8,6 +8,7 @@ import {
   type JobResult,
   type PoolStats,
   type PreparedJob,
+  type RunOptions,
   type RuntimeStatus,
 } from '../pool/index.js';
 import {
@@ -124,7 +125,8 @@ export class ClusterEngine {
    * Queues the job on its language's queue and waits for its result. The job's id is the
    * BullMQ job's id, so a job queued twice (a retried request) is one job.
    */
-  async run(job: PreparedJob, owner: string | null = null): Promise<JobResult> {
+  async run(job: PreparedJob, options: RunOptions = {}): Promise<JobResult> {
+    const owner = options.owner ?? null;
     const events = await this.eventsOf(job.language);
     const queued = await this.enqueue(job, owner);
     try {

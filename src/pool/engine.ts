@@ -24,7 +24,7 @@ import {
 import { sweepVmNets, VmNetManager } from '../net/vmnet.js';
 import { VmPool } from './pool.js';
 import type { JobRequest, JobResult, PreparedJob } from './job.js';
-import { JobRunner } from './runner.js';
+import { JobRunner, type RunOptions } from './runner.js';
 import { SnapshotManager, type RuntimeStatus } from './snapshots.js';
 
 /** Everything a host needs to run jobs: images, snapshots, a pool, a runner. */
@@ -43,7 +43,7 @@ export interface Engine {
   /** Checks a request and builds its one execute message, under `id` (default: a new one). */
   prepare(request: JobRequest, id?: string): PreparedJob;
   /** Runs a prepared job to its result (sandbox failures are results, not throws). */
-  run(job: PreparedJob): Promise<JobResult>;
+  run(job: PreparedJob, options?: RunOptions): Promise<JobResult>;
   /** Every language's readiness: images built, snapshot taken (read from the pool's own state). */
   runtimes(): Promise<Map<string, RuntimeStatus>>;
   close(): Promise<void>;
@@ -315,7 +315,7 @@ export async function createEngine(
     runner,
     events,
     prepare: (request, id) => runner.prepare(request, id),
-    run: (job) => runner.run(job),
+    run: (job, options) => runner.run(job, options),
     runtimes: async () => {
       const out = new Map<string, RuntimeStatus>();
       for (const { definition } of languages.list()) {

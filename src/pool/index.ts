@@ -14,6 +14,7 @@ export {
 export {
   DEADLINE_BUDGET,
   jobDeadlineMs,
+  LIVE_OUTPUT_WINDOW_BYTES,
   JobTimingsSchema,
   ZERO_TIMINGS,
   prepareJob,
@@ -22,7 +23,16 @@ export {
   type JobTimings,
   type PreparedJob,
 } from './job.js';
-export { executeOnVm, JobRunner, type RunnerLog } from './runner.js';
+export {
+  executeOnVm,
+  JobRunner,
+  LIVE_STDIN_WINDOW_BYTES,
+  type LiveControls,
+  type LiveEvent,
+  type LiveHandlers,
+  type RunnerLog,
+  type RunOptions,
+} from './runner.js';
 export { reseed, VmPool, type Lease, type PoolOptions, type PoolStats } from './pool.js';
 export {
   readSnapshotMeta,

@@ -26,6 +26,11 @@ export interface JobRequest {
   readonly cases?: readonly Buffer[];
   /** Run in a VM with network behind the egress policy (docs/network.md); default no NIC. */
   readonly network?: boolean;
+  /**
+   * A live job: output streamed as it comes, stdin and signals passed while it runs (the
+   * agent's `stream`, with a window of LIVE_OUTPUT_WINDOW_BYTES). Not with `cases`.
+   */
+  readonly live?: boolean;
 }
 
 /**
@@ -87,6 +92,12 @@ export interface JobResult {
   readonly vmId: string | null;
   readonly timings: JobTimings;
 }
+
+/**
+ * Output bytes of a live job in flight between the agent and its consumer: past it the agent
+ * stops reading the program's pipes until the consumer has passed output on.
+ */
+export const LIVE_OUTPUT_WINDOW_BYTES = 256 * 1024;
 
 /** The host's patience beyond the stages' own limits, each budgeted from what it is. */
 export const DEADLINE_BUDGET = {
@@ -155,6 +166,7 @@ export function prepareJob(
     runLimits: resolveLimits('run', definition, request.runLimits, maxLimits),
     seccomp: definition.seccomp ?? DEFAULT_SECCOMP_FAMILY,
     ...(request.cases !== undefined && { cases: request.cases.map((c) => c.toString('base64')) }),
+    ...(request.live === true && { stream: { windowBytes: LIVE_OUTPUT_WINDOW_BYTES } }),
   };
   checkExecuteMessage(message);
   const compiles = definition.compile !== null;

@@ -1,7 +1,14 @@
 import { MAX_LIMITS, type StageLimits } from '../config/index.js';
 import { messageOf, NetworkDisabledError } from '../errors.js';
 import type { LanguageRegistry } from '../languages/index.js';
-import { sandboxStage, type ResultMessage } from '../protocol/index.js';
+import {
+  sandboxStage,
+  type AgentMessage,
+  type HostMessage,
+  type LiveSignal,
+  type ResultMessage,
+  type Status,
+} from '../protocol/index.js';
 import type { MicroVm } from '../vmm/index.js';
 import { prepareJob, type JobRequest, type JobResult, type PreparedJob } from './job.js';
 import type { Lease, VmPool } from './pool.js';
@@ -39,14 +46,15 @@ export class JobRunner {
   }
 
   /** Runs one prepared job to its result. */
-  async run(job: PreparedJob): Promise<JobResult> {
+  async run(job: PreparedJob, options: RunOptions = {}): Promise<JobResult> {
+    const { live } = options;
     const started = performance.now();
     const lease: Lease = await this.pool.acquire(job.language, { network: job.network });
     const acquired = performance.now();
     let result: ResultMessage;
     let answered: number;
     try {
-      result = await executeOnVm(lease.vm, job);
+      result = await executeOnVm(lease.vm, job, live);
       answered = performance.now();
     } finally {
       // The VM's teardown is not part of the job's latency; the pool tracks it.
@@ -94,11 +102,15 @@ export class JobRunner {
 export async function executeOnVm(
   vm: MicroVm,
   job: Pick<PreparedJob, 'message' | 'deadlineMs'>,
+  live?: LiveHandlers,
 ): Promise<ResultMessage> {
   const { message } = job;
   try {
     const channel = vm.agent();
     await channel.send(message);
+    const liveSide =
+      live !== undefined && message.stream !== undefined ? new LiveSide(message.id, channel) : null;
+    if (liveSide !== null) live?.onStart?.(liveSide.controls);
     const until = Date.now() + job.deadlineMs;
     for (;;) {
       let reply;
@@ -113,7 +125,25 @@ export async function executeOnVm(
         }
         throw err;
       }
-      if (reply.type === 'result' && reply.id === message.id) return reply;
+      if (reply.type === 'result' && reply.id === message.id) {
+        // Every event reaches the consumer before the result does (within the deadline).
+        if (liveSide !== null)
+          await Promise.race([
+            liveSide.flushed(),
+            new Promise((r) => setTimeout(r, Math.max(0, until - Date.now())).unref()),
+          ]);
+        liveSide?.end();
+        return reply;
+      }
+      if (
+        liveSide !== null &&
+        live !== undefined &&
+        (reply.type === 'stage' || reply.type === 'output' || reply.type === 'credit') &&
+        reply.id === message.id
+      ) {
+        await liveSide.take(reply, live);
+        continue;
+      }
       if (reply.type === 'hello') {
         // The agent restarted its session mid-job: the job is lost.
         return sandboxError(message, 'the agent restarted its session during the job');
@@ -124,6 +154,126 @@ export async function executeOnVm(
     }
   } catch (err) {
     return sandboxError(message, messageOf(err));
+  }
+}
+
+/** How one job is run: who asked (a shared queue's per-key share), and its live consumer. */
+export interface RunOptions {
+  /** The API key (fingerprint) that asked for it; for a cluster's per-key share. */
+  readonly owner?: string | null;
+  /** A live job's consumer (the job must have been prepared with `live`). */
+  readonly live?: LiveHandlers;
+}
+
+/** What a live job's consumer (a WebSocket, an SSE stream, the CLI) hears and does. */
+export interface LiveHandlers {
+  /**
+   * Each stage start or end and each output chunk, in order. The chunk's bytes are credited
+   * back to the agent (room for more output) once the returned promise settles: a consumer
+   * that is slow to pass output on holds the program at the agent's window.
+   */
+  onEvent(event: LiveEvent): Promise<void> | void;
+  /** Called once the job is sent, with the means to talk to the program. */
+  onStart?(controls: LiveControls): void;
+}
+
+/** One event of a live job. */
+export type LiveEvent =
+  | {
+      readonly type: 'stage';
+      readonly stage: 'compile' | 'run';
+      readonly phase: 'start' | 'end';
+      readonly status?: Status;
+    }
+  | { readonly type: 'output'; readonly stream: 'stdout' | 'stderr'; readonly data: Buffer };
+
+/** How a consumer talks to a live job's program. */
+export interface LiveControls {
+  /** Sends stdin; resolves once the agent has room for more (its stdin window). */
+  stdin(data: Buffer): Promise<void>;
+  stdinEnd(): void;
+  signal(signal: LiveSignal): void;
+  /** Whether the job has ended (controls do nothing then). */
+  readonly ended: boolean;
+}
+
+/** Stdin bytes the host keeps in flight to the agent before it waits for its acknowledgements. */
+export const LIVE_STDIN_WINDOW_BYTES = 256 * 1024;
+
+/** The host's side of one live job on one channel. */
+class LiveSide {
+  private stdinInFlight = 0;
+  private delivered: Promise<void> = Promise.resolve();
+  private waiting: (() => void)[] = [];
+  private done = false;
+  readonly controls: LiveControls;
+
+  constructor(
+    private readonly id: string,
+    private readonly channel: ReturnType<MicroVm['agent']>,
+  ) {
+    const isDone = (): boolean => this.done;
+    this.controls = {
+      stdin: (data) => this.stdin(data),
+      stdinEnd: () => this.send({ type: 'stdin_end', id }),
+      signal: (signal) => this.send({ type: 'signal', id, signal }),
+      get ended() {
+        return isDone();
+      },
+    };
+  }
+
+  async take(
+    reply: Extract<AgentMessage, { type: 'stage' | 'output' | 'credit' }>,
+    live: LiveHandlers,
+  ): Promise<void> {
+    if (reply.type === 'credit') {
+      this.stdinInFlight = Math.max(0, this.stdinInFlight - reply.bytes);
+      if (this.stdinInFlight < LIVE_STDIN_WINDOW_BYTES) for (const w of this.waiting.splice(0)) w();
+      return;
+    }
+    // One event at a time, in order: the next is handed over when the consumer has taken the
+    // last. What waits meanwhile is at most the agent's window (it sends no more uncredited).
+    const event: LiveEvent =
+      reply.type === 'stage'
+        ? {
+            type: 'stage',
+            stage: reply.stage,
+            phase: reply.phase,
+            ...(reply.status !== undefined && { status: reply.status }),
+          }
+        : { type: 'output', stream: reply.stream, data: Buffer.from(reply.data, 'base64') };
+    this.delivered = this.delivered
+      .then(() => live.onEvent(event))
+      .catch(() => undefined)
+      .then(() => {
+        if (event.type === 'output')
+          this.send({ type: 'credit', id: this.id, bytes: event.data.length });
+      });
+    return Promise.resolve();
+  }
+
+  /** Resolves once every event so far has been handed to the consumer. */
+  flushed(): Promise<void> {
+    return this.delivered;
+  }
+
+  end(): void {
+    this.done = true;
+    for (const w of this.waiting.splice(0)) w();
+  }
+
+  private async stdin(data: Buffer): Promise<void> {
+    if (this.done || data.length === 0) return;
+    this.stdinInFlight += data.length;
+    this.send({ type: 'stdin', id: this.id, data: data.toString('base64') });
+    if (this.stdinInFlight >= LIVE_STDIN_WINDOW_BYTES)
+      await new Promise<void>((resolve) => this.waiting.push(resolve));
+  }
+
+  private send(message: HostMessage): void {
+    if (this.done) return;
+    this.channel.send(message).catch(() => undefined);
   }
 }
 

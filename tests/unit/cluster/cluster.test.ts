@@ -102,7 +102,7 @@ describe.skipIf(reason !== null)('the cluster queue on a real Redis', () => {
     await worker.start();
     try {
       const j = job('print(42)');
-      const result = await api.run(j, 'owner-a');
+      const result = await api.run(j, { owner: 'owner-a' });
       expect(result.id).toBe(j.id);
       // The stand-in echoes the file as the message carries it.
       expect(Buffer.from(result.run?.stdout ?? '', 'base64').toString()).toBe(
@@ -180,9 +180,9 @@ describe.skipIf(reason !== null)('the cluster queue on a real Redis', () => {
     const flood = Array.from({ length: 6 }, (_, i) => job(`print(${i})`));
     const quiet = job('print("quiet")');
     // Queued before the worker starts: all wait, then the worker picks by priority.
-    const runs = flood.map((j) => api.run(j, 'flood'));
+    const runs = flood.map((j) => api.run(j, { owner: 'flood' }));
     await new Promise((r) => setTimeout(r, 300));
-    runs.push(api.run(quiet, 'quiet'));
+    runs.push(api.run(quiet, { owner: 'quiet' }));
     await new Promise((r) => setTimeout(r, 300));
     await worker.start();
     try {
@@ -200,7 +200,7 @@ describe.skipIf(reason !== null)('the cluster queue on a real Redis', () => {
     const url = redis?.url ?? '';
     const api = apiNode(url, p, 2);
     try {
-      const pending = [api.run(job('1'), null), api.run(job('2'), null)];
+      const pending = [api.run(job('1')), api.run(job('2'))];
       for (const run of pending) run.catch(() => undefined);
       await api.cluster();
       await new Promise((r) => setTimeout(r, 200));

@@ -2,7 +2,13 @@ import { Duplex, PassThrough } from 'node:stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AgentServer, type GuestActions } from '../../../src/agent/index.js';
 import { LanguageRegistry } from '../../../src/languages/index.js';
-import { executeOnVm, prepareJob, type JobRequest } from '../../../src/pool/index.js';
+import {
+  executeOnVm,
+  LIVE_OUTPUT_WINDOW_BYTES,
+  prepareJob,
+  type JobRequest,
+  type LiveControls,
+} from '../../../src/pool/index.js';
 import {
   MessageChannel,
   parseAgentMessage,
@@ -159,4 +165,71 @@ describe('executeOnVm: the deadline and the reason', () => {
     for (const c of r.cases ?? [])
       expect(c.message).toMatch(/no result within the job's deadline of 300 ms/);
   });
+});
+
+describe('live jobs through executeOnVm (the host side of streaming)', () => {
+  it('events come in order, stdin is passed while it runs, and the result is the sum', async () => {
+    const job = prepareJob(
+      {
+        language: 'bash',
+        files: [{ content: 'echo start; read -r x; echo "got $x" >&2; read -r y; echo "then $y"' }],
+        live: true,
+      },
+      registry,
+    );
+    const events: string[] = [];
+    let controls: LiveControls | undefined;
+    const result = await executeOnVm(vm, job, {
+      onStart: (c) => (controls = c),
+      onEvent: async (e) => {
+        if (e.type === 'stage') {
+          events.push(`${e.stage} ${e.phase}`);
+          return;
+        }
+        const t = e.data.toString();
+        events.push(`${e.stream} ${t.trim()}`);
+        if (t.includes('start')) await controls?.stdin(Buffer.from('one\n'));
+        if (t.includes('got')) {
+          await controls?.stdin(Buffer.from('two\n'));
+          controls?.stdinEnd();
+        }
+      },
+    });
+    expect(events).toEqual([
+      'run start',
+      'stdout start',
+      'stderr got one',
+      'stdout then two',
+      'run end',
+    ]);
+    expect(text(result.run?.stdout ?? '')).toBe('start\nthen two\n');
+    expect(text(result.run?.stderr ?? '')).toBe('got one\n');
+    expect(controls?.ended).toBe(true);
+  });
+
+  it("a slow consumer holds the program at the window: the host's memory stays bounded", async () => {
+    const job = prepareJob(
+      {
+        language: 'bash',
+        files: [{ content: 'head -c 4000000 /dev/zero | tr "\\0" y' }],
+        live: true,
+      },
+      registry,
+    );
+    let received = 0;
+    const started = performance.now();
+    let inFirstSecond = 0;
+    const result = await executeOnVm(vm, job, {
+      onEvent: async (e) => {
+        if (e.type !== 'output') return;
+        received += e.data.length;
+        if (performance.now() - started < 1000) inFirstSecond = received;
+        // A consumer that passes a chunk on only after 200 ms.
+        await new Promise((r) => setTimeout(r, 200));
+      },
+    });
+    // Whatever arrived in the first second is about one window's worth, not the flood.
+    expect(inFirstSecond).toBeLessThanOrEqual(LIVE_OUTPUT_WINDOW_BYTES + 128 * 1024);
+    expect(received).toBe(Buffer.from(result.run?.stdout ?? '', 'base64').length);
+  }, 60_000);
 });
