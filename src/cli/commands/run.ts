@@ -5,7 +5,12 @@ import { constants as osConstants } from 'node:os';
 import { loadSettings } from '../../config/index.js';
 import { FileNameInvalidError, LanguageUnknownError, LimitInvalidError } from '../../errors.js';
 import type { LanguageRegistry } from '../../languages/index.js';
-import { createEngine, type JobResult } from '../../pool/index.js';
+import {
+  createEngine,
+  type JobResult,
+  type LiveControls,
+  type LiveHandlers,
+} from '../../pool/index.js';
 import type { Limits } from '../../protocol/index.js';
 import { startSpinner } from '../progress.js';
 
@@ -154,7 +159,15 @@ Examples:
           ...(opts.compileMemoryMib !== undefined && { memoryMib: opts.compileMemoryMib }),
           ...(opts.outputBytes !== undefined && { outputBytes: opts.outputBytes }),
         };
-        const stdin = opts.stdin !== undefined ? Buffer.from(opts.stdin) : await readStdin();
+        // Live unless --json: output as the program prints it, this process's stdin passed
+        // through as it comes (so an interactive program can be played), Ctrl-C passed on.
+        const live = opts.json !== true;
+        const stdin =
+          opts.stdin !== undefined
+            ? Buffer.from(opts.stdin)
+            : live
+              ? Buffer.alloc(0)
+              : await readStdin();
         const job = engine.prepare({
           language,
           ...(opts.versionReq !== undefined && { version: opts.versionReq }),
@@ -163,9 +176,16 @@ Examples:
           args,
           runLimits,
           compileLimits,
+          live,
         });
         spinner.text(`starting a ${job.language} VM for job ${job.id}`);
-        const result = await engine.run(job);
+        const streamed = live ? liveTerminal(opts.stdin !== undefined, () => spinner.stop()) : null;
+        let result: JobResult;
+        try {
+          result = await engine.run(job, streamed === null ? {} : { live: streamed.handlers });
+        } finally {
+          streamed?.close();
+        }
         spinner.stop();
         if (opts.json) {
           process.stdout.write(`${JSON.stringify(withText(result), null, 2)}\n`);
@@ -174,7 +194,8 @@ Examples:
             process.stderr.write(Buffer.from(result.compile.stdout, 'base64'));
             process.stderr.write(Buffer.from(result.compile.stderr, 'base64'));
           }
-          if (result.run) {
+          // Live, the run's output was written as it came.
+          if (result.run && streamed === null) {
             process.stdout.write(Buffer.from(result.run.stdout, 'base64'));
             process.stderr.write(Buffer.from(result.run.stderr, 'base64'));
           }
@@ -191,6 +212,69 @@ Examples:
         await engine.close();
       }
     });
+}
+
+/**
+ * The terminal's side of a live job: the run stage's output written as it comes (waiting for
+ * the terminal to take it: back-pressure to the VM), the compile stage's kept for a failure;
+ * stdin passed through chunk by chunk (unless `--stdin` gave it whole); SIGINT passed on to
+ * the program instead of ending this process.
+ */
+function liveTerminal(
+  stdinGiven: boolean,
+  onFirst: () => void,
+): { handlers: LiveHandlers; close(): void } {
+  let stage: 'compile' | 'run' = 'run';
+  let first = true;
+  let controls: LiveControls | undefined;
+  const write = (out: NodeJS.WriteStream, data: Buffer): Promise<void> =>
+    new Promise((resolve) => {
+      if (out.write(data)) resolve();
+      else out.once('drain', () => resolve());
+    });
+  const onData = (chunk: Buffer): void => {
+    if (controls === undefined) return;
+    process.stdin.pause();
+    void controls.stdin(chunk).then(() => process.stdin.resume());
+  };
+  const onEnd = (): void => controls?.stdinEnd();
+  const onSigint = (): void => controls?.signal('SIGINT');
+  const handlers: LiveHandlers = {
+    onStart: (c) => {
+      controls = c;
+      process.on('SIGINT', onSigint);
+      if (stdinGiven) {
+        c.stdinEnd();
+        return;
+      }
+      process.stdin.on('data', onData);
+      process.stdin.once('end', onEnd);
+      process.stdin.resume();
+    },
+    onEvent: async (event) => {
+      if (first) {
+        first = false;
+        onFirst();
+      }
+      if (event.type === 'stage') {
+        stage = event.stage;
+        return;
+      }
+      // A compile's output is shown only when it fails (from the result, as without live).
+      if (stage === 'compile') return;
+      await write(event.stream === 'stdout' ? process.stdout : process.stderr, event.data);
+    },
+  };
+  return {
+    handlers,
+    close: () => {
+      process.off('SIGINT', onSigint);
+      process.stdin.off('data', onData);
+      process.stdin.off('end', onEnd);
+      process.stdin.pause();
+      if (!process.stdin.isTTY) process.stdin.destroy();
+    },
+  };
 }
 
 /** The result with each stage's output also decoded as UTF-8 text (for people reading --json). */
