@@ -11,6 +11,7 @@ import type { LanguageRegistry } from '../languages/index.js';
 import type {
   JobRequest,
   JobResult,
+  LiveHandlers,
   PreparedJob,
   RunOptions,
   RuntimeStatus,
@@ -21,6 +22,7 @@ import type { JobQueue, JobRecord, JobRecords } from '../queue/index.js';
 import { fitOutput, withoutOutput } from '../queue/index.js';
 import { EgressPolicy } from '../net/index.js';
 import { CallbackSender, checkCallbackUrl } from './callbacks.js';
+import { JobEventHub } from './events.js';
 import type { ApiMetrics } from './metrics.js';
 import {
   checkOutput,
@@ -148,6 +150,8 @@ function decodeStdin(
  */
 export class JobService {
   readonly callbacks: CallbackSender;
+  /** The live events of this node's submitted jobs (GET /v1/jobs/:id/events). */
+  readonly events = new JobEventHub();
   /** The rule of every request made on a user's behalf (callbacks), from egressAllow. */
   readonly egress: EgressPolicy;
 
@@ -177,7 +181,7 @@ export class JobService {
    * Checks a native request and builds its job, once: the caps (413), then the engine's own
    * checks (the language, file names, encodings, env, args, limits: 400 naming the field).
    */
-  prepare(body: ExecuteRequest): ApiJob {
+  prepare(body: ExecuteRequest, options: { live?: boolean } = {}): ApiJob {
     const s = this.settings;
     if (body.files.length > s.maxFiles) {
       throw new PayloadTooLargeError(
@@ -230,6 +234,8 @@ export class JobService {
       ...(body.runLimits !== undefined && { runLimits: body.runLimits }),
       ...(caseStdins !== undefined && { cases: caseStdins }),
       ...(body.network === true && { network: true }),
+      // A submitted job without test cases runs live, for its watchers (/v1/jobs/:id/events).
+      ...(options.live === true && caseStdins === undefined && { live: true }),
     });
     return { job, cases };
   }
@@ -303,7 +309,7 @@ export class JobService {
       body.callbackUrl === undefined
         ? null
         : checkCallbackUrl(body.callbackUrl, this.settings.callbackAllowedHosts, this.egress);
-    return this.submitJob(this.prepare(body), owner, callbackUrl);
+    return this.submitJob(this.prepare(body, { live: true }), owner, callbackUrl);
   }
 
   /**
@@ -323,10 +329,11 @@ export class JobService {
     this.engine.admit?.();
     const record = await this.record(job, owner, callbackUrl);
     await this.enqueued(record.id, job, owner);
+    this.events.open(record.id);
     this.queue
       .push(async () => {
         await this.jobs.markRunning(record.id);
-        return this.run(job, owner);
+        return this.run(job, owner, this.watched(record.id, job));
       })
       .then(
         (result) =>
@@ -402,6 +409,15 @@ export class JobService {
       );
       throw err;
     }
+  }
+
+  /** A live submitted job's events go to its watchers; its stdin is all given up front. */
+  private watched(id: string, job: ApiJob): LiveHandlers | undefined {
+    if (job.job.message.stream === undefined) return undefined;
+    return {
+      onStart: (controls) => controls.stdinEnd(),
+      onEvent: (event) => this.events.publish(id, event),
+    };
   }
 
   /** Records an accepted job as queued, under the job's own id. */
@@ -520,6 +536,7 @@ export class JobService {
   ): Promise<void> {
     try {
       const record = await this.jobs.finish(id, result.status, result);
+      this.events.end(id);
       if (record.callbackUrl !== null)
         void this.callbacks.send(record.callbackUrl, this.view(record));
       onFinish?.(record);
@@ -533,11 +550,15 @@ export class JobService {
    * the system's (a failed restore, a closed pool) or a bug of ours (INTERNAL, counted apart):
    * either way the job ends sandbox_error and the log says why, with the job's id.
    */
-  private async run(job: ApiJob, owner: string | null): Promise<ExecuteResponse> {
+  private async run(
+    job: ApiJob,
+    owner: string | null,
+    live?: LiveHandlers,
+  ): Promise<ExecuteResponse> {
     const started = Date.now();
     let result: JobResult;
     try {
-      result = await this.engine.run(job.job, { owner });
+      result = await this.engine.run(job.job, { owner, ...(live && { live }) });
     } catch (err) {
       const e = asRunnerError(err);
       this.log.error(`job ${job.job.id} (${job.job.language}): ${e.code}: ${e.message}`);

@@ -200,6 +200,75 @@ export function registerV1Routes(app: ApiInstance, ctx: ApiContext): void {
   );
 
   app.get(
+    '/v1/jobs/:id/events',
+    {
+      schema: {
+        tags: ['v1'],
+        summary:
+          'Watch a submitted job (Server-Sent Events): stage and output events as they happen, then result',
+        description:
+          'text/event-stream. Events: `stage` {stage, phase, status?}, `output` {stream, data: base64}, and last `result` (the job view, as GET /v1/jobs/{id} gives it), after which the stream ends. A watcher that comes late gets the events so far first. Leaving does not affect the job.',
+        security,
+        params: JobParams,
+        response: { 200: Type.String({ description: 'text/event-stream' }), ...errors(401, 404) },
+      },
+    },
+    async (req, reply) => {
+      const { id } = req.params;
+      const owner = req.owner;
+      const first = await ctx.service.get(id, owner); // 404 for another key's job or none
+      reply.hijack();
+      const res = reply.raw;
+      res.writeHead(200, {
+        'content-type': 'text/event-stream; charset=utf-8',
+        'cache-control': 'no-cache',
+        'x-accel-buffering': 'no',
+      });
+      let closed = false;
+      const send = (event: string, data: unknown): void => {
+        if (!closed) res.write(`event: ${event}\ndata: ${JSON.stringify(data)}\n\n`);
+      };
+      const heartbeat = setInterval(() => {
+        if (!closed) res.write(': keep-alive\n\n');
+      }, 15_000);
+      let unsubscribe: (() => void) | null = null;
+      let poll: NodeJS.Timeout | undefined;
+      const stop = (): void => {
+        closed = true;
+        clearInterval(heartbeat);
+        if (poll) clearInterval(poll);
+        unsubscribe?.();
+      };
+      const finish = async (): Promise<void> => {
+        if (closed) return;
+        const record = await ctx.service.get(id, owner).catch(() => first);
+        send('result', ctx.service.view(record));
+        stop();
+        res.end();
+      };
+      req.raw.once('close', stop);
+      unsubscribe = ctx.service.events.subscribe(id, (event) => {
+        if (event.type === 'done') void finish();
+        else send(event.type, event);
+      });
+      if (unsubscribe === null) {
+        // This node keeps no events of the job (another node's, or from before a restart):
+        // the record alone, watched until it is final.
+        if (first.state === 'done') {
+          await finish();
+          return;
+        }
+        poll = setInterval(() => {
+          void ctx.service.get(id, owner).then(
+            (r) => (r.state === 'done' ? finish() : undefined),
+            () => finish(),
+          );
+        }, 500);
+      }
+    },
+  );
+
+  app.get(
     '/v1/runtimes',
     {
       schema: {

@@ -8,6 +8,7 @@ import {
   type JobResult,
   type PoolStats,
   type PreparedJob,
+  type RunOptions,
   type RuntimeStatus,
 } from '../../../src/pool/index.js';
 import type { StageResult } from '../../../src/protocol/index.js';
@@ -108,7 +109,26 @@ export class FakeEngine implements ApiEngine {
     return Promise.resolve(out);
   }
 
-  async run(job: PreparedJob): Promise<JobResult> {
+  async run(job: PreparedJob, options: RunOptions = {}): Promise<JobResult> {
+    const result = await this.runFake(job);
+    // Live (a streamed job): the events the agent would send, then the result.
+    const live = options.live;
+    if (live !== undefined && job.message.stream !== undefined) {
+      live.onStart?.({
+        stdin: () => Promise.resolve(),
+        stdinEnd: () => undefined,
+        signal: () => undefined,
+        ended: false,
+      });
+      await live.onEvent({ type: 'stage', stage: 'run', phase: 'start' });
+      const out = Buffer.from(result.run?.stdout ?? '', 'base64');
+      if (out.length > 0) await live.onEvent({ type: 'output', stream: 'stdout', data: out });
+      await live.onEvent({ type: 'stage', stage: 'run', phase: 'end', status: result.status });
+    }
+    return result;
+  }
+
+  private async runFake(job: PreparedJob): Promise<JobResult> {
     const request = this.requests.get(job.id);
     if (request === undefined) throw new Error(`job ${job.id} was not prepared by this engine`);
     this.calls.push(request);
