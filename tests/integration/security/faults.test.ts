@@ -41,7 +41,9 @@ function vmmsUnder(dir: string): number[] {
     if (!/^\d+$/.test(p)) continue;
     try {
       const cmd = readFileSync(`/proc/${p}/cmdline`, 'utf8');
-      if (cmd.startsWith('qemu-system') && cmd.includes(dir)) pids.push(Number(p));
+      // QEMU itself (jailed, exec'd by its full path), not the jail's parent.
+      const argv0 = cmd.split('\0')[0] ?? '';
+      if (/(^|\/)qemu-system[^/]*$/.test(argv0) && cmd.includes(dir)) pids.push(Number(p));
     } catch {
       // gone
     }
@@ -154,11 +156,15 @@ describe.skipIf(skip !== null)('faults against a real runner serve', () => {
     expect(vmmsUnder(join(dir, 'run')).length).toBeGreaterThan(0);
     server?.kill('SIGKILL');
     await new Promise((r) => server?.once('exit', r));
-    // The VMs outlive the killed server...
-    expect(vmmsUnder(join(dir, 'run')).length).toBeGreaterThan(0);
+    // Jailed, each QEMU dies with the service that started it (the jail's PDEATHSIG): none
+    // outlives the killed server. (Unjailed they would, until the restart's sweep.)
+    const gone = Date.now() + 10_000;
+    while (vmmsUnder(join(dir, 'run')).length > 0 && Date.now() < gone)
+      await new Promise((r) => setTimeout(r, 100));
+    expect(vmmsUnder(join(dir, 'run'))).toEqual([]);
 
     server = await start();
-    // ...until the restart sweeps them away.
+    // The restart sweeps what the VMs left (their run dirs) and ends the jobs.
     expect(vmmsUnder(join(dir, 'run'))).toEqual([]);
     for (const id of ids) {
       const r = await api('GET', `/v1/jobs/${id}`);
