@@ -108,9 +108,12 @@ export async function executeOnVm(
   try {
     const channel = vm.agent();
     await channel.send(message);
-    const liveSide =
-      live !== undefined && message.stream !== undefined ? new LiveSide(message.id, channel) : null;
-    if (liveSide !== null) live?.onStart?.(liveSide.controls);
+    // A live job with no consumer (a cluster's worker, a caller that only wants the result)
+    // still speaks the live protocol: its events are taken at once and its stdin ends now.
+    const consumer: LiveHandlers | undefined =
+      message.stream === undefined ? undefined : (live ?? DISCARD_LIVE);
+    const liveSide = consumer !== undefined ? new LiveSide(message.id, channel) : null;
+    if (liveSide !== null) consumer?.onStart?.(liveSide.controls);
     const until = Date.now() + job.deadlineMs;
     for (;;) {
       let reply;
@@ -137,11 +140,11 @@ export async function executeOnVm(
       }
       if (
         liveSide !== null &&
-        live !== undefined &&
+        consumer !== undefined &&
         (reply.type === 'stage' || reply.type === 'output' || reply.type === 'credit') &&
         reply.id === message.id
       ) {
-        await liveSide.take(reply, live);
+        await liveSide.take(reply, consumer);
         continue;
       }
       if (reply.type === 'hello') {
@@ -196,6 +199,12 @@ export interface LiveControls {
   /** Whether the job has ended (controls do nothing then). */
   readonly ended: boolean;
 }
+
+/** The consumer of a live job nobody watches: events dropped, stdin ended at once. */
+const DISCARD_LIVE: LiveHandlers = {
+  onStart: (controls) => controls.stdinEnd(),
+  onEvent: () => undefined,
+};
 
 /** Stdin bytes the host keeps in flight to the agent before it waits for its acknowledgements. */
 export const LIVE_STDIN_WINDOW_BYTES = 256 * 1024;

@@ -152,8 +152,9 @@ describe.skipIf(reason !== null)('the cluster queue on a real Redis', () => {
       const finished = async (id: string): Promise<JobResult & { worker: string }> => {
         for (;;) {
           const j = await Job.fromId(queue, id);
+          // Read again once completed: the first read may predate the result.
           if ((await j?.getState()) === 'completed')
-            return j?.returnvalue as JobResult & { worker: string };
+            return (await Job.fromId(queue, id))?.returnvalue as JobResult & { worker: string };
           await new Promise((r) => setTimeout(r, 100));
         }
       };

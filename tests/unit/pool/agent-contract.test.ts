@@ -233,3 +233,21 @@ describe('live jobs through executeOnVm (the host side of streaming)', () => {
     expect(received).toBe(Buffer.from(result.run?.stdout ?? '', 'base64').length);
   }, 60_000);
 });
+
+describe('a live job with no consumer', () => {
+  it('still ends with its result: events taken at once, stdin ended (a cluster worker runs such jobs)', async () => {
+    const job = prepareJob(
+      {
+        language: 'bash',
+        files: [{ content: 'echo a; cat; echo b >&2' }],
+        stdin: Buffer.from('in\n'),
+        live: true,
+      },
+      registry,
+    );
+    const r = await executeOnVm(vm, job);
+    expect(r.status).toBe('ok');
+    expect(text(r.run?.stdout ?? '')).toBe('a\nin\n');
+    expect(text(r.run?.stderr ?? '')).toBe('b\n');
+  });
+});
