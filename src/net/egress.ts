@@ -229,7 +229,7 @@ export class EgressPolicy {
   private readonly resolve: EgressResolver;
   /** Agents for http and https URLs: no keep-alive, so each request resolves and checks anew. */
   readonly httpAgent: HttpAgent;
-  readonly httpsAgent: HttpsAgent;
+  readonly httpsAgent: HttpAgent;
 
   constructor(options: EgressPolicyOptions = {}) {
     const ranges: Cidr[] = [];
@@ -405,32 +405,25 @@ function refuse(err: Error, callback: ConnectCallback | undefined): Duplex {
   return undefined as unknown as Duplex;
 }
 
-/** An http Agent whose connections are checked against a policy (see EgressPolicy). */
-class CheckedHttpAgent extends HttpAgent {
-  constructor(
-    private readonly policy: EgressPolicy,
-    options: HttpAgentOptions,
-  ) {
-    super(options);
-  }
+/**
+ * The agent class `Base` with every connection checked against a policy (see EgressPolicy)
+ * before it is opened: one override for http and https alike.
+ */
+function checkedAgent<O>(Base: new (options: O) => HttpAgent) {
+  return class CheckedAgent extends Base {
+    constructor(
+      private readonly policy: EgressPolicy,
+      options: O,
+    ) {
+      super(options);
+    }
 
-  override createConnection(options: ConnectArgs, callback?: ConnectCallback): Duplex {
-    const err = connectRefusal(this.policy, options);
-    return err === null ? super.createConnection(options, callback) : refuse(err, callback);
-  }
+    override createConnection(options: ConnectArgs, callback?: ConnectCallback): Duplex {
+      const err = connectRefusal(this.policy, options);
+      return err === null ? super.createConnection(options, callback) : refuse(err, callback);
+    }
+  };
 }
 
-/** An https Agent whose connections are checked against a policy (see EgressPolicy). */
-class CheckedHttpsAgent extends HttpsAgent {
-  constructor(
-    private readonly policy: EgressPolicy,
-    options: HttpsAgentOptions,
-  ) {
-    super(options);
-  }
-
-  override createConnection(options: ConnectArgs, callback?: ConnectCallback): Duplex {
-    const err = connectRefusal(this.policy, options);
-    return err === null ? super.createConnection(options, callback) : refuse(err, callback);
-  }
-}
+const CheckedHttpAgent = checkedAgent<HttpAgentOptions>(HttpAgent);
+const CheckedHttpsAgent = checkedAgent<HttpsAgentOptions>(HttpsAgent);
