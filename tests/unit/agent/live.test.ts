@@ -57,6 +57,10 @@ interface Seen {
   readonly message: AgentMessage;
 }
 
+/** Credits an output chunk's bytes back to the agent (room for more output). */
+const credit = (id: string, data: string): Promise<void> =>
+  channel.send({ type: 'credit', id, bytes: Buffer.from(data, 'base64').length });
+
 /**
  * Reads the job's messages until its result; `onMessage` may answer (stdin, credits...).
  * By default every output chunk is credited at once.
@@ -64,8 +68,7 @@ interface Seen {
 async function follow(
   id: string,
   onMessage: (m: AgentMessage, seen: Seen[]) => Promise<void> | void = async (m) => {
-    if (m.type === 'output')
-      await channel.send({ type: 'credit', id, bytes: Buffer.from(m.data, 'base64').length });
+    if (m.type === 'output') await credit(id, m.data);
   },
 ): Promise<Seen[]> {
   const seen: Seen[] = [];
@@ -127,11 +130,7 @@ describe('live jobs: output as it comes, stdin and signals as they are sent', ()
     const answers = ['second', 'third'];
     const seen = await follow(m.id, async (msg) => {
       if (msg.type !== 'output') return;
-      await channel.send({
-        type: 'credit',
-        id: m.id,
-        bytes: Buffer.from(msg.data, 'base64').length,
-      });
+      await credit(m.id, msg.data);
       const next = answers.shift();
       if (next !== undefined)
         await channel.send({
@@ -155,11 +154,7 @@ describe('live jobs: output as it comes, stdin and signals as they are sent', ()
     await channel.send(m);
     const seen = await follow(m.id, async (msg) => {
       if (msg.type !== 'output') return;
-      await channel.send({
-        type: 'credit',
-        id: m.id,
-        bytes: Buffer.from(msg.data, 'base64').length,
-      });
+      await credit(m.id, msg.data);
       if (Buffer.from(msg.data, 'base64').toString().includes('ready'))
         await channel.send({ type: 'signal', id: m.id, signal: 'SIGINT' });
     });
