@@ -1,3 +1,7 @@
+// Node's own modules type-check: require, an ES import of node:fs, process and Buffer.
+const os = require('os');
+import { existsSync } from 'node:fs';
 const lang: string = 'typescript';
 const line: string[] = ['runner-test:', lang, 'ok'];
-console.log(line.join(' '));
+if (typeof os.cpus === 'function' && existsSync('/') && process.argv.length > 0)
+  process.stdout.write(Buffer.from(line.join(' ') + '\n'));

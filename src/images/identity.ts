@@ -71,14 +71,22 @@ export function baseLayerKey(
   );
 }
 
-/** Key of a toolchain layer: the base plus one language's packages (order does not matter). */
-export function toolchainLayerKey(baseKey: string, packages: readonly string[]): string {
+/**
+ * Key of a toolchain layer: the base plus one language's Debian packages and npm pins (order
+ * does not matter). A layer without npm pins keeps the key it had before they existed.
+ */
+export function toolchainLayerKey(
+  baseKey: string,
+  packages: readonly string[],
+  npm: readonly string[] = [],
+): string {
   return sha256Hex(
     canonicalJson({
       layer: 'toolchain',
       recipe: RECIPE.toolchain,
       base: baseKey,
       packages: [...new Set(packages)].sort(),
+      ...(npm.length > 0 && { npm: [...new Set(npm)].sort() }),
     }),
   );
 }
@@ -142,7 +150,11 @@ export interface RootfsIdentity {
  */
 export function rootfsIdentity(inputs: RootfsIdentityInputs): RootfsIdentity {
   const baseKey = baseLayerKey(inputs.suite, inputs.basePackages, inputs.arch);
-  const toolchainKey = toolchainLayerKey(baseKey, inputs.definition.packages);
+  const toolchainKey = toolchainLayerKey(
+    baseKey,
+    inputs.definition.packages,
+    inputs.definition.npm,
+  );
   const initSha256 = sha256Hex(inputs.initScript);
   const definitionSha256 = sha256Hex(canonicalJson(inputs.definition));
   const hash = sha256Hex(

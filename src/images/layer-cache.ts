@@ -8,7 +8,7 @@ import {
   writeFileSync,
 } from 'node:fs';
 import { join, posix } from 'node:path';
-import { InternalError } from '../errors.js';
+import { ImageBuildFailedError, InternalError } from '../errors.js';
 import type { Language } from '../languages/index.js';
 import type { BuildLog } from './build-log.js';
 import { chrootCapture, chrootRun, removeTree, unmountUnder, withChrootMounts } from './chroot.js';
@@ -95,6 +95,11 @@ export class LayerCache {
 
   private get archivesDir(): string {
     return join(this.options.buildDir, 'archives');
+  }
+
+  /** npm's download cache for the toolchains' npm pins, shared by every build. */
+  private get npmCacheDir(): string {
+    return join(this.options.buildDir, 'npm-cache');
   }
 
   private mirrors(): DebianMirrors {
@@ -198,7 +203,7 @@ export class LayerCache {
     const packages = language.definition.packages;
     try {
       await copyTree(log, join(baseDir, 'root'), root, this.options.signal);
-      const installed = await withChrootMounts(
+      let installed = await withChrootMounts(
         root,
         log,
         { archivesDir: this.archivesDir },
@@ -217,6 +222,21 @@ export class LayerCache {
         },
       );
       emptyDebCache(root);
+      const npm = language.definition.npm ?? [];
+      if (npm.length > 0) {
+        const pinned = await installNpmPackages(
+          log,
+          root,
+          npm,
+          this.npmCacheDir,
+          this.options.signal,
+        );
+        installed = {
+          installed: [...installed.installed, ...pinned],
+          packagesDigest: sha256Hex(`${installed.packagesDigest}\n${pinned.join('\n')}`),
+          installedCount: installed.installedCount + pinned.length,
+        };
+      }
       return this.commitLayer(
         tmp,
         dir,
@@ -338,6 +358,50 @@ async function installedVersions(
     packagesDigest: sha256Hex(all.join('\n')),
     installedCount: all.length,
   };
+}
+
+/**
+ * Installs exact npm pins into a layer's /usr/local with the host's npm (the guest's layer
+ * need not have npm): `npm install --global --prefix <root>/usr/local`, no install scripts,
+ * so a package runs nothing at build time. Returns `npm:name=version` of each, read back from
+ * the installed package.json, for the layer's record and identity.
+ */
+export async function installNpmPackages(
+  log: BuildLog,
+  root: string,
+  pins: readonly string[],
+  cacheDir: string,
+  signal?: AbortSignal,
+): Promise<string[]> {
+  const prefix = join(root, 'usr', 'local');
+  mkdirSync(cacheDir, { recursive: true });
+  await log.run(
+    'npm',
+    [
+      'install',
+      '--global',
+      '--prefix',
+      prefix,
+      '--cache',
+      cacheDir,
+      '--ignore-scripts',
+      '--no-audit',
+      '--no-fund',
+      '--no-update-notifier',
+      ...pins,
+    ],
+    { signal, env: { ...process.env, npm_config_loglevel: 'warn' } },
+  );
+  return pins
+    .map((pin) => {
+      const name = pin.slice(0, pin.lastIndexOf('@'));
+      const manifest = join(prefix, 'lib', 'node_modules', name, 'package.json');
+      const { version } = JSON.parse(readFileSync(manifest, 'utf8')) as { version?: string };
+      if (typeof version !== 'string')
+        throw new ImageBuildFailedError(`npm package ${name}: no version in ${manifest}`);
+      return `npm:${name}=${version.replace(/^v/, '')}`;
+    })
+    .sort();
 }
 
 /** Copies a tree with everything preserved (owners, modes, hard links, devices). */

