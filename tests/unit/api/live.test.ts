@@ -12,7 +12,7 @@ import {
   takeUrlKey,
 } from '../../../src/api/live/index.js';
 import { JobStore } from '../../../src/queue/index.js';
-import { FakeEngine, makeApp, stage, testSettings, type TestApp } from './helpers.js';
+import { FakeEngine, gate, makeApp, stage, testSettings, type TestApp } from './helpers.js';
 
 describe('Piston client messages', () => {
   it('reads init, stdin data and signals as Piston does', () => {
@@ -202,6 +202,26 @@ describe('the WebSocket routes on a fake engine', () => {
       type: 'error',
       error: { code: 'REQUEST_INVALID', status: 400 },
     });
+  });
+
+  it('at close, an open socket ends with 1001 (going away)', async () => {
+    const engine = new FakeEngine();
+    const running = gate();
+    engine.behavior = async () => {
+      await running.promise;
+      return {};
+    };
+    const base = await listen({}, engine);
+    const ws = new WebSocket(`${base}/v1/connect`);
+    const { closed } = collect(ws);
+    await opened(ws);
+    ws.send(JSON.stringify({ type: 'init', language: 'python', files: [{ content: '' }] }));
+    await new Promise((r) => setTimeout(r, 100));
+    const closing = t?.close();
+    t = undefined;
+    expect((await closed).code).toBe(1001);
+    running.open();
+    await closing;
   });
 
   it('a plain GET of a WebSocket route is 426', async () => {
