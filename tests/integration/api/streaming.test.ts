@@ -149,7 +149,9 @@ describe.skipIf(reason !== null)('the interactive WebSockets with real VMs', () 
     // line was passed on as it was printed, not at the end.
     const data = c.messages.filter((x) => x.m.type === 'data');
     const gaps = data.slice(1).map((x, i) => x.at - (data[i]?.at ?? 0));
-    const split = gaps.findIndex((g) => g >= 900) + 1;
+    // 1 s in the guest; what the client sees varies with the guest clock under TCG (930-1012 ms
+    // seen). Output sent only at the end would come with no gap at all.
+    const split = gaps.findIndex((g) => g >= 600) + 1;
     expect(split).toBeGreaterThan(0);
     const text = (xs: typeof data) => xs.map((x) => String(x.m.data)).join('');
     expect(text(data.slice(0, split))).toBe('one\n');
