@@ -11,6 +11,8 @@ import Fastify, {
 } from 'fastify';
 import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
+import websocket from '@fastify/websocket';
+import type { IncomingMessage } from 'node:http';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import type { Settings } from '../config/index.js';
 import {
@@ -32,6 +34,7 @@ import { ApiKeys, RateLimiter } from './auth.js';
 import type { ApiContext, ApiInstance } from './context.js';
 import { ApiMetrics } from './metrics.js';
 import { judge0Prefix, registerJudge0Routes } from './judge0/index.js';
+import { registerLiveRoutes, takeUrlKey } from './live/index.js';
 import { registerPistonRoutes } from './piston.js';
 import { JobService, type ApiEngine } from './service.js';
 import { registerV1Routes } from './v1.js';
@@ -325,7 +328,19 @@ function pistonScope(ctx: ApiContext) {
  */
 export function buildApp(deps: AppDeps): App {
   const { engine, settings } = deps;
+  // An API key given as ?key= on a WebSocket route, taken off the URL before routing and
+  // logging (so it never reaches a log line), and read by the auth hook.
+  const urlKeys = new WeakMap<IncomingMessage, string>();
   const app = Fastify({
+    rewriteUrl: (req) => {
+      const { url, key } = takeUrlKey(req.url ?? '/');
+      if (key !== undefined) {
+        urlKeys.set(req, key);
+        // Fastify keeps the URL as it came here, and some serializers log it.
+        (req as IncomingMessage & { originalUrl?: string }).originalUrl = url;
+      }
+      return url;
+    },
     ...(deps.loggerInstance !== undefined
       ? { loggerInstance: deps.loggerInstance }
       : { logger: deps.logger ?? false }),
@@ -390,12 +405,17 @@ export function buildApp(deps: AppDeps): App {
       if (config.public !== true && !req.url.startsWith('/docs')) {
         // Judge0's clients send their key as X-Auth-Token: the same keys, under Judge0's header.
         const token = req.headers['x-auth-token'];
+        const urlKey = urlKeys.get(req.raw);
         const headers =
           config.judge0 === true &&
           typeof token === 'string' &&
           req.headers['x-api-key'] === undefined
             ? { ...req.headers, 'x-api-key': token }
-            : req.headers;
+            : urlKey !== undefined &&
+                req.headers['x-api-key'] === undefined &&
+                req.headers.authorization === undefined
+              ? { ...req.headers, 'x-api-key': urlKey }
+              : req.headers;
         req.owner = keys.check(headers);
         if (config.createsJobs === true) {
           if (draining)
@@ -410,6 +430,10 @@ export function buildApp(deps: AppDeps): App {
   });
 
   app.addHook('onResponse', (req, reply, done) => {
+    // An upgrade refused (401, 429, 503, 404): its socket left the HTTP server's hands, so
+    // nothing else ends it (the websocket plugin's own hook does not run once auth threw).
+    if (req.headers.upgrade?.toLowerCase() === 'websocket' && reply.statusCode >= 400)
+      req.raw.socket.destroy();
     metrics.http(
       req.method,
       req.routeOptions.url ?? 'unmatched',
@@ -462,6 +486,18 @@ export function buildApp(deps: AppDeps): App {
   });
 
   void app.register(swagger, { openapi: OPENAPI_BASE });
+  // Interactive jobs (GET /api/v2/connect, GET /v1/connect). A client message holds at most
+  // an init (a body) or a stdin chunk: the body limit bounds both.
+  // At close the open sockets end with 1001 (going away), which stops their jobs: an
+  // interactive program could otherwise hold the drain until its wall-time limit.
+  void app.register(websocket, {
+    options: { maxPayload: settings.bodyLimitBytes },
+    preClose(done) {
+      for (const client of this.websocketServer.clients)
+        client.close(1001, 'the server is shutting down');
+      this.websocketServer.close(() => done());
+    },
+  });
   void app.register(swaggerUi, { routePrefix: '/docs' });
   void app.register((scope, _opts, done) => {
     const typed = scope.withTypeProvider<TypeBoxTypeProvider>();
@@ -472,6 +508,10 @@ export function buildApp(deps: AppDeps): App {
     done();
   });
   void app.register(pistonScope(ctx));
+  void app.register((scope, _opts, done) => {
+    registerLiveRoutes(scope.withTypeProvider<TypeBoxTypeProvider>(), ctx);
+    done();
+  });
   void app.register(
     (scope, _opts, done) => {
       registerJudge0Routes(scope.withTypeProvider<TypeBoxTypeProvider>(), ctx);
