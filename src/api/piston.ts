@@ -2,7 +2,7 @@ import { MAX_LIMITS, type Stage } from '../config/index.js';
 import { LimitInvalidError, EncodingInvalidError } from '../errors.js';
 import type { Limits } from '../protocol/index.js';
 import type { ApiContext, ApiInstance } from './context.js';
-import { pistonStage } from './results.js';
+import { InterleavedOutput, pistonStage } from './results.js';
 import {
   PistonError,
   PistonExecuteRequest,
@@ -93,8 +93,9 @@ const security: { [scheme: string]: string[] }[] = [{ bearer: [] }, { apiKey: []
 /**
  * Piston's API v2 (engineer-man/piston docs/api-v2.md), so Piston clients and bots work
  * unchanged: the same paths, request and response shapes, language names and aliases. Errors
- * are Piston's `{message}`. Differences: `output` is stdout then stderr (their interleaving is
- * not kept); packages are read-only (POST/DELETE /api/v2/packages are not offered).
+ * are Piston's `{message}`. `output` is stdout and stderr in the order they were written (the
+ * job runs live for it). Differences: packages are read-only (POST/DELETE /api/v2/packages are
+ * not offered).
  */
 export function registerPistonRoutes(app: ApiInstance, ctx: ApiContext): void {
   app.get(
@@ -148,14 +149,16 @@ export function registerPistonRoutes(app: ApiInstance, ctx: ApiContext): void {
       },
     },
     async (req) => {
-      const job = ctx.service.prepare(fromPiston(req.body));
-      const result = await ctx.service.execute(job, req.owner);
+      // Run live, only to keep the true interleaving of stdout and stderr for `output`.
+      const job = ctx.service.prepare(fromPiston(req.body), { live: true });
+      const output = new InterleavedOutput();
+      const result = await ctx.service.execute(job, req.owner, { live: output });
       const compiled = job.job.compiles;
       return {
         language: result.language,
         version: result.version,
-        run: pistonStage(result.run),
-        ...(compiled && { compile: pistonStage(result.compile) }),
+        run: pistonStage(result.run, output.of('run')),
+        ...(compiled && { compile: pistonStage(result.compile, output.of('compile')) }),
       };
     },
   );

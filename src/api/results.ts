@@ -1,4 +1,11 @@
-import { ZERO_TIMINGS, type JobResult, type JobTimings } from '../pool/index.js';
+import {
+  ZERO_TIMINGS,
+  type JobResult,
+  type JobTimings,
+  type LiveControls,
+  type LiveEvent,
+  type LiveHandlers,
+} from '../pool/index.js';
 import { sandboxStage, type StageResult, type Status } from '../protocol/index.js';
 import type { ExecuteResponse, PistonStage, StageView } from './schemas.js';
 
@@ -17,7 +24,6 @@ export function textOrNull(base64: string): string | null {
 export function stageView(stage: StageResult): StageView {
   return { ...stage, stdoutText: textOrNull(stage.stdout), stderrText: textOrNull(stage.stderr) };
 }
-
 
 /** The native result of one engine job. */
 export function executeResponse(result: JobResult): ExecuteResponse {
@@ -116,8 +122,36 @@ const PISTON_MESSAGES: Partial<Record<Status, string>> = {
   output_limit: 'Output limit exceeded',
 };
 
-/** A stage as Piston shows it: text output, `output` = stdout then stderr, code or signal. */
-export function pistonStage(stage: StageResult | null): PistonStage {
+/**
+ * A live job's consumer that keeps each stage's output in the order the agent read the
+ * program's two pipes (stdin was given up front): Piston's `output`. Bounded by the stage's
+ * output caps, as the result is.
+ */
+export class InterleavedOutput implements LiveHandlers {
+  private readonly chunks: Record<'compile' | 'run', Buffer[]> = { compile: [], run: [] };
+  private stage: 'compile' | 'run' = 'compile';
+
+  onStart(controls: LiveControls): void {
+    controls.stdinEnd();
+  }
+
+  onEvent(event: LiveEvent): void {
+    if (event.type === 'stage') this.stage = event.stage;
+    else this.chunks[this.stage].push(event.data);
+  }
+
+  /** The stage's stdout and stderr interleaved, as bytes. */
+  of(stage: 'compile' | 'run'): Buffer {
+    return Buffer.concat(this.chunks[stage]);
+  }
+}
+
+/**
+ * A stage as Piston shows it: text output, code or signal, and `output`: stdout and stderr in
+ * the order they were written when `interleaved` holds exactly the stage's bytes (a live job's
+ * stream, see InterleavedOutput), else stdout then stderr.
+ */
+export function pistonStage(stage: StageResult | null, interleaved?: Buffer): PistonStage {
   if (stage === null) {
     return {
       stdout: '',
@@ -134,10 +168,14 @@ export function pistonStage(stage: StageResult | null): PistonStage {
   }
   const stdout = Buffer.from(stage.stdout, 'base64').toString('utf8');
   const stderr = Buffer.from(stage.stderr, 'base64').toString('utf8');
+  const sum = Buffer.byteLength(stage.stdout, 'base64') + Buffer.byteLength(stage.stderr, 'base64');
   return {
     stdout,
     stderr,
-    output: stdout + stderr,
+    output:
+      interleaved !== undefined && interleaved.length === sum
+        ? interleaved.toString('utf8')
+        : stdout + stderr,
     code: stage.signal !== null ? null : stage.exitCode,
     signal: stage.signal,
     message: stage.message ?? PISTON_MESSAGES[stage.status] ?? null,

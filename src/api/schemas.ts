@@ -392,7 +392,8 @@ export const PistonStage = Type.Object({
   stdout: Type.String(),
   stderr: Type.String(),
   output: Type.String({
-    description: 'stdout then stderr (this server does not keep their interleaving)',
+    description:
+      'stdout and stderr in the order the program wrote them (as the agent read its two pipes)',
   }),
   code: Type.Union([Type.Integer(), Type.Null()]),
   signal: Type.Union([Type.String(), Type.Null()]),

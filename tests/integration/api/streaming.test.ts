@@ -241,6 +241,30 @@ describe.skipIf(reason !== null)('the interactive WebSockets with real VMs', () 
     expect(order).toBe([0, 1, 2, 3].map((i) => `stdout:out${i}\nstderr:err${i}\n`).join(''));
   });
 
+  test("Piston's POST /api/v2/execute: `output` is stdout and stderr in the order written", async () => {
+    const res = await fetch(fixture?.url('/api/v2/execute') ?? '', {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({
+        language: 'python',
+        version: '*',
+        files: [
+          {
+            content:
+              'import sys, time\nfor i in range(3):\n' +
+              '    sys.stdout.write(f"out{i}\\n"); sys.stdout.flush(); time.sleep(0.2)\n' +
+              '    sys.stderr.write(f"err{i}\\n"); sys.stderr.flush(); time.sleep(0.2)\n',
+          },
+        ],
+      }),
+    });
+    const body = (await res.json()) as { run: { stdout: string; stderr: string; output: string } };
+    expect(res.status).toBe(200);
+    expect(body.run.stdout).toBe('out0\nout1\nout2\n');
+    expect(body.run.stderr).toBe('err0\nerr1\nerr2\n');
+    expect(body.run.output).toBe('out0\nerr0\nout1\nerr1\nout2\nerr2\n');
+  });
+
   test('a flood to a reader that stops reading holds the program and the memory, and ends at the cap', async () => {
     const capBytes = 4 * 1024 * 1024;
     const c = native();
