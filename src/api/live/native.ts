@@ -7,7 +7,7 @@ import type { ApiContext } from '../context.js';
 import { jobEventOf } from '../events.js';
 import { ErrorResponse, ExecuteRequest } from '../schemas.js';
 import { nativeCloseCode, parseNativeMessage } from './messages.js';
-import { LiveSession, textOf } from './session.js';
+import { LiveSession } from './session.js';
 import { LiveSocket } from './socket.js';
 
 /** How long /v1/connect waits for `init` after the socket opens (then REQUEST_INVALID, 4400). */
@@ -48,15 +48,13 @@ export function nativeConnect(ctx: ApiContext) {
   return (ws: WebSocket, req: FastifyRequest): void => {
     const socket = new LiveSocket(ws);
     const session = new LiveSession(ctx, ws);
-    let initialised = false;
-
     const fail = (error: unknown): void => {
       const err = asRunnerError(error);
       void socket.send(errorMessage(err));
       socket.close({ code: nativeCloseCode(err.status), reason: err.code });
     };
     const timer = setTimeout(() => {
-      if (!initialised)
+      if (!session.initialised)
         fail(new RequestInvalidError(`no init within ${NATIVE_INIT_TIMEOUT_MS} ms`));
     }, NATIVE_INIT_TIMEOUT_MS);
     timer.unref();
@@ -79,31 +77,7 @@ export function nativeConnect(ctx: ApiContext) {
       socket.close({ code: 1000, reason: 'job done' });
     };
 
-    ws.on('message', (data) => {
-      if (socket.closed) return;
-      const action = parseNativeMessage(textOf(data), initialised);
-      try {
-        switch (action.kind) {
-          case 'ignore':
-            return;
-          case 'close':
-            socket.close(action.close);
-            return;
-          case 'error':
-            fail(new RequestInvalidError(action.message));
-            return;
-          case 'init':
-            initialised = true;
-            clearTimeout(timer);
-            start(action.body).catch(fail);
-            return;
-          default:
-            session.apply(action);
-        }
-      } catch (err) {
-        fail(err);
-      }
-    });
+    session.listen(socket, parseNativeMessage, { init: start, fail });
   };
 }
 

@@ -13,7 +13,7 @@ import {
   type StageView,
 } from '../schemas.js';
 import { parsePistonMessage, PISTON_CLOSE } from './messages.js';
-import { LiveSession, textOf } from './session.js';
+import { LiveSession } from './session.js';
 import { LiveSocket } from './socket.js';
 
 /** How long Piston waits for `init` after the socket opens before it closes it (4001). */
@@ -57,9 +57,8 @@ export function pistonConnect(ctx: ApiContext) {
   return (ws: WebSocket, req: FastifyRequest): void => {
     const socket = new LiveSocket(ws);
     const session = new LiveSession(ctx, ws);
-    let initialised = false;
     const timer = setTimeout(() => {
-      if (!initialised) socket.close(PISTON_CLOSE.initTimeout);
+      if (!session.initialised) socket.close(PISTON_CLOSE.initTimeout);
     }, PISTON_INIT_TIMEOUT_MS);
     timer.unref();
     ws.once('close', () => clearTimeout(timer));
@@ -120,30 +119,9 @@ export function pistonConnect(ctx: ApiContext) {
       socket.close(PISTON_CLOSE.jobDone);
     };
 
-    ws.on('message', (data) => {
-      if (socket.closed) return;
-      const action = parsePistonMessage(textOf(data), initialised);
-      try {
-        switch (action.kind) {
-          case 'ignore':
-            return;
-          case 'close':
-            socket.close(action.close);
-            return;
-          case 'error':
-            fail(action.message);
-            return;
-          case 'init':
-            initialised = true;
-            clearTimeout(timer);
-            start(action.body).catch((err: unknown) => fail(asRunnerError(err).message));
-            return;
-          default:
-            session.apply(action);
-        }
-      } catch (err) {
-        fail(asRunnerError(err).message);
-      }
+    session.listen(socket, parsePistonMessage, {
+      init: start,
+      fail: (err) => fail(asRunnerError(err).message),
     });
   };
 }

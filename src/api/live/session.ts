@@ -1,10 +1,11 @@
 import type { RawData, WebSocket } from 'ws';
-import { PayloadTooLargeError } from '../../errors.js';
+import { PayloadTooLargeError, RequestInvalidError } from '../../errors.js';
 import type { LiveControls, LiveEvent } from '../../pool/index.js';
 import type { ApiContext } from '../context.js';
 import type { ApiJob } from '../service.js';
 import type { ExecuteResponse } from '../schemas.js';
 import type { ClientAction } from './messages.js';
+import type { LiveSocket } from './socket.js';
 
 /** What a live session tells its protocol (Piston's or the native one) as the job runs. */
 export interface SessionOutput {
@@ -42,6 +43,45 @@ export class LiveSession {
     private readonly ws: WebSocket,
   ) {
     ws.once('close', () => this.abort.abort());
+  }
+
+  /** Whether the client's init has come. */
+  initialised = false;
+
+  /**
+   * Reads the client's messages, each parsed by its protocol's `parse`: an init starts the
+   * job (`on.init`), stdin, stdin_end and signals go to the program, a misuse closes the
+   * socket with its code, and a bad message or a failed start goes to `on.fail`.
+   */
+  listen(
+    socket: LiveSocket,
+    parse: (text: string, initialised: boolean) => ClientAction,
+    on: { init(body: Record<string, unknown>): Promise<void>; fail(err: unknown): void },
+  ): void {
+    this.ws.on('message', (data) => {
+      if (socket.closed) return;
+      const action = parse(textOf(data), this.initialised);
+      try {
+        switch (action.kind) {
+          case 'ignore':
+            return;
+          case 'close':
+            socket.close(action.close);
+            return;
+          case 'error':
+            on.fail(new RequestInvalidError(action.message));
+            return;
+          case 'init':
+            this.initialised = true;
+            on.init(action.body).catch((err: unknown) => on.fail(err));
+            return;
+          default:
+            this.apply(action);
+        }
+      } catch (err) {
+        on.fail(err);
+      }
+    });
   }
 
   /** Runs `job` to its API result (a system failure is a sandbox_error result; 4xx/503 throw). */
