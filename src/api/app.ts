@@ -1,5 +1,6 @@
 import type { VmTiming } from '../pool/index.js';
 import { STATUS_CODES } from 'node:http';
+import { join } from 'node:path';
 import type { Socket } from 'node:net';
 import { Readable } from 'node:stream';
 import Fastify, {
@@ -12,7 +13,7 @@ import Fastify, {
 import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
-import type { Settings } from '../config/index.js';
+import { dataPaths, type Settings } from '../config/index.js';
 import {
   ERROR_CATALOGUE,
   type ErrorCode,
@@ -33,6 +34,7 @@ import type { ApiContext, ApiInstance } from './context.js';
 import { ApiMetrics } from './metrics.js';
 import { judge0Prefix, registerJudge0Routes } from './judge0/index.js';
 import { registerPistonRoutes } from './piston.js';
+import { defaultBuiltDir, registerPlayground } from '../playground/index.js';
 import { JobService, type ApiEngine } from './service.js';
 import { registerV1Routes } from './v1.js';
 
@@ -472,6 +474,11 @@ export function buildApp(deps: AppDeps): App {
     done();
   });
   void app.register(pistonScope(ctx));
+  // The playground page at / (public; the APIs it calls keep their keys): docs/playground.md.
+  registerPlayground(app, {
+    builtDir: defaultBuiltDir(),
+    cacheDir: join(dataPaths(settings).buildDir, 'playground'),
+  });
   void app.register(
     (scope, _opts, done) => {
       registerJudge0Routes(scope.withTypeProvider<TypeBoxTypeProvider>(), ctx);
