@@ -352,8 +352,10 @@ function run(): void {
     if (current !== run || typeof ev.data !== 'string') return;
     onMessage(JSON.parse(ev.data) as ServerMessage);
   });
-  ws.addEventListener('close', () => {
+  ws.addEventListener('close', (ev: CloseEvent) => {
     if (current !== run) return;
+    // /v1/connect closes with 4000 + the HTTP status of its error: 4401 is a missing or bad key.
+    if (ev.code === 4401) notify(key === '' ? KEY_MESSAGE : BAD_KEY_MESSAGE);
     for (const s of ['stdout', 'stderr'] as const) appendOutput(run.decoders[s].decode(), s);
     // A browser does not tell why an upgrade failed; a refused key is the likely cause.
     if (!opened) {
