@@ -319,7 +319,11 @@ function onMessage(msg: ServerMessage): void {
 
 function run(): void {
   const runtime = selected();
-  if (runtime === undefined || current !== null) return;
+  if (current !== null) return;
+  if (runtime === undefined) {
+    ui.status.textContent = 'Pick a language first (the languages need the API key).';
+    return;
+  }
   ui.output.replaceChildren();
   ui.status.textContent = 'Connecting…';
   notify(null);
@@ -429,7 +433,10 @@ function verdictText(c: CaseResult): string {
 async function runTests(): Promise<void> {
   const runtime = selected();
   const boxes = [...ui.cases.querySelectorAll<HTMLFieldSetElement>('.case')];
-  if (runtime === undefined) return;
+  if (runtime === undefined) {
+    ui.testsSummary.textContent = 'Pick a language first (the languages need the API key).';
+    return;
+  }
   if (boxes.length === 0) {
     ui.testsSummary.textContent = 'Add a test case first.';
     return;
