@@ -79,7 +79,8 @@ export const ERROR_CATALOGUE = {
   JOB_STATE: { status: 500, description: 'A job was moved in a way its life does not allow.' },
   CLUSTER_WIRE: {
     status: 500,
-    description: 'A job or result read from the shared queue does not match the cluster wire format.',
+    description:
+      'A job or result read from the shared queue does not match the cluster wire format.',
   },
   CLUSTER_UNAVAILABLE: {
     status: 503,
@@ -115,6 +116,10 @@ export const ERROR_CATALOGUE = {
     description: 'The body, the number of files or test cases, or stdin is over its cap.',
   },
   CONTENT_TYPE_UNSUPPORTED: { status: 415, description: 'The body is not application/json.' },
+  UPGRADE_REQUIRED: {
+    status: 426,
+    description: 'A WebSocket route was asked without `Upgrade: websocket`.',
+  },
   RATE_LIMITED: {
     status: 429,
     description: 'This API key (or client) sent too many jobs; see Retry-After.',
@@ -269,6 +274,8 @@ export class JobNotFoundError extends coded('JOB_NOT_FOUND') {}
 export class PayloadTooLargeError extends coded('PAYLOAD_TOO_LARGE') {}
 /** CONTENT_TYPE_UNSUPPORTED: The body is not application/json. */
 export class ContentTypeUnsupportedError extends coded('CONTENT_TYPE_UNSUPPORTED') {}
+/** UPGRADE_REQUIRED: A WebSocket route was asked without `Upgrade: websocket`. */
+export class UpgradeRequiredError extends coded('UPGRADE_REQUIRED') {}
 /** RATE_LIMITED: This API key (or client) sent too many jobs; see Retry-After. */
 export class RateLimitedError extends coded('RATE_LIMITED') {}
 /** QUEUE_FULL: The job queue is full; see Retry-After. */
@@ -323,6 +330,7 @@ export const ERROR_CLASSES: { readonly [C in ErrorCode]: ErrorClass<C> } = {
   JOB_NOT_FOUND: JobNotFoundError,
   PAYLOAD_TOO_LARGE: PayloadTooLargeError,
   CONTENT_TYPE_UNSUPPORTED: ContentTypeUnsupportedError,
+  UPGRADE_REQUIRED: UpgradeRequiredError,
   RATE_LIMITED: RateLimitedError,
   QUEUE_FULL: QueueFullError,
   SHUTTING_DOWN: ShuttingDownError,

@@ -12,6 +12,8 @@ import Fastify, {
 } from 'fastify';
 import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
+import websocket from '@fastify/websocket';
+import type { IncomingMessage } from 'node:http';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import { dataPaths, type Settings } from '../config/index.js';
 import {
@@ -33,6 +35,7 @@ import { ApiKeys, RateLimiter } from './auth.js';
 import type { ApiContext, ApiInstance } from './context.js';
 import { ApiMetrics } from './metrics.js';
 import { judge0Prefix, registerJudge0Routes } from './judge0/index.js';
+import { registerLiveRoutes, takeUrlKey } from './live/index.js';
 import { registerPistonRoutes } from './piston.js';
 import { defaultBuiltDir, registerPlayground } from '../playground/index.js';
 import { JobService, type ApiEngine } from './service.js';
@@ -327,7 +330,19 @@ function pistonScope(ctx: ApiContext) {
  */
 export function buildApp(deps: AppDeps): App {
   const { engine, settings } = deps;
+  // An API key given as ?key= on a WebSocket route, taken off the URL before routing and
+  // logging (so it never reaches a log line), and read by the auth hook.
+  const urlKeys = new WeakMap<IncomingMessage, string>();
   const app = Fastify({
+    rewriteUrl: (req) => {
+      const { url, key } = takeUrlKey(req.url ?? '/');
+      if (key !== undefined) {
+        urlKeys.set(req, key);
+        // Fastify keeps the URL as it came here, and some serializers log it.
+        (req as IncomingMessage & { originalUrl?: string }).originalUrl = url;
+      }
+      return url;
+    },
     ...(deps.loggerInstance !== undefined
       ? { loggerInstance: deps.loggerInstance }
       : { logger: deps.logger ?? false }),
@@ -392,12 +407,17 @@ export function buildApp(deps: AppDeps): App {
       if (config.public !== true && !req.url.startsWith('/docs')) {
         // Judge0's clients send their key as X-Auth-Token: the same keys, under Judge0's header.
         const token = req.headers['x-auth-token'];
+        const urlKey = urlKeys.get(req.raw);
         const headers =
           config.judge0 === true &&
           typeof token === 'string' &&
           req.headers['x-api-key'] === undefined
             ? { ...req.headers, 'x-api-key': token }
-            : req.headers;
+            : urlKey !== undefined &&
+                req.headers['x-api-key'] === undefined &&
+                req.headers.authorization === undefined
+              ? { ...req.headers, 'x-api-key': urlKey }
+              : req.headers;
         req.owner = keys.check(headers);
         if (config.createsJobs === true) {
           if (draining)
@@ -412,6 +432,10 @@ export function buildApp(deps: AppDeps): App {
   });
 
   app.addHook('onResponse', (req, reply, done) => {
+    // An upgrade refused (401, 429, 503, 404): its socket left the HTTP server's hands, so
+    // nothing else ends it (the websocket plugin's own hook does not run once auth threw).
+    if (req.headers.upgrade?.toLowerCase() === 'websocket' && reply.statusCode >= 400)
+      req.raw.socket.destroy();
     metrics.http(
       req.method,
       req.routeOptions.url ?? 'unmatched',
@@ -464,6 +488,9 @@ export function buildApp(deps: AppDeps): App {
   });
 
   void app.register(swagger, { openapi: OPENAPI_BASE });
+  // Interactive jobs (GET /api/v2/connect, GET /v1/connect). A client message holds at most
+  // an init (a body) or a stdin chunk: the body limit bounds both.
+  void app.register(websocket, { options: { maxPayload: settings.bodyLimitBytes } });
   void app.register(swaggerUi, { routePrefix: '/docs' });
   void app.register((scope, _opts, done) => {
     const typed = scope.withTypeProvider<TypeBoxTypeProvider>();
@@ -474,6 +501,10 @@ export function buildApp(deps: AppDeps): App {
     done();
   });
   void app.register(pistonScope(ctx));
+  void app.register((scope, _opts, done) => {
+    registerLiveRoutes(scope.withTypeProvider<TypeBoxTypeProvider>(), ctx);
+    done();
+  });
   // The playground page at / (public; the APIs it calls keep their keys): docs/playground.md.
   registerPlayground(app, {
     builtDir: defaultBuiltDir(),

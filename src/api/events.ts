@@ -11,6 +11,21 @@ export type JobEvent =
   | { readonly type: 'output'; readonly stream: 'stdout' | 'stderr'; readonly data: string }
   | { readonly type: 'done' };
 
+/**
+ * An engine's live event as the API shows it, the one place that shapes them: the SSE stream
+ * (GET /v1/jobs/:id/events) and the WebSocket (GET /v1/connect) send the same events.
+ */
+export function jobEventOf(event: LiveEvent): Exclude<JobEvent, { type: 'done' }> {
+  return event.type === 'output'
+    ? { type: 'output', stream: event.stream, data: event.data.toString('base64') }
+    : {
+        type: 'stage',
+        stage: event.stage,
+        phase: event.phase,
+        ...(event.status !== undefined && { status: event.status }),
+      };
+}
+
 type Listener = (event: JobEvent) => void;
 
 interface Entry {
@@ -39,16 +54,7 @@ export class JobEventHub {
 
   /** A live event of job `id`, as the engine gives it. */
   publish(id: string, event: LiveEvent): void {
-    const shown: JobEvent =
-      event.type === 'output'
-        ? { type: 'output', stream: event.stream, data: event.data.toString('base64') }
-        : {
-            type: 'stage',
-            stage: event.stage,
-            phase: event.phase,
-            ...(event.status !== undefined && { status: event.status }),
-          };
-    this.emit(id, shown);
+    this.emit(id, jobEventOf(event));
   }
 
   /** The job's record is final: watchers get `done` and are let go. */

@@ -271,7 +271,13 @@ export class JobService {
   async execute(
     job: ApiJob,
     owner: string | null = null,
-    options: { keepOutput?: boolean } = {},
+    options: {
+      keepOutput?: boolean;
+      /** A live job's consumer (a WebSocket): the job must have been prepared with `live`. */
+      live?: LiveHandlers;
+      /** Aborted when the client goes away: the job stops at once and frees its VM. */
+      signal?: AbortSignal;
+    } = {},
   ): Promise<ExecuteResponse> {
     this.queue.admit();
     this.engine.admit?.();
@@ -280,7 +286,7 @@ export class JobService {
     try {
       result = await this.queue.push(async () => {
         await this.jobs.markRunning(record.id);
-        return this.run(job, owner);
+        return this.run(job, owner, options.live, options.signal);
       });
     } catch (err) {
       await this.finish(
@@ -554,11 +560,16 @@ export class JobService {
     job: ApiJob,
     owner: string | null,
     live?: LiveHandlers,
+    signal?: AbortSignal,
   ): Promise<ExecuteResponse> {
     const started = Date.now();
     let result: JobResult;
     try {
-      result = await this.engine.run(job.job, { owner, ...(live && { live }) });
+      result = await this.engine.run(job.job, {
+        owner,
+        ...(live && { live }),
+        ...(signal && { signal }),
+      });
     } catch (err) {
       const e = asRunnerError(err);
       this.log.error(`job ${job.job.id} (${job.job.language}): ${e.code}: ${e.message}`);

@@ -24,6 +24,7 @@ export {
   type PreparedJob,
 } from './job.js';
 export {
+  CLIENT_GONE_MESSAGE,
   executeOnVm,
   JobRunner,
   LIVE_STDIN_WINDOW_BYTES,

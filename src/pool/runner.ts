@@ -10,7 +10,13 @@ import {
   type Status,
 } from '../protocol/index.js';
 import type { MicroVm } from '../vmm/index.js';
-import { prepareJob, type JobRequest, type JobResult, type PreparedJob } from './job.js';
+import {
+  prepareJob,
+  ZERO_TIMINGS,
+  type JobRequest,
+  type JobResult,
+  type PreparedJob,
+} from './job.js';
 import type { Lease, VmPool } from './pool.js';
 
 /** Where the runner reports what its jobs did (one line each; sandbox failures as warnings). */
@@ -47,21 +53,28 @@ export class JobRunner {
 
   /** Runs one prepared job to its result. */
   async run(job: PreparedJob, options: RunOptions = {}): Promise<JobResult> {
-    const { live } = options;
+    const { live, signal } = options;
     const started = performance.now();
+    // A client gone before its job got a VM costs no VM.
+    if (isAborted(signal)) return abortedResult(job, performance.now() - started);
     const lease: Lease = await this.pool.acquire(job.language, { network: job.network });
     const acquired = performance.now();
     let result: ResultMessage;
     let answered: number;
     try {
-      result = await executeOnVm(lease.vm, job, live);
+      result = isAborted(signal)
+        ? sandboxError(job.message, CLIENT_GONE_MESSAGE)
+        : await executeOnVm(lease.vm, job, live, signal);
       answered = performance.now();
     } finally {
-      // The VM's teardown is not part of the job's latency; the pool tracks it.
+      // The VM's teardown is not part of the job's latency; the pool tracks it. One job per VM:
+      // a VM is destroyed on release, so an aborted job's VM is never seen again.
       this.pool.releaseInBackground(lease);
     }
     const done = performance.now();
-    if (result.status === 'sandbox_error') {
+    if (isAborted(signal)) {
+      this.log?.info(`job ${job.id} (${job.language}, VM ${lease.vm.id}): ${CLIENT_GONE_MESSAGE}`);
+    } else if (result.status === 'sandbox_error') {
       const why = [result.compile, result.run, ...(result.cases ?? [])].find(
         (s) => s?.status === 'sandbox_error',
       )?.message;
@@ -103,8 +116,18 @@ export async function executeOnVm(
   vm: MicroVm,
   job: Pick<PreparedJob, 'message' | 'deadlineMs'>,
   live?: LiveHandlers,
+  signal?: AbortSignal,
 ): Promise<ResultMessage> {
   const { message } = job;
+  // An abort ends the wait at once (the caller then destroys the VM); the wait it cut short
+  // fails when the VM goes, which nobody needs to hear.
+  let onAbort: (() => void) | undefined;
+  const aborted = new Promise<'aborted'>((resolve) => {
+    onAbort = () => resolve('aborted');
+    if (isAborted(signal)) resolve('aborted');
+    else signal?.addEventListener('abort', onAbort, { once: true });
+  });
+  let liveSide: LiveSide | null = null;
   try {
     const channel = vm.agent();
     await channel.send(message);
@@ -112,13 +135,20 @@ export async function executeOnVm(
     // still speaks the live protocol: its events are taken at once and its stdin ends now.
     const consumer: LiveHandlers | undefined =
       message.stream === undefined ? undefined : (live ?? DISCARD_LIVE);
-    const liveSide = consumer !== undefined ? new LiveSide(message.id, channel) : null;
+    liveSide = consumer !== undefined ? new LiveSide(message.id, channel) : null;
     if (liveSide !== null) consumer?.onStart?.(liveSide.controls);
     const until = Date.now() + job.deadlineMs;
     for (;;) {
       let reply;
       try {
-        reply = await channel.next(Math.max(1, until - Date.now()));
+        const next = channel.next(Math.max(1, until - Date.now()));
+        const got = await Promise.race([next, aborted]);
+        if (got === 'aborted') {
+          next.catch(() => undefined);
+          liveSide?.end();
+          return sandboxError(message, CLIENT_GONE_MESSAGE);
+        }
+        reply = got;
       } catch (err) {
         if (Date.now() >= until) {
           return sandboxError(
@@ -133,8 +163,13 @@ export async function executeOnVm(
         if (liveSide !== null)
           await Promise.race([
             liveSide.flushed(),
+            aborted,
             new Promise((r) => setTimeout(r, Math.max(0, until - Date.now())).unref()),
           ]);
+        if (isAborted(signal)) {
+          liveSide?.end();
+          return sandboxError(message, CLIENT_GONE_MESSAGE);
+        }
         liveSide?.end();
         return reply;
       }
@@ -156,8 +191,40 @@ export async function executeOnVm(
       return sandboxError(message, `unexpected ${reply.type} message from the agent`);
     }
   } catch (err) {
-    return sandboxError(message, messageOf(err));
+    liveSide?.end();
+    return sandboxError(message, isAborted(signal) ? CLIENT_GONE_MESSAGE : messageOf(err));
+  } finally {
+    if (onAbort !== undefined) signal?.removeEventListener('abort', onAbort);
   }
+}
+
+/**
+ * The message of a job whose client went away (its RunOptions.signal aborted): the job was
+ * stopped and its VM destroyed. The job ends `sandbox_error` (the program did not fail; the
+ * run was cut short by the system on the client's behalf).
+ */
+export const CLIENT_GONE_MESSAGE = 'the client went away: the job was stopped and its VM destroyed';
+
+/** Read through a call: TypeScript would keep `aborted` narrowed across awaits. */
+function isAborted(signal: AbortSignal | undefined): boolean {
+  return signal?.aborted === true;
+}
+
+/** The result of a job stopped before it got a VM (its client went away while it waited). */
+function abortedResult(job: PreparedJob, waitedMs: number): JobResult {
+  const result = sandboxError(job.message, CLIENT_GONE_MESSAGE);
+  const totalMs = Math.round(waitedMs * 10) / 10;
+  return {
+    id: job.id,
+    language: job.language,
+    version: job.version,
+    status: 'sandbox_error',
+    compile: null,
+    run: result.run,
+    cases: result.cases ?? null,
+    vmId: null,
+    timings: { ...ZERO_TIMINGS, totalMs, hostOverheadMs: totalMs },
+  };
 }
 
 /** How one job is run: who asked (a shared queue's per-key share), and its live consumer. */
@@ -166,6 +233,11 @@ export interface RunOptions {
   readonly owner?: string | null;
   /** A live job's consumer (the job must have been prepared with `live`). */
   readonly live?: LiveHandlers;
+  /**
+   * Aborted when the job's client goes away: the job is stopped at once, its VM destroyed
+   * (never reused) and its lease released; the result is `sandbox_error` (CLIENT_GONE_MESSAGE).
+   */
+  readonly signal?: AbortSignal;
 }
 
 /** What a live job's consumer (a WebSocket, an SSE stream, the CLI) hears and does. */

@@ -2,7 +2,13 @@ import { Duplex, PassThrough } from 'node:stream';
 import { describe, expect, it } from 'vitest';
 import { VmStateError } from '../../../src/errors.js';
 import { PoolSlot, SLOT_STATES, VmPool, type SlotState } from '../../../src/pool/pool.js';
-import { executeOnVm } from '../../../src/pool/runner.js';
+import { LanguageRegistry } from '../../../src/languages/index.js';
+import {
+  CLIENT_GONE_MESSAGE,
+  executeOnVm,
+  JobRunner,
+  type LiveControls,
+} from '../../../src/pool/runner.js';
 import type { SnapshotManager, SnapshotRef } from '../../../src/pool/snapshots.js';
 import {
   encodeFrame,
@@ -443,4 +449,70 @@ describe('executeOnVm: a broken guest ends the job as sandbox_error', () => {
       expect(Date.now() - started).toBeLessThan(5000);
     });
   }
+});
+
+describe('a job whose client goes away (RunOptions.signal)', () => {
+  /** An agent that seeds, then never answers the first execute (a program that runs forever). */
+  const hangFirst = (): ((m: HostMessage) => Buffer | null) => {
+    let executes = 0;
+    return (m) => {
+      if (m.type === 'execute' && executes++ === 0) return null;
+      return goodAgent(m);
+    };
+  };
+
+  it('stops at once: sandbox_error saying so, the VM destroyed, the lease released, the next job runs', async () => {
+    const driver = fakeDriver(hangFirst());
+    const p = pool(driver, { maxVms: 1 });
+    const runner = new JobRunner(LanguageRegistry.fromDir(), p);
+    const job = runner.prepare({ language: 'python', files: [{ content: 'while True: pass' }] });
+    const abort = new AbortController();
+    const running = runner.run(job, { signal: abort.signal });
+    await new Promise((r) => setTimeout(r, 100));
+    expect(p.stats().busy).toBe(1);
+    const at = Date.now();
+    abort.abort();
+    const result = await running;
+    expect(Date.now() - at).toBeLessThan(500);
+    expect(result.status).toBe('sandbox_error');
+    expect(result.run?.message).toBe(CLIENT_GONE_MESSAGE);
+    await new Promise((r) => setTimeout(r, 20));
+    expect(driver.made[0]?.destroyed).toBe(true);
+    expect(p.stats()).toMatchObject({ busy: 0, live: 0 });
+    // The one place of this pool is free again: the next job gets a VM and its result.
+    const next = await runner.run(runner.prepare({ language: 'python', files: [{ content: '' }] }));
+    expect(next.status).toBe('ok');
+    await p.close();
+  });
+
+  it('takes no VM when the client went away before the job started', async () => {
+    const driver = fakeDriver();
+    const p = pool(driver);
+    const runner = new JobRunner(LanguageRegistry.fromDir(), p);
+    const job = runner.prepare({ language: 'python', files: [{ content: '' }] });
+    const result = await runner.run(job, { signal: AbortSignal.abort() });
+    expect(result).toMatchObject({ status: 'sandbox_error', vmId: null });
+    expect(result.run?.message).toBe(CLIENT_GONE_MESSAGE);
+    expect(driver.made).toHaveLength(0);
+    await p.close();
+  });
+
+  it('ends a live job too: its controls report ended', async () => {
+    const vm = new FakeVm('live', () => null);
+    const abort = new AbortController();
+    let controls: LiveControls | undefined;
+    const message: ExecuteMessage = { ...execute('j'), stream: { windowBytes: 65_536 } };
+    const running = executeOnVm(
+      vm,
+      { message, deadlineMs: 20_000 },
+      { onEvent: () => undefined, onStart: (c) => (controls = c) },
+      abort.signal,
+    );
+    await new Promise((r) => setTimeout(r, 20));
+    expect(controls?.ended).toBe(false);
+    abort.abort();
+    const r = await running;
+    expect(r.status).toBe('sandbox_error');
+    expect(controls?.ended).toBe(true);
+  });
 });
