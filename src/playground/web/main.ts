@@ -16,7 +16,12 @@ const KEY_MESSAGE =
 const BAD_KEY_MESSAGE =
   'The server did not accept the API key: check it in the “API key” field above and press “Save key”.';
 /** After Stop, how long the page waits for the job's result before it closes the socket. */
-const STOP_GRACE_MS = 3000;
+const STOP_GRACE_MS = 5000;
+/**
+ * After Stop, SIGKILL is sent again this often until the result comes: a signal that comes
+ * just as the stage starts (within some 300 ms under TCG) can find no program yet, and is lost.
+ */
+const STOP_RESEND_MS = 250;
 
 /** Syntax highlighting per language (none for bash, ruby and php: no CodeMirror 6 package). */
 const HIGHLIGHT: Record<string, () => Extension> = {
@@ -208,6 +213,8 @@ let current: {
   decoders: Record<'stdout' | 'stderr', TextDecoder>;
   stdinOpen: boolean;
   gotResult: boolean;
+  /** Stop was clicked: each stage that starts is killed too. */
+  stopping: boolean;
 } | null = null;
 
 function appendOutput(text: string, kind: 'stdout' | 'stderr' | 'meta' | 'stdin'): void {
@@ -283,7 +290,7 @@ function onMessage(msg: ServerMessage): void {
   if (current === null) return;
   switch (msg.type) {
     case 'started': {
-      ui.status.textContent = `Running (${msg.language} ${msg.version})…`;
+      ui.status.textContent = `Starting (${msg.language} ${msg.version})…`;
       const stdin = ui.stdin.value;
       if (stdin !== '') {
         // Batch input: all of it, then EOF, so a program that reads to the end finishes.
@@ -293,6 +300,11 @@ function onMessage(msg: ServerMessage): void {
       break;
     }
     case 'stage':
+      if (msg.phase === 'start') {
+        ui.status.textContent = msg.stage === 'compile' ? 'Compiling…' : 'Running…';
+        // A Stop before the stage started may have found no process to signal: signal this one.
+        if (current.stopping) send({ type: 'signal', signal: 'SIGKILL' });
+      }
       if (msg.stage === 'compile')
         appendOutput(
           msg.phase === 'start' ? '— compiling —\n' : `— compiled: ${msg.status ?? ''} —\n`,
@@ -337,6 +349,7 @@ function run(): void {
     decoders: { stdout: new TextDecoder(), stderr: new TextDecoder() },
     stdinOpen: true,
     gotResult: false,
+    stopping: false,
   };
   current = run;
   let opened = false;
@@ -361,10 +374,11 @@ function run(): void {
     // /v1/connect closes with 4000 + the HTTP status of its error: 4401 is a missing or bad key.
     if (ev.code === 4401) notify(key === '' ? KEY_MESSAGE : BAD_KEY_MESSAGE);
     for (const s of ['stdout', 'stderr'] as const) appendOutput(run.decoders[s].decode(), s);
-    // A browser does not tell why an upgrade failed; a refused key is the likely cause.
     if (!opened) {
-      if (key === '') notify(KEY_MESSAGE);
+      // A browser does not tell why an upgrade was refused: ask the API with the same key,
+      // whose 401 (the likely cause) shows the key notice.
       ui.status.textContent = 'Could not connect to the server (is the API key right?).';
+      api('/api/v2/runtimes').catch(() => undefined);
     } else if (!run.gotResult && !ui.status.textContent?.startsWith('Error'))
       ui.status.textContent = 'Stopped: the connection closed before the result.';
     current = null;
@@ -375,11 +389,20 @@ function run(): void {
 function stop(): void {
   const run = current;
   if (run === null) return;
-  send({ type: 'signal', signal: 'SIGKILL' });
+  if (run.stopping) return;
+  run.stopping = true;
   ui.status.textContent = 'Stopping…';
-  setTimeout(() => {
-    if (current === run) run.ws.close();
-  }, STOP_GRACE_MS);
+  const started = Date.now();
+  const kill = (): void => {
+    if (current !== run || run.gotResult) return;
+    // Closing the socket ends the job too (its VM freed), only without a result to show.
+    if (Date.now() - started >= STOP_GRACE_MS) run.ws.close();
+    else {
+      send({ type: 'signal', signal: 'SIGKILL' });
+      setTimeout(kill, STOP_RESEND_MS);
+    }
+  };
+  kill();
 }
 
 // ---- test cases over POST /v1/execute ----

@@ -155,13 +155,18 @@ describe.skipIf(reason !== null)('the playground at / in chromium, on real VMs',
     await page.fill('#stdin', '');
   });
 
-  test('Stop ends a program that runs forever', async () => {
+  test('Stop kills a program that runs forever, while it runs or before it started', async () => {
     await setCode('while True:\n    pass\n');
-    await page.click('#run');
-    await waitText('#status', /^Running/);
-    await page.click('#stop');
-    await waitEnabled('#run', 30_000);
-    expect(await text('#status')).not.toMatch(/^Running/);
+    for (const when of ['running', 'at once'] as const) {
+      await page.click('#run');
+      // At once: before the socket opened or the program started (the page signals it then).
+      if (when === 'running') await waitText('#status', /^Running/);
+      await page.click('#stop');
+      await waitEnabled('#run', 30_000);
+      const status = await text('#status');
+      console.info(`playground: Stop ${when}: the page says ${JSON.stringify(status)}`);
+      expect(status).toMatch(/^Status: runtime_error · signal SIGKILL/);
+    }
   });
 
   test('test cases: a pass and a fail verdict', async () => {
@@ -181,6 +186,19 @@ describe.skipIf(reason !== null)('the playground at / in chromium, on real VMs',
     expect(await cases.nth(1).locator('.verdict').textContent()).toMatch(
       /^Failed: wrong_answer \(line 1: expected "7", got "6"\)/,
     );
+  });
+
+  test('a wrong key: the APIs and the WebSocket refuse it, and the page says so', async () => {
+    await page.fill('#api-key', 'not-the-key');
+    await page.click('#save-key');
+    await waitText('#notice', /did not accept the API key/);
+    await page.evaluate('document.querySelector("#notice").hidden = true');
+    // The language list stays from before; a run is refused on the WebSocket.
+    await setCode('print("never")\n');
+    await page.click('#run');
+    await waitText('#notice', /did not accept the API key/);
+    await waitEnabled('#run');
+    expect(await text('#output')).toBe('');
   });
 
   test('the page ran under its CSP with no violation and no script error', () => {
