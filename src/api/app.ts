@@ -490,7 +490,16 @@ export function buildApp(deps: AppDeps): App {
   void app.register(swagger, { openapi: OPENAPI_BASE });
   // Interactive jobs (GET /api/v2/connect, GET /v1/connect). A client message holds at most
   // an init (a body) or a stdin chunk: the body limit bounds both.
-  void app.register(websocket, { options: { maxPayload: settings.bodyLimitBytes } });
+  // At close the open sockets end with 1001 (going away), which stops their jobs: an
+  // interactive program could otherwise hold the drain until its wall-time limit.
+  void app.register(websocket, {
+    options: { maxPayload: settings.bodyLimitBytes },
+    preClose(done) {
+      for (const client of this.websocketServer.clients)
+        client.close(1001, 'the server is shutting down');
+      this.websocketServer.close(() => done());
+    },
+  });
   void app.register(swaggerUi, { routePrefix: '/docs' });
   void app.register((scope, _opts, done) => {
     const typed = scope.withTypeProvider<TypeBoxTypeProvider>();

@@ -1,7 +1,6 @@
 import type { RawData, WebSocket } from 'ws';
 import { PayloadTooLargeError } from '../../errors.js';
 import type { LiveControls, LiveEvent } from '../../pool/index.js';
-import type { LiveSignal } from '../../protocol/index.js';
 import type { ApiContext } from '../context.js';
 import type { ApiJob } from '../service.js';
 import type { ExecuteResponse } from '../schemas.js';
@@ -87,11 +86,8 @@ export class LiveSession {
     } else if (action.kind === 'stdin_end') {
       this.writes = this.writes.then(() => controls.stdinEnd());
     } else if (action.kind === 'signal') {
-      this.signal(controls, action.signal);
+      // At once, past any stdin still waiting for room: a Ctrl-C must not queue behind input.
+      controls.signal(action.signal);
     }
-  }
-
-  private signal(controls: LiveControls, signal: LiveSignal): void {
-    controls.signal(signal);
   }
 }

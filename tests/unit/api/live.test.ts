@@ -11,8 +11,9 @@ import {
   PISTON_CLOSE,
   takeUrlKey,
 } from '../../../src/api/live/index.js';
+import type { JobResult, PreparedJob, RunOptions } from '../../../src/pool/index.js';
 import { JobStore } from '../../../src/queue/index.js';
-import { FakeEngine, makeApp, stage, testSettings, type TestApp } from './helpers.js';
+import { FakeEngine, gate, makeApp, stage, testSettings, type TestApp } from './helpers.js';
 
 describe('Piston client messages', () => {
   it('reads init, stdin data and signals as Piston does', () => {
@@ -121,6 +122,53 @@ const opened = (ws: WebSocket): Promise<void> =>
     ws.once('error', reject);
   });
 
+/**
+ * A fake engine that plays a compiled job's live events (compile, then run) and records what
+ * the program was given; it starts the program 100 ms after the job is run.
+ */
+class CompiledEngine extends FakeEngine {
+  readonly stdin: string[] = [];
+  readonly signals: string[] = [];
+  compileStatus: 'ok' | 'compile_error' = 'ok';
+
+  override async run(job: PreparedJob, options: RunOptions = {}): Promise<JobResult> {
+    const failed = this.compileStatus !== 'ok';
+    this.behavior = () =>
+      failed
+        ? { compile: stage({ status: 'compile_error', exitCode: 1, err: 'bad' }), run: null }
+        : { run: stage({ out: 'ran\n' }) };
+    const result = await super.run(job);
+    const live = options.live;
+    if (live === undefined) return result;
+    await new Promise((r) => setTimeout(r, 100));
+    live.onStart?.({
+      stdin: (data) => {
+        this.stdin.push(data.toString());
+        return Promise.resolve();
+      },
+      stdinEnd: () => this.stdin.push('<end>'),
+      signal: (sig) => this.signals.push(sig),
+      ended: false,
+    });
+    await live.onEvent({ type: 'stage', stage: 'compile', phase: 'start' });
+    await live.onEvent({
+      type: 'stage',
+      stage: 'compile',
+      phase: 'end',
+      status: this.compileStatus,
+    });
+    if (failed) return result;
+    await live.onEvent({ type: 'stage', stage: 'run', phase: 'start' });
+    // A character split across two chunks.
+    const text = Buffer.from('ran é\n');
+    await live.onEvent({ type: 'output', stream: 'stdout', data: text.subarray(0, 5) });
+    await live.onEvent({ type: 'output', stream: 'stdout', data: text.subarray(5) });
+    await new Promise((r) => setTimeout(r, 100));
+    await live.onEvent({ type: 'stage', stage: 'run', phase: 'end', status: 'ok' });
+    return result;
+  }
+}
+
 describe('the WebSocket routes on a fake engine', () => {
   let t: TestApp | undefined;
   afterEach(async () => {
@@ -157,6 +205,71 @@ describe('the WebSocket routes on a fake engine', () => {
       { type: 'data', stream: 'stdout', data: 'hi\n' },
       { type: 'exit', stage: 'run', code: 0, signal: null, status: 'ok', truncated: false },
     ]);
+  });
+
+  it("Piston: a compiled job's stages and exits in order, stdin and signals sent early kept for the program", async () => {
+    const engine = new CompiledEngine();
+    const base = await listen({}, engine);
+    const ws = new WebSocket(`${base}/api/v2/connect`);
+    const { messages, closed } = collect(ws);
+    await opened(ws);
+    ws.send(
+      JSON.stringify({
+        type: 'init',
+        language: 'c',
+        version: '*',
+        files: [{ content: 'int main(){}' }],
+      }),
+    );
+    ws.send(JSON.stringify({ type: 'data', stream: 'stdin', data: 'early\n' }));
+    ws.send(JSON.stringify({ type: 'signal', signal: 'SIGUSR1' }));
+    expect((await closed).code).toBe(4999);
+    const exit = { signal: null, status: 'ok', truncated: false };
+    expect(messages.slice(1)).toEqual([
+      { type: 'stage', stage: 'compile' },
+      { type: 'exit', stage: 'compile', code: 0, ...exit },
+      { type: 'stage', stage: 'run' },
+      { type: 'data', stream: 'stdout', data: 'ran ' },
+      { type: 'data', stream: 'stdout', data: 'é\n' },
+      { type: 'exit', stage: 'run', code: 0, ...exit },
+    ]);
+    expect(engine.stdin).toEqual(['early\n']);
+    expect(engine.signals).toEqual(['SIGUSR1']);
+  });
+
+  it("Piston: a failed compile's exit carries its code and status", async () => {
+    const engine = new CompiledEngine();
+    engine.compileStatus = 'compile_error';
+    const base = await listen({}, engine);
+    const ws = new WebSocket(`${base}/api/v2/connect`);
+    const { messages, closed } = collect(ws);
+    await opened(ws);
+    ws.send(
+      JSON.stringify({ type: 'init', language: 'c', version: '*', files: [{ content: 'x' }] }),
+    );
+    expect((await closed).code).toBe(4999);
+    expect(messages.slice(1)).toEqual([
+      { type: 'stage', stage: 'compile' },
+      {
+        type: 'exit',
+        stage: 'compile',
+        code: 1,
+        signal: null,
+        status: 'compile_error',
+        truncated: false,
+      },
+    ]);
+  });
+
+  it('native: stdin over the cap before the program starts is PAYLOAD_TOO_LARGE, 4413', async () => {
+    const base = await listen({ maxStdinBytes: 8 }, new CompiledEngine());
+    const ws = new WebSocket(`${base}/v1/connect`);
+    const { messages, closed } = collect(ws);
+    await opened(ws);
+    ws.send(JSON.stringify({ type: 'init', language: 'c', files: [{ content: 'x' }] }));
+    ws.send(JSON.stringify({ type: 'stdin', data: '0123456789' }));
+    expect((await closed).code).toBe(4413);
+    expect(messages.at(-1)).toMatchObject({ type: 'error', error: { code: 'PAYLOAD_TOO_LARGE' } });
   });
 
   it('Piston: a bad init is an error message, then 4002', async () => {
@@ -202,6 +315,26 @@ describe('the WebSocket routes on a fake engine', () => {
       type: 'error',
       error: { code: 'REQUEST_INVALID', status: 400 },
     });
+  });
+
+  it('at close, an open socket ends with 1001 (going away)', async () => {
+    const engine = new FakeEngine();
+    const running = gate();
+    engine.behavior = async () => {
+      await running.promise;
+      return {};
+    };
+    const base = await listen({}, engine);
+    const ws = new WebSocket(`${base}/v1/connect`);
+    const { closed } = collect(ws);
+    await opened(ws);
+    ws.send(JSON.stringify({ type: 'init', language: 'python', files: [{ content: '' }] }));
+    await new Promise((r) => setTimeout(r, 100));
+    const closing = t?.close();
+    t = undefined;
+    expect((await closed).code).toBe(1001);
+    running.open();
+    await closing;
   });
 
   it('a plain GET of a WebSocket route is 426', async () => {
