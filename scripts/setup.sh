@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 # holds the egress policy of networked VMs and iproute2 (ip, tc) their links (docs/network.md).
 packages=(qemu-system-x86 debootstrap e2fsprogs cpio lz4 zstd util-linux gcc libc6-dev nftables iproute2)
 if [[ "${1:-}" == "--test" ]]; then
-  packages+=(python3 bash socat redis-server)
+  # chromium: the playground's browser test (tests/integration/playground), driven by playwright-core.
+  packages+=(python3 bash socat redis-server chromium)
 fi
 
 missing=()

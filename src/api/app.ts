@@ -1,5 +1,6 @@
 import type { VmTiming } from '../pool/index.js';
 import { STATUS_CODES } from 'node:http';
+import { join } from 'node:path';
 import type { Socket } from 'node:net';
 import { Readable } from 'node:stream';
 import Fastify, {
@@ -14,7 +15,7 @@ import swaggerUi from '@fastify/swagger-ui';
 import websocket from '@fastify/websocket';
 import type { IncomingMessage } from 'node:http';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
-import type { Settings } from '../config/index.js';
+import { dataPaths, type Settings } from '../config/index.js';
 import {
   ERROR_CATALOGUE,
   type ErrorCode,
@@ -36,6 +37,7 @@ import { ApiMetrics } from './metrics.js';
 import { judge0Prefix, registerJudge0Routes } from './judge0/index.js';
 import { registerLiveRoutes, takeUrlKey } from './live/index.js';
 import { registerPistonRoutes } from './piston.js';
+import { defaultBuiltDir, registerPlayground } from '../playground/index.js';
 import { JobService, type ApiEngine } from './service.js';
 import { registerV1Routes } from './v1.js';
 
@@ -511,6 +513,11 @@ export function buildApp(deps: AppDeps): App {
   void app.register((scope, _opts, done) => {
     registerLiveRoutes(scope.withTypeProvider<TypeBoxTypeProvider>(), ctx);
     done();
+  });
+  // The playground page at / (public; the APIs it calls keep their keys): docs/playground.md.
+  registerPlayground(app, {
+    builtDir: defaultBuiltDir(),
+    cacheDir: join(dataPaths(settings).buildDir, 'playground'),
   });
   void app.register(
     (scope, _opts, done) => {
