@@ -11,6 +11,7 @@ import type { LanguageRegistry } from '../languages/index.js';
 import type {
   JobRequest,
   JobResult,
+  LiveEvent,
   LiveHandlers,
   PreparedJob,
   RunOptions,
@@ -77,6 +78,11 @@ export interface ApiEngine {
   enqueue?(job: PreparedJob, owner: string | null): Promise<unknown>;
   /** A cluster's live workers and queues (GET /v1/cluster); absent on a single box. */
   cluster?(): Promise<ClusterView>;
+  /**
+   * A cluster's: the live events of job `id`, whichever node accepted it and whichever worker
+   * runs it, from its start until `onEnd`. Returns the means to stop watching.
+   */
+  watch?(id: string, onEvent: (event: LiveEvent) => void, onEnd: () => void): () => void;
   /** A shared queue's own cap (QUEUE_FULL), checked with the local queue's before a record is made. */
   admit?(): void;
   /** Every language's readiness (images built, snapshot taken). */
@@ -418,6 +424,47 @@ export class JobService {
       onStart: (controls) => controls.stdinEnd(),
       onEvent: (event) => this.events.publish(id, event),
     };
+  }
+
+  /**
+   * In a cluster, before a watcher subscribes to a job this node keeps no events of (another
+   * node accepted it): this node's hub follows the job's events from Redis, and ends when its
+   * record is final. Nothing on a single box, or for a job that is done.
+   */
+  follow(record: JobRecord, owner: string | null): void {
+    const { id } = record;
+    if (this.engine.watch === undefined || record.state === 'done' || this.events.has(id)) return;
+    this.events.open(id);
+    let streamEnded = false;
+    const stop = this.engine.watch(
+      id,
+      (event) => this.events.publish(id, event),
+      () => (streamEnded = true),
+    );
+    // The record is finished by the node that accepted the job, a little after the stream's
+    // end; a job that never streams (it failed before it ran) ends with its record alone.
+    const poll = setInterval(() => {
+      void this.get(id, owner).then(
+        (r) => {
+          if (r.state !== 'done') return;
+          clearInterval(poll);
+          // Let the stream's tail in (it left the worker before the result did).
+          setTimeout(
+            () => {
+              stop();
+              this.events.end(id);
+            },
+            streamEnded ? 0 : 200,
+          ).unref();
+        },
+        () => {
+          clearInterval(poll);
+          stop();
+          this.events.end(id);
+        },
+      );
+    }, 250);
+    poll.unref();
   }
 
   /** Records an accepted job as queued, under the job's own id. */

@@ -6,6 +6,7 @@ import {
   prepareJob,
   type JobRequest,
   type JobResult,
+  type LiveEvent,
   type PoolStats,
   type PreparedJob,
   type RunOptions,
@@ -18,7 +19,12 @@ import {
   type ClusterOptions,
   type WorkerBeat,
 } from './names.js';
+import { apiLive, cancelLive, watchLive } from './live.js';
 import { fromClusterJob, fromClusterResult, toClusterJob } from './wire.js';
+import { lostResult } from './worker.js';
+
+/** How long a live job's last events may trail its result (they left the worker before it). */
+const LIVE_END_GRACE_MS = 5000;
 
 /** Settings of an API node's view of the cluster. */
 export interface ClusterEngineOptions extends ClusterOptions {
@@ -123,26 +129,88 @@ export class ClusterEngine {
 
   /**
    * Queues the job on its language's queue and waits for its result. The job's id is the
-   * BullMQ job's id, so a job queued twice (a retried request) is one job.
+   * BullMQ job's id, so a job queued twice (a retried request) is one job. A live job's
+   * consumer gets its events from whichever worker runs it, and its stdin and signals go there
+   * (src/cluster/live.ts); the result comes after its last event. An aborted `signal` cancels
+   * the job: taken off the queue if no worker holds it yet, else aborted by its worker.
    */
   async run(job: PreparedJob, options: RunOptions = {}): Promise<JobResult> {
     const owner = options.owner ?? null;
+    const { signal } = options;
+    if (signal?.aborted === true) return lostResult(job, 'the client went away before the job ran');
     const events = await this.eventsOf(job.language);
-    const queued = await this.enqueue(job, owner);
+    const live =
+      options.live !== undefined && job.message.stream !== undefined
+        ? apiLive(this.redis, this.keys, job.id, options.live)
+        : null;
+    let queued: Job;
     try {
-      const value: unknown = await queued.waitUntilFinished(
-        events,
-        this.options.queueWaitMs + job.deadlineMs,
-      );
-      return fromClusterResult(value).result;
+      queued = await this.enqueue(job, owner);
+    } catch (err) {
+      live?.stop();
+      throw err;
+    }
+    let onAbort = (): void => undefined;
+    const cancelled = new Promise<JobResult>((resolve) => {
+      onAbort = () => void this.cancel(job, queued, owner).then((r) => r && resolve(r));
+    });
+    signal?.addEventListener('abort', onAbort, { once: true });
+    try {
+      const value = await Promise.race([
+        queued.waitUntilFinished(
+          events,
+          this.options.queueWaitMs + job.deadlineMs,
+        ) as Promise<unknown>,
+        cancelled,
+      ]);
+      const result =
+        typeof value === 'object' && value !== null && 'worker' in value
+          ? fromClusterResult(value).result
+          : (value as JobResult);
+      if (live !== null)
+        await Promise.race([
+          live.done,
+          new Promise((r) => setTimeout(r, LIVE_END_GRACE_MS).unref()),
+        ]);
+      return result;
     } catch (err) {
       throw new ClusterUnavailableError(
         `job ${job.id} got no result from the cluster: ${asRunnerError(err).message}`,
         { cause: err },
       );
     } finally {
+      live?.stop();
+      signal?.removeEventListener('abort', onAbort);
       this.enqueued.delete(job.id);
     }
+  }
+
+  /**
+   * Cancels a job whose client went away: its worker is told to abort it (it ends as
+   * sandbox_error); a job no worker took yet is taken off the queue, and its result given
+   * here (null when a worker holds it: its result comes from there).
+   */
+  private async cancel(
+    job: PreparedJob,
+    queued: Job,
+    owner: string | null,
+  ): Promise<JobResult | null> {
+    await cancelLive(this.redis, this.keys, job.id).catch(() => undefined);
+    try {
+      await queued.remove();
+    } catch {
+      return null; // Locked by a worker (or done): the worker ends it.
+    }
+    await this.redis.hincrby(this.keys.owners, owner ?? '-', -1).catch(() => 0);
+    return lostResult(job, 'the client went away before the job ran');
+  }
+
+  /**
+   * Watches the live events of job `id` (accepted by any API node, run by any worker) from the
+   * start, until its end; acknowledges nothing. Returns the means to stop.
+   */
+  watch(id: string, onEvent: (event: LiveEvent) => void, onEnd: () => void): () => void {
+    return watchLive(this.redis, this.keys, id, onEvent, onEnd);
   }
 
   /**

@@ -28,6 +28,10 @@ export function clusterKeys(prefix = 'rc'): {
   readonly jobNodes: string;
   /** Hash: API node id -> its last heartbeat (ms since the epoch). */
   readonly apiNodes: string;
+  /** Stream: a job's live events, worker -> API nodes (src/cluster/live.ts). */
+  liveEvents(id: string): string;
+  /** Stream: a job's controls (acks, stdin, signals, cancel), API node -> worker. */
+  liveControl(id: string): string;
 } {
   return {
     bullPrefix: `${prefix}:bull`,
@@ -39,6 +43,8 @@ export function clusterKeys(prefix = 'rc'): {
     open: `${prefix}:open`,
     jobNodes: `${prefix}:jobnode`,
     apiNodes: `${prefix}:apinodes`,
+    liveEvents: (id) => `${prefix}:live:${id}:ev`,
+    liveControl: (id) => `${prefix}:live:${id}:ctl`,
   };
 }
 

@@ -3,16 +3,17 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { Worker, type Job } from 'bullmq';
 import { Redis } from 'ioredis';
 import { asRunnerError } from '../errors.js';
-import { ZERO_TIMINGS, type JobResult, type PreparedJob } from '../pool/index.js';
+import { ZERO_TIMINGS, type JobResult, type PreparedJob, type RunOptions } from '../pool/index.js';
 import { sandboxStage } from '../protocol/index.js';
 import { clusterKeys, redisOptions, type ClusterOptions, type WorkerBeat } from './names.js';
+import { workerLive } from './live.js';
 import { fromClusterJob, type ClusterResult } from './wire.js';
 
 /** What a worker needs of its host's engine. */
 export interface WorkerEngine {
   readonly languages: { names(): string[] };
   readonly pool: { readonly capacity: number };
-  run(job: PreparedJob): Promise<JobResult>;
+  run(job: PreparedJob, options?: RunOptions): Promise<JobResult>;
 }
 
 /** Settings of one worker. */
@@ -204,6 +205,14 @@ export class ClusterWorker {
       },
       Math.floor(this.lockMs / 3),
     );
+    // Its events go to the API nodes through Redis; its controls (stdin, cancel) come back.
+    const live = workerLive(
+      this.redis,
+      this.keys,
+      prepared.id,
+      prepared.message.stream !== undefined,
+      this.options.log,
+    );
     try {
       await job.updateProgress({
         phase: 'running',
@@ -212,13 +221,22 @@ export class ClusterWorker {
       } satisfies RunMark);
       let result: JobResult;
       try {
-        result = await this.engine.run(prepared);
+        result = live.signal.aborted
+          ? lostResult(prepared, CANCELLED)
+          : await this.engine.run(prepared, {
+              owner: (job.data as { owner?: string | null }).owner ?? null,
+              signal: live.signal,
+              ...(live.handlers !== undefined && { live: live.handlers }),
+            });
       } catch (err) {
         result = lostResult(prepared, asRunnerError(err).message);
       }
+      if (live.signal.aborted) result = lostResult(prepared, CANCELLED);
+      await live.close();
       await this.complete(job, token, result);
     } finally {
       clearInterval(renew);
+      await live.close();
     }
   }
 
@@ -239,6 +257,9 @@ export class ClusterWorker {
     }
   }
 }
+
+/** Why a job cancelled by its API node (the client went away) ended. */
+const CANCELLED = 'the client went away; the job was cancelled';
 
 /** The result of a job the cluster lost (its worker died, or the engine threw). */
 export function lostResult(job: PreparedJob, why: string): JobResult {

@@ -166,6 +166,8 @@ export interface RunOptions {
   readonly owner?: string | null;
   /** A live job's consumer (the job must have been prepared with `live`). */
   readonly live?: LiveHandlers;
+  /** Aborted when the client went away: the job ends and its VM is freed. */
+  readonly signal?: AbortSignal;
 }
 
 /** What a live job's consumer (a WebSocket, an SSE stream, the CLI) hears and does. */
