@@ -127,6 +127,58 @@ describe.skipIf(reason !== null)('a cluster: API nodes and workers on one Redis'
     expect(new Set(ran)).toEqual(new Set(['w1', 'w2']));
   }, 300_000);
 
+  test('streaming across hosts: SSE from either API node shows output as the worker runs it', async () => {
+    /** Reads an SSE stream to its end: each event with when it came. */
+    const sse = async (node: number, id: string) => {
+      const res = await fetch(`${api[node]?.url ?? ''}/v1/jobs/${id}/events`, {
+        headers: { 'x-api-key': KEYS[1] ?? '' },
+      });
+      expect(res.status).toBe(200);
+      const events: { event: string; data: Record<string, unknown>; at: number }[] = [];
+      const decoder = new TextDecoder();
+      let text = '';
+      for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
+        text += decoder.decode(chunk, { stream: true });
+        let end: number;
+        while ((end = text.indexOf('\n\n')) >= 0) {
+          const block = text.slice(0, end);
+          text = text.slice(end + 2);
+          const event = /^event: (.*)$/m.exec(block)?.[1];
+          const data = /^data: (.*)$/m.exec(block)?.[1];
+          if (event !== undefined && data !== undefined)
+            events.push({
+              event,
+              data: JSON.parse(data) as Record<string, unknown>,
+              at: Date.now(),
+            });
+        }
+      }
+      return events;
+    };
+    const id = await submit(
+      0,
+      'import time\nprint("first", flush=True)\ntime.sleep(2)\nprint("second", flush=True)',
+    );
+    // The node that accepted it (fed by its worker through Redis) and the other node (which
+    // follows the job's stream in Redis) both see it live.
+    const [own, other] = await Promise.all([sse(0, id), sse(1, id)]);
+    for (const events of [own, other]) {
+      const outputs = events.filter((e) => e.event === 'output');
+      const texts = outputs.map((e) => Buffer.from(String(e.data.data), 'base64').toString());
+      expect(texts.join('')).toBe('first\nsecond\n');
+      const first = outputs[texts.findIndex((t) => t.includes('first'))];
+      const second = outputs[texts.findIndex((t) => t.includes('second'))];
+      // Two chunks, the program's sleep apart: the first came while the job still ran.
+      expect(first).toBeDefined();
+      expect(second).toBeDefined();
+      expect((second?.at ?? 0) - (first?.at ?? 0)).toBeGreaterThan(1000);
+      const last = events.at(-1);
+      expect(last?.event).toBe('result');
+      expect(last?.data.status).toBe('ok');
+    }
+    expect(['w1', 'w2']).toContain(await ranOn(id));
+  }, 180_000);
+
   test('a sync job returns its output through the API node that took it', async () => {
     const res = await call(1, 'POST', '/api/v2/execute', {
       language: 'python',
