@@ -23,6 +23,11 @@ import { apiLive, cancelLive, watchLive } from './live.js';
 import { fromClusterJob, fromClusterResult, toClusterJob } from './wire.js';
 import { lostResult } from './worker.js';
 
+/** How often a busy API node reads the cluster's view (the queue cap's count). */
+const VIEW_BUSY_MS = 1000;
+/** How often an idle one does. */
+const VIEW_IDLE_MS = 10_000;
+
 /** How long a live job's last events may trail its result (they left the worker before it). */
 const LIVE_END_GRACE_MS = 5000;
 
@@ -82,7 +87,12 @@ export class ClusterEngine {
     queues: {},
     waiting: 0,
   };
-  private readonly refresh: NodeJS.Timeout;
+  private refresh: NodeJS.Timeout | null = null;
+  private closed = false;
+  /** The next view read is a busy one (soon), or one is under way. */
+  private viewSoon = false;
+  /** When this node last queued a job (ms since the epoch). */
+  private lastQueuedAt = 0;
 
   /** The pool as the HTTP layer sees it: this node's share of the cluster. */
   readonly pool: { stats(): PoolStats };
@@ -107,8 +117,7 @@ export class ClusterEngine {
         failures: 0,
       }),
     };
-    this.refresh = setInterval(() => void this.readView(), 1000);
-    this.refresh.unref();
+    this.scheduleView();
   }
 
   /**
@@ -242,6 +251,14 @@ export class ClusterEngine {
         removeOnComplete: { age: 3600, count: 10_000 },
         removeOnFail: { age: 3600, count: 10_000 },
       });
+      this.lastQueuedAt = Date.now();
+      // Quiet until now: the view is read again soon, not at the idle pace.
+      if (!this.viewSoon && this.refresh) {
+        clearTimeout(this.refresh);
+        this.scheduleView();
+      }
+      // Idle workers sleep until told (their fallback poll is seconds): wake them.
+      await this.redis.publish(this.keys.wake, job.language).catch(() => 0);
     } catch (err) {
       await this.redis.hincrby(this.keys.owners, share, -1).catch(() => 0);
       throw new ClusterUnavailableError(
@@ -296,10 +313,34 @@ export class ClusterEngine {
   }
 
   async close(): Promise<void> {
-    clearInterval(this.refresh);
+    this.closed = true;
+    if (this.refresh) clearTimeout(this.refresh);
     await Promise.all([...this.queueEvents.values()].map((e) => e.close()));
     await Promise.all([...this.queues.values()].map((q) => q.close()));
     this.redis.disconnect();
+  }
+
+  /**
+   * The view is read every VIEW_BUSY_MS while the cluster has work (jobs waiting or running,
+   * or this node queued one lately: the queue cap reads it), and every VIEW_IDLE_MS when
+   * all is quiet, so an idle API node costs Redis little; GET /v1/cluster reads it afresh.
+   */
+  private scheduleView(): void {
+    if (this.closed) return;
+    const busy =
+      this.enqueued.size > 0 ||
+      this.view.waiting > 0 ||
+      this.view.running > 0 ||
+      Date.now() - this.lastQueuedAt < VIEW_IDLE_MS;
+    this.viewSoon = busy;
+    this.refresh = setTimeout(
+      () => {
+        this.viewSoon = true;
+        void this.readView().finally(() => this.scheduleView());
+      },
+      busy ? VIEW_BUSY_MS : VIEW_IDLE_MS,
+    );
+    this.refresh.unref();
   }
 
   private async readView(): Promise<void> {
