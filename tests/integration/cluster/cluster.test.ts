@@ -4,7 +4,9 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Job, Queue } from 'bullmq';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { clusterKeys, redisOptions } from '../../../src/cluster/index.js';
+import { ClusterEngine, clusterKeys, redisOptions } from '../../../src/cluster/index.js';
+import { LanguageRegistry } from '../../../src/languages/index.js';
+import type { LiveControls } from '../../../src/pool/index.js';
 import type { ExecuteResponse, JobView } from '../../../src/api/schemas.js';
 import {
   clusterSkipReason,
@@ -177,6 +179,50 @@ describe.skipIf(reason !== null)('a cluster: API nodes and workers on one Redis'
       expect(last?.data.status).toBe('ok');
     }
     expect(['w1', 'w2']).toContain(await ranOn(id));
+  }, 180_000);
+
+  test("an interactive program on a worker, driven through an API node's engine: prompt out, stdin in", async () => {
+    // No HTTP route takes a client's stdin on this branch yet (the WebSockets come with `ws`):
+    // an API node's ClusterEngine, the one `runner serve --redis` runs, drives it directly.
+    const engine = new ClusterEngine(LanguageRegistry.fromDir(), {
+      redisUrl: redis?.url ?? '',
+      maxInFlight: 4,
+      maxQueued: 100,
+      queueWaitMs: 60_000,
+    });
+    try {
+      const job = engine.prepare({
+        language: 'python',
+        files: [
+          {
+            name: 'main.py',
+            content: 'name = input("name? ")\nprint("hello", name, flush=True)\nprint(input())',
+          },
+        ],
+        live: true,
+      });
+      let controls: LiveControls | undefined;
+      let out = '';
+      const result = await engine.run(job, {
+        live: {
+          onStart: (c) => (controls = c),
+          onEvent: async (e) => {
+            if (e.type !== 'output') return;
+            out += e.data.toString();
+            if (out.endsWith('name? ')) await controls?.stdin(Buffer.from('ada\n'));
+            if (out.endsWith('hello ada\n')) {
+              await controls?.stdin(Buffer.from('bye\n'));
+              controls?.stdinEnd();
+            }
+          },
+        },
+      });
+      expect(result.status).toBe('ok');
+      expect(out).toBe('name? hello ada\nbye\n');
+      expect(['w1', 'w2']).toContain(await ranOn(job.id));
+    } finally {
+      await engine.close();
+    }
   }, 180_000);
 
   test('a sync job returns its output through the API node that took it', async () => {
