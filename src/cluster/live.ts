@@ -18,6 +18,12 @@ import type { clusterKeys } from './names.js';
 /** Event weight the worker may have published beyond what the API node acknowledged. */
 export const LIVE_RELAY_WINDOW_BYTES = 256 * 1024;
 
+/**
+ * How long a worker waits for an API node's ack before it takes the consumer for gone (its
+ * node died): the job then goes on unthrottled, its output bounded by its caps.
+ */
+export const LIVE_ACK_TIMEOUT_MS = 10_000;
+
 /** How long a finished job's streams stay in Redis (for a late watcher), like the hub's. */
 export const LIVE_KEPT_MS = 5 * 60_000;
 
@@ -152,6 +158,7 @@ export function workerLive(
   id: string,
   live: boolean,
   log?: (line: string) => void,
+  ackTimeoutMs = LIVE_ACK_TIMEOUT_MS,
 ): WorkerLive {
   const reader = redis.duplicate();
   reader.on('error', () => undefined);
@@ -161,6 +168,8 @@ export function workerLive(
   let published = 0;
   let acked = 0;
   let closed = false;
+  /** No ack came within ackTimeoutMs: nobody holds the window any more. */
+  let unwatched = false;
   let closing: Promise<void> | null = null;
   const roomWaiters: (() => void)[] = [];
   let controls: LiveControls | null = null;
@@ -222,8 +231,25 @@ export function workerLive(
     published += weight(entry);
     await append(redis, evKey, entry);
     // Back-pressure across hosts: past the window the worker waits for the API node's acks.
-    while (published - acked >= LIVE_RELAY_WINDOW_BYTES && !closed && !abort.signal.aborted)
-      await new Promise<void>((r) => roomWaiters.push(r));
+    while (
+      published - acked >= LIVE_RELAY_WINDOW_BYTES &&
+      !closed &&
+      !unwatched &&
+      !abort.signal.aborted
+    ) {
+      const before = acked;
+      await new Promise<void>((r) => {
+        const timer = setTimeout(r, ackTimeoutMs);
+        roomWaiters.push(() => {
+          clearTimeout(timer);
+          r();
+        });
+      });
+      if (acked === before && !closed && !abort.signal.aborted) {
+        unwatched = true;
+        log?.(`job ${id}: no ack from its API node for ${ackTimeoutMs} ms; not waiting for it`);
+      }
+    }
   };
 
   const handlers: LiveHandlers | undefined = live

@@ -33,6 +33,8 @@ export interface ClusterWorkerOptions extends ClusterOptions {
    * safety net, since API nodes wake idle workers when they queue a job.
    */
   readonly pollMs?: number;
+  /** How long a live job waits for its API node's ack before going on without (ms). */
+  readonly liveAckTimeoutMs?: number;
   readonly log?: (line: string) => void;
 }
 
@@ -276,6 +278,7 @@ export class ClusterWorker {
       prepared.id,
       prepared.message.stream !== undefined,
       this.options.log,
+      this.options.liveAckTimeoutMs,
     );
     try {
       await job.updateProgress({

@@ -261,6 +261,42 @@ describe.skipIf(reason !== null)('streaming across hosts on a real Redis', () =>
     }
   }, 60_000);
 
+  test('a consumer that stops taking (its node died) holds the job only until the ack timeout', async () => {
+    const p = prefix();
+    const chunk = 32 * 1024;
+    let sent = 0;
+    const engine = liveEngine(async (j, options) => {
+      for (let i = 0; i < 32; i++) {
+        await options.live?.onEvent({
+          type: 'output',
+          stream: 'stdout',
+          data: Buffer.alloc(chunk, 0x62),
+        });
+        sent += chunk;
+      }
+      return result(j);
+    });
+    const worker = new ClusterWorker(engine, {
+      redisUrl: redis?.url ?? '',
+      prefix: p,
+      id: 'w',
+      liveAckTimeoutMs: 300,
+    });
+    const node = api(p);
+    await worker.start();
+    try {
+      const res = await node.run(liveJob('print()'), {
+        // Never done with its first event: no ack ever comes.
+        live: { onEvent: () => new Promise<void>(() => undefined) },
+      });
+      expect(res.status).toBe('ok');
+      expect(sent).toBe(32 * chunk);
+    } finally {
+      await worker.drain();
+      await node.close();
+    }
+  }, 30_000);
+
   test('an aborted run is cancelled on its worker, and a queued one is taken off the queue', async () => {
     const p = prefix();
     let aborted = false;
