@@ -171,7 +171,10 @@ export function registerJudge0Routes(app: ApiInstance, ctx: ApiContext): void {
       }
       const createdAt = Date.now();
       // Judge0 lets a waited-for submission be read again by its token: keep its output.
-      const result = await ctx.service.execute(job, req.owner, { keepOutput: true });
+      // Kept with the record too: a node that adopts it (this one stopped) sends the callback.
+      const result = await ctx.service.execute(routed(job, params), req.owner, {
+        keepOutput: true,
+      });
       const finished = {
         id: job.job.id,
         language: job.job.language,

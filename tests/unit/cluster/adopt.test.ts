@@ -6,9 +6,12 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { buildApp, type App } from '../../../src/api/app.js';
+import { Redis } from 'ioredis';
 import {
   ClusterEngine,
   ClusterWorker,
+  clusterKeys,
+  redisOptions,
   RedisJobRecords,
   type WorkerEngine,
 } from '../../../src/cluster/index.js';
@@ -123,6 +126,19 @@ describe.skipIf(reason !== null)('adoption of Judge0 submissions on a real Redis
     expect(batch.statusCode).toBe(201);
     const solo = one.json<{ token: string }>().token;
     const members = batch.json<{ token: string }[]>().map((m) => m.token);
+    // A waited-for one (?wait=true): its client is still waiting on node a when a dies.
+    void a.built.app
+      .inject({ method: 'POST', url: '/submissions?wait=true', payload: sub('waited') })
+      .catch(() => undefined);
+    const probe = new Redis(redisOptions(redis?.url ?? ''));
+    let waited: string | undefined;
+    for (let i = 0; i < 100 && waited === undefined; i++) {
+      await sleep(20);
+      const open = await probe.zrange(clusterKeys('adopt').open, '0', '-1');
+      waited = open.find((id) => id !== solo && !members.includes(id));
+    }
+    probe.disconnect();
+    if (waited === undefined) throw new Error('the waited-for submission was not recorded');
     // Dies: its Redis connections go, so it can finish nothing.
     await a.records.close();
     await a.engine.close();
@@ -140,16 +156,17 @@ describe.skipIf(reason !== null)('adoption of Judge0 submissions on a real Redis
         b.built.service.adoptOrphans(),
         c.built.service.adoptOrphans(),
       ]);
-      expect(counts[0] + counts[1]).toBe(4);
-      for (let i = 0; i < 300 && got.length < 4; i++) await sleep(20);
+      expect(counts[0] + counts[1]).toBe(5);
+      for (let i = 0; i < 300 && got.length < 5; i++) await sleep(20);
       // Time for a second, wrong, callback to show.
       await sleep(500);
       const byToken = new Map(got.map((g) => [String(g.body.token), g.body]));
-      expect(got).toHaveLength(4);
-      expect([...byToken.keys()].sort()).toEqual([solo, ...members].sort());
+      expect(got).toHaveLength(5);
+      expect([...byToken.keys()].sort()).toEqual([solo, waited, ...members].sort());
       const stdoutOf = (t: string) =>
         Buffer.from((byToken.get(t)?.stdout as string | undefined) ?? '', 'base64').toString();
       expect(stdoutOf(solo)).toBe('hello, solo\n');
+      expect(stdoutOf(waited)).toBe('hello, waited\n');
       expect(members.map(stdoutOf)).toEqual(['hello, x\n', 'hello, y\n', 'hello, z\n']);
       for (const t of [solo, ...members])
         expect(byToken.get(t)?.status).toEqual({ id: 3, description: 'Accepted' });
