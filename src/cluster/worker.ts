@@ -258,6 +258,9 @@ export class ClusterWorker {
     if (isRunMark(progress)) {
       const why = `the worker ${progress.worker} stopped while it ran this job`;
       this.options.log?.(`job ${prepared.id}: ${why}; ended as sandbox_error`);
+      // Its watchers hear the end now, not after their wait for it runs out.
+      if (prepared.message.stream !== undefined)
+        await workerLive(this.redis, this.keys, prepared.id, true).close();
       await this.complete(job, token, lostResult(prepared, why));
       return;
     }

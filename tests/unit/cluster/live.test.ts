@@ -3,7 +3,14 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { ClusterEngine, ClusterWorker, type WorkerEngine } from '../../../src/cluster/index.js';
+import { Job, Worker } from 'bullmq';
+import {
+  ClusterEngine,
+  ClusterWorker,
+  clusterKeys,
+  redisOptions,
+  type WorkerEngine,
+} from '../../../src/cluster/index.js';
 import { LIVE_RELAY_WINDOW_BYTES } from '../../../src/cluster/live.js';
 import { LanguageRegistry } from '../../../src/languages/index.js';
 import {
@@ -338,6 +345,52 @@ describe.skipIf(reason !== null)('streaming across hosts on a real Redis', () =>
       expect(res.status).toBe('sandbox_error');
       expect(res.run?.message).toContain('before the job ran');
     } finally {
+      await node.close();
+    }
+  }, 30_000);
+
+  test('a live job whose worker died mid-run: its watchers hear the end with the result', async () => {
+    const p = prefix();
+    const keys = clusterKeys(p);
+    const node = api(p);
+    const j = liveJob('print()');
+    const seen: string[] = [];
+    const run = node.run(j, {
+      live: { onEvent: (e) => void seen.push(e.type) },
+    });
+    // A "worker" takes it, marks it running, and dies (never renews, never completes).
+    const dying = new Worker(keys.queue('python'), null, {
+      connection: redisOptions(redis?.url ?? ''),
+      prefix: keys.bullPrefix,
+      autorun: false,
+      lockDuration: 1000,
+    });
+    let taken: Job | undefined;
+    for (let i = 0; i < 50 && taken === undefined; i++) {
+      taken = await dying.getNextJob('dead-1');
+      if (taken === undefined) await sleep(50);
+    }
+    await taken?.updateProgress({ phase: 'running', worker: 'dead', at: Date.now() });
+    await dying.close(true);
+    const survivor = new ClusterWorker(
+      liveEngine((x) => Promise.resolve(result(x))),
+      {
+        redisUrl: redis?.url ?? '',
+        prefix: p,
+        id: 'alive',
+        lockMs: 1000,
+      },
+    );
+    const started = Date.now();
+    await survivor.start();
+    try {
+      const res = await run;
+      expect(res.status).toBe('sandbox_error');
+      expect(res.run?.message).toContain('the worker dead stopped');
+      // Not held for the relay's grace (5 s) after the result: the end came with it.
+      expect(Date.now() - started).toBeLessThan(4500);
+    } finally {
+      await survivor.drain();
       await node.close();
     }
   }, 30_000);
