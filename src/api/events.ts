@@ -52,6 +52,11 @@ export class JobEventHub {
     if (!this.jobs.has(id)) this.jobs.set(id, { events: [], listeners: new Set(), ended: false });
   }
 
+  /** Whether this hub keeps `id`'s events. */
+  has(id: string): boolean {
+    return this.jobs.has(id);
+  }
+
   /** A live event of job `id`, as the engine gives it. */
   publish(id: string, event: LiveEvent): void {
     this.emit(id, jobEventOf(event));

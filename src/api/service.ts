@@ -11,6 +11,7 @@ import type { LanguageRegistry } from '../languages/index.js';
 import type {
   JobRequest,
   JobResult,
+  LiveEvent,
   LiveHandlers,
   PreparedJob,
   RunOptions,
@@ -77,6 +78,11 @@ export interface ApiEngine {
   enqueue?(job: PreparedJob, owner: string | null): Promise<unknown>;
   /** A cluster's live workers and queues (GET /v1/cluster); absent on a single box. */
   cluster?(): Promise<ClusterView>;
+  /**
+   * A cluster's: the live events of job `id`, whichever node accepted it and whichever worker
+   * runs it, from its start until `onEnd`. Returns the means to stop watching.
+   */
+  watch?(id: string, onEvent: (event: LiveEvent) => void, onEnd: () => void): () => void;
   /** A shared queue's own cap (QUEUE_FULL), checked with the local queue's before a record is made. */
   admit?(): void;
   /** Every language's readiness (images built, snapshot taken). */
@@ -130,7 +136,16 @@ export interface ApiJob {
    * higher: Judge0's cpu_extra_time).
    */
   readonly verdictCpuMs?: number;
+  /**
+   * A callback of an API's own shape (Judge0's PUT), kept with the record so that the node
+   * that finishes the job sends it, even one that adopted it from a node that stopped: the
+   * API's routes register its sender with JobService.routeCallback.
+   */
+  readonly routeCallback?: { readonly route: string; readonly url: string };
 }
+
+/** Sends a route's own callback of a finished record (see ApiJob.routeCallback). */
+export type RouteCallbackSender = (url: string, record: JobRecord) => void;
 
 const RESTART_MESSAGE = 'the server restarted before the job finished';
 
@@ -154,6 +169,7 @@ export class JobService {
   readonly events = new JobEventHub();
   /** The rule of every request made on a user's behalf (callbacks), from egressAllow. */
   readonly egress: EgressPolicy;
+  private readonly routeCallbacks = new Map<string, RouteCallbackSender>();
 
   constructor(
     private readonly engine: ApiEngine,
@@ -175,6 +191,11 @@ export class JobService {
       timeoutMs: settings.callbackTimeoutMs,
       log: (m) => log.warn(m),
     });
+  }
+
+  /** Registers how the callbacks of `route` (ApiJob.routeCallback) are sent. */
+  routeCallback(route: string, send: RouteCallbackSender): void {
+    this.routeCallbacks.set(route, send);
   }
 
   /**
@@ -372,7 +393,10 @@ export class JobService {
     this.queue.admit();
     this.engine.admit?.();
     const records: JobRecord[] = [];
-    for (const m of members) records.push(await this.record(m.job, owner, null));
+    // Each member's spec names the group's job and its case in it, so that a node adopting a
+    // member (its API node stopped) finds its share of the group's result.
+    for (const [index, m] of members.entries())
+      records.push(await this.record(m.job, owner, null, { id: combined.job.id, index }));
     await this.enqueued(combined.job.id, combined, owner);
     this.log.info(`job ${combined.job.id} runs the jobs ${records.map((r) => r.id).join(', ')}`);
     const finishAll = async (
@@ -426,11 +450,53 @@ export class JobService {
     };
   }
 
+  /**
+   * In a cluster, before a watcher subscribes to a job this node keeps no events of (another
+   * node accepted it): this node's hub follows the job's events from Redis, and ends when its
+   * record is final. Nothing on a single box, or for a job that is done.
+   */
+  follow(record: JobRecord, owner: string | null): void {
+    const { id } = record;
+    if (this.engine.watch === undefined || record.state === 'done' || this.events.has(id)) return;
+    this.events.open(id);
+    let streamEnded = false;
+    const stop = this.engine.watch(
+      id,
+      (event) => this.events.publish(id, event),
+      () => (streamEnded = true),
+    );
+    // The record is finished by the node that accepted the job, a little after the stream's
+    // end; a job that never streams (it failed before it ran) ends with its record alone.
+    const poll = setInterval(() => {
+      void this.get(id, owner).then(
+        (r) => {
+          if (r.state !== 'done') return;
+          clearInterval(poll);
+          // Let the stream's tail in (it left the worker before the result did).
+          setTimeout(
+            () => {
+              stop();
+              this.events.end(id);
+            },
+            streamEnded ? 0 : 200,
+          ).unref();
+        },
+        () => {
+          clearInterval(poll);
+          stop();
+          this.events.end(id);
+        },
+      );
+    }, 250);
+    poll.unref();
+  }
+
   /** Records an accepted job as queued, under the job's own id. */
   private record(
     job: ApiJob,
     owner: string | null,
     callbackUrl: string | null,
+    group?: { readonly id: string; readonly index: number },
   ): Promise<JobRecord> {
     return this.jobs.create({
       id: job.job.id,
@@ -438,7 +504,7 @@ export class JobService {
       version: job.job.version,
       owner,
       callbackUrl,
-      spec: specOf(job),
+      spec: specOf(job, group),
     });
   }
 
@@ -446,8 +512,10 @@ export class JobService {
    * In a cluster: adopts the open jobs of API nodes that stopped (each claimed by one node),
    * waits for their results on the shared queue and finishes their records, with the verdict
    * rules they were accepted with; a job that never reached the queue ends as sandbox_error.
-   * Returns how many it adopted. Native callbacks are sent; a Judge0 callback is not (its
-   * shape is the Judge0 route's, which the adopting node does not have).
+   * Returns how many it adopted. Callbacks are sent by the adopting node, native ones and
+   * those of an API's own shape (a Judge0 callback_url), once: only the node whose finish
+   * moves the record to done sends them. A member of a grouped job (a Judge0 batch) is
+   * adopted on its own: its share of the group's result, judged by its own rules.
    */
   async adoptOrphans(): Promise<number> {
     const orphans = (await this.jobs.orphans?.()) ?? [];
@@ -457,9 +525,20 @@ export class JobService {
 
   private async adopt(record: JobRecord, spec: unknown): Promise<void> {
     this.log.warn(`job ${record.id}: the API node that accepted it stopped; this node finishes it`);
+    const s = specOrDefault(spec);
+    const routed = s.routeCallback ?? null;
+    const sender = routed === null ? undefined : this.routeCallbacks.get(routed.route);
+    if (routed !== null && sender === undefined)
+      this.log.warn(`job ${record.id}: no sender of ${routed.route} callbacks on this node`);
+    const onFinish =
+      routed === null || sender === undefined
+        ? undefined
+        : (done: JobRecord) => sender(routed.url, done);
+    // A group's member: the group's job is what was queued.
+    const queuedId = s.group?.id ?? record.id;
     let resumed: { job: PreparedJob; result: JobResult } | null = null;
     try {
-      resumed = (await this.engine.resume?.(record.id, record.language)) ?? null;
+      resumed = (await this.engine.resume?.(queuedId, record.language)) ?? null;
     } catch (err) {
       this.log.error(`job ${record.id}: cannot resume: ${asRunnerError(err).message}`);
     }
@@ -472,12 +551,29 @@ export class JobService {
           record.version ?? '',
           'the API node that accepted the job stopped before it was queued',
         ),
+        onFinish,
       );
       return;
     }
-    const job = apiJobOf(resumed.job, spec);
-    const response = await this.judge(job, resumed.result);
-    await this.finish(record.id, fitOutput(response, this.settings.jobStoreMaxResultBytes));
+    let response: ExecuteResponse;
+    if (s.group === undefined || s.group === null) {
+      response = await this.judge(apiJobOf(resumed.job, spec), resumed.result);
+    } else {
+      // Its own case of the group's result, judged by its own rules, under its own id.
+      const member = apiJobOf({ ...resumed.job, id: record.id }, spec);
+      const own = resumed.result.cases?.[s.group.index];
+      const share: JobResult = {
+        ...resumed.result,
+        id: record.id,
+        cases: resumed.result.cases == null ? resumed.result.cases : own ? [own] : [],
+      };
+      response = memberResponse(await this.judge(member, share), member, 0);
+    }
+    await this.finish(
+      record.id,
+      fitOutput(response, this.settings.jobStoreMaxResultBytes),
+      onFinish,
+    );
   }
 
   /** A submitted job, if it exists and belongs to `owner`. */
@@ -540,6 +636,8 @@ export class JobService {
     result: ExecuteResponse,
     onFinish?: (record: JobRecord) => void,
   ): Promise<void> {
+    // Only the finish that moves the record to done gets here past jobs.finish (a second one
+    // is a JOB_STATE error), so each callback is sent once, by one node.
     try {
       const record = await this.jobs.finish(id, result.status, result);
       this.events.end(id);
@@ -616,10 +714,20 @@ interface ApiJobSpec {
   readonly cases: { expected: string | null; compare: CompareSpec; input: string }[] | null;
   readonly mergeStderr: boolean;
   readonly verdictCpuMs: number | null;
+  /** Its route's own callback (ApiJob.routeCallback). */
+  readonly routeCallback?: { readonly route: string; readonly url: string } | null;
+  /** A member of a grouped job: the group's job id and this member's case in it. */
+  readonly group?: { readonly id: string; readonly index: number } | null;
 }
 
-function specOf(job: ApiJob): ApiJobSpec {
+function specOrDefault(spec: unknown): ApiJobSpec {
+  return (spec ?? { cases: null, mergeStderr: false, verdictCpuMs: null }) as ApiJobSpec;
+}
+
+function specOf(job: ApiJob, group?: { readonly id: string; readonly index: number }): ApiJobSpec {
   return {
+    ...(job.routeCallback !== undefined && { routeCallback: job.routeCallback }),
+    ...(group !== undefined && { group }),
     cases:
       job.cases?.map((c) => ({
         expected: c.expected,
@@ -633,7 +741,7 @@ function specOf(job: ApiJob): ApiJobSpec {
 
 /** The ApiJob of a prepared job and the spec it was accepted with (regexes compiled again). */
 function apiJobOf(prepared: PreparedJob, spec: unknown): ApiJob {
-  const s = (spec ?? { cases: null, mergeStderr: false, verdictCpuMs: null }) as ApiJobSpec;
+  const s = specOrDefault(spec);
   return {
     job: prepared,
     cases:

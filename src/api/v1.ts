@@ -247,6 +247,8 @@ export function registerV1Routes(app: ApiInstance, ctx: ApiContext): void {
         res.end();
       };
       req.raw.once('close', stop);
+      // In a cluster, another node's job: this node follows its events from Redis.
+      ctx.service.follow(first, owner);
       unsubscribe = ctx.service.events.subscribe(id, (event) => {
         if (event.type === 'done') void finish();
         else send(event.type, event);

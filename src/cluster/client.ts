@@ -6,6 +6,7 @@ import {
   prepareJob,
   type JobRequest,
   type JobResult,
+  type LiveEvent,
   type PoolStats,
   type PreparedJob,
   type RunOptions,
@@ -18,7 +19,17 @@ import {
   type ClusterOptions,
   type WorkerBeat,
 } from './names.js';
+import { apiLive, cancelLive, watchLive } from './live.js';
 import { fromClusterJob, fromClusterResult, toClusterJob } from './wire.js';
+import { lostResult } from './worker.js';
+
+/** How often a busy API node reads the cluster's view (the queue cap's count). */
+const VIEW_BUSY_MS = 1000;
+/** How often an idle one does. */
+const VIEW_IDLE_MS = 10_000;
+
+/** How long a live job's last events may trail its result (they left the worker before it). */
+const LIVE_END_GRACE_MS = 5000;
 
 /** Settings of an API node's view of the cluster. */
 export interface ClusterEngineOptions extends ClusterOptions {
@@ -76,7 +87,12 @@ export class ClusterEngine {
     queues: {},
     waiting: 0,
   };
-  private readonly refresh: NodeJS.Timeout;
+  private refresh: NodeJS.Timeout | null = null;
+  private closed = false;
+  /** The next view read is a busy one (soon), or one is under way. */
+  private viewSoon = false;
+  /** When this node last queued a job (ms since the epoch). */
+  private lastQueuedAt = 0;
 
   /** The pool as the HTTP layer sees it: this node's share of the cluster. */
   readonly pool: { stats(): PoolStats };
@@ -101,8 +117,7 @@ export class ClusterEngine {
         failures: 0,
       }),
     };
-    this.refresh = setInterval(() => void this.readView(), 1000);
-    this.refresh.unref();
+    this.scheduleView();
   }
 
   /**
@@ -123,26 +138,88 @@ export class ClusterEngine {
 
   /**
    * Queues the job on its language's queue and waits for its result. The job's id is the
-   * BullMQ job's id, so a job queued twice (a retried request) is one job.
+   * BullMQ job's id, so a job queued twice (a retried request) is one job. A live job's
+   * consumer gets its events from whichever worker runs it, and its stdin and signals go there
+   * (src/cluster/live.ts); the result comes after its last event. An aborted `signal` cancels
+   * the job: taken off the queue if no worker holds it yet, else aborted by its worker.
    */
   async run(job: PreparedJob, options: RunOptions = {}): Promise<JobResult> {
     const owner = options.owner ?? null;
+    const { signal } = options;
+    if (signal?.aborted === true) return lostResult(job, 'the client went away before the job ran');
     const events = await this.eventsOf(job.language);
-    const queued = await this.enqueue(job, owner);
+    const live =
+      options.live !== undefined && job.message.stream !== undefined
+        ? apiLive(this.redis, this.keys, job.id, options.live)
+        : null;
+    let queued: Job;
     try {
-      const value: unknown = await queued.waitUntilFinished(
-        events,
-        this.options.queueWaitMs + job.deadlineMs,
-      );
-      return fromClusterResult(value).result;
+      queued = await this.enqueue(job, owner);
+    } catch (err) {
+      live?.stop();
+      throw err;
+    }
+    let onAbort = (): void => undefined;
+    const cancelled = new Promise<JobResult>((resolve) => {
+      onAbort = () => void this.cancel(job, queued, owner).then((r) => r && resolve(r));
+    });
+    signal?.addEventListener('abort', onAbort, { once: true });
+    try {
+      const value = await Promise.race([
+        queued.waitUntilFinished(
+          events,
+          this.options.queueWaitMs + job.deadlineMs,
+        ) as Promise<unknown>,
+        cancelled,
+      ]);
+      const result =
+        typeof value === 'object' && value !== null && 'worker' in value
+          ? fromClusterResult(value).result
+          : (value as JobResult);
+      if (live !== null)
+        await Promise.race([
+          live.done,
+          new Promise((r) => setTimeout(r, LIVE_END_GRACE_MS).unref()),
+        ]);
+      return result;
     } catch (err) {
       throw new ClusterUnavailableError(
         `job ${job.id} got no result from the cluster: ${asRunnerError(err).message}`,
         { cause: err },
       );
     } finally {
+      live?.stop();
+      signal?.removeEventListener('abort', onAbort);
       this.enqueued.delete(job.id);
     }
+  }
+
+  /**
+   * Cancels a job whose client went away: its worker is told to abort it (it ends as
+   * sandbox_error); a job no worker took yet is taken off the queue, and its result given
+   * here (null when a worker holds it: its result comes from there).
+   */
+  private async cancel(
+    job: PreparedJob,
+    queued: Job,
+    owner: string | null,
+  ): Promise<JobResult | null> {
+    await cancelLive(this.redis, this.keys, job.id).catch(() => undefined);
+    try {
+      await queued.remove();
+    } catch {
+      return null; // Locked by a worker (or done): the worker ends it.
+    }
+    await this.redis.hincrby(this.keys.owners, owner ?? '-', -1).catch(() => 0);
+    return lostResult(job, 'the client went away before the job ran');
+  }
+
+  /**
+   * Watches the live events of job `id` (accepted by any API node, run by any worker) from the
+   * start, until its end; acknowledges nothing. Returns the means to stop.
+   */
+  watch(id: string, onEvent: (event: LiveEvent) => void, onEnd: () => void): () => void {
+    return watchLive(this.redis, this.keys, id, onEvent, onEnd);
   }
 
   /**
@@ -174,6 +251,14 @@ export class ClusterEngine {
         removeOnComplete: { age: 3600, count: 10_000 },
         removeOnFail: { age: 3600, count: 10_000 },
       });
+      this.lastQueuedAt = Date.now();
+      // Quiet until now: the view is read again soon, not at the idle pace.
+      if (!this.viewSoon && this.refresh) {
+        clearTimeout(this.refresh);
+        this.scheduleView();
+      }
+      // Idle workers sleep until told (their fallback poll is seconds): wake them.
+      await this.redis.publish(this.keys.wake, job.language).catch(() => 0);
     } catch (err) {
       await this.redis.hincrby(this.keys.owners, share, -1).catch(() => 0);
       throw new ClusterUnavailableError(
@@ -228,10 +313,34 @@ export class ClusterEngine {
   }
 
   async close(): Promise<void> {
-    clearInterval(this.refresh);
+    this.closed = true;
+    if (this.refresh) clearTimeout(this.refresh);
     await Promise.all([...this.queueEvents.values()].map((e) => e.close()));
     await Promise.all([...this.queues.values()].map((q) => q.close()));
     this.redis.disconnect();
+  }
+
+  /**
+   * The view is read every VIEW_BUSY_MS while the cluster has work (jobs waiting or running,
+   * or this node queued one lately: the queue cap reads it), and every VIEW_IDLE_MS when
+   * all is quiet, so an idle API node costs Redis little; GET /v1/cluster reads it afresh.
+   */
+  private scheduleView(): void {
+    if (this.closed) return;
+    const busy =
+      this.enqueued.size > 0 ||
+      this.view.waiting > 0 ||
+      this.view.running > 0 ||
+      Date.now() - this.lastQueuedAt < VIEW_IDLE_MS;
+    this.viewSoon = busy;
+    this.refresh = setTimeout(
+      () => {
+        this.viewSoon = true;
+        void this.readView().finally(() => this.scheduleView());
+      },
+      busy ? VIEW_BUSY_MS : VIEW_IDLE_MS,
+    );
+    this.refresh.unref();
   }
 
   private async readView(): Promise<void> {

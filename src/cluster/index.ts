@@ -8,6 +8,7 @@ export { RedisJobRecords, type RedisRecordsOptions } from './records.js';
 export {
   ClusterWorker,
   lostResult,
+  WARM_STREAK_MAX,
   type ClusterWorkerOptions,
   type WorkerEngine,
 } from './worker.js';
@@ -19,6 +20,18 @@ export {
   type RedisConnection,
   type WorkerBeat,
 } from './names.js';
+export {
+  apiLive,
+  cancelLive,
+  ControlEntrySchema,
+  LIVE_KEPT_MS,
+  LIVE_RELAY_WINDOW_BYTES,
+  LiveEntrySchema,
+  watchLive,
+  workerLive,
+  type ApiLive,
+  type WorkerLive,
+} from './live.js';
 export {
   ClusterJobSchema,
   ClusterResultSchema,

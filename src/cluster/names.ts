@@ -28,6 +28,12 @@ export function clusterKeys(prefix = 'rc'): {
   readonly jobNodes: string;
   /** Hash: API node id -> its last heartbeat (ms since the epoch). */
   readonly apiNodes: string;
+  /** Pub/sub channel: an API node queued a job (idle workers wake up and look). */
+  readonly wake: string;
+  /** Stream: a job's live events, worker -> API nodes (src/cluster/live.ts). */
+  liveEvents(id: string): string;
+  /** Stream: a job's controls (acks, stdin, signals, cancel), API node -> worker. */
+  liveControl(id: string): string;
 } {
   return {
     bullPrefix: `${prefix}:bull`,
@@ -39,6 +45,9 @@ export function clusterKeys(prefix = 'rc'): {
     open: `${prefix}:open`,
     jobNodes: `${prefix}:jobnode`,
     apiNodes: `${prefix}:apinodes`,
+    wake: `${prefix}:wake`,
+    liveEvents: (id) => `${prefix}:live:${id}:ev`,
+    liveControl: (id) => `${prefix}:live:${id}:ctl`,
   };
 }
 

@@ -3,16 +3,21 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { Worker, type Job } from 'bullmq';
 import { Redis } from 'ioredis';
 import { asRunnerError } from '../errors.js';
-import { ZERO_TIMINGS, type JobResult, type PreparedJob } from '../pool/index.js';
+import { ZERO_TIMINGS, type JobResult, type PreparedJob, type RunOptions } from '../pool/index.js';
 import { sandboxStage } from '../protocol/index.js';
 import { clusterKeys, redisOptions, type ClusterOptions, type WorkerBeat } from './names.js';
+import { workerLive } from './live.js';
 import { fromClusterJob, type ClusterResult } from './wire.js';
 
 /** What a worker needs of its host's engine. */
 export interface WorkerEngine {
   readonly languages: { names(): string[] };
-  readonly pool: { readonly capacity: number };
-  run(job: PreparedJob): Promise<JobResult>;
+  readonly pool: {
+    readonly capacity: number;
+    /** Its VMs ready now, per language (the pool's stats); a worker prefers those languages. */
+    stats?(): { readonly ready: Readonly<Record<string, number>> };
+  };
+  run(job: PreparedJob, options?: RunOptions): Promise<JobResult>;
 }
 
 /** Settings of one worker. */
@@ -23,8 +28,13 @@ export interface ClusterWorkerOptions extends ClusterOptions {
   readonly concurrency?: number;
   /** How long a job's lock lasts without renewal: a dead worker's job is stalled after it. */
   readonly lockMs?: number;
-  /** How often idle queues are looked at again. */
+  /**
+   * How often an idle worker looks at its queues without being woken (default 5000 ms): a
+   * safety net, since API nodes wake idle workers when they queue a job.
+   */
   readonly pollMs?: number;
+  /** How long a live job waits for its API node's ack before going on without (ms). */
+  readonly liveAckTimeoutMs?: number;
   readonly log?: (line: string) => void;
 }
 
@@ -61,6 +71,13 @@ export class ClusterWorker {
   private taken = 0;
   private stopping = false;
   private wake: (() => void) | null = null;
+  /** An idle worker's wait: ended by a wake-up (a job was queued) or the fallback poll. */
+  private idle: (() => void) | null = null;
+  /** A wake-up came since the last look at the queues began. */
+  private woken = false;
+  /** Jobs taken in a row because their language was warm (bounded: WARM_STREAK_MAX). */
+  private warmStreak = 0;
+  private subscriber: Redis | null = null;
   private loop: Promise<void> | null = null;
   private beat: NodeJS.Timeout | null = null;
   private readonly lockMs: number;
@@ -75,12 +92,20 @@ export class ClusterWorker {
     this.keys = clusterKeys(options.prefix);
     this.redis = new Redis(redisOptions(options.redisUrl));
     this.lockMs = options.lockMs ?? 30_000;
-    this.pollMs = options.pollMs ?? 50;
+    this.pollMs = options.pollMs ?? 5000;
     this.concurrency = options.concurrency ?? engine.pool.capacity;
   }
 
   /** Opens one BullMQ worker per language, starts the stalled checks and the fetch loop. */
   async start(): Promise<void> {
+    // Idle, a worker sleeps until an API node says it queued a job (pub/sub), instead of
+    // polling every queue: subscribed before the first look, so no job slips between them.
+    this.subscriber = this.redis.duplicate();
+    this.subscriber.on('error', (err) => this.options.log?.(`worker wake-ups: ${err.message}`));
+    this.subscriber.on('message', () => this.rouse());
+    // Back from a lost connection: what was published meanwhile is lost, so look now.
+    this.subscriber.on('ready', () => this.rouse());
+    await this.subscriber.subscribe(this.keys.wake);
     for (const language of this.engine.languages.names()) {
       const worker = new Worker(this.keys.queue(language), null, {
         connection: redisOptions(this.options.redisUrl),
@@ -92,6 +117,11 @@ export class ClusterWorker {
         maxStalledCount: 1,
       });
       worker.on('error', (err) => this.options.log?.(`worker ${language}: ${err.message}`));
+      // A stalled job went back to waiting: look again (others are told too).
+      worker.on('stalled', () => {
+        this.rouse();
+        void this.redis.publish(this.keys.wake, language).catch(() => 0);
+      });
       await worker.startStalledCheckTimer();
       this.workers.set(language, worker);
     }
@@ -116,11 +146,13 @@ export class ClusterWorker {
   async drain(): Promise<void> {
     this.stopping = true;
     this.wake?.();
+    this.idle?.();
     await this.loop;
     while (this.inFlight > 0) await sleep(50);
     if (this.beat) clearInterval(this.beat);
     await Promise.all([...this.workers.values()].map((w) => w.close()));
     await this.redis.hdel(this.keys.workers, this.id).catch(() => 0);
+    this.subscriber?.disconnect();
     this.redis.disconnect();
   }
 
@@ -140,6 +172,26 @@ export class ClusterWorker {
     }
   }
 
+  /** A job may be waiting: an idle worker looks at its queues now. */
+  private rouse(): void {
+    this.woken = true;
+    this.idle?.();
+  }
+
+  /**
+   * The order in which to look at the queues: round robin from `next` (no language starves
+   * the others), except that languages with a VM ready in this worker's pool come first (a
+   * warm job starts at once; a cold one elsewhere may meet a warm VM there), at most
+   * WARM_STREAK_MAX times in a row, so a cold language still gets every few takes.
+   */
+  private order(languages: readonly string[], next: number): string[] {
+    const fair = languages.map((_, i) => languages[(next + i) % languages.length] as string);
+    if (this.warmStreak >= WARM_STREAK_MAX) return fair;
+    const ready = this.engine.pool.stats?.().ready ?? {};
+    const warm = fair.filter((l) => (ready[l] ?? 0) > 0);
+    return warm.length === 0 ? fair : [...warm, ...fair.filter((l) => !warm.includes(l))];
+  }
+
   private async fetchLoop(): Promise<void> {
     const languages = [...this.workers.keys()];
     let next = 0;
@@ -149,9 +201,11 @@ export class ClusterWorker {
         this.wake = null;
         continue;
       }
+      this.woken = false;
+      const order = this.order(languages, next);
       let found = false;
-      for (let i = 0; i < languages.length && !this.stopping; i++) {
-        const language = languages[(next + i) % languages.length] as string;
+      for (let i = 0; i < order.length && !this.stopping; i++) {
+        const language = order[i] as string;
         const worker = this.workers.get(language) as Worker;
         const token = `${this.id}:${++this.taken}`;
         let job: Job | undefined;
@@ -163,8 +217,11 @@ export class ClusterWorker {
           break;
         }
         if (job === undefined) continue;
+        const fairAt = (languages.indexOf(language) - next + languages.length) % languages.length;
+        // Taken ahead of its round-robin turn: a warm preference, counted against its bound.
+        this.warmStreak = i < fairAt ? this.warmStreak + 1 : 0;
         // The next look starts after this language, so no language starves the others.
-        next = (next + i + 1) % languages.length;
+        next = (languages.indexOf(language) + 1) % languages.length;
         found = true;
         this.inFlight++;
         void this.handle(job, token).finally(() => {
@@ -174,7 +231,17 @@ export class ClusterWorker {
         });
         break;
       }
-      if (!found && !this.stopping) await sleep(this.pollMs);
+      if (!found && !this.stopping && !this.woken) {
+        // Nothing waits: sleep until an API node queues a job (or the fallback poll).
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(resolve, this.pollMs);
+          this.idle = () => {
+            clearTimeout(timer);
+            resolve();
+          };
+        });
+        this.idle = null;
+      }
     }
   }
 
@@ -191,6 +258,9 @@ export class ClusterWorker {
     if (isRunMark(progress)) {
       const why = `the worker ${progress.worker} stopped while it ran this job`;
       this.options.log?.(`job ${prepared.id}: ${why}; ended as sandbox_error`);
+      // Its watchers hear the end now, not after their wait for it runs out.
+      if (prepared.message.stream !== undefined)
+        await workerLive(this.redis, this.keys, prepared.id, true).close();
       await this.complete(job, token, lostResult(prepared, why));
       return;
     }
@@ -204,6 +274,15 @@ export class ClusterWorker {
       },
       Math.floor(this.lockMs / 3),
     );
+    // Its events go to the API nodes through Redis; its controls (stdin, cancel) come back.
+    const live = workerLive(
+      this.redis,
+      this.keys,
+      prepared.id,
+      prepared.message.stream !== undefined,
+      this.options.log,
+      this.options.liveAckTimeoutMs,
+    );
     try {
       await job.updateProgress({
         phase: 'running',
@@ -212,13 +291,22 @@ export class ClusterWorker {
       } satisfies RunMark);
       let result: JobResult;
       try {
-        result = await this.engine.run(prepared);
+        result = live.signal.aborted
+          ? lostResult(prepared, CANCELLED)
+          : await this.engine.run(prepared, {
+              owner: (job.data as { owner?: string | null }).owner ?? null,
+              signal: live.signal,
+              ...(live.handlers !== undefined && { live: live.handlers }),
+            });
       } catch (err) {
         result = lostResult(prepared, asRunnerError(err).message);
       }
+      if (live.signal.aborted) result = lostResult(prepared, CANCELLED);
+      await live.close();
       await this.complete(job, token, result);
     } finally {
       clearInterval(renew);
+      await live.close();
     }
   }
 
@@ -239,6 +327,12 @@ export class ClusterWorker {
     }
   }
 }
+
+/** Jobs a worker takes in a row ahead of their turn because its pool has their language warm. */
+export const WARM_STREAK_MAX = 3;
+
+/** Why a job cancelled by its API node (the client went away) ended. */
+const CANCELLED = 'the client went away; the job was cancelled';
 
 /** The result of a job the cluster lost (its worker died, or the engine threw). */
 export function lostResult(job: PreparedJob, why: string): JobResult {

@@ -65,6 +65,9 @@ export function judge0Prefix(raw: string): string {
   return p;
 }
 
+/** The route name of Judge0's callbacks (ApiJob.routeCallback). */
+const JUDGE0_CALLBACK = 'judge0';
+
 /**
  * Judge0 CE's API (the submission, language, status and system routes) as an adapter over the
  * job service: a submission is one job of the engine (compiled once, one test case per
@@ -91,18 +94,25 @@ export function registerJudge0Routes(app: ApiInstance, ctx: ApiContext): void {
   };
 
   /** The PUT of Judge0's callback: the default fields, base64 encoded (as Judge0 sends it). */
-  const callback = (params: Judge0Params) =>
-    params.callbackUrl === null
+  const sendCallback = (url: string, record: Parameters<typeof submissionView>[0]): void =>
+    void ctx.service.callbacks.send(
+      url,
+      submissionView(record, languages, DEFAULT_FIELDS, true),
+      'PUT',
+    );
+  // In a cluster, a node that adopts a submission from an API node that stopped sends it.
+  ctx.service.routeCallback(JUDGE0_CALLBACK, sendCallback);
+  const callback = (params: Judge0Params) => {
+    const url = params.callbackUrl;
+    return url === null
       ? undefined
-      : (record: Parameters<typeof submissionView>[0]) => {
-          const url = params.callbackUrl;
-          if (url === null) return;
-          void ctx.service.callbacks.send(
-            url,
-            submissionView(record, languages, DEFAULT_FIELDS, true),
-            'PUT',
-          );
-        };
+      : (record: Parameters<typeof submissionView>[0]) => sendCallback(url, record);
+  };
+  /** The job with its callback kept beside its record (for the node that finishes it). */
+  const routed = (job: ApiJob, params: Judge0Params): ApiJob =>
+    params.callbackUrl === null
+      ? job
+      : { ...job, routeCallback: { route: JUDGE0_CALLBACK, url: params.callbackUrl } };
 
   /** A checked submission of a batch, and where its answer goes in the batch's response. */
   type Member = { params: Judge0Params; job: ApiJob; index: number };
@@ -151,12 +161,20 @@ export function registerJudge0Routes(app: ApiInstance, ctx: ApiContext): void {
       }
       const { params, job } = prepared;
       if (req.query.wait !== 'true') {
-        const record = await ctx.service.submitJob(job, req.owner, null, callback(params));
+        const record = await ctx.service.submitJob(
+          routed(job, params),
+          req.owner,
+          null,
+          callback(params),
+        );
         return reply.code(201).send({ token: record.id });
       }
       const createdAt = Date.now();
       // Judge0 lets a waited-for submission be read again by its token: keep its output.
-      const result = await ctx.service.execute(job, req.owner, { keepOutput: true });
+      // Kept with the record too: a node that adopts it (this one stopped) sends the callback.
+      const result = await ctx.service.execute(routed(job, params), req.owner, {
+        keepOutput: true,
+      });
       const finished = {
         id: job.job.id,
         language: job.job.language,
@@ -230,9 +248,17 @@ export function registerJudge0Routes(app: ApiInstance, ctx: ApiContext): void {
           const combined = chunk.length > 1 ? groupJob(chunk) : null;
           if (combined === null) {
             for (const m of chunk)
-              await ctx.service.submitJob(m.job, req.owner, null, callback(m.params));
+              await ctx.service.submitJob(
+                routed(m.job, m.params),
+                req.owner,
+                null,
+                callback(m.params),
+              );
           } else {
-            const members = chunk.map((m) => ({ job: m.job, onFinish: callback(m.params) }));
+            const members = chunk.map((m) => ({
+              job: routed(m.job, m.params),
+              onFinish: callback(m.params),
+            }));
             await ctx.service.submitGroup(members, combined, req.owner);
           }
           for (const m of chunk) out[m.index] = { token: m.job.job.id };
