@@ -1,6 +1,8 @@
 import type { Writable } from 'node:stream';
 import type { AgentMessage, LiveSignal } from '../protocol/index.js';
 
+/** Signals kept for a stage that has not started yet (more are dropped). */
+const MAX_PENDING_SIGNALS = 8;
 /** Most stdin bytes the agent holds for a live job before the run stage can take them. */
 export const MAX_QUEUED_STDIN_BYTES = 1024 * 1024;
 
@@ -22,6 +24,7 @@ export class LiveJob {
   private ended = false;
   private sink: Writable | null = null;
   private signalTo: ((signal: LiveSignal) => void) | null = null;
+  private readonly pendingSignals: LiveSignal[] = [];
   /** Stdin bytes dropped because the host sent them faster than the window allows. */
   droppedStdinBytes = 0;
 
@@ -65,9 +68,14 @@ export class LiveJob {
     if (this.sink !== null) this.sink.end();
   }
 
-  /** A signal for the running stage's processes. */
+  /**
+   * A signal for the running stage's processes. One that comes while no stage's processes
+   * exist yet (the files being written, between compile and run) waits for the next stage's,
+   * so that a Stop sent as soon as the job started is not lost.
+   */
   signal(signal: LiveSignal): void {
-    this.signalTo?.(signal);
+    if (this.signalTo !== null) this.signalTo(signal);
+    else if (this.pendingSignals.length < MAX_PENDING_SIGNALS) this.pendingSignals.push(signal);
   }
 
   // ---- from the stages ----
@@ -112,6 +120,7 @@ export class LiveJob {
   /** Where the host's signals go while a stage runs (null: nowhere). */
   attachSignals(to: ((signal: LiveSignal) => void) | null): void {
     this.signalTo = to;
+    if (to !== null) for (const signal of this.pendingSignals.splice(0)) to(signal);
   }
 
   /** The stage ended: stdin and signals go nowhere now. */

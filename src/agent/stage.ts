@@ -322,8 +322,6 @@ class StageRun {
     } else {
       feedStdin(child.stdin, this.spec.stdin);
     }
-    live?.job.attachSignals((sig) => this.signalGroup(sig));
-
     if (this.cgroup && gated) {
       const gate = child.stdio[3] as Writable;
       gate.on('error', () => undefined);
@@ -337,6 +335,9 @@ class StageRun {
       }
       gate.end('\n');
     }
+    // Signals once the stage is in its cgroup: one that was waiting (see LiveJob.signal) must
+    // not kill the helper before its cgroup is joined, which would read as a sandbox failure.
+    live?.job.attachSignals((sig) => this.signalGroup(sig));
 
     const onAbort = (): void => this.terminate('abort');
     this.spec.signal?.addEventListener('abort', onAbort, { once: true });

@@ -167,6 +167,20 @@ describe('live jobs: output as it comes, stdin and signals as they are sent', ()
     expect(result?.type === 'result' && result.run?.exitCode).toBe(3);
   });
 
+  it('a signal sent with the job, before its stage has processes, still reaches the program', async () => {
+    const m = live('echo started; sleep 20; echo never');
+    const started = Date.now();
+    await channel.send(m);
+    // At once, in the same breath as the job: the agent is still writing its files.
+    await channel.send({ type: 'signal', id: m.id, signal: 'SIGKILL' });
+    const seen = await follow(m.id);
+    const result = seen.at(-1)?.message;
+    if (result?.type !== 'result') throw new Error('no result');
+    expect(result.run?.signal).toBe('SIGKILL');
+    expect(result.run?.status).not.toBe('sandbox_error');
+    expect(Date.now() - started).toBeLessThan(10_000);
+  });
+
   it('a program printing faster than the host reads is held at the window, and the caps still hold', async () => {
     const windowBytes = 64 * 1024;
     const m = live('head -c 3000000 /dev/zero | tr "\\0" x', windowBytes);
