@@ -44,6 +44,7 @@ export const SETTINGS = [
   { key: 'vmMemoryMib', env: 'RUNNER_VM_MEMORY_MIB', kind: 'integer', default: 1024, unit: 'MiB', min: 128, max: 65536, description: 'Guest memory of each VM.' },
   { key: 'vmVcpus', env: 'RUNNER_VM_VCPUS', kind: 'integer', default: 1, min: 1, max: 32, description: 'vCPUs of each VM.' },
   { key: 'poolTarget', env: 'RUNNER_POOL_TARGET', kind: 'integer', default: 1, min: 0, max: 256, description: 'Ready VMs kept per warmed language.' },
+  { key: 'snapshotWarmUp', env: 'RUNNER_SNAPSHOT_WARM_UP', kind: 'boolean', default: true, description: 'Before a snapshot is taken, run the language\'s own test program once in the VM (and refuse to snapshot a VM that fails it): every clone starts with the toolchain in the guest page cache and the agent\'s job path compiled.' },
   { key: 'poolMaxVms', env: 'RUNNER_POOL_MAX_VMS', kind: 'integer', default: 4, min: 1, max: 4096, description: 'Most VMs alive at once on this host.' },
   { key: 'poolMaxMemoryMib', env: 'RUNNER_POOL_MAX_MEMORY_MIB', kind: 'integer', default: 8192, unit: 'MiB', min: 128, description: 'Most guest memory for all VMs of this host.' },
   { key: 'warmLanguages', env: 'RUNNER_WARM_LANGUAGES', kind: 'list', default: [], description: 'Languages whose pools are filled at start (comma-separated).' },

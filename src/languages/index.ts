@@ -26,6 +26,18 @@ export interface Language {
   readonly dir: string;
 }
 
+/**
+ * A language's own test program as one request file: under its own name when that has the
+ * language's extension, else under the language's source file name (Main.java).
+ */
+export function testProgramFile(language: Language): { name: string; content: string } {
+  const { definition, dir } = language;
+  const name = definition.test.file.endsWith(`.${definition.extension}`)
+    ? definition.test.file
+    : definition.sourceFile;
+  return { name, content: readFileSync(join(dir, definition.test.file), 'utf8') };
+}
+
 /** Parses and checks one definition; throws LANGUAGE_INVALID with the schema errors. */
 export function parseLanguageDefinition(value: unknown, origin: string): LanguageDefinition {
   if (!validator.Check(value)) {

@@ -3,14 +3,14 @@ import { readFileSync } from 'node:fs';
 import { readdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { dataPaths, type DataPaths, type Settings } from '../config/index.js';
-import { ConfigInvalidError } from '../errors.js';
+import { ConfigInvalidError, SnapshotFailedError } from '../errors.js';
 import {
   RemoteImageStore,
   remoteStoreConfigFromSettings,
   type RemoteStoreSettings,
 } from '../images/remote.js';
 import { ImageStore, type StoredImage } from '../images/store.js';
-import { LanguageRegistry } from '../languages/index.js';
+import { LanguageRegistry, testProgramFile, type Language } from '../languages/index.js';
 import {
   FirecrackerDriver,
   probeKvm,
@@ -18,13 +18,14 @@ import {
   QemuJail,
   sweepJails,
   type KvmProbeResult,
+  type MicroVm,
   type QemuJailOptions,
   type VmmDriver,
 } from '../vmm/index.js';
 import { sweepVmNets, VmNetManager } from '../net/vmnet.js';
 import { VmPool } from './pool.js';
-import type { JobRequest, JobResult, PreparedJob } from './job.js';
-import { JobRunner, type RunOptions } from './runner.js';
+import { prepareJob, type JobRequest, type JobResult, type PreparedJob } from './job.js';
+import { executeOnVm, JobRunner, type RunOptions } from './runner.js';
 import { SnapshotManager, type RuntimeStatus } from './snapshots.js';
 
 /** Everything a host needs to run jobs: images, snapshots, a pool, a runner. */
@@ -262,6 +263,9 @@ export async function createEngine(
     kernelFile: settings.vmm === 'firecracker' ? 'vmlinux' : 'vmlinuz',
     fetchMissing: remoteFetcher(store, settings, log),
     log,
+    ...(settings.snapshotWarmUp && {
+      warmUp: (vm: MicroVm, language: string) => warmUp(vm, languages.get(language), languages),
+    }),
   });
   // Network on request: set up (and checked) at start, so a host that cannot do it fails here.
   let network: VmNetManager | null = null;
@@ -325,4 +329,26 @@ export async function createEngine(
     },
     close: () => pool.close(),
   };
+}
+
+/**
+ * Runs a language's own test program in a VM about to be snapshotted and checks its line
+ * (SnapshotManagerOptions.warmUp); throws SNAPSHOT_FAILED when it does not print it.
+ */
+async function warmUp(vm: MicroVm, language: Language, languages: LanguageRegistry): Promise<void> {
+  const { definition } = language;
+  const job = prepareJob(
+    { language: definition.name, files: [testProgramFile(language)] },
+    languages,
+  );
+  const result = await executeOnVm(vm, job);
+  const stdout = Buffer.from(result.run?.stdout ?? '', 'base64')
+    .toString()
+    .trim();
+  if (result.status !== 'ok' || stdout !== definition.test.expected) {
+    const why = result.run?.message ?? result.compile?.message ?? '';
+    throw new SnapshotFailedError(
+      `the warm-up of ${definition.name} (its test program) ended ${result.status}${why ? `: ${why}` : ''}, printing ${JSON.stringify(stdout.slice(0, 200))}`,
+    );
+  }
 }

@@ -1,7 +1,5 @@
-import { readFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { LanguageRegistry } from '../../../src/languages/index.js';
+import { LanguageRegistry, testProgramFile } from '../../../src/languages/index.js';
 import type { Engine } from '../../../src/pool/engine.js';
 import { ensureImages, testEngine, vmSkipReason } from '../../support/vm.js';
 
@@ -45,14 +43,11 @@ describe.skipIf(skip !== null)('every language in a real VM', () => {
     ]);
   });
 
-  for (const { definition, dir } of languages) {
+  for (const language of languages) {
+    const { definition } = language;
     it(`${definition.name}: the test program prints its line`, async () => {
-      const source = readFileSync(join(dir, definition.test.file), 'utf8');
-      const name = definition.test.file.endsWith(`.${definition.extension}`)
-        ? definition.test.file
-        : definition.sourceFile;
       const result = await engine.run(
-        engine.prepare({ language: definition.name, files: [{ name, content: source }] }),
+        engine.prepare({ language: definition.name, files: [testProgramFile(language)] }),
       );
       const stdout = Buffer.from(result.run?.stdout ?? '', 'base64').toString();
       const stderr = Buffer.from(result.run?.stderr ?? '', 'base64').toString();
