@@ -3,10 +3,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Job, Queue } from 'bullmq';
+import WebSocket from 'ws';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { ClusterEngine, clusterKeys, redisOptions } from '../../../src/cluster/index.js';
-import { LanguageRegistry } from '../../../src/languages/index.js';
-import type { LiveControls } from '../../../src/pool/index.js';
+import { clusterKeys, redisOptions } from '../../../src/cluster/index.js';
 import type { ExecuteResponse, JobView } from '../../../src/api/schemas.js';
 import {
   clusterSkipReason,
@@ -181,48 +180,71 @@ describe.skipIf(reason !== null)('a cluster: API nodes and workers on one Redis'
     expect(['w1', 'w2']).toContain(await ranOn(id));
   }, 180_000);
 
-  test("an interactive program on a worker, driven through an API node's engine: prompt out, stdin in", async () => {
-    // No HTTP route takes a client's stdin on this branch yet (the WebSockets come with `ws`):
-    // an API node's ClusterEngine, the one `runner serve --redis` runs, drives it directly.
-    const engine = new ClusterEngine(LanguageRegistry.fromDir(), {
-      redisUrl: redis?.url ?? '',
-      maxInFlight: 4,
-      maxQueued: 100,
-      queueWaitMs: 60_000,
+  /** A /v1/connect socket on API node `node`: its messages, and a promise of the next that matches. */
+  const connect = (node: number) => {
+    const ws = new WebSocket(
+      `${(api[node]?.url ?? '').replace(/^http/, 'ws')}/v1/connect?key=${KEYS[1] ?? ''}`,
+    );
+    const seen: Record<string, unknown>[] = [];
+    const waiters: { match: (m: Record<string, unknown>) => boolean; done: () => void }[] = [];
+    ws.on('message', (data) => {
+      const m = JSON.parse((data as Buffer).toString()) as Record<string, unknown>;
+      seen.push(m);
+      for (const w of waiters.splice(0)) {
+        if (w.match(m)) w.done();
+        else waiters.push(w);
+      }
     });
-    try {
-      const job = engine.prepare({
-        language: 'python',
-        files: [
-          {
-            name: 'main.py',
-            content: 'name = input("name? ")\nprint("hello", name, flush=True)\nprint(input())',
-          },
-        ],
-        live: true,
-      });
-      let controls: LiveControls | undefined;
-      let out = '';
-      const result = await engine.run(job, {
-        live: {
-          onStart: (c) => (controls = c),
-          onEvent: async (e) => {
-            if (e.type !== 'output') return;
-            out += e.data.toString();
-            if (out.endsWith('name? ')) await controls?.stdin(Buffer.from('ada\n'));
-            if (out.endsWith('hello ada\n')) {
-              await controls?.stdin(Buffer.from('bye\n'));
-              controls?.stdinEnd();
-            }
-          },
-        },
-      });
-      expect(result.status).toBe('ok');
-      expect(out).toBe('name? hello ada\nbye\n');
-      expect(['w1', 'w2']).toContain(await ranOn(job.id));
-    } finally {
-      await engine.close();
-    }
+    const opened = new Promise<void>((resolve, reject) => {
+      ws.once('open', () => resolve());
+      ws.once('error', reject);
+    });
+    const next = (match: (m: Record<string, unknown>) => boolean): Promise<void> =>
+      seen.some(match) ? Promise.resolve() : new Promise((done) => waiters.push({ match, done }));
+    const send = (m: unknown): void => ws.send(JSON.stringify(m));
+    const text = (): string =>
+      seen
+        .filter((m) => m.type === 'output')
+        .map((m) => Buffer.from(String(m.data), 'base64').toString())
+        .join('');
+    return { ws, seen, opened, next, send, text };
+  };
+
+  test('the WebSocket /v1/connect of an API node drives an interactive program on a worker', async () => {
+    const c = connect(1);
+    await c.opened;
+    c.send({
+      type: 'init',
+      ...PY('name = input("name? ")\nprint("hello", name, flush=True)\nprint(input())'),
+    });
+    await c.next(() => c.text().endsWith('name? '));
+    c.send({ type: 'stdin', data: 'ada\n' });
+    await c.next(() => c.text().endsWith('hello ada\n'));
+    c.send({ type: 'stdin', data: 'bye\n' });
+    c.send({ type: 'stdin_end' });
+    await c.next((m) => m.type === 'result');
+    const result = c.seen.find((m) => m.type === 'result')?.result as ExecuteResponse;
+    expect(result.status).toBe('ok');
+    expect(c.text()).toBe('name? hello ada\nbye\n');
+    const started = c.seen.find((m) => m.type === 'started') as { id: string };
+    expect(['w1', 'w2']).toContain(await ranOn(started.id));
+  }, 180_000);
+
+  test('a WebSocket client that goes away stops its job on the worker at once', async () => {
+    const c = connect(0);
+    await c.opened;
+    c.send({ type: 'init', ...PY('import time\nprint("up", flush=True)\ntime.sleep(60)') });
+    await c.next(() => c.text() === 'up\n');
+    const { id } = c.seen.find((m) => m.type === 'started') as { id: string };
+    const gone = Date.now();
+    c.ws.terminate();
+    // Its record ends within seconds (not after the program's 60 s), as the client went away.
+    const record = await done(1, id, 30_000);
+    const stoppedMs = Date.now() - gone;
+    console.info(`cluster: a job whose client went away ended ${stoppedMs} ms after`);
+    expect(stoppedMs).toBeLessThan(15_000);
+    expect(record.result?.status).toBe('sandbox_error');
+    expect(record.result?.run?.message ?? '').toMatch(/client went away/);
   }, 180_000);
 
   test('a sync job returns its output through the API node that took it', async () => {
