@@ -1,8 +1,8 @@
-import { randomBytes } from 'node:crypto';
 import { access, mkdir, readFile, rmdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { errnoOf } from './files.js';
+import { kernelRandomBytes } from './random.js';
 
 /**
  * What a cgroup v2 hierarchy offers the agent. `kill` (cgroup.kill, Linux 5.14) and CPU
@@ -27,7 +27,7 @@ export async function probeCgroup(root: string): Promise<CgroupSupport | null> {
   } catch {
     return null;
   }
-  const probe = join(root, `runner-probe-${randomBytes(6).toString('hex')}`);
+  const probe = join(root, `runner-probe-${kernelRandomBytes(6).toString('hex')}`);
   try {
     await mkdir(probe);
   } catch {
@@ -66,7 +66,7 @@ export class StageCgroup {
 
   /** Creates `<root>/runner-<random>` with memory.max (+ swap 0, oom.group) and pids.max. */
   static async create(support: CgroupSupport, limits: CgroupLimits): Promise<StageCgroup> {
-    const path = join(support.root, `runner-${randomBytes(8).toString('hex')}`);
+    const path = join(support.root, `runner-${kernelRandomBytes(8).toString('hex')}`);
     await mkdir(path);
     const cg = new StageCgroup(path, support);
     try {

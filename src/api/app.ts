@@ -370,7 +370,10 @@ export function buildApp(deps: AppDeps): App {
 
   const queue =
     deps.queue ??
-    new LocalQueue({ concurrency: engine.pool.stats().capacity, maxQueued: settings.queueMax });
+    new LocalQueue({
+      concurrency: engine.runSlots ?? engine.pool.stats().capacity,
+      maxQueued: settings.queueMax,
+    });
   const clusterView = engine.cluster?.bind(engine);
   const metrics = new ApiMetrics(
     {

@@ -192,6 +192,14 @@ export class ApiMetrics {
         this.set({ outcome: 'failure' }, s.failures);
       },
     });
+    new Gauge({
+      name: 'runner_pool_warm_ups',
+      help: 'VMs the pool warmed up (the language test program run once) before marking them ready.',
+      registers,
+      collect() {
+        this.set(sources.pool().warmUps);
+      },
+    });
   }
 
   /** Counts one engine job. */

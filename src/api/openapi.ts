@@ -26,6 +26,7 @@ export async function generateOpenApi(): Promise<Record<string, unknown>> {
         hits: 0,
         misses: 0,
         failures: 0,
+        warmUps: 0,
       }),
     },
     run: () => Promise.reject(new InternalError('this engine runs nothing')),

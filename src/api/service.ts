@@ -59,6 +59,8 @@ import type {
 export interface ApiEngine {
   readonly languages: LanguageRegistry;
   readonly pool: Pick<VmPool, 'stats'>;
+  /** Jobs the engine runs at once (a local engine's RunSlots); the queue's concurrency. */
+  readonly runSlots?: number;
   /** The engine's VM timings (`vm` events: cold boots and restores), when it has them. */
   readonly events?: Pick<EventEmitter, 'on' | 'off'>;
   /** Checks a request and builds its one execute message (4xx RunnerErrors; no VM). */

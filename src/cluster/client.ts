@@ -115,6 +115,7 @@ export class ClusterEngine {
         hits: 0,
         misses: 0,
         failures: 0,
+        warmUps: 0,
       }),
     };
     this.scheduleView();

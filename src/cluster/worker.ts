@@ -17,6 +17,8 @@ export interface WorkerEngine {
     /** Its VMs ready now, per language (the pool's stats); a worker prefers those languages. */
     stats?(): { readonly ready: Readonly<Record<string, number>> };
   };
+  /** Jobs the engine runs at once (RunSlots); the worker takes no more than that. */
+  readonly runSlots?: number;
   run(job: PreparedJob, options?: RunOptions): Promise<JobResult>;
 }
 
@@ -24,7 +26,7 @@ export interface WorkerEngine {
 export interface ClusterWorkerOptions extends ClusterOptions {
   /** This worker's name in the cluster (default host name and pid). */
   readonly id?: string;
-  /** Jobs it runs at once (default the pool's capacity). */
+  /** Jobs it runs at once (default the engine's run slots: one per core of vCPUs). */
   readonly concurrency?: number;
   /** How long a job's lock lasts without renewal: a dead worker's job is stalled after it. */
   readonly lockMs?: number;
@@ -93,7 +95,7 @@ export class ClusterWorker {
     this.redis = new Redis(redisOptions(options.redisUrl));
     this.lockMs = options.lockMs ?? 30_000;
     this.pollMs = options.pollMs ?? 5000;
-    this.concurrency = options.concurrency ?? engine.pool.capacity;
+    this.concurrency = options.concurrency ?? engine.runSlots ?? engine.pool.capacity;
   }
 
   /** Opens one BullMQ worker per language, starts the stalled checks and the fetch loop. */

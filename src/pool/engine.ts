@@ -1,4 +1,5 @@
 import { EventEmitter } from 'node:events';
+import { availableParallelism } from 'node:os';
 import { readFileSync } from 'node:fs';
 import { readdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -26,6 +27,7 @@ import { sweepVmNets, VmNetManager } from '../net/vmnet.js';
 import { VmPool } from './pool.js';
 import { prepareJob, type JobRequest, type JobResult, type PreparedJob } from './job.js';
 import { executeOnVm, JobRunner, type RunOptions } from './runner.js';
+import { defaultRunSlots, RunSlots } from './slots.js';
 import { SnapshotManager, type RuntimeStatus } from './snapshots.js';
 
 /** Everything a host needs to run jobs: images, snapshots, a pool, a runner. */
@@ -39,6 +41,8 @@ export interface Engine {
   readonly snapshots: SnapshotManager;
   readonly pool: VmPool;
   readonly runner: JobRunner;
+  /** Jobs that run at once (RunSlots): one per host core of vCPUs unless maxRunningJobs. */
+  readonly runSlots: number;
   /** Cold boots and restores as they happen: `vm` events of {@link VmTiming}. */
   readonly events: EventEmitter;
   /** Checks a request and builds its one execute message, under `id` (default: a new one). */
@@ -302,11 +306,31 @@ export async function createEngine(
     vmMemoryMib: settings.vmMemoryMib,
     restoreTimeoutMs: settings.restoreTimeoutMs,
     log,
+    // Interpreted languages only: a compiled one's warm-up would compile in every VM (tsc
+    // takes ~45 s under TCG), a cost far beyond the translations it saves.
+    ...(settings.poolWarmUp && {
+      warmUp: async (vm: MicroVm, language: string) => {
+        const lang = languages.get(language);
+        if (lang.definition.compile !== null) return false;
+        await warmUp(vm, lang, languages);
+        return true;
+      },
+    }),
   });
-  const runner = new JobRunner(languages, pool, undefined, {
-    info: (line) => log?.(line),
-    warn: (line) => (options.warn ?? log)?.(line),
-  });
+  const runSlots = Math.min(
+    pool.capacity,
+    defaultRunSlots(settings.maxRunningJobs, availableParallelism(), settings.vmVcpus),
+  );
+  const runner = new JobRunner(
+    languages,
+    pool,
+    undefined,
+    {
+      info: (line) => log?.(line),
+      warn: (line) => (options.warn ?? log)?.(line),
+    },
+    new RunSlots(runSlots),
+  );
   return {
     settings,
     paths,
@@ -317,6 +341,7 @@ export async function createEngine(
     snapshots,
     pool,
     runner,
+    runSlots,
     events,
     prepare: (request, id) => runner.prepare(request, id),
     run: (job, options) => runner.run(job, options),

@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { availableParallelism } from 'node:os';
 import { join } from 'node:path';
 import {
   NetworkDisabledError,
@@ -28,6 +29,15 @@ export interface PoolOptions {
   readonly network?: VmNetManager | null;
   /** Told how long each restore took, to the agent reseeded (for metrics). */
   readonly onRestore?: (language: string, ms: number) => void;
+  /**
+   * Runs in a VM restored for the pool before it is marked ready (the language's own test
+   * program), so that QEMU's translation cache, empty after every restore, is warm for the
+   * job: off the job's path, and skipped while the host is saturated (see warmUpAllowed).
+   * A VM that fails it is destroyed. Resolves whether it ran (a language may have none).
+   */
+  readonly warmUp?: (vm: MicroVm, language: string) => Promise<boolean>;
+  /** The most jobs running at once for which a warm-up still runs (default: the host's cores). */
+  readonly warmUpBelowBusy?: number;
 }
 
 /** A VM handed out for one job. It is destroyed on release: one job per VM. */
@@ -106,6 +116,8 @@ export interface PoolStats {
   hits: number;
   misses: number;
   failures: number;
+  /** VMs warmed up before they were marked ready (PoolOptions.warmUp). */
+  warmUps: number;
 }
 
 /**
@@ -121,7 +133,7 @@ export class VmPool {
   private readonly warmed = new Set<string>();
   private readonly waiters: (() => void)[] = [];
   private closed = false;
-  private counters = { hits: 0, misses: 0, failures: 0 };
+  private counters = { hits: 0, misses: 0, failures: 0, warmUps: 0 };
   private readonly background = new Set<Promise<unknown>>();
 
   constructor(private readonly options: PoolOptions) {}
@@ -391,6 +403,16 @@ export class VmPool {
     }
     slot.vm = made.vm;
     slot.restoreMs = made.restoreMs;
+    if (!this.closed && this.options.warmUp !== undefined && this.warmUpAllowed()) {
+      try {
+        if (await this.options.warmUp(made.vm, slot.language)) this.counters.warmUps++;
+      } catch (err) {
+        this.counters.failures++;
+        this.options.log?.(`pool: the warm-up of a ${slot.language} VM failed: ${messageOf(err)}`);
+        await this.destroyIdle(slot);
+        return;
+      }
+    }
     if (this.closed) {
       await this.destroyIdle(slot);
       return;
@@ -398,6 +420,14 @@ export class VmPool {
     slot.to('ready');
     // A ready VM that dies while idle is dropped and replaced.
     void made.vm.exited.then(() => this.dropDead(slot));
+  }
+
+  /** A warm-up runs only while jobs are not waiting and fewer run than the host has cores. */
+  private warmUpAllowed(): boolean {
+    if (this.waiters.length > 0) return false;
+    let busy = 0;
+    for (const s of this.slots) if (s.state === 'leased') busy++;
+    return busy < (this.options.warmUpBelowBusy ?? availableParallelism());
   }
 
   private dropDead(slot: PoolSlot): void {

@@ -18,6 +18,7 @@ import {
   type PreparedJob,
 } from './job.js';
 import type { Lease, VmPool } from './pool.js';
+import { RunSlots } from './slots.js';
 
 /** Where the runner reports what its jobs did (one line each; sandbox failures as warnings). */
 export interface RunnerLog {
@@ -36,6 +37,8 @@ export class JobRunner {
     private readonly pool: VmPool,
     private readonly maxLimits: StageLimits = MAX_LIMITS,
     private readonly log?: RunnerLog,
+    /** Jobs that run at once (default: one per VM the pool can hold, i.e. no extra bound). */
+    readonly slots: RunSlots = new RunSlots(pool.capacity),
   ) {}
 
   /** Checks a request and builds its one execute message (no VM is touched); see prepareJob. */
@@ -57,7 +60,15 @@ export class JobRunner {
     const started = performance.now();
     // A client gone before its job got a VM costs no VM.
     if (isAborted(signal)) return abortedResult(job, performance.now() - started);
-    const lease: Lease = await this.pool.acquire(job.language, { network: job.network });
+    const slot = await this.slots.take(signal);
+    if (slot === null) return abortedResult(job, performance.now() - started);
+    let lease: Lease;
+    try {
+      lease = await this.pool.acquire(job.language, { network: job.network });
+    } catch (err) {
+      slot();
+      throw err;
+    }
     const acquired = performance.now();
     let result: ResultMessage;
     let answered: number;
@@ -67,6 +78,7 @@ export class JobRunner {
         : await executeOnVm(lease.vm, job, live, signal);
       answered = performance.now();
     } finally {
+      slot();
       // The VM's teardown is not part of the job's latency; the pool tracks it. One job per VM:
       // a VM is destroyed on release, so an aborted job's VM is never seen again.
       this.pool.releaseInBackground(lease);

@@ -231,19 +231,22 @@ describe.skipIf(skip !== null)('the sandbox in real VMs', () => {
     }
   }, 60_000);
 
-  it('two restores of one snapshot see different random state', async () => {
+  it("two restores of one snapshot see different random state, the agent's own too", async () => {
+    // The stage's cgroup name is drawn by the agent, which lives on in every clone.
     const code =
-      'import os, random, uuid\nprint(os.urandom(16).hex(), random.getrandbits(64), uuid.uuid4())';
+      'import os, random, uuid\nprint(os.urandom(16).hex(), random.getrandbits(64), uuid.uuid4(), open("/proc/self/cgroup").read().strip())';
     const a = await service(python(code));
     const b = await service(python(code));
     expect(a.status).toBe('ok');
     expect(b.status).toBe('ok');
     expect(a.id).not.toBe(b.id);
-    const [ua, ra, ida] = text(a.run).trim().split(' ');
-    const [ub, rb, idb] = text(b.run).trim().split(' ');
+    const [ua, ra, ida, cga] = text(a.run).trim().split(' ');
+    const [ub, rb, idb, cgb] = text(b.run).trim().split(' ');
     expect(ua).not.toBe(ub);
     expect(ra).not.toBe(rb);
     expect(ida).not.toBe(idb);
+    expect(cga).toMatch(/runner-[0-9a-f]{16}/);
+    expect(cga).not.toBe(cgb);
   });
 
   it('files left in /tmp, /dev/shm, /var/tmp and $HOME are invisible to the next job', async () => {

@@ -84,6 +84,7 @@ export class FakeEngine implements ApiEngine {
       hits: 0,
       misses: 0,
       failures: 0,
+      warmUps: 0,
     }),
   };
   /** Languages whose rootfs "is built", and those with a snapshot. */

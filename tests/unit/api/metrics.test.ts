@@ -16,6 +16,7 @@ describe('VM lifecycle metrics', () => {
           hits: 0,
           misses: 0,
           failures: 0,
+          warmUps: 0,
         }),
       },
       { defaultMetrics: false },

@@ -2,6 +2,7 @@ import { Duplex, PassThrough } from 'node:stream';
 import { describe, expect, it } from 'vitest';
 import { VmStateError } from '../../../src/errors.js';
 import { PoolSlot, SLOT_STATES, VmPool, type SlotState } from '../../../src/pool/pool.js';
+import { RunSlots } from '../../../src/pool/slots.js';
 import { LanguageRegistry } from '../../../src/languages/index.js';
 import {
   CLIENT_GONE_MESSAGE,
@@ -246,6 +247,62 @@ describe('VmPool', () => {
   });
 });
 
+describe('VmPool warm-up (PoolOptions.warmUp)', () => {
+  it('warms a VM restored for the pool before it is ready, never one restored for a job', async () => {
+    const warmed: string[] = [];
+    const p = pool(fakeDriver(), {
+      warmUp: (vm) => {
+        warmed.push(vm.id);
+        return Promise.resolve(true);
+      },
+    });
+    const miss = await p.acquire('python');
+    expect(warmed).toEqual([]);
+    await p.release(miss);
+    await p.warm('python');
+    const hit = await p.acquire('python');
+    expect(hit.hit).toBe(true);
+    expect(warmed).toEqual([hit.vm.id]);
+    expect(p.stats().warmUps).toBe(1);
+    await p.release(hit);
+    await p.close();
+  });
+
+  it('skips the warm-up while as many jobs run as it allows', async () => {
+    let warmUps = 0;
+    const p = pool(fakeDriver(), {
+      maxVms: 3,
+      warmUpBelowBusy: 1,
+      warmUp: () => {
+        warmUps++;
+        return Promise.resolve(true);
+      },
+    });
+    const busy = await p.acquire('ruby');
+    await p.warm('python');
+    expect(p.stats().ready.python).toBe(1);
+    expect(warmUps).toBe(0);
+    await p.release(busy);
+    await p.close();
+  });
+
+  it('destroys a VM that fails its warm-up (no retry loop), and a job then gets a fresh VM', async () => {
+    const driver = fakeDriver();
+    const p = pool(driver, {
+      restoreTimeoutMs: 100,
+      warmUp: () => Promise.reject(new Error('the test program printed nothing')),
+    });
+    await p.warm('python');
+    await new Promise((r) => setTimeout(r, 50));
+    expect(driver.made[0]?.destroyed).toBe(true);
+    expect(p.stats()).toMatchObject({ failures: 1, warmUps: 0, live: 0 });
+    const lease = await p.acquire('python');
+    expect(lease.hit).toBe(false);
+    await p.release(lease);
+    await p.close();
+  });
+});
+
 describe('VmPool slots: an explicit state machine', () => {
   // Written out again here, not read from the source: a change of the table must be deliberate.
   const moves: Record<SlotState, SlotState[]> = {
@@ -449,6 +506,45 @@ describe('executeOnVm: a broken guest ends the job as sandbox_error', () => {
       expect(Date.now() - started).toBeLessThan(5000);
     });
   }
+});
+
+describe('JobRunner run slots (RunSlots)', () => {
+  it('runs no more jobs at once than its slots, though the pool could hold more VMs', async () => {
+    let executes = 0;
+    let answer = (): void => undefined;
+    // The first execute is answered only when the test says so.
+    const driver = fakeDriver((m, vm) => {
+      if (m.type === 'execute' && executes++ === 0) {
+        answer = () => {
+          const reply = goodAgent(m);
+          if (reply) vm.fromAgent.write(reply);
+        };
+        return null;
+      }
+      return goodAgent(m);
+    });
+    const p = pool(driver, { maxVms: 4, targetPerLanguage: 0 });
+    const runner = new JobRunner(
+      LanguageRegistry.fromDir(),
+      p,
+      undefined,
+      undefined,
+      new RunSlots(1),
+    );
+    const job = () => runner.prepare({ language: 'python', files: [{ content: '' }] });
+    const first = runner.run(job());
+    await new Promise((r) => setTimeout(r, 50));
+    const second = runner.run(job());
+    await new Promise((r) => setTimeout(r, 100));
+    // The second job waits for the slot, before it takes a VM.
+    expect(p.stats()).toMatchObject({ busy: 1 });
+    expect(runner.slots.queued).toBe(1);
+    answer();
+    expect((await first).status).toBe('ok');
+    expect((await second).status).toBe('ok');
+    expect(runner.slots.running).toBe(0);
+    await p.close();
+  });
 });
 
 describe('a job whose client goes away (RunOptions.signal)', () => {
