@@ -1,8 +1,18 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, chmodSync, copyFileSync, createWriteStream } from 'node:fs';
+import {
+  chmodSync,
+  copyFileSync,
+  createWriteStream,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  rmSync,
+} from 'node:fs';
 import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { afterAll, beforeAll } from 'vitest';
 import { testDataPaths } from './paths.js';
 
 const ROOT = resolve(import.meta.dirname, '../..');
@@ -193,4 +203,22 @@ export async function until(
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await sleep(200);
   }
+}
+
+/**
+ * One redis-server for the tests of a describe block: started before them in a temporary
+ * folder named after `label`, killed and removed after them. Returns its URL's getter.
+ */
+export function sharedRedis(label: string): () => string {
+  let dir = '';
+  let redis: { proc: Proc; url: string } | undefined;
+  beforeAll(async () => {
+    dir = mkdtempSync(join(tmpdir(), `${label}-`));
+    redis = await startRedis(dir);
+  });
+  afterAll(() => {
+    if (redis) killGroup(redis.proc);
+    if (dir !== '') rmSync(dir, { recursive: true, force: true });
+  });
+  return () => redis?.url ?? '';
 }

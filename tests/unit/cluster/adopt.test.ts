@@ -1,10 +1,8 @@
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { createServer, type IncomingMessage } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { describe, expect, test } from 'vitest';
 import { buildApp, type App } from '../../../src/api/app.js';
 import { Redis } from 'ioredis';
 import {
@@ -17,7 +15,7 @@ import {
 } from '../../../src/cluster/index.js';
 import { LanguageRegistry } from '../../../src/languages/index.js';
 import type { JobResult, PreparedJob } from '../../../src/pool/index.js';
-import { killGroup, startRedis, type Proc } from '../../support/cluster.js';
+import { sharedRedis } from '../../support/cluster.js';
 import { stage, testSettings } from '../api/helpers.js';
 
 /**
@@ -60,17 +58,7 @@ const greeter: WorkerEngine = {
 };
 
 describe.skipIf(reason !== null)('adoption of Judge0 submissions on a real Redis', () => {
-  let dir = '';
-  let redis: { proc: Proc; url: string } | undefined;
-
-  beforeAll(async () => {
-    dir = mkdtempSync(join(tmpdir(), 'cluster-adopt-'));
-    redis = await startRedis(dir);
-  });
-  afterAll(() => {
-    if (redis) killGroup(redis.proc);
-    rmSync(dir, { recursive: true, force: true });
-  });
+  const redisUrl = sharedRedis('cluster-adopt');
 
   /** An API node: the real app over the cluster's engine and records. */
   const node = (name: string) => {
@@ -79,7 +67,7 @@ describe.skipIf(reason !== null)('adoption of Judge0 submissions on a real Redis
       egressAllow: ['127.0.0.1'],
       callbackBackoffMs: 20,
     });
-    const opts = { redisUrl: redis?.url ?? '', prefix: 'adopt' };
+    const opts = { redisUrl: redisUrl(), prefix: 'adopt' };
     const records = new RedisJobRecords({ ...opts, node: name, retentionMs: 60_000 });
     const engine = new ClusterEngine(languages, {
       ...opts,
@@ -130,7 +118,7 @@ describe.skipIf(reason !== null)('adoption of Judge0 submissions on a real Redis
     void a.built.app
       .inject({ method: 'POST', url: '/submissions?wait=true', payload: sub('waited') })
       .catch(() => undefined);
-    const probe = new Redis(redisOptions(redis?.url ?? ''));
+    const probe = new Redis(redisOptions(redisUrl()));
     let waited: string | undefined;
     for (let i = 0; i < 100 && waited === undefined; i++) {
       await sleep(20);
@@ -148,7 +136,7 @@ describe.skipIf(reason !== null)('adoption of Judge0 submissions on a real Redis
     await c.records.start();
     await b.built.app.ready();
     await c.built.app.ready();
-    const worker = new ClusterWorker(greeter, { redisUrl: redis?.url ?? '', prefix: 'adopt' });
+    const worker = new ClusterWorker(greeter, { redisUrl: redisUrl(), prefix: 'adopt' });
     await worker.start();
     try {
       // Two live nodes look at once: each job is adopted by one of them.

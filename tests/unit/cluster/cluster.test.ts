@@ -1,8 +1,6 @@
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { existsSync } from 'node:fs';
 import { Job, Queue, Worker } from 'bullmq';
-import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { describe, expect, test } from 'vitest';
 import {
   ClusterEngine,
   ClusterWorker,
@@ -15,7 +13,8 @@ import {
 } from '../../../src/cluster/index.js';
 import { LanguageRegistry } from '../../../src/languages/index.js';
 import { prepareJob, type JobResult, type PreparedJob } from '../../../src/pool/index.js';
-import { killGroup, startRedis, type Proc } from '../../support/cluster.js';
+import { sharedRedis } from '../../support/cluster.js';
+import { okResult } from '../../support/results.js';
 
 /**
  * The queue's semantics against a real redis-server (no VM: the workers' engine is a stand-in
@@ -46,57 +45,19 @@ function echoEngine(ms = 0, seen: string[] = []): WorkerEngine {
     run: async (j: PreparedJob): Promise<JobResult> => {
       seen.push(j.id);
       await new Promise((r) => setTimeout(r, ms));
-      const src = j.message.files[0]?.content ?? '';
-      return {
-        id: j.id,
-        language: j.language,
-        version: j.version,
-        status: 'ok',
-        compile: null,
-        run: {
-          status: 'ok',
-          exitCode: 0,
-          signal: null,
-          wallTimeMs: 1,
-          cpuTimeMs: 1,
-          memoryPeakBytes: 1,
-          stdout: Buffer.from(src).toString('base64'),
-          stderr: '',
-          stdoutTruncated: false,
-          stderrTruncated: false,
-        },
-        vmId: null,
-        timings: {
-          totalMs: 1,
-          acquireMs: 0,
-          executeMs: 1,
-          guestMs: 1,
-          hostOverheadMs: 0,
-          poolHit: true,
-        },
-      };
+      return okResult(j, j.message.files[0]?.content ?? '');
     },
   };
 }
 
 describe.skipIf(reason !== null)('the cluster queue on a real Redis', () => {
-  let dir = '';
-  let redis: { proc: Proc; url: string } | undefined;
+  const redisUrl = sharedRedis('cluster-unit');
   let n = 0;
   const prefix = (): string => `t${++n}`;
 
-  beforeAll(async () => {
-    dir = mkdtempSync(join(tmpdir(), 'cluster-unit-'));
-    redis = await startRedis(dir);
-  });
-  afterAll(() => {
-    if (redis) killGroup(redis.proc);
-    rmSync(dir, { recursive: true, force: true });
-  });
-
   test('a job goes from an API node to a worker and its result comes back', async () => {
     const p = prefix();
-    const url = redis?.url ?? '';
+    const url = redisUrl();
     const worker = new ClusterWorker(echoEngine(), { redisUrl: url, prefix: p, id: 'w' });
     const api = apiNode(url, p, 10);
     await worker.start();
@@ -118,7 +79,7 @@ describe.skipIf(reason !== null)('the cluster queue on a real Redis', () => {
 
   test('a stalled job its worker had marked running ends sandbox_error; one it had not is run', async () => {
     const p = prefix();
-    const url = redis?.url ?? '';
+    const url = redisUrl();
     const keys = clusterKeys(p);
     const queue = new Queue(keys.queue('python'), {
       connection: redisOptions(url),
@@ -174,7 +135,7 @@ describe.skipIf(reason !== null)('the cluster queue on a real Redis', () => {
 
   test("one key's flood queues behind another key's first job", async () => {
     const p = prefix();
-    const url = redis?.url ?? '';
+    const url = redisUrl();
     const api = apiNode(url, p, 100);
     const order: string[] = [];
     const worker = new ClusterWorker(echoEngine(20, order), { redisUrl: url, prefix: p, id: 'w' });
@@ -198,7 +159,7 @@ describe.skipIf(reason !== null)('the cluster queue on a real Redis', () => {
 
   test('the cluster-wide cap refuses with QUEUE_FULL when as many jobs wait as it allows', async () => {
     const p = prefix();
-    const url = redis?.url ?? '';
+    const url = redisUrl();
     const api = apiNode(url, p, 2);
     try {
       const pending = [api.run(job('1')), api.run(job('2'))];
@@ -214,7 +175,7 @@ describe.skipIf(reason !== null)('the cluster queue on a real Redis', () => {
 
   test("records: any node reads them; moves are checked; a dead node's open jobs are claimed once", async () => {
     const p = prefix();
-    const url = redis?.url ?? '';
+    const url = redisUrl();
     const a = new RedisJobRecords({ redisUrl: url, prefix: p, node: 'api-a', retentionMs: 60_000 });
     const b = new RedisJobRecords({ redisUrl: url, prefix: p, node: 'api-b', retentionMs: 60_000 });
     const c = new RedisJobRecords({ redisUrl: url, prefix: p, node: 'api-c', retentionMs: 60_000 });

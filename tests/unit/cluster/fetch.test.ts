@@ -1,9 +1,7 @@
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { existsSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Redis } from 'ioredis';
-import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { describe, expect, test } from 'vitest';
 import {
   ClusterEngine,
   ClusterWorker,
@@ -18,7 +16,7 @@ import {
   type JobResult,
   type PreparedJob,
 } from '../../../src/pool/index.js';
-import { killGroup, startRedis, type Proc } from '../../support/cluster.js';
+import { sharedRedis } from '../../support/cluster.js';
 
 /**
  * How a worker picks its next job, against a real redis-server (the engine is a stand-in, no
@@ -55,27 +53,17 @@ function engine(names: string[], ran: string[], ready: Record<string, number> = 
 }
 
 describe.skipIf(reason !== null)("a worker's choice of jobs on a real Redis", () => {
-  let dir = '';
-  let redis: { proc: Proc; url: string } | undefined;
+  const redisUrl = sharedRedis('cluster-fetch');
   let n = 0;
   const prefix = (): string => `fetch${++n}`;
   const api = (p: string): ClusterEngine =>
     new ClusterEngine(languages, {
-      redisUrl: redis?.url ?? '',
+      redisUrl: redisUrl(),
       prefix: p,
       maxInFlight: 100,
       maxQueued: 100,
       queueWaitMs: 30_000,
     });
-
-  beforeAll(async () => {
-    dir = mkdtempSync(join(tmpdir(), 'cluster-fetch-'));
-    redis = await startRedis(dir);
-  });
-  afterAll(() => {
-    if (redis) killGroup(redis.proc);
-    rmSync(dir, { recursive: true, force: true });
-  });
 
   test('a worker with a warm VM of a language takes its jobs first, but not forever', async () => {
     const p = prefix();
@@ -83,7 +71,7 @@ describe.skipIf(reason !== null)("a worker's choice of jobs on a real Redis", ()
     const ran: string[] = [];
     // python comes first in round robin; javascript is the one warm.
     const worker = new ClusterWorker(engine(['python', 'javascript'], ran, { javascript: 1 }), {
-      redisUrl: redis?.url ?? '',
+      redisUrl: redisUrl(),
       prefix: p,
       id: 'w',
     });
@@ -109,11 +97,11 @@ describe.skipIf(reason !== null)("a worker's choice of jobs on a real Redis", ()
 
   test('an idle worker and API node cost Redis little, and a new job is still taken at once', async () => {
     const p = prefix();
-    const probe = new Redis(redisOptions(redis?.url ?? ''));
+    const probe = new Redis(redisOptions(redisUrl()));
     const node = api(p);
     const ran: string[] = [];
     const worker = new ClusterWorker(engine(languages.names(), ran), {
-      redisUrl: redis?.url ?? '',
+      redisUrl: redisUrl(),
       prefix: p,
       id: 'w',
     });

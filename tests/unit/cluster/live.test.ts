@@ -1,8 +1,6 @@
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { existsSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { describe, expect, test } from 'vitest';
 import { Job, Worker } from 'bullmq';
 import {
   ClusterEngine,
@@ -21,7 +19,8 @@ import {
   type PreparedJob,
   type RunOptions,
 } from '../../../src/pool/index.js';
-import { killGroup, startRedis, type Proc } from '../../support/cluster.js';
+import { sharedRedis } from '../../support/cluster.js';
+import { okResult } from '../../support/results.js';
 
 /**
  * Streaming across hosts against a real redis-server: an API node's ClusterEngine.run with a
@@ -35,36 +34,7 @@ const languages = LanguageRegistry.fromDir();
 const liveJob = (code: string): PreparedJob =>
   prepareJob({ language: 'python', files: [{ content: code }], live: true }, languages);
 
-function result(j: PreparedJob, stdout = ''): JobResult {
-  return {
-    id: j.id,
-    language: j.language,
-    version: j.version,
-    status: 'ok',
-    compile: null,
-    run: {
-      status: 'ok',
-      exitCode: 0,
-      signal: null,
-      wallTimeMs: 1,
-      cpuTimeMs: 1,
-      memoryPeakBytes: 1,
-      stdout: Buffer.from(stdout).toString('base64'),
-      stderr: '',
-      stdoutTruncated: false,
-      stderrTruncated: false,
-    },
-    vmId: null,
-    timings: {
-      totalMs: 1,
-      acquireMs: 0,
-      executeMs: 1,
-      guestMs: 1,
-      hostOverheadMs: 0,
-      poolHit: true,
-    },
-  };
-}
+const result = (j: PreparedJob, stdout = ''): JobResult => okResult(j, stdout);
 
 /** A local engine whose "program" is `body`, given the live consumer and its own controls. */
 function liveEngine(
@@ -123,27 +93,17 @@ const out = (text: string): LiveEvent => ({
 });
 
 describe.skipIf(reason !== null)('streaming across hosts on a real Redis', () => {
-  let dir = '';
-  let redis: { proc: Proc; url: string } | undefined;
+  const redisUrl = sharedRedis('cluster-live');
   let n = 0;
   const prefix = (): string => `live${++n}`;
   const api = (p: string): ClusterEngine =>
     new ClusterEngine(languages, {
-      redisUrl: redis?.url ?? '',
+      redisUrl: redisUrl(),
       prefix: p,
       maxInFlight: 10,
       maxQueued: 10,
       queueWaitMs: 30_000,
     });
-
-  beforeAll(async () => {
-    dir = mkdtempSync(join(tmpdir(), 'cluster-live-'));
-    redis = await startRedis(dir);
-  });
-  afterAll(() => {
-    if (redis) killGroup(redis.proc);
-    rmSync(dir, { recursive: true, force: true });
-  });
 
   test("events arrive in order through Redis, and the API node's stdin reaches the program", async () => {
     const p = prefix();
@@ -157,7 +117,7 @@ describe.skipIf(reason !== null)('streaming across hosts on a real Redis', () =>
       await options.live?.onEvent({ type: 'stage', stage: 'run', phase: 'end', status: 'ok' });
       return result(j, `name? hello ${name.trim()}\neof\n`);
     });
-    const worker = new ClusterWorker(engine, { redisUrl: redis?.url ?? '', prefix: p, id: 'w' });
+    const worker = new ClusterWorker(engine, { redisUrl: redisUrl(), prefix: p, id: 'w' });
     const node = api(p);
     await worker.start();
     try {
@@ -190,7 +150,7 @@ describe.skipIf(reason !== null)('streaming across hosts on a real Redis', () =>
       await sleep(300);
       return result(j);
     });
-    const worker = new ClusterWorker(engine, { redisUrl: redis?.url ?? '', prefix: p, id: 'w' });
+    const worker = new ClusterWorker(engine, { redisUrl: redisUrl(), prefix: p, id: 'w' });
     const node = api(p);
     const other = api(p);
     await worker.start();
@@ -246,7 +206,7 @@ describe.skipIf(reason !== null)('streaming across hosts on a real Redis', () =>
       }
       return result(j);
     });
-    const worker = new ClusterWorker(engine, { redisUrl: redis?.url ?? '', prefix: p, id: 'w' });
+    const worker = new ClusterWorker(engine, { redisUrl: redisUrl(), prefix: p, id: 'w' });
     const node = api(p);
     await worker.start();
     try {
@@ -284,7 +244,7 @@ describe.skipIf(reason !== null)('streaming across hosts on a real Redis', () =>
       return result(j);
     });
     const worker = new ClusterWorker(engine, {
-      redisUrl: redis?.url ?? '',
+      redisUrl: redisUrl(),
       prefix: p,
       id: 'w',
       liveAckTimeoutMs: 300,
@@ -314,7 +274,7 @@ describe.skipIf(reason !== null)('streaming across hosts on a real Redis', () =>
       aborted = options.signal?.aborted === true;
       return result(j, 'killed');
     });
-    const worker = new ClusterWorker(engine, { redisUrl: redis?.url ?? '', prefix: p, id: 'w' });
+    const worker = new ClusterWorker(engine, { redisUrl: redisUrl(), prefix: p, id: 'w' });
     const node = api(p);
     await worker.start();
     try {
@@ -360,7 +320,7 @@ describe.skipIf(reason !== null)('streaming across hosts on a real Redis', () =>
     });
     // A "worker" takes it, marks it running, and dies (never renews, never completes).
     const dying = new Worker(keys.queue('python'), null, {
-      connection: redisOptions(redis?.url ?? ''),
+      connection: redisOptions(redisUrl()),
       prefix: keys.bullPrefix,
       autorun: false,
       lockDuration: 1000,
@@ -375,7 +335,7 @@ describe.skipIf(reason !== null)('streaming across hosts on a real Redis', () =>
     const survivor = new ClusterWorker(
       liveEngine((x) => Promise.resolve(result(x))),
       {
-        redisUrl: redis?.url ?? '',
+        redisUrl: redisUrl(),
         prefix: p,
         id: 'alive',
         lockMs: 1000,
@@ -406,7 +366,7 @@ describe.skipIf(reason !== null)('streaming across hosts on a real Redis', () =>
       }
       return result(j);
     });
-    const worker = new ClusterWorker(engine, { redisUrl: redis?.url ?? '', prefix: p, id: 'w' });
+    const worker = new ClusterWorker(engine, { redisUrl: redisUrl(), prefix: p, id: 'w' });
     const node = api(p);
     await worker.start();
     const lat: number[] = [];
