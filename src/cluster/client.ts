@@ -3,6 +3,7 @@ import { Redis } from 'ioredis';
 import { ClusterUnavailableError, QueueFullError, asRunnerError } from '../errors.js';
 import type { LanguageRegistry } from '../languages/index.js';
 import {
+  sandboxErrorResult,
   prepareJob,
   type JobRequest,
   type JobResult,
@@ -21,7 +22,6 @@ import {
 } from './names.js';
 import { apiLive, cancelLive, watchLive } from './live.js';
 import { fromClusterJob, fromClusterResult, toClusterJob } from './wire.js';
-import { lostResult } from './worker.js';
 
 /** How often a busy API node reads the cluster's view (the queue cap's count). */
 const VIEW_BUSY_MS = 1000;
@@ -147,7 +147,8 @@ export class ClusterEngine {
   async run(job: PreparedJob, options: RunOptions = {}): Promise<JobResult> {
     const owner = options.owner ?? null;
     const { signal } = options;
-    if (signal?.aborted === true) return lostResult(job, 'the client went away before the job ran');
+    if (signal?.aborted === true)
+      return sandboxErrorResult(job, 'the client went away before the job ran');
     const events = await this.eventsOf(job.language);
     const live =
       options.live !== undefined && job.message.stream !== undefined
@@ -212,7 +213,7 @@ export class ClusterEngine {
       return null; // Locked by a worker (or done): the worker ends it.
     }
     await this.redis.hincrby(this.keys.owners, owner ?? '-', -1).catch(() => 0);
-    return lostResult(job, 'the client went away before the job ran');
+    return sandboxErrorResult(job, 'the client went away before the job ran');
   }
 
   /**

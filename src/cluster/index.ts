@@ -7,7 +7,6 @@ export { ClusterEngine, type ClusterEngineOptions, type ClusterView } from './cl
 export { RedisJobRecords, type RedisRecordsOptions } from './records.js';
 export {
   ClusterWorker,
-  lostResult,
   WARM_STREAK_MAX,
   type ClusterWorkerOptions,
   type WorkerEngine,

@@ -3,8 +3,12 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { Worker, type Job } from 'bullmq';
 import { Redis } from 'ioredis';
 import { asRunnerError } from '../errors.js';
-import { ZERO_TIMINGS, type JobResult, type PreparedJob, type RunOptions } from '../pool/index.js';
-import { sandboxStage } from '../protocol/index.js';
+import {
+  sandboxErrorResult,
+  type JobResult,
+  type PreparedJob,
+  type RunOptions,
+} from '../pool/index.js';
 import { clusterKeys, redisOptions, type ClusterOptions, type WorkerBeat } from './names.js';
 import { workerLive } from './live.js';
 import { fromClusterJob, type ClusterResult } from './wire.js';
@@ -263,7 +267,7 @@ export class ClusterWorker {
       // Its watchers hear the end now, not after their wait for it runs out.
       if (prepared.message.stream !== undefined)
         await workerLive(this.redis, this.keys, prepared.id, true).close();
-      await this.complete(job, token, lostResult(prepared, why));
+      await this.complete(job, token, sandboxErrorResult(prepared, why));
       return;
     }
     const renew = setInterval(
@@ -294,16 +298,16 @@ export class ClusterWorker {
       let result: JobResult;
       try {
         result = live.signal.aborted
-          ? lostResult(prepared, CANCELLED)
+          ? sandboxErrorResult(prepared, CANCELLED)
           : await this.engine.run(prepared, {
               owner: (job.data as { owner?: string | null }).owner ?? null,
               signal: live.signal,
               ...(live.handlers !== undefined && { live: live.handlers }),
             });
       } catch (err) {
-        result = lostResult(prepared, asRunnerError(err).message);
+        result = sandboxErrorResult(prepared, asRunnerError(err).message);
       }
-      if (live.signal.aborted) result = lostResult(prepared, CANCELLED);
+      if (live.signal.aborted) result = sandboxErrorResult(prepared, CANCELLED);
       await live.close();
       await this.complete(job, token, result);
     } finally {
@@ -335,20 +339,3 @@ export const WARM_STREAK_MAX = 3;
 
 /** Why a job cancelled by its API node (the client went away) ended. */
 const CANCELLED = 'the client went away; the job was cancelled';
-
-/** The result of a job the cluster lost (its worker died, or the engine threw). */
-export function lostResult(job: PreparedJob, why: string): JobResult {
-  const stage = sandboxStage(why);
-  const cases = job.message.cases;
-  return {
-    id: job.id,
-    language: job.language,
-    version: job.version,
-    status: 'sandbox_error',
-    compile: null,
-    run: cases === undefined ? stage : null,
-    ...(cases !== undefined && { cases: cases.map(() => stage) }),
-    vmId: null,
-    timings: ZERO_TIMINGS,
-  };
-}

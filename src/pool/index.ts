@@ -16,6 +16,7 @@ export {
   jobDeadlineMs,
   LIVE_OUTPUT_WINDOW_BYTES,
   JobTimingsSchema,
+  sandboxErrorResult,
   ZERO_TIMINGS,
   prepareJob,
   type JobRequest,

@@ -5,6 +5,7 @@ import { DEFAULT_SECCOMP_FAMILY, type LanguageRegistry } from '../languages/inde
 import {
   checkExecuteMessage,
   MAX_FRAME_BYTES,
+  sandboxStage,
   type ExecuteMessage,
   type Limits,
   type StageResult,
@@ -91,6 +92,31 @@ export interface JobResult {
   readonly cases?: StageResult[] | null;
   readonly vmId: string | null;
   readonly timings: JobTimings;
+}
+
+/**
+ * The result of a job that failed for the system's reason `why` without a result from its VM
+ * (a client gone, a worker lost, an engine that threw): `sandbox_error` on its run, or on every
+ * test case when it has them.
+ */
+export function sandboxErrorResult(
+  job: PreparedJob,
+  why: string,
+  timings: JobTimings = ZERO_TIMINGS,
+): JobResult {
+  const stage = sandboxStage(why);
+  const cases = job.message.cases;
+  return {
+    id: job.id,
+    language: job.language,
+    version: job.version,
+    status: 'sandbox_error',
+    compile: null,
+    run: cases === undefined ? stage : null,
+    cases: cases === undefined ? null : cases.map(() => stage),
+    vmId: null,
+    timings,
+  };
 }
 
 /**

@@ -12,6 +12,7 @@ import {
 import type { MicroVm } from '../vmm/index.js';
 import {
   prepareJob,
+  sandboxErrorResult,
   ZERO_TIMINGS,
   type JobRequest,
   type JobResult,
@@ -224,19 +225,12 @@ function isAborted(signal: AbortSignal | undefined): boolean {
 
 /** The result of a job stopped before it got a VM (its client went away while it waited). */
 function abortedResult(job: PreparedJob, waitedMs: number): JobResult {
-  const result = sandboxError(job.message, CLIENT_GONE_MESSAGE);
   const totalMs = Math.round(waitedMs * 10) / 10;
-  return {
-    id: job.id,
-    language: job.language,
-    version: job.version,
-    status: 'sandbox_error',
-    compile: null,
-    run: result.run,
-    cases: result.cases ?? null,
-    vmId: null,
-    timings: { ...ZERO_TIMINGS, totalMs, hostOverheadMs: totalMs },
-  };
+  return sandboxErrorResult(job, CLIENT_GONE_MESSAGE, {
+    ...ZERO_TIMINGS,
+    totalMs,
+    hostOverheadMs: totalMs,
+  });
 }
 
 /** How one job is run: who asked (a shared queue's per-key share), and its live consumer. */
