@@ -111,6 +111,20 @@ export const ERROR_CATALOGUE = {
     status: 404,
     description: 'No such job (or it belongs to another API key, or it expired).',
   },
+  SANDBOX_NOT_FOUND: {
+    status: 404,
+    description: 'No such sandbox (or it belongs to another API key, was killed, or expired).',
+  },
+  SANDBOX_LIMIT: {
+    status: 429,
+    description:
+      'Too many sandboxes: this API key has its most (sandboxMaxPerKey), or the host runs its most (sandboxMaxRunning).',
+  },
+  SANDBOX_STATE: {
+    status: 409,
+    description: 'The sandbox cannot do that now (it is paused, or pausing, or resuming).',
+  },
+  FILE_NOT_FOUND: { status: 404, description: "No such file or folder in the sandbox." },
   PAYLOAD_TOO_LARGE: {
     status: 413,
     description: 'The body, the number of files or test cases, or stdin is over its cap.',
@@ -285,6 +299,15 @@ export class ShuttingDownError extends coded('SHUTTING_DOWN') {}
 /** INTERNAL: A bug of the service itself (an unexpected exception), counted apart from sandbox failures. */
 export class InternalError extends coded('INTERNAL') {}
 
+/** SANDBOX_NOT_FOUND: No such sandbox (or it belongs to another API key, was killed, or expired). */
+export class SandboxNotFoundError extends coded('SANDBOX_NOT_FOUND') {}
+/** SANDBOX_LIMIT: Too many sandboxes for this API key or this host. */
+export class SandboxLimitError extends coded('SANDBOX_LIMIT') {}
+/** SANDBOX_STATE: The sandbox cannot do that now (paused, pausing, resuming). */
+export class SandboxStateError extends coded('SANDBOX_STATE') {}
+/** FILE_NOT_FOUND: No such file or folder in the sandbox. */
+export class FileNotFoundError extends coded('FILE_NOT_FOUND') {}
+
 /** Every code's class: one table, so a code without a class fails to compile. */
 export const ERROR_CLASSES: { readonly [C in ErrorCode]: ErrorClass<C> } = {
   FRAME_TOO_LARGE: FrameTooLargeError,
@@ -328,6 +351,10 @@ export const ERROR_CLASSES: { readonly [C in ErrorCode]: ErrorClass<C> } = {
   UNAUTHORIZED: UnauthorizedError,
   NOT_FOUND: NotFoundError,
   JOB_NOT_FOUND: JobNotFoundError,
+  SANDBOX_NOT_FOUND: SandboxNotFoundError,
+  SANDBOX_LIMIT: SandboxLimitError,
+  SANDBOX_STATE: SandboxStateError,
+  FILE_NOT_FOUND: FileNotFoundError,
   PAYLOAD_TOO_LARGE: PayloadTooLargeError,
   CONTENT_TYPE_UNSUPPORTED: ContentTypeUnsupportedError,
   UPGRADE_REQUIRED: UpgradeRequiredError,

@@ -1,6 +1,6 @@
 import type { LiveJob } from './live.js';
 import { constants as fsc } from 'node:fs';
-import { access, stat } from 'node:fs/promises';
+import { access, chmod, chown, lstat, mkdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { Compile } from 'typebox/compile';
 import {
@@ -21,6 +21,7 @@ import {
 import {
   checkJob,
   LimitsSchema,
+  SANDBOX_DIR,
   MAX_RESULT_OUTPUT_BYTES,
   type ExecuteMessage,
   type Limits,
@@ -92,6 +93,8 @@ export interface ExecutorOptions {
   readonly scratchDirs?: readonly string[];
   /** The static exec helper (runner-exec) each stage is started through; none: the tool chain. */
   readonly execHelper?: string | null;
+  /** The persistent folder of sandbox jobs (default SANDBOX_DIR); made on first use. */
+  readonly sandboxDir?: string;
 }
 
 const limitsValidator = Compile(LimitsSchema);
@@ -262,6 +265,10 @@ export class Executor {
     signal?: AbortSignal,
     live?: LiveJob,
   ): Promise<ExecutorOutcome> {
+    // Sandbox jobs run side by side when every stage has a cgroup of its own (its kill and
+    // limits are then the stage's alone); without one they queue like the others.
+    if (job.sandbox !== undefined && this.sandbox.cgroup !== null)
+      return this.executeInSandbox(job, job.sandbox, signal, live);
     // One job at a time: jobs share the run user, its RLIMIT_NPROC count and, without
     // cgroups, the uid sweep that ends every stage, so two at once would kill each other.
     const previous = this.tail;
@@ -270,6 +277,8 @@ export class Executor {
     await previous;
     const dirs: string[] = [];
     try {
+      if (job.sandbox !== undefined)
+        return await this.executeInSandbox(job, job.sandbox, signal, live);
       return await this.executeAlone(job, signal, dirs, live);
     } finally {
       void Promise.all(
@@ -280,6 +289,63 @@ export class Executor {
         ),
       ).finally(release);
     }
+  }
+
+  /**
+   * A sandbox job: its argv in the persistent sandbox folder (made on first use, the run user's),
+   * one stage, nothing removed and no scratch folder emptied after it. With `detach` the
+   * outcome comes once the program is started; it runs on to its own end or its limits.
+   */
+  private async executeInSandbox(
+    job: ExecutorJob,
+    sandbox: NonNullable<ExecutorJob['sandbox']>,
+    signal: AbortSignal | undefined,
+    live?: LiveJob,
+  ): Promise<ExecutorOutcome> {
+    const language = this.language(job.language);
+    checkLimits(job.runLimits, 'run');
+    checkJob(job);
+    const def = language.definition;
+    const home = this.options.sandboxDir ?? SANDBOX_DIR;
+    try {
+      await ensureSandboxDir(home, this.options.runAs);
+    } catch (err) {
+      return failed(`cannot make the sandbox folder ${home}: ${messageOf(err)}`);
+    }
+    const cwd = sandbox.cwd === undefined ? home : join(home, sandbox.cwd);
+    const env = { LANG: 'C.UTF-8', ...def.env, ...job.env, PATH: JOB_PATH, HOME: home };
+    const stage = (): Promise<StageResult> =>
+      runStage(
+        this.sandbox,
+        {
+          argv: [...sandbox.argv, ...job.args],
+          cwd,
+          env,
+          stdin: Buffer.from(job.stdin, 'base64'),
+          limits: job.runLimits,
+          ...(signal ? { signal } : {}),
+          seccomp: job.seccomp ?? def.seccomp ?? DEFAULT_SECCOMP_FAMILY,
+          ...(live && { live: { job: live, stdin: true } }),
+        },
+        this.options.timings ?? DEFAULT_STAGE_TIMINGS,
+      );
+    if (sandbox.detach === true) {
+      const log = this.options.log ?? (() => undefined);
+      void stage().then(
+        (r) => log(`detached ${sandbox.argv[0] ?? ''}: ${r.status} ${r.message ?? ''}`),
+        (err: unknown) => log(`detached ${sandbox.argv[0] ?? ''} failed: ${messageOf(err)}`),
+      );
+      const run: StageResult = {
+        ...sandboxErrorResult('started in the background'),
+        status: 'ok',
+        wallTimeMs: 0,
+      };
+      return { status: 'ok', compile: null, run };
+    }
+    live?.stageStart('run');
+    const run = await stage();
+    live?.stageEnd('run', run.status);
+    return { status: run.status, compile: null, run };
   }
 
   /** Runs the job's stages; every work dir it makes is put in `dirs` for the caller to remove. */
@@ -479,6 +545,18 @@ export const REQUEST_CODES: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
   'ARGS_INVALID',
   'MESSAGE_INVALID',
 ]);
+
+/** Makes the sandbox folder once: the run user's, private; a link in its place is refused. */
+async function ensureSandboxDir(dir: string, owner: FileOwner | null): Promise<void> {
+  const st = await lstat(dir).catch(() => null);
+  if (st !== null) {
+    if (!st.isDirectory()) throw new SandboxFailureError(`${dir} is not a directory`);
+    return;
+  }
+  await mkdir(dir, { recursive: true, mode: 0o700 });
+  await chmod(dir, 0o700);
+  if (owner) await chown(dir, owner.uid, owner.gid);
+}
 
 function failed(message: string): ExecutorOutcome {
   return { status: 'sandbox_error', compile: null, run: sandboxErrorResult(message) };

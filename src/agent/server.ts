@@ -130,6 +130,14 @@ export class AgentServer {
           live = new LiveJob(m.id, m.stream.windowBytes, (out) => void this.send(channel, out));
           lives.set(m.id, live);
         }
+        if (m.type === 'execute' && m.sandbox !== undefined) {
+          // Side by side, and not tied to this session: an interpreter kept across calls must
+          // outlive the session of the call that started it (a pause and resume is a new one).
+          void this.execute(channel, m, undefined, live).finally(() => {
+            if (live !== undefined) lives.delete(m.id);
+          });
+          continue;
+        }
         queue = queue.then(async () => {
           if (m.type !== 'execute') return this.seed(channel, m);
           try {
@@ -164,10 +172,11 @@ export class AgentServer {
   private async execute(
     channel: MessageChannel<HostMessage, AgentMessage>,
     message: ExecuteMessage,
-    signal: AbortSignal,
+    signal: AbortSignal | undefined,
     live?: LiveJob,
   ): Promise<void> {
-    const { id, language, files, stdin, args, env, compileLimits, runLimits, cases } = message;
+    const { id, language, files, stdin, args, env, compileLimits, runLimits, cases, sandbox } =
+      message;
     const job: ExecutorJob = {
       language,
       files,
@@ -177,6 +186,8 @@ export class AgentServer {
       compileLimits,
       runLimits,
       ...(cases && { cases }),
+      ...(sandbox && { sandbox }),
+      ...(message.seccomp && { seccomp: message.seccomp }),
     };
     const received = performance.now();
     const log = this.options.log ?? (() => undefined);

@@ -1,3 +1,4 @@
+import type { SandboxService } from '../sandbox/index.js';
 import type { EventEmitter } from 'node:events';
 import type { ClusterView } from '../cluster/index.js';
 import type { Settings } from '../config/index.js';
@@ -58,6 +59,8 @@ import type {
  */
 export interface ApiEngine {
   readonly languages: LanguageRegistry;
+  /** Sandboxes kept across calls (a local engine's; absent on an API node of a cluster). */
+  readonly sandboxes?: SandboxService;
   readonly pool: Pick<VmPool, 'stats'>;
   /** Jobs the engine runs at once (a local engine's RunSlots); the queue's concurrency. */
   readonly runSlots?: number;

@@ -144,7 +144,8 @@ export const ExecuteMessageSchema = Type.Object(
     type: Type.Literal('execute'),
     id: Id,
     language: Type.String({ minLength: 1, maxLength: 64 }),
-    files: Type.Array(JobFileSchema, { minItems: 1, maxItems: MAX_JOB_FILES }),
+    /** At least one, except in a sandbox job (which has none: its files are the sandbox's). */
+    files: Type.Array(JobFileSchema, { maxItems: MAX_JOB_FILES }),
     stdin: Base64,
     args: Type.Array(Type.String({ maxLength: MAX_ARG_STRING_BYTES }), { maxItems: MAX_JOB_ARGS }),
     env: Type.Record(
@@ -174,6 +175,27 @@ export const ExecuteMessageSchema = Type.Object(
     stream: Type.Optional(
       Type.Object(
         { windowBytes: Type.Integer({ minimum: 4096, maximum: 16 * 1024 * 1024 }) },
+        closed,
+      ),
+    ),
+    /**
+     * A sandbox job (docs/agent.md, "Sandboxes"): `argv` runs in the VM's persistent sandbox
+     * folder (SANDBOX_DIR, or `cwd` under it) instead of a fresh work dir, with no files of its
+     * own, no compile stage, and nothing removed after it. Sandbox jobs run side by side (each
+     * stage in its own cgroup), and a host session that ends does not stop them. With
+     * `detach`, the result is sent as soon as the program is started, and it runs on in the
+     * background to its own end or its limits (an interpreter kept across calls).
+     */
+    sandbox: Type.Optional(
+      Type.Object(
+        {
+          argv: Type.Array(Type.String({ maxLength: MAX_ARG_STRING_BYTES }), {
+            minItems: 1,
+            maxItems: MAX_JOB_ARGS,
+          }),
+          cwd: Type.Optional(Type.String({ minLength: 1, maxLength: MAX_PATH_BYTES })),
+          detach: Type.Optional(Type.Boolean()),
+        },
         closed,
       ),
     ),

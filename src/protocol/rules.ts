@@ -40,6 +40,12 @@ export const MAX_ARG_STRING_BYTES = 131_072;
  * and the fixed variables need the rest.
  */
 export const MAX_EXEC_BYTES = 1_048_576;
+
+/**
+ * The persistent folder of a sandbox VM (sandbox jobs run in it; it is the sandbox user's home):
+ * the same path as E2B's, so that code written for its sandboxes finds its files.
+ */
+export const SANDBOX_DIR = '/home/user';
 /**
  * The most program output one job returns, over all its stages and test cases together: what
  * fits one result frame as base64 with room for the rest of the message. Output past it is
@@ -172,9 +178,20 @@ export function execBytes(args: readonly string[], env: Readonly<Record<string, 
  * size together, and the cases. Throws the error of the first rule broken, naming the field.
  */
 export function checkJob(
-  message: Pick<ExecuteMessage, 'files' | 'stdin' | 'env' | 'args' | 'cases' | 'stream'>,
+  message: Pick<
+    ExecuteMessage,
+    'files' | 'stdin' | 'env' | 'args' | 'cases' | 'stream' | 'sandbox'
+  >,
 ): void {
-  checkFiles(message.files);
+  if (message.sandbox === undefined) checkFiles(message.files);
+  else {
+    if (message.files.length > 0)
+      throw new FileNameInvalidError('files: a sandbox job has none (its files are the sandbox\'s)');
+    checkArgs(message.sandbox.argv, 'sandbox.argv');
+    if (message.sandbox.cwd !== undefined) checkFileName(message.sandbox.cwd, 'sandbox.cwd');
+    if (message.cases !== undefined)
+      throw new LimitInvalidError('a sandbox job has one run: it cannot have test cases');
+  }
   if (!isBase64(message.stdin)) throw new EncodingInvalidError('stdin is not valid base64');
   checkEnv(message.env);
   checkArgs(message.args);

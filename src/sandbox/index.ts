@@ -1,0 +1,6 @@
+/**
+ * Sandboxes kept across calls: a VM held for one client, with code cells whose interpreter
+ * stays alive, files, commands, pause (to disk) and resume, fork and kill. One engine
+ * (`SandboxManager`); the native API, the E2B adapter and the CLI are translations onto it.
+ */
+export * from './types.js';
