@@ -111,7 +111,9 @@ export class AgentDemux {
       }
       if (this.closed) return;
       if (message.type === 'hello') {
-        this.fail(new SandboxFailureError('the agent restarted its session; running calls are lost'));
+        this.fail(
+          new SandboxFailureError('the agent restarted its session; running calls are lost'),
+        );
         this.closed = null;
         continue;
       }

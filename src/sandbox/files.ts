@@ -40,8 +40,7 @@ export function parseFind(out: Buffer): FileEntry[] {
   const entries: FileEntry[] = [];
   for (const record of out.toString('utf8').split('\0')) {
     if (record === '') continue;
-    const [type = '', size = '0', mode = '0', mtime = '0', path = '', ...rest] =
-      record.split('\t');
+    const [type = '', size = '0', mode = '0', mtime = '0', path = '', ...rest] = record.split('\t');
     const target = rest.join('\t');
     const slash = path.lastIndexOf('/');
     entries.push({

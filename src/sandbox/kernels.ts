@@ -11,6 +11,9 @@ import type { CellLanguage } from './types.js';
  * (KeyboardInterrupt in python, the script's timeout in JavaScript).
  */
 
+/** How long a cell waits for its interpreter to listen (at most; the loop sleeps 50 ms). */
+export const CELL_CONNECT_WAIT_MS = 60_000;
+
 /** Where the interpreter of a language listens in the guest. */
 export function kernelSocket(language: CellLanguage): string {
   return `/tmp/.runner-kernels/${language}.sock`;
@@ -224,17 +227,21 @@ export function kernelCommand(language: CellLanguage): {
   seccomp: 'default' | 'node';
 } {
   if (language === 'python')
-    return { argv: ['python3', '-u', '-c', PYTHON_KERNEL, kernelSocket(language)], seccomp: 'default' };
+    return {
+      argv: ['python3', '-u', '-c', PYTHON_KERNEL, kernelSocket(language)],
+      seccomp: 'default',
+    };
   return { argv: ['node', '-e', JAVASCRIPT_KERNEL, kernelSocket(language)], seccomp: 'node' };
 }
 
 /**
- * The argv of one cell's client: waits (up to 20 s) for the interpreter's socket, then
- * connects its stdin and stdout to it. Exit 97: the socket never came.
+ * The argv of one cell's client: waits (up to CELL_CONNECT_WAIT_MS) for the interpreter's
+ * socket, then connects its stdin and stdout to it. Exit 97: the socket never came. (Node.js
+ * takes 5-10 s to start under TCG in an image whose page cache has never read it.)
  */
 export function cellClientCommand(language: CellLanguage): string[] {
   const script =
-    'i=0; while [ ! -S "$1" ]; do i=$((i+1)); [ "$i" -gt 400 ] && exit 97; sleep 0.05; done; ' +
+    `i=0; while [ ! -S "$1" ]; do i=$((i+1)); [ "$i" -gt ${CELL_CONNECT_WAIT_MS / 50} ] && exit 97; sleep 0.05; done; ` +
     'exec socat -t 86400 - "UNIX-CONNECT:$1"';
   return ['/bin/sh', '-c', script, 'sh', kernelSocket(language)];
 }

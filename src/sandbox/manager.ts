@@ -32,14 +32,8 @@ import {
 } from '../pool/index.js';
 import type { VmResources } from '../vmm/index.js';
 import { AgentDemux } from './demux.js';
-import {
-  EXISTS_EXIT,
-  FILE_SCRIPTS,
-  MISSING_EXIT,
-  parseFind,
-  sandboxPath,
-} from './files.js';
-import { cellClientCommand, kernelCommand, kernelProbe } from './kernels.js';
+import { EXISTS_EXIT, FILE_SCRIPTS, MISSING_EXIT, parseFind, sandboxPath } from './files.js';
+import { CELL_CONNECT_WAIT_MS, cellClientCommand, kernelCommand, kernelProbe } from './kernels.js';
 import {
   CELL_LANGUAGES,
   type CellEvent,
@@ -131,7 +125,7 @@ const READ_CHUNK_BYTES = 8 * 1024 * 1024;
 export function newSandboxId(): string {
   const bytes = randomBytes(20);
   let id = '';
-  for (const b of bytes) id += ID_ALPHABET[b % ID_ALPHABET.length];
+  for (const b of bytes) id += ID_ALPHABET.charAt(b % ID_ALPHABET.length);
   return id;
 }
 
@@ -373,7 +367,9 @@ export class SandboxManager implements SandboxService {
       try {
         await this.snapshot(entry);
       } catch (err) {
-        this.options.log?.(`sandbox ${entry.record.id}: cannot pause at shut-down: ${messageOf(err)}`);
+        this.options.log?.(
+          `sandbox ${entry.record.id}: cannot pause at shut-down: ${messageOf(err)}`,
+        );
         await this.remove(entry).catch(() => undefined);
       }
     }
@@ -452,20 +448,24 @@ export class SandboxManager implements SandboxService {
     if (!Number.isInteger(timeoutMs) || timeoutMs < 1 || timeoutMs > MAX_CALL_MS)
       throw new LimitInvalidError(`a cell's timeout is 1 to ${MAX_CALL_MS} ms`);
     const previous = live.cellTail.get(language) ?? Promise.resolve();
-    const mine = previous.catch(() => undefined).then(async () => {
-      let outcome = await this.cellOnce(entry, live, language, request, timeoutMs, onEvent);
-      if (outcome === null) {
-        // The interpreter had stopped (its time limit, a crash): started again, state lost.
-        live.kernels.delete(language);
-        const note = `[the ${language} interpreter had stopped and was started again: earlier state is lost]\n`;
-        await onEvent?.({ type: 'stderr', text: note });
-        outcome = await this.cellOnce(entry, live, language, request, timeoutMs, onEvent);
-        if (outcome === null)
-          throw new SandboxFailureError(`the ${language} interpreter of sandbox ${id} does not start`);
-        outcome = { ...outcome, stderr: [note, ...outcome.stderr] };
-      }
-      return outcome;
-    });
+    const mine = previous
+      .catch(() => undefined)
+      .then(async () => {
+        let outcome = await this.cellOnce(entry, live, language, request, timeoutMs, onEvent);
+        if (outcome === null) {
+          // The interpreter had stopped (its time limit, a crash): started again, state lost.
+          live.kernels.delete(language);
+          const note = `[the ${language} interpreter had stopped and was started again: earlier state is lost]\n`;
+          await onEvent?.({ type: 'stderr', text: note });
+          outcome = await this.cellOnce(entry, live, language, request, timeoutMs, onEvent);
+          if (outcome === null)
+            throw new SandboxFailureError(
+              `the ${language} interpreter of sandbox ${id} does not start`,
+            );
+          outcome = { ...outcome, stderr: [note, ...outcome.stderr] };
+        }
+        return outcome;
+      });
     live.cellTail.set(language, mine);
     return mine;
   }
@@ -524,7 +524,7 @@ export class SandboxManager implements SandboxService {
     const started = this.start(entry, live, {
       argv: cellClientCommand(language),
       stdin: Buffer.from(payload),
-      timeoutMs: Math.min(MAX_CALL_MS, timeoutMs + 15_000),
+      timeoutMs: Math.min(MAX_CALL_MS, timeoutMs + CELL_CONNECT_WAIT_MS + 15_000),
       onOutput: async (stream, data) => {
         if (stream === 'stderr') {
           clientErr = (clientErr + data.toString()).slice(-2000);
@@ -633,7 +633,9 @@ export class SandboxManager implements SandboxService {
   async readFile(id: string, owner: string | null, path: string): Promise<AsyncIterable<Buffer>> {
     const entry0 = await this.statFile(id, owner, path);
     if (entry0.type !== 'file')
-      throw new FileNotFoundError(`${entry0.path} is a ${entry0.type === 'dir' ? 'folder' : entry0.type}, not a file`);
+      throw new FileNotFoundError(
+        `${entry0.path} is a ${entry0.type === 'dir' ? 'folder' : entry0.type}, not a file`,
+      );
     const size = entry0.size;
     const abs = entry0.path;
     const read = (offset: number, count: number, sink: OutputListener) => {
@@ -648,12 +650,7 @@ export class SandboxManager implements SandboxService {
     return streamChunks(size, read, abs);
   }
 
-  async listFiles(
-    id: string,
-    owner: string | null,
-    path: string,
-    depth = 1,
-  ): Promise<FileEntry[]> {
+  async listFiles(id: string, owner: string | null, path: string, depth = 1): Promise<FileEntry[]> {
     if (!Number.isInteger(depth) || depth < 1 || depth > 64)
       throw new LimitInvalidError('depth is 1 to 64');
     const out = await this.fileCall(id, owner, FILE_SCRIPTS.list, [
@@ -712,7 +709,7 @@ export class SandboxManager implements SandboxService {
     if (code === MISSING_EXIT)
       throw new FileNotFoundError(`no such file or folder: ${operands[0] ?? ''}`);
     if (code === EXISTS_EXIT) throw new ExistsSignal();
-    if (result.status !== 'ok') throw new SandboxFailureError(`${failure(result)}`);
+    if (result.status !== 'ok') throw new SandboxFailureError(failure(result));
     return Buffer.concat(chunks);
   }
 
@@ -887,13 +884,19 @@ export class SandboxManager implements SandboxService {
     if (snap === null) throw new SandboxStateError(`sandbox ${record.id} has no snapshot`);
     const path = join(this.folder(record.id), 'vm.snap');
     const sum = await sha256File(path).catch((err: unknown) => {
-      throw new SnapshotFailedError(`the snapshot of sandbox ${record.id} cannot be read: ${messageOf(err)}`);
+      throw new SnapshotFailedError(
+        `the snapshot of sandbox ${record.id} cannot be read: ${messageOf(err)}`,
+      );
     });
     if (sum !== snap.sha256)
       throw new SnapshotFailedError(
         `the snapshot of sandbox ${record.id} changed on disk since it was paused; it is not resumed`,
       );
-    for (const file of [snap.resources.kernelPath, snap.resources.initrdPath, snap.resources.rootfsPath]) {
+    for (const file of [
+      snap.resources.kernelPath,
+      snap.resources.initrdPath,
+      snap.resources.rootfsPath,
+    ]) {
       if ((await stat(file).catch(() => null)) === null)
         throw new SnapshotFailedError(
           `sandbox ${record.id} was paused on an image that is gone (${file}); it cannot be resumed`,
@@ -952,7 +955,8 @@ export class SandboxManager implements SandboxService {
   }
 
   private idle(entry: Entry): void {
-    if (entry.busy !== null) throw new SandboxStateError(`sandbox ${entry.record.id} is ${entry.busy}`);
+    if (entry.busy !== null)
+      throw new SandboxStateError(`sandbox ${entry.record.id} is ${entry.busy}`);
   }
 
   private touch(entry: Entry): void {
@@ -1039,7 +1043,10 @@ function commandResult(result: ResultMessage): CommandResult {
 
 function failure(result: ResultMessage): string {
   const run = result.run;
-  const err = Buffer.from(run?.stderr ?? '', 'base64').toString('utf8').trim().slice(0, 500);
+  const err = Buffer.from(run?.stderr ?? '', 'base64')
+    .toString('utf8')
+    .trim()
+    .slice(0, 500);
   return `${result.status}${run?.exitCode != null ? ` (exit ${run.exitCode})` : ''}${run?.message ? `: ${run.message}` : ''}${err ? `: ${err}` : ''}`;
 }
 

@@ -23,7 +23,7 @@ const execute = {
   type: 'execute',
   id: 'j1',
   language: 'python',
-  files: [{ name: 'main.py', content: 'print(1)', encoding: 'utf8' }],
+  files: [{ name: 'main.py', content: 'print(1)', encoding: 'utf8' as const }],
   stdin: '',
   args: [],
   env: {},
