@@ -180,11 +180,16 @@ const cellConsole = { log: log('stdout'), info: log('stdout'), debug: log('stdou
 globalThis.console = Object.assign(Object.create(console), cellConsole);
 globalThis.require = require;
 globalThis.module = module;
+function cellStack(stack) {
+  const lines = String(stack || '').split('\n');
+  const cut = lines.findIndex((l) => l.includes('runInThisContext'));
+  return (cut < 0 ? lines : lines.slice(0, cut)).join('\n');
+}
 function errorOf(e, timeout) {
   if (e && e.code === 'ERR_SCRIPT_EXECUTION_TIMEOUT')
     return { name: 'TimeoutError', value: 'the cell ran past its time limit of ' + timeout + ' ms', traceback: '' };
   if (e instanceof Error || (e && typeof e === 'object' && 'stack' in e))
-    return { name: e.name || 'Error', value: e.message || String(e), traceback: String(e.stack || '') };
+    return { name: e.name || 'Error', value: e.message || String(e), traceback: cellStack(e.stack) };
   return { name: 'Error', value: util.inspect(e), traceback: '' };
 }
 async function run(socket, request) {
@@ -206,7 +211,7 @@ async function run(socket, request) {
   socket.end();
 }
 let busy = Promise.resolve();
-net.createServer((socket) => {
+net.createServer({ allowHalfOpen: true }, (socket) => {
   const chunks = [];
   socket.on('data', (c) => chunks.push(c));
   socket.on('error', () => {});
