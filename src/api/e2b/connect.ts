@@ -84,7 +84,9 @@ export function toConnectError(err: unknown): ConnectError {
 }
 
 /** The one message of a server-stream request (a single envelope). */
-export function decodeRequestEnvelope(body: Buffer): unknown {
+export function decodeRequestEnvelope(body: unknown): unknown {
+  if (!Buffer.isBuffer(body))
+    throw new RequestInvalidError('a stream call must be application/connect+json');
   if (body.length < 5) throw new RequestInvalidError('the body is not a Connect envelope');
   const flags = body[0] ?? 0;
   if ((flags & 0x01) !== 0)

@@ -184,7 +184,7 @@ export function registerEnvdRoutes(app: ApiInstance, deps: E2bDeps): void {
       reply.hijack();
       const stream = new ConnectStream(reply.raw);
       try {
-        await fn(t, objectBody(decodeRequestEnvelope(req.body as Buffer)), stream, req);
+        await fn(t, objectBody(decodeRequestEnvelope(req.body)), stream, req);
       } catch (err) {
         if (!(err instanceof ConnectError) && toConnectError(err).code === 'internal')
           req.log.error({ err }, 'E2B stream failed');
