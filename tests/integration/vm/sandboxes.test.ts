@@ -1,12 +1,19 @@
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { Sandbox, type OutputMessage } from '@e2b/code-interpreter';
+import { CommandExitError, Sandbox as BaseSandbox } from 'e2b';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { startServer, type RunningServer } from '../../../src/api/server.js';
 import type { Engine } from '../../../src/pool/index.js';
 import type { SandboxService } from '../../../src/sandbox/index.js';
 import { ensureImages, testSettings, vmSkipReason } from '../../support/vm.js';
+
+/** A key of the shape E2B's SDK is given (the server takes it as one of its API keys). */
+const E2B_KEY = `e2b_${'5'.repeat(40)}`;
+/** The owner the server records for it (ApiKeys.check: the first 8 bytes of its sha256). */
+const OWNER = createHash('sha256').update(E2B_KEY).digest().subarray(0, 8).toString('hex');
 
 const skip = vmSkipReason();
 if (skip) console.warn(`skipping the sandbox tests in real VMs: ${skip}`);
@@ -32,6 +39,7 @@ describe.skipIf(skip !== null)('sandboxes in real VMs', () => {
       sandboxMaxPerKey: 3,
       sandboxMaxRunning: 4,
       sandboxCommandTimeoutMs: 120_000,
+      apiKeys: [E2B_KEY],
     });
 
   function sandboxes(): SandboxService {
@@ -141,7 +149,7 @@ describe.skipIf(skip !== null)('sandboxes in real VMs', () => {
     ]);
     // The program sees the same file.
     expect(await sh(id, 'sha256sum data/blob.bin | cut -c1-64')).toBe(
-      `${(await import('node:crypto')).createHash('sha256').update(content).digest('hex')}\n`,
+      `${createHash('sha256').update(content).digest('hex')}\n`,
     );
     await expect(sandboxes().readFile(id, null, 'missing.txt')).rejects.toMatchObject({
       code: 'FILE_NOT_FOUND',
@@ -255,5 +263,79 @@ describe.skipIf(skip !== null)('sandboxes in real VMs', () => {
       bg.kill();
       await bg.done;
     }
+  });
+  it("runs E2B's own SDKs unchanged: cells with state, files, commands, timeout, pause and connect, kill", async () => {
+    const opts = {
+      apiKey: E2B_KEY,
+      apiUrl: `${server?.url}/e2b`,
+      sandboxUrl: `${server?.url}/e2b`,
+    };
+    const sbx = await Sandbox.create({
+      ...opts,
+      metadata: { who: 'e2b-test' },
+      envs: { FROM_CREATE: 'yes' },
+    });
+    made.add(`${OWNER}\n${sbx.sandboxId}`);
+    const streamed: string[] = [];
+    const first = await sbx.runCode('x = 20\nprint("streamed")\nx + 1', {
+      onStdout: (m: OutputMessage) => void streamed.push(m.line),
+    });
+    expect(first.text).toBe('21');
+    expect(first.logs.stdout).toEqual(['streamed', '\n']);
+    expect(streamed.join('')).toBe('streamed\n');
+    const second = await sbx.runCode('import os\nprint(x * 2, os.environ["FROM_CREATE"])');
+    expect(second.logs.stdout.join('')).toBe('40 yes\n');
+    expect(second.executionCount).toBe((first.executionCount ?? 0) + 1);
+    const failed = await sbx.runCode('{}["missing"]');
+    expect(failed.error).toMatchObject({ name: 'KeyError', value: "'missing'" });
+
+    const bytes = randomBytes(300_000);
+    await sbx.files.write('/home/user/e2b/blob.bin', new Uint8Array(bytes).buffer);
+    const back = await sbx.files.read('/home/user/e2b/blob.bin', { format: 'bytes' });
+    expect(Buffer.from(back).equals(bytes)).toBe(true);
+    expect((await sbx.files.list('/home/user/e2b')).map((e) => [e.name, e.type, e.size])).toEqual([
+      ['blob.bin', 'file', bytes.length],
+    ]);
+    expect(await sbx.files.exists('/home/user/nope')).toBe(false);
+
+    const out: string[] = [];
+    const run = await sbx.commands.run('echo "$GREETING from $(pwd)"; echo warn >&2', {
+      envs: { GREETING: 'hello' },
+      cwd: '/home/user/e2b',
+      onStdout: (d) => void out.push(d),
+    });
+    expect(run).toMatchObject({
+      exitCode: 0,
+      stdout: 'hello from /home/user/e2b\n',
+      stderr: 'warn\n',
+    });
+    expect(out.join('')).toBe('hello from /home/user/e2b\n');
+    await expect(sbx.commands.run('exit 3')).rejects.toBeInstanceOf(CommandExitError);
+
+    await sbx.setTimeout(120_000);
+    const info = await sbx.getInfo();
+    expect(info).toMatchObject({
+      sandboxId: sbx.sandboxId,
+      state: 'running',
+      metadata: { who: 'e2b-test' },
+    });
+    expect(info.endAt.getTime() - Date.now()).toBeGreaterThan(100_000);
+
+    expect(await sbx.pause()).toBe(true);
+    expect(sandboxes().get(sbx.sandboxId, OWNER).state).toBe('paused');
+    const again = await Sandbox.connect(sbx.sandboxId, opts);
+    expect((await again.runCode('x')).text).toBe('20');
+    expect(
+      await again.files.read('/home/user/e2b/blob.bin', { format: 'bytes' }).then((b) => b.length),
+    ).toBe(bytes.length);
+
+    expect(await again.kill()).toBe(true);
+    expect(await Sandbox.kill(sbx.sandboxId, opts)).toBe(false);
+
+    // The plain SDK's base template: commands and files.
+    const base = await BaseSandbox.create(opts);
+    made.add(`${OWNER}\n${base.sandboxId}`);
+    expect((await base.commands.run('uname -s')).stdout).toBe('Linux\n');
+    await base.kill();
   });
 });
