@@ -100,6 +100,7 @@ export const SETTINGS = [
   { key: 'networkMaxConnections', env: 'RUNNER_NETWORK_MAX_CONNECTIONS', kind: 'integer', default: 32, min: 1, max: 65535, description: 'Most connections (conntrack entries) a networked VM may have open at once (nft ct count).' },
   { key: 'networkLinkCidr', env: 'RUNNER_NETWORK_LINK_CIDR', kind: 'string', default: '10.255.0.0/16', description: 'IPv4 range of the per-VM veth links between the host and each VM namespace, one /30 per VM; must not overlap the host networks.' },
   // ---- sandboxes kept across calls (docs/sandboxes.md) ----
+  { key: 'sandboxesDir', env: 'RUNNER_SANDBOXES_DIR', kind: 'string', default: null, description: 'Folder of the sandboxes kept across calls (their records, and the snapshots of paused ones); default <data dir>/sandboxes.' },
   { key: 'sandboxTimeoutMs', env: 'RUNNER_SANDBOX_TIMEOUT_MS', kind: 'integer', default: 300000, unit: 'ms', min: 1000, description: 'Time-to-live of a sandbox when its creator gives none: each call on it extends its life to this from now; at the end it is killed.' },
   { key: 'sandboxMaxTimeoutMs', env: 'RUNNER_SANDBOX_MAX_TIMEOUT_MS', kind: 'integer', default: 86400000, unit: 'ms', min: 1000, description: 'Longest time-to-live a client may ask for (longer ones are refused with LIMIT_INVALID).' },
   { key: 'sandboxMaxPerKey', env: 'RUNNER_SANDBOX_MAX_PER_KEY', kind: 'integer', default: 10, min: 0, max: 100000, description: 'Sandboxes one API key (one client without keys) may have at once, running or paused; beyond it create gets 429 SANDBOX_LIMIT.' },

@@ -337,7 +337,7 @@ export async function createEngine(
   const sandboxes = await SandboxManager.open({
     pool,
     languages,
-    dir: join(paths.dataDir, 'sandboxes'),
+    dir: settings.sandboxesDir ?? join(paths.dataDir, 'sandboxes'),
     timeoutMs: settings.sandboxTimeoutMs,
     maxTimeoutMs: settings.sandboxMaxTimeoutMs,
     maxPerKey: settings.sandboxMaxPerKey,

@@ -7,7 +7,8 @@ import type { CellLanguage } from './types.js';
  * long-lived namespace. A cell's client sends one JSON line, `{code, env, timeoutMs, reseed}`,
  * then ends its side; the interpreter answers with JSON lines as the cell runs:
  * `{type:'stdout'|'stderr', text}`, `{type:'result', result}`, `{type:'error', error}`, and
- * last `{type:'end', executionCount}`. A cell past its `timeoutMs` is interrupted
+ * last `{type:'end', executionCount}`. A request `{exit: true}` ends the interpreter (a
+ * restart: the next cell starts a fresh one). A cell past its `timeoutMs` is interrupted
  * (KeyboardInterrupt in python, the script's timeout in JavaScript).
  */
 
@@ -157,7 +158,12 @@ while True:
             if not chunk:
                 break
             chunks.append(chunk)
-        run(conn, json.loads(b''.join(chunks) or b'{}'))
+        request = json.loads(b''.join(chunks) or b'{}')
+        if request.get('exit'):
+            conn.close()
+            os.unlink(path)
+            os._exit(0)
+        run(conn, request)
     except Exception as e:
         try:
             conn.sendall((json.dumps({'type': 'error', 'error': {'name': type(e).__name__, 'value': str(e), 'traceback': ''}}) + '\n').encode())
@@ -220,6 +226,7 @@ net.createServer({ allowHalfOpen: true }, (socket) => {
       let request;
       try { request = JSON.parse(Buffer.concat(chunks).toString() || '{}'); }
       catch (e) { emit = (ev) => socket.write(JSON.stringify(ev) + '\n'); emit({ type: 'error', error: errorOf(e) }); socket.end(); return; }
+      if (request.exit) { try { fs.unlinkSync(file); } catch {} process.exit(0); }
       return run(socket, request);
     });
   });
@@ -244,9 +251,12 @@ export function kernelCommand(language: CellLanguage): {
  * socket, then connects its stdin and stdout to it. Exit 97: the socket never came. (Node.js
  * takes 5-10 s to start under TCG in an image whose page cache has never read it.)
  */
-export function cellClientCommand(language: CellLanguage): string[] {
+export function cellClientCommand(
+  language: CellLanguage,
+  waitMs: number = CELL_CONNECT_WAIT_MS,
+): string[] {
   const script =
-    `i=0; while [ ! -S "$1" ]; do i=$((i+1)); [ "$i" -gt ${CELL_CONNECT_WAIT_MS / 50} ] && exit 97; sleep 0.05; done; ` +
+    `i=0; while [ ! -S "$1" ]; do i=$((i+1)); [ "$i" -gt ${Math.ceil(waitMs / 50)} ] && exit 97; sleep 0.05; done; ` +
     'exec socat -t 86400 - "UNIX-CONNECT:$1"';
   return ['/bin/sh', '-c', script, 'sh', kernelSocket(language)];
 }

@@ -470,6 +470,34 @@ export class SandboxManager implements SandboxService {
     return mine;
   }
 
+  async restartInterpreter(
+    id: string,
+    owner: string | null,
+    language: CellLanguage,
+  ): Promise<boolean> {
+    const entry = this.entry(id, owner);
+    const live = this.running(entry);
+    this.touch(entry);
+    const previous = live.cellTail.get(language) ?? Promise.resolve();
+    const mine = previous
+      .catch(() => undefined)
+      .then(async () => {
+        if (!live.kernels.has(language)) return false;
+        live.kernels.delete(language);
+        live.reseed.delete(language);
+        // The interpreter exits on this request (and removes its socket); the client ends
+        // when it does. One that had stopped already makes the client exit 97 or fail.
+        await this.start(entry, live, {
+          argv: cellClientCommand(language, 1000),
+          stdin: Buffer.from(`${JSON.stringify({ exit: true })}\n`),
+          timeoutMs: 30_000,
+        }).result;
+        return true;
+      });
+    live.cellTail.set(language, mine);
+    return mine;
+  }
+
   /** One cell; null when the interpreter was not there to take it. */
   private async cellOnce(
     entry: Entry,

@@ -12,6 +12,7 @@ import type { LiveSignal } from '../../src/protocol/index.js';
 import {
   type CellEvent,
   type CellOutcome,
+  type CellLanguage,
   type CellRequest,
   type CellResult,
   type CommandHandle,
@@ -381,6 +382,12 @@ export class FakeSandboxes implements SandboxService {
    * `show_png()` (a display result), a last line `A+B` of integers (the main result), and any
    * other bare name is a NameError.
    */
+  /** The fake's interpreter state is its execution count: a restart starts it again. */
+  restartInterpreter(id: string, owner: string | null, language: CellLanguage): Promise<boolean> {
+    const b = this.running(id, owner);
+    return Promise.resolve(b.counts.delete(language));
+  }
+
   async runCell(
     id: string,
     owner: string | null,

@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { closeSync, fstatSync, mkdtempSync, openSync, readSync, rmSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Sandbox, type OutputMessage } from '@e2b/code-interpreter';
@@ -34,6 +34,7 @@ describe.skipIf(skip !== null)('sandboxes in real VMs', () => {
       host: '127.0.0.1',
       port: 0,
       jobStoreFile: join(storeDir, 'jobs.sqlite'),
+      sandboxesDir: join(storeDir, 'sandboxes'),
       logLevel: 'warn',
       poolTarget: 0,
       sandboxMaxPerKey: 3,
@@ -195,6 +196,26 @@ describe.skipIf(skip !== null)('sandboxes in real VMs', () => {
     const out = await cell(id, 'kept["a"][-1]');
     expect(out.results[0]?.text).toBe('3');
     expect(await sh(id, 'cat notes.txt')).toBe('written before the pause\n');
+  });
+
+  it('refuses to resume a snapshot changed on disk, and restarts an interpreter on demand', async () => {
+    const id = await create();
+    await cell(id, 'mark = "before"');
+    await sandboxes().pause(id, null);
+    const file = join(storeDir, 'sandboxes', id, 'vm.snap');
+    const fd = openSync(file, 'r+');
+    const at = Math.floor(fstatSync(fd).size / 2);
+    const one = Buffer.alloc(1);
+    readSync(fd, one, 0, 1, at);
+    writeSync(fd, Buffer.from([(one[0] ?? 0) ^ 0xff]), 0, 1, at);
+    await expect(sandboxes().resume(id, null)).rejects.toMatchObject({ code: 'SNAPSHOT_FAILED' });
+    expect(sandboxes().get(id, null).state).toBe('paused');
+    writeSync(fd, one, 0, 1, at);
+    closeSync(fd);
+    await sandboxes().resume(id, null);
+    expect((await cell(id, 'mark')).results[0]?.text).toBe("'before'");
+    expect(await sandboxes().restartInterpreter(id, null, 'python')).toBe(true);
+    expect((await cell(id, 'mark')).error?.name).toBe('NameError');
   });
 
   it('forks into sandboxes that then differ, each with its own random state and VM', async () => {
