@@ -8,6 +8,7 @@ import { registerControlRoutes } from './control.js';
 import { registerEnvdRoutes } from './envd.js';
 import { registerInterpreterRoutes } from './interpreter.js';
 import type { E2bDeps } from './shared.js';
+import { ApiKeys } from '../auth.js';
 import { AccessTokens } from './tokens.js';
 
 export { AccessTokens } from './tokens.js';
@@ -96,6 +97,7 @@ export function registerE2bRoutes(scope: ApiInstance, ctx: ApiContext): void {
   scope.addContentTypeParser('application/octet-stream', raw);
 
   const engine = ctx.engine;
+  const keys = new ApiKeys(ctx.settings.apiKeys);
   const deps: E2bDeps = {
     sandboxes: () => {
       if (engine.sandboxes === undefined)
@@ -103,8 +105,10 @@ export function registerE2bRoutes(scope: ApiInstance, ctx: ApiContext): void {
       return engine.sandboxes;
     },
     languages: engine.languages,
-    tokens: new AccessTokens(join(dataPaths(ctx.settings).dataDir, TOKEN_SECRET_FILE), (m) =>
-      scope.log.warn(m),
+    tokens: new AccessTokens(
+      join(dataPaths(ctx.settings).dataDir, TOKEN_SECRET_FILE),
+      (m) => scope.log.warn(m),
+      (owner) => keys.stillValid(owner),
     ),
   };
   registerControlRoutes(scope, deps);

@@ -163,10 +163,17 @@ export function registerInterpreterRoutes(app: ApiInstance, deps: E2bDeps): void
     return reply.code(204).send();
   });
 
-  // A restart keeps the interpreter (the engine has no restart of one): docs/e2b.md.
+  // A restart ends the sandbox's interpreter of that language when the call names its sandbox
+  // with a valid token; the SDK sends none here, so from it a restart keeps the interpreter
+  // (docs/e2b.md).
   app.post<{ Params: { id: string } }>('/contexts/:id/restart', IN_SANDBOX, async (req, reply) => {
-    checkToken(req.headers);
-    contextLanguage(req.params.id);
+    const language = contextLanguage(req.params.id);
+    const id = req.headers['e2b-sandbox-id'];
+    const token = req.headers['x-access-token'];
+    if (typeof id === 'string' && typeof token === 'string') {
+      const owner = deps.tokens.verify(id, token);
+      await deps.sandboxes().restartInterpreter(id, owner, language);
+    }
     return reply.code(204).send();
   });
 }

@@ -27,6 +27,8 @@ export class AccessTokens {
   constructor(
     private readonly secretFile: string,
     private readonly warn: (message: string) => void,
+    /** Whether a token's owner is still a configured API key (a removed key's tokens fail). */
+    private readonly ownerValid: (owner: string | null) => boolean = () => true,
   ) {}
 
   /** The token of sandbox `id` made by `owner`. */
@@ -46,7 +48,10 @@ export class AccessTokens {
     const got = Buffer.from(mac);
     if (want.length !== got.length || !timingSafeEqual(want, got))
       throw new UnauthorizedError('the access token is not valid for this sandbox');
-    return owner === NO_OWNER ? null : owner;
+    const found = owner === NO_OWNER ? null : owner;
+    if (!this.ownerValid(found))
+      throw new UnauthorizedError('the API key this sandbox was made with is no longer configured');
+    return found;
   }
 
   private mac(id: string, owner: string): string {

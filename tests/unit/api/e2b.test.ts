@@ -338,6 +338,22 @@ describe('the E2B SDKs against our E2B API (fake sandbox engine)', () => {
     }
   });
 
+  test("a removed API key's access tokens stop working", async () => {
+    const sbx = await Sandbox.create(s.opts);
+    const token = (sbx as unknown as { envdAccessToken: string }).envdAccessToken;
+    const without = await serve({ apiKeys: [`e2b_${'f'.repeat(40)}`], dataDir });
+    try {
+      const res = await fetch(`${without.base}/files?path=/home/user/x`, {
+        headers: { 'e2b-sandbox-id': sbx.sandboxId, 'x-access-token': token },
+      });
+      expect(res.status).toBe(401);
+      expect(((await res.json()) as E2bError).message).toMatch(/no longer configured/);
+    } finally {
+      await without.t.close();
+      await sbx.kill();
+    }
+  });
+
   test('fork copies a sandbox; a raw gzip upload with ?path= is taken', async () => {
     const sbx = await Sandbox.create(s.opts);
     await sbx.files.write('/home/user/keep.txt', 'kept');
