@@ -89,6 +89,8 @@ interface SandboxRecord {
   metadata: Record<string, string>;
   envs: Record<string, string>;
   forkedFrom: string | null;
+  /** The process whose VM runs it (while running). */
+  heldBy?: number;
   /** While paused: the snapshot's VM resources and its sha256 (checked before a resume). */
   snapshot: { resources: VmResources; sha256: string; sizeBytes: number } | null;
 }
@@ -161,6 +163,9 @@ export class SandboxManager implements SandboxService {
         manager.entries.set(record.id, { record, live: null, busy: null });
         continue;
       }
+      // Another process on this data folder (a `runner bench` beside `runner serve`) holds it.
+      if (record?.state === 'running' && record.heldBy !== process.pid && alive(record.heldBy))
+        continue;
       options.log?.(`sandbox ${name}: its VM did not survive the restart; deleted`);
       await rm(folder, { recursive: true, force: true });
     }
@@ -1025,6 +1030,7 @@ export class SandboxManager implements SandboxService {
   }
 
   private async save(record: SandboxRecord): Promise<void> {
+    record.heldBy = process.pid;
     const folder = this.folder(record.id);
     await mkdir(folder, { recursive: true, mode: 0o700 });
     const tmp = join(folder, `sandbox.json.${process.pid}`);
@@ -1076,6 +1082,17 @@ function failure(result: ResultMessage): string {
     .trim()
     .slice(0, 500);
   return `${result.status}${run?.exitCode != null ? ` (exit ${run.exitCode})` : ''}${run?.message ? `: ${run.message}` : ''}${err ? `: ${err}` : ''}`;
+}
+
+/** Whether a process of that pid exists. */
+function alive(pid: number | undefined): boolean {
+  if (pid === undefined) return false;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
 }
 
 async function sha256File(path: string): Promise<string> {
