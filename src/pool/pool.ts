@@ -201,11 +201,19 @@ export class VmPool {
       this.refill();
       return { vm: ready.vm, language, hit: true, restoreMs: ready.restoreMs };
     }
+    return this.leaseRestored(language, () => this.restoreFresh(language));
+  }
+
+  /** A pool miss: a slot within capacity, a VM restored into it by `restore`, leased at once. */
+  private async leaseRestored(
+    language: string,
+    restore: () => Promise<{ vm: MicroVm; restoreMs: number }>,
+  ): Promise<Lease> {
     this.counters.misses++;
     const slot = await this.takeSlot(language, true);
     let made: { vm: MicroVm; restoreMs: number };
     try {
-      made = await this.restoreFresh(language);
+      made = await restore();
     } catch (err) {
       this.counters.failures++;
       this.giveUp(slot);
@@ -277,20 +285,7 @@ export class VmPool {
     snapshot: { readonly path: string; readonly resources: VmResources },
   ): Promise<Lease> {
     if (this.closed) throw new PoolClosedError('the pool is closed');
-    this.counters.misses++;
-    const slot = await this.takeSlot(language, true);
-    let made: { vm: MicroVm; restoreMs: number };
-    try {
-      made = await this.restoreSnapshot(language, snapshot);
-    } catch (err) {
-      this.counters.failures++;
-      this.giveUp(slot);
-      throw err;
-    }
-    slot.vm = made.vm;
-    slot.restoreMs = made.restoreMs;
-    slot.to('leased');
-    return { vm: made.vm, language, hit: false, restoreMs: made.restoreMs };
+    return this.leaseRestored(language, () => this.restoreSnapshot(language, snapshot));
   }
 
   private async restoreSnapshot(

@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { statSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Engine } from '../../pool/index.js';
-import { quantiles, type Quantiles } from './bench.js';
+import { benchRow, quantiles, type Quantiles } from './bench.js';
 
 /** What `runner bench --sandboxes` measured, each a median and p95 over its samples. */
 export interface SandboxBenchReport {
@@ -94,8 +94,7 @@ export async function benchSandboxes(
 
 /** The report as the table `runner bench --sandboxes` prints. */
 export function sandboxBenchTable(r: SandboxBenchReport): string {
-  const row = (name: string, q: Quantiles): string =>
-    `${name.padEnd(30)} ${String(q.p50).padStart(9)} ${String(q.p95).padStart(9)} ${String(q.n).padStart(4)}`;
+  const row = (name: string, q: Quantiles): string => benchRow(name, q, 30);
   return [
     `runner bench --sandboxes: ${r.language}, ${r.rounds} sandboxes one after another`,
     `${'measure (ms)'.padEnd(30)} ${'p50'.padStart(9)} ${'p95'.padStart(9)} ${'n'.padStart(4)}`,

@@ -27,6 +27,11 @@ export function quantiles(samples: readonly number[]): Quantiles {
 
 const round = (x: number): number => Math.round(x * 10) / 10;
 
+/** One row of a bench table: the measure's name, then its p50, p95 and sample count. */
+export function benchRow(name: string, q: Quantiles, width: number): string {
+  return `${name.padEnd(width)} ${String(q.p50).padStart(9)} ${String(q.p95).padStart(9)} ${String(q.n).padStart(4)}`;
+}
+
 /** What `runner bench --json` prints. */
 export interface BenchReport {
   machine: { cpus: number; cpuModel: string; memoryGib: number; accel: string; vmm: string };
@@ -386,8 +391,7 @@ export function registerBenchCommand(program: Command): void {
           process.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
           return;
         }
-        const row = (name: string, q: Quantiles): string =>
-          `${name.padEnd(26)} ${String(q.p50).padStart(9)} ${String(q.p95).padStart(9)} ${String(q.n).padStart(4)}`;
+        const row = (name: string, q: Quantiles): string => benchRow(name, q, 26);
         const m = report.machine;
         process.stdout.write(
           [
