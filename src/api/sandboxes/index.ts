@@ -8,6 +8,7 @@ import type {
   CellEvent,
   CellOutcome,
   CellResult,
+  CommandHandle,
   CommandResult,
   FileEntry,
   SandboxInfo,
@@ -371,13 +372,24 @@ export function registerSandboxRoutes(app: ApiInstance, ctx: ApiContext): void {
 
       const stream = new EventStream(reply);
       const chunkers = { stdout: new Utf8Chunker(), stderr: new Utf8Chunker() };
+      // Output may come before command() resolves: it waits for the `start` event.
+      let started = (): void => undefined;
+      const startSent = new Promise<void>((resolve) => (started = resolve));
       try {
-        const handle = await engine().command(id, req.owner, request, async (s, data) => {
-          const chunk = chunkers[s].push(data);
-          if (chunk !== null) await stream.send(s, { type: s, ...chunk });
-        });
+        let handle: CommandHandle;
+        try {
+          handle = await engine().command(id, req.owner, request, async (s, data) => {
+            await startSent;
+            const chunk = chunkers[s].push(data);
+            if (chunk !== null) await stream.send(s, { type: s, ...chunk });
+          });
+        } catch (err) {
+          started(); // any output that came goes out before the failure
+          throw err;
+        }
         onGone(() => handle.kill());
         await stream.send('start', { type: 'start', pid: handle.pid });
+        started();
         const result = await handle.done;
         finished = true;
         for (const s of ['stdout', 'stderr'] as const) {
@@ -474,7 +486,7 @@ export function registerSandboxRoutes(app: ApiInstance, ctx: ApiContext): void {
         req.params.id,
         req.owner,
         req.query.path ?? SANDBOX_DIR,
-        req.query.depth ?? 1,
+        req.query.depth === undefined ? 1 : Number(req.query.depth),
       );
       return { entries: entries.map(fileView) };
     },

@@ -43,7 +43,8 @@ function incompleteTail(b: Buffer): number {
   for (let back = 1; back <= Math.min(3, b.length); back++) {
     const byte = b[b.length - back] ?? 0;
     if ((byte & 0xc0) === 0x80) continue; // a continuation byte: look further back
-    const need = byte >= 0xf0 ? 4 : byte >= 0xe0 ? 3 : byte >= 0xc0 ? 2 : 1;
+    // Only C2..F4 begin a character of more than one byte; anything else is complete or invalid.
+    const need = byte > 0xf4 ? 1 : byte >= 0xf0 ? 4 : byte >= 0xe0 ? 3 : byte >= 0xc2 ? 2 : 1;
     return need > back ? back : 0;
   }
   return 0;

@@ -228,7 +228,10 @@ export const FileListQuery = Type.Object(
   {
     path: Type.Optional(Path('The folder (default /home/user).')),
     depth: Type.Optional(
-      Type.Integer({ minimum: 1, maximum: 16, description: 'Levels to list (default 1).' }),
+      Type.String({
+        pattern: '^([1-9]|1[0-6])$',
+        description: 'Levels to list, 1 to 16 (default 1).',
+      }),
     ),
   },
   closed,
