@@ -375,16 +375,19 @@ export function registerSandboxRoutes(app: ApiInstance, ctx: ApiContext): void {
       // Output may come before command() resolves: it waits for the `start` event.
       let started = (): void => undefined;
       const startSent = new Promise<void>((resolve) => (started = resolve));
+      let refused = false;
       try {
         let handle: CommandHandle;
         try {
           handle = await engine().command(id, req.owner, request, async (s, data) => {
             await startSent;
+            if (refused) return; // the answer is an HTTP error: no stream
             const chunk = chunkers[s].push(data);
             if (chunk !== null) await stream.send(s, { type: s, ...chunk });
           });
         } catch (err) {
-          started(); // any output that came goes out before the failure
+          refused = true;
+          started();
           throw err;
         }
         onGone(() => handle.kill());

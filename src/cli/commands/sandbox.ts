@@ -18,6 +18,7 @@ import {
   isErrorCode,
   LimitInvalidError,
   RequestInvalidError,
+  SandboxFailureError,
 } from '../../errors.js';
 import { ApiClient } from '../client.js';
 import { RUN_EXIT_CODES } from './run.js';
@@ -120,6 +121,11 @@ function streamFailure(data: Record<string, unknown>): Error {
   return errorOf(code, `the server said: ${String(data.message)}`);
 }
 
+/** The event stream ended before its last event: the server went away. */
+function cutShort(what: string): Error {
+  return new SandboxFailureError(`the server's stream ended before ${what} did`);
+}
+
 const SERVER_HELP = `
 The server: --url URL or RUNNER_URL (default http://127.0.0.1:2000), and --key KEY or
 RUNNER_API_KEY when it has API keys (sent as Authorization: Bearer KEY).`;
@@ -209,6 +215,7 @@ One word is a shell line: runner sandbox exec ID -- 'ls | wc -l'`,
         ...(o.env !== undefined && { envs: o.env }),
         ...(o.timeout !== undefined && { timeoutMs: o.timeout }),
       };
+      let exited = false;
       for await (const { event, data } of client(o).events(sandboxPath(id, '/commands'), body)) {
         if (event === 'stdout' || event === 'stderr') {
           const bytes =
@@ -221,10 +228,12 @@ One word is a shell line: runner sandbox exec ID -- 'ls | wc -l'`,
           if (r.status !== 'ok' && r.status !== 'runtime_error')
             io.stderr.write(`runner: ${r.status}${r.message === null ? '' : `: ${r.message}`}\n`);
           io.exit(commandExitCode(r));
+          exited = true;
         } else if (event === 'failed') {
           throw streamFailure(data);
         }
       }
+      if (!exited) throw cutShort('the command');
     });
 
   sub('run', 'run a code cell in a sandbox (its interpreter keeps its variables for the next)')
@@ -246,8 +255,10 @@ One word is a shell line: runner sandbox exec ID -- 'ls | wc -l'`,
         if (outcome.error !== null) io.exit(1);
         return;
       }
+      let done = false;
       for await (const { event, data } of api.events(sandboxPath(id, '/cells'), body)) {
-        if (event === 'stdout') await write(io.stdout, String(data.text));
+        if (event === 'done') done = true;
+        else if (event === 'stdout') await write(io.stdout, String(data.text));
         else if (event === 'stderr') await write(io.stderr, String(data.text));
         else if (event === 'result') {
           const r = data.result as CellOutcomeView['results'][number];
@@ -263,6 +274,7 @@ One word is a shell line: runner sandbox exec ID -- 'ls | wc -l'`,
           throw streamFailure(data);
         }
       }
+      if (!done) throw cutShort('the cell');
     });
 
   sub('cp', 'copy a file into a sandbox or out of it (ID:PATH names the sandbox side), streamed')
