@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { afterEach, describe, expect, test } from 'vitest';
 import { COMMAND_OUTPUT_BYTES, type SandboxView } from '../../../src/api/sandboxes/index.js';
 import { CappedText, Utf8Chunker } from '../../../src/api/sandboxes/output.js';
-import { FakeSandboxes } from '../../support/fake-sandboxes.js';
+import { FakeSandboxes } from '../../support/native-fake-sandboxes.js';
 import { FakeEngine, makeApp, type ErrorBody, type TestApp } from './helpers.js';
 
 /** The fake job engine with the fake sandbox engine in it. */

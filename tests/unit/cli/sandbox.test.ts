@@ -14,7 +14,7 @@ import {
   shellQuote,
   type CliIo,
 } from '../../../src/cli/commands/sandbox.js';
-import { FakeSandboxes } from '../../support/fake-sandboxes.js';
+import { FakeSandboxes } from '../../support/native-fake-sandboxes.js';
 import { FakeEngine, makeApp, type TestApp } from '../api/helpers.js';
 
 class SandboxEngine extends FakeEngine {
