@@ -34,6 +34,7 @@ import { AGENT_VERSION } from '../version.js';
 import { ApiKeys, RateLimiter } from './auth.js';
 import type { ApiContext, ApiInstance } from './context.js';
 import { ApiMetrics } from './metrics.js';
+import { e2bErrorBody, e2bPrefix, registerE2bRoutes } from './e2b/index.js';
 import { judge0Prefix, registerJudge0Routes } from './judge0/index.js';
 import { registerLiveRoutes, takeUrlKey } from './live/index.js';
 import { registerPistonRoutes } from './piston.js';
@@ -401,6 +402,7 @@ export function buildApp(deps: AppDeps): App {
   let draining = false;
   const ctx: ApiContext = { engine, settings, service, queue, metrics, draining: () => draining };
   const keys = new ApiKeys(settings.apiKeys);
+  const e2bBase = e2bPrefix(settings.e2bPrefix);
   const limiter = new RateLimiter(settings.rateLimitPerMinute);
 
   app.decorateRequest('owner', null);
@@ -477,6 +479,8 @@ export function buildApp(deps: AppDeps): App {
     reply.code(e.status);
     if (req.url.startsWith('/api/v2/')) return { message: e.message };
     if (req.routeOptions.config.judge0 === true) return { error: e.message };
+    const e2b = e2bErrorBody(req.routeOptions.config, e.status, e.message);
+    if (e2b !== undefined) return e2b;
     return {
       statusCode: e.status,
       code: e.code,
@@ -489,6 +493,8 @@ export function buildApp(deps: AppDeps): App {
     const message = `no route ${req.method} ${req.url.split('?')[0] ?? ''}`;
     reply.code(404);
     if (req.url.startsWith('/api/v2/')) return { message };
+    if (e2bBase !== '' && (req.url === e2bBase || req.url.startsWith(`${e2bBase}/`)))
+      return { code: 404, message };
     return { statusCode: 404, code: 'NOT_FOUND', error: 'Not Found', message };
   });
 
@@ -535,6 +541,14 @@ export function buildApp(deps: AppDeps): App {
       done();
     },
     { prefix: judge0Prefix(settings.judge0Prefix) },
+  );
+  // E2B's sandbox API (docs/e2b.md): its control plane, envd and code interpreter.
+  void app.register(
+    (scope, _opts, done) => {
+      registerE2bRoutes(scope.withTypeProvider<TypeBoxTypeProvider>(), ctx);
+      done();
+    },
+    { prefix: e2bBase },
   );
 
   app.addHook('preClose', (done) => {

@@ -20,6 +20,15 @@ export class ApiKeys {
     return this.digests.length > 0;
   }
 
+  /**
+   * Whether `owner` is the fingerprint of a key configured now (or, without keys, null): a
+   * credential made for an owner (an E2B access token) stops working when its key is removed.
+   */
+  stillValid(owner: string | null): boolean {
+    if (!this.enabled) return owner === null;
+    return owner !== null && this.digests.some((d) => d.subarray(0, 8).toString('hex') === owner);
+  }
+
   /** The caller's key fingerprint (null without keys); throws UNAUTHORIZED. */
   check(headers: IncomingHttpHeaders): string | null {
     if (!this.enabled) return null;

@@ -26,6 +26,7 @@ import {
 import { sweepVmNets, VmNetManager } from '../net/vmnet.js';
 import { VmPool } from './pool.js';
 import { prepareJob, type JobRequest, type JobResult, type PreparedJob } from './job.js';
+import { SandboxManager } from '../sandbox/manager.js';
 import { executeOnVm, JobRunner, type RunOptions } from './runner.js';
 import { defaultRunSlots, RunSlots } from './slots.js';
 import { SnapshotManager, type RuntimeStatus } from './snapshots.js';
@@ -51,6 +52,8 @@ export interface Engine {
   run(job: PreparedJob, options?: RunOptions): Promise<JobResult>;
   /** Every language's readiness: images built, snapshot taken (read from the pool's own state). */
   runtimes(): Promise<Map<string, RuntimeStatus>>;
+  /** Sandboxes kept across calls, on this host's pool (src/sandbox). */
+  readonly sandboxes: SandboxManager;
   close(): Promise<void>;
 }
 
@@ -331,11 +334,27 @@ export async function createEngine(
     },
     new RunSlots(runSlots),
   );
+  const sandboxes = await SandboxManager.open({
+    pool,
+    languages,
+    dir: settings.sandboxesDir ?? join(paths.dataDir, 'sandboxes'),
+    timeoutMs: settings.sandboxTimeoutMs,
+    maxTimeoutMs: settings.sandboxMaxTimeoutMs,
+    maxPerKey: settings.sandboxMaxPerKey,
+    maxRunning: settings.sandboxMaxRunning,
+    pausedTtlMs: settings.sandboxPausedTtlMs,
+    commandTimeoutMs: settings.sandboxCommandTimeoutMs,
+    vmMemoryMib: settings.vmMemoryMib,
+    vcpus: settings.vmVcpus,
+    resources: async (language) => (await snapshots.ensure(language)).resources,
+    ...(log && { log }),
+  });
   return {
     settings,
     paths,
     languages,
     store,
+    sandboxes,
     driver,
     accel,
     snapshots,
@@ -352,7 +371,10 @@ export async function createEngine(
       }
       return out;
     },
-    close: () => pool.close(),
+    close: async () => {
+      await sandboxes.close();
+      await pool.close();
+    },
   };
 }
 

@@ -27,6 +27,7 @@ export {
 export {
   CLIENT_GONE_MESSAGE,
   executeOnVm,
+  type JobChannel,
   JobRunner,
   LIVE_STDIN_WINDOW_BYTES,
   type LiveControls,

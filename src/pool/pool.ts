@@ -8,7 +8,7 @@ import {
   SandboxFailureError,
 } from '../errors.js';
 import type { VmNet, VmNetManager } from '../net/vmnet.js';
-import type { MicroVm, VmmDriver } from '../vmm/index.js';
+import type { MicroVm, VmmDriver, VmResources } from '../vmm/index.js';
 import type { SnapshotManager } from './snapshots.js';
 
 /** Settings of the warm pool. */
@@ -264,6 +264,39 @@ export class VmPool {
   async restoreFresh(language: string): Promise<{ vm: MicroVm; restoreMs: number }> {
     if (this.closed) throw new PoolClosedError('the pool is closed');
     const snapshot = await this.options.snapshots.ensure(language);
+    return this.restoreSnapshot(language, snapshot);
+  }
+
+  /**
+   * A VM restored from a snapshot of the caller's (a paused sandbox), leased at once within
+   * capacity like a pool miss, and reseeded (new entropy, clock and VM id). `resources` must
+   * be those the snapshot was taken with.
+   */
+  async acquireFrom(
+    language: string,
+    snapshot: { readonly path: string; readonly resources: VmResources },
+  ): Promise<Lease> {
+    if (this.closed) throw new PoolClosedError('the pool is closed');
+    this.counters.misses++;
+    const slot = await this.takeSlot(language, true);
+    let made: { vm: MicroVm; restoreMs: number };
+    try {
+      made = await this.restoreSnapshot(language, snapshot);
+    } catch (err) {
+      this.counters.failures++;
+      this.giveUp(slot);
+      throw err;
+    }
+    slot.vm = made.vm;
+    slot.restoreMs = made.restoreMs;
+    slot.to('leased');
+    return { vm: made.vm, language, hit: false, restoreMs: made.restoreMs };
+  }
+
+  private async restoreSnapshot(
+    language: string,
+    snapshot: { readonly path: string; readonly resources: VmResources },
+  ): Promise<{ vm: MicroVm; restoreMs: number }> {
     const vmId = `${language}-${randomBytes(6).toString('hex')}`;
     const started = Date.now();
     const vm = await this.options.driver.restore(

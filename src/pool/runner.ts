@@ -21,6 +21,12 @@ import {
 import type { Lease, VmPool } from './pool.js';
 import { RunSlots } from './slots.js';
 
+/**
+ * What a job needs of the channel to its agent: a VM's own channel, or one job's share of it
+ * (a sandbox runs several jobs side by side on one channel, src/sandbox/demux.ts).
+ */
+export type JobChannel = Pick<ReturnType<MicroVm['agent']>, 'send' | 'next'>;
+
 /** Where the runner reports what its jobs did (one line each; sandbox failures as warnings). */
 export interface RunnerLog {
   info(line: string): void;
@@ -126,7 +132,7 @@ export class JobRunner {
  * (the system's fault, not the program's). With test cases, the reason is on every case.
  */
 export async function executeOnVm(
-  vm: MicroVm,
+  vm: { agent(): JobChannel },
   job: Pick<PreparedJob, 'message' | 'deadlineMs'>,
   live?: LiveHandlers,
   signal?: AbortSignal,
@@ -297,7 +303,7 @@ class LiveSide {
 
   constructor(
     private readonly id: string,
-    private readonly channel: ReturnType<MicroVm['agent']>,
+    private readonly channel: JobChannel,
   ) {
     const isDone = (): boolean => this.done;
     this.controls = {

@@ -4,3 +4,5 @@
  * (`SandboxManager`); the native API, the E2B adapter and the CLI are translations onto it.
  */
 export * from './types.js';
+export { SandboxManager, newSandboxId, type SandboxManagerOptions } from './manager.js';
+export { sandboxPath } from './files.js';

@@ -195,6 +195,12 @@ export interface SandboxService {
     onEvent?: (event: CellEvent) => Promise<void> | void,
   ): Promise<CellOutcome>;
 
+  /**
+   * Ends a language's interpreter in the sandbox, so that the next cell starts a fresh one (every
+   * variable gone). Resolves whether one was running.
+   */
+  restartInterpreter(id: string, owner: string | null, language: CellLanguage): Promise<boolean>;
+
   /** Writes a file whole (folders made as needed); streams `content`. */
   writeFile(
     id: string,

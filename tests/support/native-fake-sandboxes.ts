@@ -12,6 +12,7 @@ import {
 import { SANDBOX_DIR, checkFileName } from '../../src/protocol/index.js';
 import type {
   CellEvent,
+  CellLanguage,
   CellOutcome,
   CellRequest,
   CellResult,
@@ -320,6 +321,11 @@ export class FakeSandboxes implements SandboxService {
       }
     }
     return outcome;
+  }
+
+  restartInterpreter(id: string, owner: string | null, language: CellLanguage): Promise<boolean> {
+    const box = this.running(id, owner);
+    return Promise.resolve(box.cells.delete(language));
   }
 
   async writeFile(

@@ -4,15 +4,16 @@ import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import Type from 'typebox';
 import { ClusterUnavailableError, asRunnerError, type RunnerError } from '../../errors.js';
 import { SANDBOX_DIR } from '../../protocol/index.js';
-import type {
-  CellEvent,
-  CellOutcome,
-  CellResult,
-  CommandHandle,
-  CommandResult,
-  FileEntry,
-  SandboxInfo,
-  SandboxService,
+import {
+  CELL_LANGUAGES,
+  type CellEvent,
+  type CellOutcome,
+  type CellResult,
+  type CommandHandle,
+  type CommandResult,
+  type FileEntry,
+  type SandboxInfo,
+  type SandboxService,
 } from '../../sandbox/index.js';
 import type { ApiContext, ApiInstance } from '../context.js';
 import { EventStream } from '../events.js';
@@ -33,6 +34,8 @@ import {
   MakeDirResult,
   MoveBody,
   PauseBody,
+  RestartBody,
+  RestartResult,
   ResumeBody,
   SandboxList,
   SandboxParams,
@@ -320,6 +323,30 @@ export function registerSandboxRoutes(app: ApiInstance, ctx: ApiContext): void {
       }
       stream.end();
       return reply;
+    },
+  );
+
+  app.post(
+    '/v1/sandboxes/:id/cells/restart',
+    {
+      preValidation: optionalBody,
+      schema: {
+        tags,
+        summary: 'Restart an interpreter: the next cell starts a fresh one, every variable gone',
+        security,
+        params: SandboxParams,
+        body: RestartBody,
+        response: { 200: RestartResult, ...errors(400, 401, 404, 409, 415, 503) },
+      },
+    },
+    async (req) => {
+      const { id } = req.params;
+      // The default of a cell: the sandbox's language when it is a cell language, else python.
+      const language =
+        req.body.language ??
+        CELL_LANGUAGES.find((l) => l === engine().get(id, req.owner).language) ??
+        'python';
+      return { restarted: await engine().restartInterpreter(id, req.owner, language) };
     },
   );
 

@@ -163,6 +163,21 @@ export const CellOutcomeView = Type.Object({
 });
 export type CellOutcomeView = Static<typeof CellOutcomeView>;
 
+/** POST /v1/sandboxes/:id/cells/restart. */
+export const RestartBody = Type.Object(
+  {
+    language: Type.Optional(
+      Type.Enum([...CELL_LANGUAGES], {
+        description: 'The interpreter to restart (default: as for a cell).',
+      }),
+    ),
+  },
+  closed,
+);
+export const RestartResult = Type.Object({
+  restarted: Type.Boolean({ description: 'false: none was running (the next cell starts one).' }),
+});
+
 // ---- commands ----
 
 /** POST /v1/sandboxes/:id/commands. */

@@ -7,6 +7,7 @@ import { loadSettings } from '../../config/index.js';
 import { LanguageUnknownError, LimitInvalidError, SandboxFailureError } from '../../errors.js';
 import { createEngine, type Engine, type JobRequest } from '../../pool/index.js';
 import { startSpinner } from '../progress.js';
+import { benchSandboxes, sandboxBenchTable } from './bench-sandboxes.js';
 
 /** Median and 95th percentile of a sample, in ms. */
 export interface Quantiles {
@@ -319,6 +320,11 @@ export function registerBenchCommand(program: Command): void {
     )
     .option('--key <key>', 'API key for --url (X-API-Key)')
     .option('--concurrency <n>', 'requests at once with --url', '4')
+    .option(
+      '--sandboxes',
+      'measure sandboxes kept across calls instead: create, cells, a command, 1 MiB of files, pause, resume, kill',
+    )
+    .option('--rounds <n>', 'sandboxes to time one after another with --sandboxes', '3')
     .action(async (opts) => {
       if (opts.url !== undefined) {
         const n = (v: string, name: string): number => {
@@ -355,6 +361,18 @@ export function registerBenchCommand(program: Command): void {
             throw new LimitInvalidError(`${name} must be a positive integer`);
           return Number(v);
         };
+        if (opts.sandboxes === true) {
+          const report = await benchSandboxes(engine, {
+            language,
+            rounds: n(opts.rounds, '--rounds'),
+            progress: (l) => spinner.text(l),
+          });
+          spinner.stop();
+          process.stdout.write(
+            opts.json === true ? `${JSON.stringify(report, null, 2)}\n` : sandboxBenchTable(report),
+          );
+          return;
+        }
         const report = await runBench(engine, {
           language,
           boots: n(opts.boots, '--boots'),

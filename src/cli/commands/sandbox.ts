@@ -277,6 +277,18 @@ One word is a shell line: runner sandbox exec ID -- 'ls | wc -l'`,
       if (!done) throw cutShort('the cell');
     });
 
+  sub('restart', 'restart an interpreter of a sandbox: the next cell starts afresh')
+    .argument('<id>', 'the sandbox')
+    .option('-l, --language <name>', 'python or javascript (default: as for run)')
+    .action(async (id, o) => {
+      const r = await client(o).json<{ restarted: boolean }>(
+        'POST',
+        sandboxPath(id, '/cells/restart'),
+        o.language === undefined ? {} : { language: o.language },
+      );
+      print(r.restarted ? 'restarted' : 'no interpreter was running');
+    });
+
   sub('cp', 'copy a file into a sandbox or out of it (ID:PATH names the sandbox side), streamed')
     .argument('<source>', 'LOCAL (or - for stdin), or ID:PATH')
     .argument(

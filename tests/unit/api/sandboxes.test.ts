@@ -297,6 +297,22 @@ describe('/v1/sandboxes/:id/cells', () => {
       error: { name: 'ValueError', value: 'bad' },
     });
     expect(failed.json<{ error: { traceback: string } }>().error.traceback).toMatch(/ValueError/);
+    // A restart forgets the variables and the count.
+    const restart = await a.app.inject({
+      method: 'POST',
+      url: `/v1/sandboxes/${s.id}/cells/restart`,
+    });
+    expect(restart.json()).toEqual({ restarted: true });
+    expect((await cell('x')).json()).toMatchObject({
+      executionCount: 1,
+      results: [{ text: 'x' }],
+    });
+    const js = await a.app.inject({
+      method: 'POST',
+      url: `/v1/sandboxes/${s.id}/cells/restart`,
+      ...json({ language: 'javascript' }),
+    });
+    expect(js.json()).toEqual({ restarted: false });
     // The engine got the request as sent (language, envs, timeout).
     await a.app.inject({
       method: 'POST',

@@ -141,6 +141,8 @@ describe('runner sandbox', () => {
     expect(text(fromStdin)).toBe('piped\n');
     const json = await runner(['run', id, '--json', 'x']);
     expect(JSON.parse(text(json))).toMatchObject({ executionCount: 4, results: [{ text: '21' }] });
+    expect(text(await runner(['restart', id]))).toBe('restarted\n');
+    expect(text(await runner(['run', id, 'x']))).toBe('x\n'); // x is gone: the line is its text
   });
 
   test('cp streams a binary file in and out, byte-exact; ls lists the files of one sandbox', async () => {

@@ -52,7 +52,7 @@ describe('prepareJob: one message, built once, checked as the agent checks it', 
   });
 
   it.each([
-    ['no files', { files: [] }, 'REQUEST_INVALID'],
+    ['no files', { files: [] }, 'FILE_NAME_INVALID'],
     ['a .. name', { files: [{ name: '../x', content: '' }] }, 'FILE_NAME_INVALID'],
     [
       '17 components',

@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { ProtocolError } from '../../../src/errors.js';
 import {
+  checkJob,
   parseAgentMessage,
   parseHostMessage,
   PROTOCOL_VERSION,
@@ -22,7 +23,7 @@ const execute = {
   type: 'execute',
   id: 'j1',
   language: 'python',
-  files: [{ name: 'main.py', content: 'print(1)', encoding: 'utf8' }],
+  files: [{ name: 'main.py', content: 'print(1)', encoding: 'utf8' as const }],
   stdin: '',
   args: [],
   env: {},
@@ -40,6 +41,16 @@ const stage = {
   stderr: '',
   stdoutTruncated: false,
   stderrTruncated: false,
+};
+
+/** The code of a rule's error (a request error, not a protocol one). */
+const ruleCode = (fn: () => unknown): string => {
+  try {
+    fn();
+  } catch (err) {
+    return (err as { code: string }).code;
+  }
+  return 'accepted';
 };
 
 const code = (fn: () => unknown): string => {
@@ -138,7 +149,20 @@ describe('message schemas', () => {
   it('rejects wrong shapes: unknown type, wrong types, missing fields, bad status, non-base64 output', () => {
     expect(code(() => parseHostMessage({ type: 'shutdown', id: 'x' }))).toBe('MESSAGE_INVALID');
     expect(code(() => parseHostMessage({ ...execute, stdin: 5 }))).toBe('MESSAGE_INVALID');
-    expect(code(() => parseHostMessage({ ...execute, files: [] }))).toBe('MESSAGE_INVALID');
+    // No files is the schema's (a sandbox job has none); checkJob refuses it for any other job.
+    expect(ruleCode(() => checkJob({ ...execute, files: [] }))).toBe('FILE_NAME_INVALID');
+    expect(code(() => parseHostMessage({ ...execute, sandbox: { argv: [] } }))).toBe(
+      'MESSAGE_INVALID',
+    );
+    expect(ruleCode(() => checkJob({ ...execute, sandbox: { argv: ['sh'] } }))).toBe(
+      'FILE_NAME_INVALID',
+    );
+    expect(
+      ruleCode(() => checkJob({ ...execute, files: [], sandbox: { argv: ['sh'], cwd: '../x' } })),
+    ).toBe('FILE_NAME_INVALID');
+    expect(() =>
+      checkJob({ ...execute, files: [], sandbox: { argv: ['sh'], cwd: 'a/b' } }),
+    ).not.toThrow();
     expect(
       code(() => parseHostMessage({ ...execute, runLimits: { ...limits, wallTimeMs: -1 } })),
     ).toBe('MESSAGE_INVALID');
