@@ -40,6 +40,7 @@ import { registerLiveRoutes, takeUrlKey } from './live/index.js';
 import { registerPistonRoutes } from './piston.js';
 import { defaultBuiltDir, registerPlayground } from '../playground/index.js';
 import { JobService, type ApiEngine } from './service.js';
+import { registerSandboxRoutes } from './sandboxes/index.js';
 import { registerV1Routes } from './v1.js';
 
 /** What buildApp needs. The app never listens: the caller does (or uses inject() in tests). */
@@ -79,6 +80,7 @@ const OPENAPI_BASE = {
   },
   tags: [
     { name: 'v1', description: 'The native API' },
+    { name: 'sandboxes', description: 'The native API: sandboxes kept across calls' },
     { name: 'piston', description: 'Piston API v2 compatibility' },
     { name: 'judge0', description: 'Judge0 CE compatibility (docs/judge0.md)' },
     { name: 'health', description: 'Health, readiness and metrics' },
@@ -516,6 +518,11 @@ export function buildApp(deps: AppDeps): App {
       app.swagger(),
     );
     registerV1Routes(typed, ctx);
+    done();
+  });
+  // Sandboxes kept across calls, in a scope of their own (its hook answers 503 without the engine).
+  void app.register((scope, _opts, done) => {
+    registerSandboxRoutes(scope.withTypeProvider<TypeBoxTypeProvider>(), ctx);
     done();
   });
   void app.register(pistonScope(ctx));

@@ -1,3 +1,4 @@
+import type { FastifyReply } from 'fastify';
 import type { LiveEvent } from '../pool/index.js';
 
 /** One event of a submitted job as watchers see it (GET /v1/jobs/:id/events). */
@@ -91,5 +92,94 @@ export class JobEventHub {
     if (entry === undefined || entry.ended) return;
     entry.events.push(event);
     for (const l of entry.listeners) l(event);
+  }
+}
+
+/** How often an idle Server-Sent Events stream sends a comment, so that proxies keep it open. */
+export const SSE_HEARTBEAT_MS = 15_000;
+
+/**
+ * One Server-Sent Events response (`event: NAME`, `data: JSON`), the one writer of SSE for every
+ * route: a job's events and a sandbox's cells and commands. It takes the response from Fastify
+ * only at `open()` (or the first `send`), so a route may still fail with an ordinary HTTP error
+ * until it has something to stream. `send` resolves once the socket takes more, which gives the
+ * engine back-pressure from a slow reader; after the client left it resolves at once.
+ */
+export class EventStream {
+  private opened = false;
+  private gone = false;
+  private heartbeat: NodeJS.Timeout | undefined;
+  private readonly closeListeners: (() => void)[] = [];
+
+  constructor(
+    private readonly reply: FastifyReply,
+    private readonly heartbeatMs = SSE_HEARTBEAT_MS,
+  ) {}
+
+  /** Whether the response is ours now (no HTTP error can be sent any more). */
+  get started(): boolean {
+    return this.opened;
+  }
+
+  /** Whether the stream ended, or its client left. */
+  get closed(): boolean {
+    return this.gone;
+  }
+
+  /** Writes the head of the stream (once). */
+  open(): void {
+    if (this.opened) return;
+    this.opened = true;
+    this.reply.hijack();
+    const res = this.reply.raw;
+    res.writeHead(200, {
+      'content-type': 'text/event-stream; charset=utf-8',
+      'cache-control': 'no-cache',
+      'x-accel-buffering': 'no',
+    });
+    // 'close' of the response: it ended, or the connection went away before that.
+    res.once('close', () => this.stop());
+    this.heartbeat = setInterval(() => {
+      if (!this.gone) res.write(': keep-alive\n\n');
+    }, this.heartbeatMs);
+    this.heartbeat.unref();
+  }
+
+  /** Sends one event (opening the stream first if need be). */
+  send(event: string, data: unknown): Promise<void> {
+    this.open();
+    if (this.gone) return Promise.resolve();
+    const res = this.reply.raw;
+    if (res.write(`event: ${event}\ndata: ${JSON.stringify(data)}\n\n`)) return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = (): void => {
+        res.off('drain', done);
+        res.off('close', done);
+        resolve();
+      };
+      res.once('drain', done);
+      res.once('close', done);
+    });
+  }
+
+  /** Calls `listener` once, when the stream ends or its client leaves. */
+  onClose(listener: () => void): void {
+    if (this.gone) listener();
+    else this.closeListeners.push(listener);
+  }
+
+  /** Ends the stream (opening it first if it never was). */
+  end(): void {
+    this.open();
+    if (this.gone) return;
+    this.stop();
+    this.reply.raw.end();
+  }
+
+  private stop(): void {
+    if (this.gone) return;
+    this.gone = true;
+    clearInterval(this.heartbeat);
+    for (const l of this.closeListeners.splice(0)) l();
   }
 }

@@ -2,6 +2,7 @@ import Type from 'typebox';
 import { DEFAULT_LIMITS, MAX_LIMITS } from '../config/index.js';
 import { LimitsSchema } from '../protocol/index.js';
 import type { ApiContext, ApiInstance } from './context.js';
+import { EventStream } from './events.js';
 import {
   ErrorResponse,
   ExecuteRequest,
@@ -217,36 +218,21 @@ export function registerV1Routes(app: ApiInstance, ctx: ApiContext): void {
       const { id } = req.params;
       const owner = req.owner;
       const first = await ctx.service.get(id, owner); // 404 for another key's job or none
-      reply.hijack();
-      const res = reply.raw;
-      res.writeHead(200, {
-        'content-type': 'text/event-stream; charset=utf-8',
-        'cache-control': 'no-cache',
-        'x-accel-buffering': 'no',
-      });
-      let closed = false;
-      const send = (event: string, data: unknown): void => {
-        if (!closed) res.write(`event: ${event}\ndata: ${JSON.stringify(data)}\n\n`);
-      };
-      const heartbeat = setInterval(() => {
-        if (!closed) res.write(': keep-alive\n\n');
-      }, 15_000);
+      const stream = new EventStream(reply);
+      stream.open();
       let unsubscribe: (() => void) | null = null;
       let poll: NodeJS.Timeout | undefined;
-      const stop = (): void => {
-        closed = true;
-        clearInterval(heartbeat);
+      stream.onClose(() => {
         if (poll) clearInterval(poll);
         unsubscribe?.();
-      };
+      });
+      const send = (event: string, data: unknown): void => void stream.send(event, data);
       const finish = async (): Promise<void> => {
-        if (closed) return;
+        if (stream.closed) return;
         const record = await ctx.service.get(id, owner).catch(() => first);
         send('result', ctx.service.view(record));
-        stop();
-        res.end();
+        stream.end();
       };
-      req.raw.once('close', stop);
       // In a cluster, another node's job: this node follows its events from Redis.
       ctx.service.follow(first, owner);
       unsubscribe = ctx.service.events.subscribe(id, (event) => {

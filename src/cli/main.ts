@@ -3,6 +3,8 @@ import { RunnerError } from '../errors.js';
 import { registerLanguagesCommand } from './commands/languages.js';
 import { registerImagesCommand } from './commands/images.js';
 import { registerRunCommand } from './commands/run.js';
+import { registerSandboxCommand } from './commands/sandbox.js';
+import { ServerUnreachableError } from './client.js';
 import { registerBenchCommand } from './commands/bench.js';
 import { registerDoctorCommand } from './commands/doctor.js';
 import { registerServeCommand } from './commands/serve.js';
@@ -18,6 +20,7 @@ export function buildProgram(): Command {
     .version(AGENT_VERSION)
     .showHelpAfterError('(run with --help for usage)');
   registerRunCommand(program);
+  registerSandboxCommand(program);
   registerDoctorCommand(program);
   registerBenchCommand(program);
   registerLanguagesCommand(program);
@@ -27,13 +30,21 @@ export function buildProgram(): Command {
   return program;
 }
 
-/** Entry point of the `runner` bin: turns RunnerErrors into one clear line and exit status 2. */
+/**
+ * Entry point of the `runner` bin: turns RunnerErrors (a client command's included: the
+ * server's refusal) and an unreachable server into one clear line and exit status 2.
+ */
 export async function main(argv: string[] = process.argv): Promise<void> {
   try {
     await buildProgram().parseAsync(argv);
   } catch (err) {
     if (err instanceof RunnerError) {
       process.stderr.write(`runner: ${err.message} [${err.code}]\n`);
+      process.exitCode = 2;
+      return;
+    }
+    if (err instanceof ServerUnreachableError) {
+      process.stderr.write(`runner: ${err.message}\n`);
       process.exitCode = 2;
       return;
     }
