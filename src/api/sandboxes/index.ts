@@ -2,7 +2,7 @@ import { Readable } from 'node:stream';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import Type from 'typebox';
-import { ClusterUnavailableError, asRunnerError, type RunnerError } from '../../errors.js';
+import { NotFoundError, asRunnerError, type RunnerError } from '../../errors.js';
 import { SANDBOX_DIR } from '../../protocol/index.js';
 import {
   CELL_LANGUAGES,
@@ -112,13 +112,13 @@ const wantsEvents = (req: FastifyRequest): boolean =>
 /**
  * The native sandbox routes (/v1/sandboxes): a translation of each call onto the engine's
  * SandboxService, checked against the caller's key. A node without the engine (an API node of
- * a cluster) answers every one of them 503.
+ * a cluster) answers every one of them 404 NOT_FOUND, saying so.
  */
 export function registerSandboxRoutes(app: ApiInstance, ctx: ApiContext): void {
   const engine = (): SandboxService => {
     const s = ctx.engine.sandboxes;
     if (s === undefined)
-      throw new ClusterUnavailableError(
+      throw new NotFoundError(
         'sandboxes are not served by this node (an API node of a cluster keeps none): use a single box, or a node that runs VMs',
       );
     return s;

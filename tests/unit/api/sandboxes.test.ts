@@ -253,7 +253,7 @@ describe('/v1/sandboxes: the life of a sandbox', () => {
     expect(one.json<{ sandboxes: unknown[] }>().sandboxes).toHaveLength(1);
   });
 
-  test('a node without the sandbox engine answers every sandbox route 503', async () => {
+  test('a node without the sandbox engine answers every sandbox route 404 NOT_FOUND, saying why', async () => {
     t = await makeApp(); // the plain fake engine: no sandboxes
     for (const [method, url] of [
       ['GET', '/v1/sandboxes'],
@@ -263,8 +263,8 @@ describe('/v1/sandboxes: the life of a sandbox', () => {
       ['POST', '/v1/sandboxes/abc/commands'],
     ] as const) {
       const res = await t.app.inject({ method, url, payload: '{}' });
-      expect(res.statusCode, `${method} ${url}`).toBe(503);
-      expect(res.json<ErrorBody>()).toMatchObject({ code: 'CLUSTER_UNAVAILABLE' });
+      expect(res.statusCode, `${method} ${url}`).toBe(404);
+      expect(res.json<ErrorBody>()).toMatchObject({ code: 'NOT_FOUND' });
       expect(res.json<ErrorBody>().message).toMatch(/sandboxes are not served by this node/);
     }
   });
