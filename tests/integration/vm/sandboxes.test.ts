@@ -1,3 +1,4 @@
+import { execFile } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { closeSync, fstatSync, mkdtempSync, openSync, readSync, rmSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -358,5 +359,63 @@ describe.skipIf(skip !== null)('sandboxes in real VMs', () => {
     made.add(`${OWNER}\n${base.sandboxId}`);
     expect((await base.commands.run('uname -s')).stdout).toBe('Linux\n');
     await base.kill();
+  });
+  it('serves the same through /v1/sandboxes and `runner sandbox` (real HTTP, the real CLI)', async () => {
+    const url = server?.url ?? '';
+    const headers = { authorization: `Bearer ${E2B_KEY}`, 'content-type': 'application/json' };
+    const call = (path: string, init: RequestInit = {}) =>
+      fetch(`${url}${path}`, { method: 'POST', ...init, headers: { ...headers, ...init.headers } });
+    const created = await call('/v1/sandboxes', { body: JSON.stringify({ language: 'python' }) });
+    expect(created.status).toBe(201);
+    const { id } = (await created.json()) as { id: string };
+    made.add(`${OWNER}\n${id}`);
+    const cellRes = await call(`/v1/sandboxes/${id}/cells`, {
+      body: JSON.stringify({ code: 'y = 6\ny * 7' }),
+    });
+    expect(((await cellRes.json()) as { results: { text: string }[] }).results[0]?.text).toBe('42');
+    const sse = await call(`/v1/sandboxes/${id}/cells`, {
+      body: JSON.stringify({ code: 'print(y)' }),
+      headers: { accept: 'text/event-stream' },
+    });
+    const events = await sse.text();
+    expect(events).toContain('event: stdout\ndata: {"type":"stdout","text":"6"}');
+    expect(events).toContain('event: done');
+    const blob = randomBytes(100_000);
+    const put = await fetch(`${url}/v1/sandboxes/${id}/files?path=data.bin`, {
+      method: 'PUT',
+      headers: { authorization: headers.authorization, 'content-type': 'application/octet-stream' },
+      body: blob,
+    });
+    expect(put.status).toBeLessThan(300);
+    const got = await fetch(`${url}/v1/sandboxes/${id}/files?path=data.bin`, { headers });
+    expect(Buffer.from(await got.arrayBuffer()).equals(blob)).toBe(true);
+
+    const bin = join(import.meta.dirname, '../../../bin/runner.js');
+    const cli = (...args: string[]) =>
+      new Promise<{ code: number; stdout: string }>((resolve) => {
+        execFile(
+          process.execPath,
+          [bin, 'sandbox', ...args],
+          {
+            env: {
+              ...process.env,
+              RUNNER_FROM_SOURCE: '1',
+              RUNNER_URL: url,
+              RUNNER_API_KEY: E2B_KEY,
+            },
+          },
+          (err, stdout) => resolve({ code: err === null ? 0 : Number(err.code), stdout }),
+        );
+      });
+    expect(await cli('exec', id, '--', 'wc -c < data.bin; exit 4')).toEqual({
+      code: 4,
+      stdout: '100000\n',
+    });
+    expect((await cli('run', id, 'y + 1')).stdout).toContain('7');
+    expect((await call(`/v1/sandboxes/${id}/pause`)).status).toBe(200);
+    expect((await cli('resume', id)).code).toBe(0);
+    expect((await cli('run', id, 'y')).stdout).toContain('6');
+    expect((await cli('kill', id)).code).toBe(0);
+    expect((await fetch(`${url}/v1/sandboxes/${id}`, { headers })).status).toBe(404);
   });
 });
