@@ -363,8 +363,12 @@ describe.skipIf(skip !== null)('sandboxes in real VMs', () => {
   it('serves the same through /v1/sandboxes and `runner sandbox` (real HTTP, the real CLI)', async () => {
     const url = server?.url ?? '';
     const headers = { authorization: `Bearer ${E2B_KEY}`, 'content-type': 'application/json' };
-    const call = (path: string, init: RequestInit = {}) =>
-      fetch(`${url}${path}`, { method: 'POST', ...init, headers: { ...headers, ...init.headers } });
+    const call = (path: string, init: { body?: string; headers?: Record<string, string> } = {}) =>
+      fetch(`${url}${path}`, {
+        method: 'POST',
+        ...(init.body !== undefined && { body: init.body }),
+        headers: { ...headers, ...init.headers },
+      });
     const created = await call('/v1/sandboxes', { body: JSON.stringify({ language: 'python' }) });
     expect(created.status).toBe(201);
     const { id } = (await created.json()) as { id: string };
