@@ -416,7 +416,7 @@ describe.skipIf(skip !== null)('sandboxes in real VMs', () => {
       stdout: '100000\n',
     });
     expect((await cli('run', id, 'y + 1')).stdout).toContain('7');
-    expect((await call(`/v1/sandboxes/${id}/pause`)).status).toBe(200);
+    expect((await call(`/v1/sandboxes/${id}/pause`, { body: '{}' })).status).toBe(200);
     expect((await cli('resume', id)).code).toBe(0);
     expect((await cli('run', id, 'y')).stdout).toContain('6');
     expect((await cli('kill', id)).code).toBe(0);
