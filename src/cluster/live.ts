@@ -118,6 +118,34 @@ function append(redis: Redis, key: string, entry: object): Promise<unknown> {
  * Reads a stream from its start, entry by entry, until `stop()` holds or `each` returns
  * false. `redis` must be a connection of its own (XREAD BLOCK holds it).
  */
+/**
+ * Tails a job's live event stream to its `end` entry (or `stop`): every other entry decoded and
+ * handed to `each`; one that does not decode is skipped.
+ */
+function tailLiveEvents(
+  redis: Redis,
+  key: string,
+  each: (entry: Exclude<LiveEntry, { t: 'end' }>) => void,
+  stop: () => boolean,
+): Promise<void> {
+  return tail(
+    redis,
+    key,
+    (text) => {
+      let entry: LiveEntry;
+      try {
+        entry = decode(liveCheck, text, 'live event');
+      } catch {
+        return true;
+      }
+      if (entry.t === 'end') return false;
+      each(entry);
+      return true;
+    },
+    stop,
+  );
+}
+
 async function tail(
   redis: Redis,
   key: string,
@@ -337,21 +365,14 @@ export function apiLive(redis: Redis, keys: Keys, id: string, live: LiveHandlers
     ended = true;
     for (const w of stdinWaiters.splice(0)) w();
   };
-  const reading = tail(
+  const reading = tailLiveEvents(
     reader,
     keys.liveEvents(id),
-    (text) => {
-      let entry: LiveEntry;
-      try {
-        entry = decode(liveCheck, text, 'live event');
-      } catch {
-        return true;
-      }
-      if (entry.t === 'end') return false;
+    (entry) => {
       if (entry.t === 'credit') {
         stdinInFlight = Math.max(0, stdinInFlight - entry.bytes);
         if (stdinInFlight < LIVE_RELAY_WINDOW_BYTES) for (const w of stdinWaiters.splice(0)) w();
-        return true;
+        return;
       }
       const event = toEvent(entry);
       const bytes = weight(entry);
@@ -361,7 +382,6 @@ export function apiLive(redis: Redis, keys: Keys, id: string, live: LiveHandlers
         .then(() => live.onEvent(event))
         .catch(() => undefined)
         .then(() => void append(redis, ctlKey, { t: 'ack', bytes }).catch(() => undefined));
-      return true;
     },
     () => stopped,
   )
@@ -409,19 +429,11 @@ export function watchLive(
   const reader = redis.duplicate();
   reader.on('error', () => undefined);
   let stopped = false;
-  void tail(
+  void tailLiveEvents(
     reader,
     keys.liveEvents(id),
-    (text) => {
-      let entry: LiveEntry;
-      try {
-        entry = decode(liveCheck, text, 'live event');
-      } catch {
-        return true;
-      }
-      if (entry.t === 'end') return false;
+    (entry) => {
       if (entry.t !== 'credit') onEvent(toEvent(entry));
-      return true;
     },
     () => stopped,
   )
