@@ -97,12 +97,12 @@ export function errorsDoc(): string {
   ].join('\n');
 }
 
-/** `runner serve`: the HTTP service (native /v1 and Piston-compatible /api/v2). */
+/** `runner serve`: the HTTP service (native /v1, and the Piston, Judge0 and E2B adapters). */
 export function registerServeCommand(program: Command): void {
   program
     .command('serve')
     .description(
-      'start the HTTP service: the native API (/v1) and the Piston-compatible API (/api/v2)',
+      'start the HTTP service: the native API (/v1, sandboxes under /v1/sandboxes), and the Piston- (/api/v2), Judge0- (/submissions) and E2B-compatible (/e2b) APIs',
     )
     .option('--host <host>', 'address to listen on (RUNNER_HOST)')
     .option('--port <port>', 'TCP port (RUNNER_PORT)')
