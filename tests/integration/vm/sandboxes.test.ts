@@ -4,7 +4,7 @@ import { closeSync, fstatSync, mkdtempSync, openSync, readSync, rmSync, writeSyn
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Sandbox, type OutputMessage } from '@e2b/code-interpreter';
-import { CommandExitError, Sandbox as BaseSandbox } from 'e2b';
+import { CommandExitError, RateLimitError, Sandbox as BaseSandbox } from 'e2b';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { startServer, type RunningServer } from '../../../src/api/server.js';
 import type { Engine } from '../../../src/pool/index.js';
@@ -14,7 +14,11 @@ import { ensureImages, testSettings, vmSkipReason } from '../../support/vm.js';
 /** A key of the shape E2B's SDK is given (the server takes it as one of its API keys). */
 const E2B_KEY = `e2b_${'5'.repeat(40)}`;
 /** The owner the server records for it (ApiKeys.check: the first 8 bytes of its sha256). */
-const OWNER = createHash('sha256').update(E2B_KEY).digest().subarray(0, 8).toString('hex');
+const fingerprint = (key: string): string =>
+  createHash('sha256').update(key).digest().subarray(0, 8).toString('hex');
+const OWNER = fingerprint(E2B_KEY);
+/** A second key, whose sandboxes the cap test fills. */
+const CAPPED_KEY = `e2b_${'a'.repeat(40)}`;
 
 const skip = vmSkipReason();
 if (skip) console.warn(`skipping the sandbox tests in real VMs: ${skip}`);
@@ -41,7 +45,7 @@ describe.skipIf(skip !== null)('sandboxes in real VMs', () => {
       sandboxMaxPerKey: 3,
       sandboxMaxRunning: 4,
       sandboxCommandTimeoutMs: 120_000,
-      apiKeys: [E2B_KEY],
+      apiKeys: [E2B_KEY, CAPPED_KEY],
     });
 
   function sandboxes(): SandboxService {
@@ -254,15 +258,32 @@ describe.skipIf(skip !== null)('sandboxes in real VMs', () => {
   });
 
   it("refuses a key's sandbox past its cap, and hides one key's sandboxes from another", async () => {
-    const ids = [await create('key-a'), await create('key-a'), await create('key-a')];
-    await expect(create('key-a')).rejects.toMatchObject({ code: 'SANDBOX_LIMIT' });
+    const capped = fingerprint(CAPPED_KEY);
+    const ids = [await create(capped), await create(capped), await create(capped)];
+    await expect(create(capped)).rejects.toMatchObject({ code: 'SANDBOX_LIMIT' });
+    // Through the APIs: 429 with the code and the setting named, and E2B's SDK's own error.
+    const refused = await fetch(`${server?.url}/v1/sandboxes`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${CAPPED_KEY}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ language: 'python' }),
+    });
+    expect(refused.status).toBe(429);
+    const body = (await refused.json()) as { code: string; message: string };
+    expect(body.code).toBe('SANDBOX_LIMIT');
+    expect(body.message).toContain('sandboxMaxPerKey');
+    const e2b = {
+      apiKey: CAPPED_KEY,
+      apiUrl: `${server?.url}/e2b`,
+      sandboxUrl: `${server?.url}/e2b`,
+    };
+    await expect(Sandbox.create(e2b)).rejects.toBeInstanceOf(RateLimitError);
     expect(() => sandboxes().get(ids[0] ?? '', 'key-b')).toThrow(
       expect.objectContaining({ code: 'SANDBOX_NOT_FOUND' }),
     );
     expect(sandboxes().list('key-b')).toEqual([]);
     expect(
       sandboxes()
-        .list('key-a')
+        .list(capped)
         .map((s) => s.id)
         .sort(),
     ).toEqual([...ids].sort());
