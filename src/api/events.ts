@@ -1,3 +1,4 @@
+import type { ServerResponse } from 'node:http';
 import type { FastifyReply } from 'fastify';
 import type { LiveEvent } from '../pool/index.js';
 
@@ -149,17 +150,7 @@ export class EventStream {
   send(event: string, data: unknown): Promise<void> {
     this.open();
     if (this.gone) return Promise.resolve();
-    const res = this.reply.raw;
-    if (res.write(`event: ${event}\ndata: ${JSON.stringify(data)}\n\n`)) return Promise.resolve();
-    return new Promise((resolve) => {
-      const done = (): void => {
-        res.off('drain', done);
-        res.off('close', done);
-        resolve();
-      };
-      res.once('drain', done);
-      res.once('close', done);
-    });
+    return writeWithRoom(this.reply.raw, `event: ${event}\ndata: ${JSON.stringify(data)}\n\n`);
   }
 
   /** Calls `listener` once, when the stream ends or its client leaves. */
@@ -182,4 +173,21 @@ export class EventStream {
     clearInterval(this.heartbeat);
     for (const l of this.closeListeners.splice(0)) l();
   }
+}
+
+/**
+ * Writes a chunk of a streamed response; resolves at once when the socket took it, else once
+ * it drains or the response closes (a client gone never holds the writer).
+ */
+export function writeWithRoom(res: ServerResponse, chunk: string | Buffer): Promise<void> {
+  if (res.write(chunk)) return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = (): void => {
+      res.off('drain', done);
+      res.off('close', done);
+      resolve();
+    };
+    res.once('drain', done);
+    res.once('close', done);
+  });
 }

@@ -190,7 +190,7 @@ export class SandboxManager implements SandboxService {
         `unknown language ${JSON.stringify(request.language.slice(0, 64))} for a sandbox`,
       );
     const timeoutMs = this.checkTimeout(request.timeoutMs ?? this.options.timeoutMs);
-    this.checkCaps(request.owner, true);
+    this.checkCaps(1, request.owner);
     const name = language.definition.name;
     const now = new Date();
     const record: SandboxRecord = {
@@ -273,7 +273,7 @@ export class SandboxManager implements SandboxService {
       return this.info(entry);
     }
     this.idle(entry);
-    this.checkCaps(null, false);
+    this.checkCaps(1);
     entry.busy = 'resuming';
     try {
       const live = await this.restore(entry.record);
@@ -298,15 +298,7 @@ export class SandboxManager implements SandboxService {
       throw new LimitInvalidError('a fork makes 1 to 16 sandboxes');
     const entry = this.entry(id, owner);
     this.idle(entry);
-    const owned = this.ownedBy(entry.record.owner);
-    if (owned + count > this.options.maxPerKey)
-      throw new SandboxLimitError(
-        `this key may have ${this.options.maxPerKey} sandboxes (sandboxMaxPerKey); it has ${owned}`,
-      );
-    if (this.running() + count > this.maxRunning)
-      throw new SandboxLimitError(
-        `this host runs at most ${this.maxRunning} sandboxes at once (sandboxMaxRunning)`,
-      );
+    this.checkCaps(count, entry.record.owner);
     const wasRunning = entry.record.state === 'running';
     if (wasRunning) {
       entry.busy = 'pausing';
@@ -1002,18 +994,22 @@ export class SandboxManager implements SandboxService {
     return n;
   }
 
-  private checkCaps(owner: string | null, creating: boolean): void {
-    if (creating) {
+  /**
+   * SANDBOX_LIMIT unless `count` more sandboxes may run on this host and, when `owner` is given
+   * (new sandboxes, not a resume), that key may hold `count` more.
+   */
+  private checkCaps(count: number, owner?: string | null): void {
+    if (owner !== undefined) {
       const owned = this.ownedBy(owner);
-      if (owned >= this.options.maxPerKey)
+      if (owned + count > this.options.maxPerKey)
         throw new SandboxLimitError(
-          `this key has ${owned} sandboxes, its most (sandboxMaxPerKey ${this.options.maxPerKey}); kill one first`,
+          `this key has ${owned} sandboxes and may have ${this.options.maxPerKey} (sandboxMaxPerKey); kill one first`,
         );
     }
     const running = this.running();
-    if (running >= this.maxRunning)
+    if (running + count > this.maxRunning)
       throw new SandboxLimitError(
-        `this host runs ${running} sandboxes, its most (sandboxMaxRunning ${this.maxRunning}); pause or kill one first`,
+        `this host runs ${running} sandboxes and may run ${this.maxRunning} (sandboxMaxRunning); pause or kill one first`,
       );
   }
 

@@ -1,5 +1,6 @@
 import type { ServerResponse } from 'node:http';
 import { RequestInvalidError, RunnerError } from '../../errors.js';
+import { writeWithRoom } from '../events.js';
 
 /**
  * Connect-RPC (the protocol of E2B's in-sandbox daemon, envd), JSON encoding, by hand: a unary
@@ -133,16 +134,7 @@ export class ConnectStream {
   /** Sends one message; resolves when the socket has room again. */
   async send(message: unknown): Promise<void> {
     if (this.done) return;
-    if (this.res.write(envelope(0x00, message))) return;
-    await new Promise<void>((resolve) => {
-      const go = (): void => {
-        this.res.off('drain', go);
-        this.res.off('close', go);
-        resolve();
-      };
-      this.res.on('drain', go);
-      this.res.on('close', go);
-    });
+    await writeWithRoom(this.res, envelope(0x00, message));
   }
 
   /** The end-stream envelope (`{}`, or the error), then the end of the response. */

@@ -2,6 +2,7 @@ import { NotFoundError, RequestInvalidError, RunnerError } from '../../errors.js
 import { SANDBOX_DIR } from '../../protocol/index.js';
 import { CELL_LANGUAGES, type CellEvent, type CellLanguage } from '../../sandbox/index.js';
 import type { ApiInstance } from '../context.js';
+import { writeWithRoom } from '../events.js';
 import {
   IN_SANDBOX,
   objectBody,
@@ -91,16 +92,7 @@ export function registerInterpreterRoutes(app: ApiInstance, deps: E2bDeps): void
     res.once('close', () => (closed = true));
     const write = async (line: unknown): Promise<void> => {
       if (closed) return;
-      if (res.write(`${JSON.stringify(line)}\n`)) return;
-      await new Promise<void>((resolve) => {
-        const go = (): void => {
-          res.off('drain', go);
-          res.off('close', go);
-          resolve();
-        };
-        res.on('drain', go);
-        res.on('close', go);
-      });
+      await writeWithRoom(res, `${JSON.stringify(line)}\n`);
     };
     let chain = Promise.resolve();
     const onEvent = (event: CellEvent): Promise<void> => {
