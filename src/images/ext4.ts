@@ -55,13 +55,15 @@ export function ext4InodeCount(usage: TreeUsage): number {
 /**
  * Makes the ext4 image from the tree, without mounting: no journal (the guest mounts it
  * read-only), no reserved blocks, root-owned root, and a UUID and hash seed derived from the
- * image hash so that equal inputs give equal metadata. Retries with more room if it did not fit.
+ * image hash so that equal inputs give equal metadata. `label` is how the initramfs finds the
+ * drive (GUEST_DISK_LABELS). Retries with more room if it did not fit.
  */
 export async function makeExt4(
   log: BuildLog,
   root: string,
   image: string,
   hash: string,
+  label: string,
   signal?: AbortSignal,
 ): Promise<void> {
   const usage = measureTree(root);
@@ -90,7 +92,7 @@ export async function makeExt4(
           '-m',
           '0',
           '-L',
-          'runner-rootfs',
+          label,
           '-U',
           uuid,
           '-O',

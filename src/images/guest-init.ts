@@ -2,8 +2,8 @@
  * The guest's init, installed in every rootfs as `/sbin/runner-init` (mode 0755).
  *
  * Contract with the initramfs (which is not built here): after loading the virtio, console,
- * vsock and overlay modules it mounts the rootfs read-only as the lower layer of an overlay with
- * a tmpfs upper layer, `switch_root`s into it and execs `/sbin/runner-init` as PID 1. The root
+ * vsock and overlay modules it mounts the base image and the language layer read-only as the
+ * lower layers of an overlay with a tmpfs upper layer, `switch_root`s into it and execs `/sbin/runner-init` as PID 1. The root
  * is then writable, in RAM; nothing the guest does reaches the image.
  *
  * Contract with the host, through the kernel command line (keys are read from /proc/cmdline:
@@ -25,6 +25,15 @@
  * hash is part of the image identity.
  */
 export const GUEST_INIT_PATH = '/sbin/runner-init';
+
+/**
+ * The ext4 labels of a layered VM's two drives (src/images/kernel.ts finds them by these): the
+ * base image (Debian, the agent, this init) and the language's layer stacked over it.
+ */
+export const GUEST_DISK_LABELS = { base: 'runner-base', layer: 'runner-layer' } as const;
+
+/** The kernel argument that tells the initramfs to stack the two labelled drives. */
+export const LAYERED_ROOT_ARG = 'runner.root=layers';
 
 /** Where the agent bundle and the language definitions live in the guest. */
 export const GUEST_AGENT_PATH = '/opt/runner/agent.mjs';

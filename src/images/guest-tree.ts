@@ -177,18 +177,24 @@ export function shrink(root: string): void {
 }
 
 /**
- * Writes what makes a toolchain tree a runner image: the runner user, the agent bundle, the
- * language's folder (only this image's language), /sbin/runner-init, and our own /etc files.
+ * The guest edits every image tree gets, the base's and each toolchain's alike (so that a
+ * language layer, their difference, holds none of them): the runner user, our own /etc files in
+ * place of the ones debootstrap copied from the host, and the (empty) languages folder.
  */
-export function installGuestFiles(
-  root: string,
-  language: Language,
-  agentBundle: Buffer,
-  execHelper: Buffer,
-): void {
-  const definition = language.definition;
+export function installCommonGuestFiles(root: string): void {
   addRunnerUser(root);
-  // The agent, the language folder and the init.
+  writeGuestFile(root, '/etc/hostname', 'runner\n');
+  writeGuestFile(
+    root,
+    '/etc/hosts',
+    '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\trunner\n',
+  );
+  writeGuestFile(root, '/etc/resolv.conf', '');
+  mkdirSync(guestPath(root, GUEST_LANGUAGES_DIR), { recursive: true, mode: 0o755 });
+}
+
+/** What only the base image holds: the agent bundle, the exec helper and /sbin/runner-init. */
+export function installAgentFiles(root: string, agentBundle: Buffer, execHelper: Buffer): void {
   const agentPath = guestPath(root, GUEST_AGENT_PATH);
   mkdirSync(posix.dirname(agentPath), { recursive: true, mode: 0o755 });
   rmSync(agentPath, { force: true });
@@ -199,17 +205,13 @@ export function installGuestFiles(
   rmSync(helperPath, { force: true });
   writeFileSync(helperPath, execHelper, { mode: 0o755, flag: 'wx' });
   chmodSync(helperPath, 0o755);
-  const langDir = join(guestPath(root, GUEST_LANGUAGES_DIR), definition.name);
+  writeGuestFile(root, GUEST_INIT_PATH, GUEST_INIT_SCRIPT, 0o755);
+}
+
+/** What a language layer adds of its own: the language's folder (only this one language). */
+export function installLanguageFolder(root: string, language: Language): void {
+  const langDir = join(guestPath(root, GUEST_LANGUAGES_DIR), language.definition.name);
   mkdirSync(langDir, { recursive: true, mode: 0o755 });
   cpSync(language.dir, langDir, { recursive: true, dereference: true });
   normaliseOwnership(langDir);
-  writeGuestFile(root, GUEST_INIT_PATH, GUEST_INIT_SCRIPT, 0o755);
-  // Our own /etc files in place of the ones debootstrap copied from the host.
-  writeGuestFile(root, '/etc/hostname', 'runner\n');
-  writeGuestFile(
-    root,
-    '/etc/hosts',
-    '127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\trunner\n',
-  );
-  writeGuestFile(root, '/etc/resolv.conf', '');
 }

@@ -18,7 +18,7 @@ export const BASE_PACKAGES: readonly string[] = ['nodejs', 'util-linux', 'socat'
  * Recipe versions: bump one when the builder's steps for that layer change in a way that changes
  * its output, so that caches and image identities follow.
  */
-export const RECIPE = { base: 1, toolchain: 1, final: 1 } as const;
+export const RECIPE = { base: 1, toolchain: 1, final: 2, layer: 1 } as const;
 
 /** SHA-256 of a string or buffer, hex. */
 export function sha256Hex(data: string | Buffer): string {
@@ -109,44 +109,102 @@ export async function folderDigests(dir: string): Promise<FileDigest[]> {
   );
 }
 
-/** What a rootfs image is made of: exactly the things its identity covers. */
-export interface RootfsIdentityInputs {
-  readonly definition: LanguageDefinition;
-  /** The files of the language folder copied into the image. */
-  readonly languageFiles: readonly FileDigest[];
+/**
+ * The tree every language layer is a difference against, and that the base image is made of
+ * (with the agent added): the base layer as installed, with the guest edits common to every
+ * image (the runner user, our /etc files, the shrinking). Its key covers the base layer's key,
+ * the versions installed in it, and the recipe of those edits; a language layer fits exactly the
+ * base images of the same key.
+ */
+export function baseTreeKey(baseKey: string, basePackagesDigest: string): string {
+  return sha256Hex(
+    canonicalJson({
+      tree: 'base',
+      recipe: RECIPE.final,
+      baseKey,
+      basePackages: basePackagesDigest,
+    }),
+  );
+}
+
+/** What the base image is made of: exactly the things its identity covers. */
+export interface BaseImageIdentityInputs {
+  readonly baseTreeKey: string;
   readonly agentSha256: string;
-  /** The static exec helper installed beside the agent (absent in identities from before it). */
-  readonly execHelperSha256?: string;
+  readonly execHelperSha256: string;
   readonly initScript: string;
   readonly agentVersion: string;
+}
+
+/** The identity of the base image: `base-<hash12>`. */
+export interface BaseImageIdentity {
+  readonly id: string;
+  readonly hash: string;
+  readonly baseTreeKey: string;
+  readonly agentSha256: string;
+  readonly initSha256: string;
+}
+
+/**
+ * The base image's identity: the base tree, the agent bundle, the exec helper, the init script
+ * and AGENT_VERSION. A change of the agent changes this identity only; no language layer.
+ */
+export function baseImageIdentity(inputs: BaseImageIdentityInputs): BaseImageIdentity {
+  const initSha256 = sha256Hex(inputs.initScript);
+  const hash = sha256Hex(
+    canonicalJson({
+      kind: 'base',
+      recipe: RECIPE.final,
+      baseTreeKey: inputs.baseTreeKey,
+      agentSha256: inputs.agentSha256,
+      execHelperSha256: inputs.execHelperSha256,
+      agentVersion: inputs.agentVersion,
+      initSha256,
+    }),
+  );
+  return {
+    id: `base-${hash.slice(0, 12)}`,
+    hash,
+    baseTreeKey: inputs.baseTreeKey,
+    agentSha256: inputs.agentSha256,
+    initSha256,
+  };
+}
+
+/** What a language layer is made of: exactly the things its identity covers. */
+export interface RootfsIdentityInputs {
+  readonly definition: LanguageDefinition;
+  /** The files of the language folder copied into the layer. */
+  readonly languageFiles: readonly FileDigest[];
   /**
    * Digest of every package installed in the toolchain layer (name, architecture, version), so
    * that a layer rebuilt with newer Debian packages yields a new identity. Unknown (undefined)
    * before the layer is built.
    */
   readonly toolchainPackagesDigest?: string;
+  /** The base tree the layer is a difference against (unknown before the base layer is built). */
+  readonly baseTreeKey?: string;
   readonly suite?: string;
   readonly basePackages?: readonly string[];
   readonly arch?: string;
 }
 
-/** The identity of a rootfs image and of the cached layers it is built on. */
+/** The identity of a language layer and of the cached build layers it is made from. */
 export interface RootfsIdentity {
   /** `<language>-<hash12>`. */
   readonly id: string;
   readonly hash: string;
   readonly baseKey: string;
   readonly toolchainKey: string;
-  readonly initSha256: string;
-  readonly agentSha256: string;
   readonly definitionSha256: string;
 }
 
 /**
- * Computes a rootfs image's identity: a hash of the toolchain layer key (and the package
- * versions that layer holds), the agent bundle, the init script, the language definition and
- * folder, and AGENT_VERSION. Anything else (the mirror, the kernel, the build time, other
- * languages) leaves it unchanged.
+ * Computes a language layer's identity: a hash of the toolchain layer key (and the package
+ * versions that layer holds), the base tree it is a difference against, and the language
+ * definition and folder. The agent, the exec helper and the init are in the base image, not
+ * here: a change of them leaves every layer as it is. Anything else (the mirror, the kernel,
+ * the build time, other languages) leaves it unchanged too.
  */
 export function rootfsIdentity(inputs: RootfsIdentityInputs): RootfsIdentity {
   const baseKey = baseLayerKey(inputs.suite, inputs.basePackages, inputs.arch);
@@ -155,18 +213,14 @@ export function rootfsIdentity(inputs: RootfsIdentityInputs): RootfsIdentity {
     inputs.definition.packages,
     inputs.definition.npm,
   );
-  const initSha256 = sha256Hex(inputs.initScript);
   const definitionSha256 = sha256Hex(canonicalJson(inputs.definition));
   const hash = sha256Hex(
     canonicalJson({
-      kind: 'rootfs',
-      recipe: RECIPE.final,
+      kind: 'layer',
+      recipe: RECIPE.layer,
       toolchainKey,
       toolchainPackages: inputs.toolchainPackagesDigest ?? null,
-      agentSha256: inputs.agentSha256,
-      ...(inputs.execHelperSha256 !== undefined && { execHelperSha256: inputs.execHelperSha256 }),
-      agentVersion: inputs.agentVersion,
-      initSha256,
+      baseTreeKey: inputs.baseTreeKey ?? null,
       definitionSha256,
       languageFiles: [...inputs.languageFiles]
         .sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
@@ -178,8 +232,6 @@ export function rootfsIdentity(inputs: RootfsIdentityInputs): RootfsIdentity {
     hash,
     baseKey,
     toolchainKey,
-    initSha256,
-    agentSha256: inputs.agentSha256,
     definitionSha256,
   };
 }

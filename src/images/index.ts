@@ -1,6 +1,6 @@
 /**
- * Images: the rootfs builder (one ext4 per language), the guest init it installs, and the local
- * image store they land in. The S3 store is in ./remote.ts.
+ * Images: the builder (one base image, one layer per language over it), the guest init it
+ * installs, and the local image store they land in. The S3 store is in ./remote.ts.
  */
 export {
   ImageManifestSchema,
@@ -20,6 +20,7 @@ export {
   type VerifyReport,
 } from './store.js';
 export {
+  BASE_FILE_NAME,
   RootfsBuilder,
   rootfsFileName,
   type RootfsBuilderOptions,
@@ -28,12 +29,15 @@ export {
 } from './rootfs.js';
 export {
   BASE_PACKAGES,
+  baseImageIdentity,
+  baseTreeKey,
   DEBIAN_SUITE,
   rootfsIdentity,
   sha256File,
   type RootfsIdentity,
   type RootfsIdentityInputs,
 } from './identity.js';
+export { diffTrees, makeLayerTree, type LayerDiff } from './layer-diff.js';
 export { resolveDebianMirrors, type DebianMirrorSettings, type DebianMirrors } from './mirror.js';
 export * from './guest-init.js';
 export { bundleAgent } from './agent-bundle.js';

@@ -17,7 +17,7 @@ import { createGzip } from 'node:zlib';
 import { ImageBuildFailedError, ImageCorruptError } from '../errors.js';
 import type { BuildLog } from './build-log.js';
 import { canonicalJson, DEBIAN_SUITE, sha256File, sha256Hex } from './identity.js';
-import { GUEST_NET } from './guest-init.js';
+import { GUEST_DISK_LABELS, GUEST_NET, LAYERED_ROOT_ARG } from './guest-init.js';
 import type { ImageManifest } from './manifest.js';
 import { resolveDebianMirrors, type DebianMirrorSettings } from './mirror.js';
 import { writeManifest, type ImageStore, type StoredImage } from './store.js';
@@ -53,9 +53,10 @@ export const INITRAMFS_MODULES = [
 const KERNEL_RECIPE = 1;
 
 /**
- * The initramfs's /init (busybox sh). It loads the modules, mounts the language rootfs
- * (/dev/vda) read-only, puts a tmpfs overlay on top so that writes stay in RAM and never reach
- * the image, and hands over to the guest init. Any failure powers the VM off, which the host
+ * The initramfs's /init (busybox sh). It loads the modules, mounts the base image and the
+ * language's layer read-only (or, without `runner.root=layers`, one whole rootfs at /dev/vda),
+ * stacks them under a tmpfs overlay so that writes stay in RAM and never reach an image, and
+ * hands over to the guest init. Any failure powers the VM off, which the host
  * sees at once as the VMM exiting.
  */
 export function initramfsInit(modules: readonly string[]): string {
@@ -70,16 +71,37 @@ fail() { echo "runner-initramfs: $*" > /dev/console; echo o > /proc/sysrq-trigge
 for m in ${modules.join(' ')}; do
   insmod /lib/modules/$m.ko || echo "runner-initramfs: insmod $m failed" > /dev/console
 done
-i=0
-while [ ! -b /dev/vda ]; do
-  i=$((i+1)); [ $i -gt 1000 ] && fail "no root disk /dev/vda"
-  usleep 10000
+# runner.root=layers: two drives, found by their ext4 labels (the order of virtio-mmio devices
+# is the VMM's): the base (Debian, the agent) and the language's layer, stacked by overlayfs with
+# the layer on top. Without it: one drive, /dev/vda, a whole rootfs.
+layered=
+read -r cmdline < /proc/cmdline
+for arg in $cmdline; do
+  [ "$arg" = ${LAYERED_ROOT_ARG} ] && layered=1
 done
-mkdir -p /lower /rw /newroot
-mount -t ext4 -o ro,noload,nodev /dev/vda /lower || fail "cannot mount the rootfs /dev/vda"
 mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /rw || fail "cannot mount the overlay tmpfs"
-mkdir -p /rw/upper /rw/work
-mount -t overlay -o lowerdir=/lower,upperdir=/rw/upper,workdir=/rw/work overlay /newroot || fail "cannot mount the overlay"
+mkdir -p /rw/upper /rw/work /newroot
+i=0
+if [ -n "$layered" ]; then
+  base=; layer=
+  until base=$(findfs LABEL=${GUEST_DISK_LABELS.base} 2>/dev/null) && layer=$(findfs LABEL=${GUEST_DISK_LABELS.layer} 2>/dev/null); do
+    i=$((i+1)); [ $i -gt 1000 ] && fail "no drives labelled ${GUEST_DISK_LABELS.base} and ${GUEST_DISK_LABELS.layer}"
+    usleep 10000
+  done
+  mkdir -p /base /layer
+  mount -t ext4 -o ro,noload,nodev "$base" /base || fail "cannot mount the base $base"
+  mount -t ext4 -o ro,noload,nodev "$layer" /layer || fail "cannot mount the layer $layer"
+  lower=/layer:/base
+else
+  while [ ! -b /dev/vda ]; do
+    i=$((i+1)); [ $i -gt 1000 ] && fail "no root disk /dev/vda"
+    usleep 10000
+  done
+  mkdir -p /lower
+  mount -t ext4 -o ro,noload,nodev /dev/vda /lower || fail "cannot mount the rootfs /dev/vda"
+  lower=/lower
+fi
+mount -t overlay -o lowerdir=$lower,upperdir=/rw/upper,workdir=/rw/work overlay /newroot || fail "cannot mount the overlay"
 [ -x /newroot/sbin/runner-init ] || fail "the rootfs has no /sbin/runner-init"
 # Network on request (src/net/vmnet.ts): only a VM started with a NIC has eth0. Configured here,
 # where busybox has ip; the address and the route outlive switch_root.
@@ -283,7 +305,18 @@ export async function buildKernelImage(options: KernelBuildOptions): Promise<Sto
 
     options.onPhase?.('initramfs');
     const ird = join(scratch, 'initramfs');
-    for (const d of ['bin', 'dev', 'proc', 'sys', 'lib/modules', 'lower', 'rw', 'newroot']) {
+    for (const d of [
+      'bin',
+      'dev',
+      'proc',
+      'sys',
+      'lib/modules',
+      'lower',
+      'base',
+      'layer',
+      'rw',
+      'newroot',
+    ]) {
       await mkdir(join(ird, d), { recursive: true });
     }
     await copyFile(join(broot, 'bin', 'busybox'), join(ird, 'bin', 'busybox'));

@@ -107,9 +107,21 @@ export class LayerCache {
     return this.mirrorsCache;
   }
 
+  private baseDir(key: string): string {
+    return join(this.layersDir, `base-${key.slice(0, 16)}`);
+  }
+
+  /** The base layer for this key when it is cached, whole, and may be used. */
+  cachedBase(key: string): CachedLayer | undefined {
+    const dir = this.baseDir(key);
+    if (!this.mayReuse(dir)) return undefined;
+    const info = readLayerInfo(dir);
+    return info?.key === key ? { dir, info, cached: true } : undefined;
+  }
+
   /** The cached base layer for `key`, built first when missing. */
   async ensureBase(key: string, log: BuildLog): Promise<CachedLayer> {
-    const dir = join(this.layersDir, `base-${key.slice(0, 16)}`);
+    const dir = this.baseDir(key);
     const info = readLayerInfo(dir);
     if (this.mayReuse(dir) && info?.key === key) {
       log.write(`# base layer cached: ${dir}`);

@@ -21,7 +21,7 @@ export const ManifestFileSchema = Type.Object(
 export const ImageManifestSchema = Type.Object(
   {
     schema: Type.Literal(1),
-    kind: Type.Union([Type.Literal('kernel'), Type.Literal('rootfs')]),
+    kind: Type.Union([Type.Literal('kernel'), Type.Literal('base'), Type.Literal('rootfs')]),
     id: Type.String({ pattern: '^[a-z0-9+#-]+-[0-9a-f]{12,64}$' }),
     language: Type.Union([Type.String(), Type.Null()]),
     toolchainVersion: Type.Union([Type.String(), Type.Null()]),

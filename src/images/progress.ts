@@ -1,7 +1,7 @@
 import cliProgress from 'cli-progress';
 
 /** The phases of a rootfs build, in order. */
-export const BUILD_PHASES = ['base', 'packages', 'agent', 'mkfs', 'checksum'] as const;
+export const BUILD_PHASES = ['base', 'packages', 'layer', 'mkfs', 'checksum'] as const;
 export type BuildPhase = (typeof BUILD_PHASES)[number];
 
 /** What the builder tells its caller while it works. */

@@ -9,20 +9,29 @@ import { AGENT_VERSION } from '../version.js';
 import { BuildLog } from './build-log.js';
 import { chrootCapture, chrootRun, removeTree, withChrootMounts } from './chroot.js';
 import { makeExt4 } from './ext4.js';
-import { GUEST_AGENT_PATH, GUEST_INIT_SCRIPT } from './guest-init.js';
+import { GUEST_AGENT_PATH, GUEST_DISK_LABELS, GUEST_INIT_SCRIPT } from './guest-init.js';
 import { buildExecHelper } from './exec-helper.js';
-import { installGuestFiles, shrink } from './guest-tree.js';
+import {
+  installAgentFiles,
+  installCommonGuestFiles,
+  installLanguageFolder,
+  shrink,
+} from './guest-tree.js';
 import {
   BASE_PACKAGES,
+  baseImageIdentity,
+  baseLayerKey,
+  baseTreeKey,
   DEBIAN_SUITE,
   folderDigests,
   rootfsIdentity,
   sha256File,
   sha256Hex,
-  type RootfsIdentity,
+  type BaseImageIdentity,
   type RootfsIdentityInputs,
 } from './identity.js';
-import { copyTree, LayerCache } from './layer-cache.js';
+import { makeLayerTree } from './layer-diff.js';
+import { copyTree, LayerCache, type CachedLayer } from './layer-cache.js';
 import { acquireLock, type HeldLock } from './lockfile.js';
 import type { ImageManifest } from './manifest.js';
 import type { DebianMirrorSettings, DebianMirrors } from './mirror.js';
@@ -35,10 +44,16 @@ import { writeManifest, type ImageStore, type StoredImage } from './store.js';
  * guest-tree.ts, the ext4 image in ext4.ts.
  */
 
-/** The file name of a language's rootfs image. */
+/** The file name of a language's layer image. */
 export function rootfsFileName(language: string): string {
   return `rootfs-${language}.ext4`;
 }
+
+/** The file name of the base image. */
+export const BASE_FILE_NAME = 'base.ext4';
+
+/** The name the base image's build goes by in progress events, logs and failures. */
+export const BASE_BUILD_NAME = 'base';
 
 /** Options of a RootfsBuilder. */
 export interface RootfsBuilderOptions {
@@ -66,8 +81,9 @@ export interface RootfsBuilderOptions {
   readonly reporter?: BuildReporter;
 }
 
-/** A built (or already present) rootfs image. */
+/** A built (or already present) image: a language's layer, or the base. */
 export interface RootfsBuildResult {
+  /** The language, or BASE_BUILD_NAME for the base image. */
   readonly language: string;
   readonly id: string;
   readonly image: StoredImage;
@@ -82,7 +98,7 @@ export interface RootfsBuildResult {
   readonly warnings: readonly string[];
 }
 
-/** A language whose build failed. */
+/** A language (or the base) whose build failed. */
 export interface RootfsBuildFailure {
   readonly language: string;
   readonly phase: BuildPhase;
@@ -90,22 +106,65 @@ export interface RootfsBuildFailure {
   readonly logPath: string | null;
 }
 
+/** The base image of this build, and the base layer and tree it was made from. */
+interface BaseState {
+  readonly result: RootfsBuildResult;
+  readonly baseLayer: CachedLayer;
+  readonly treeKey: string;
+}
+
+/** The state of one image's build: its log, its phases, its timings. */
+class BuildRun {
+  readonly started = Date.now();
+  readonly phaseSeconds: Partial<Record<BuildPhase, number>> = {};
+  phase: BuildPhase = 'base';
+  private phaseStarted = Date.now();
+
+  constructor(
+    readonly name: string,
+    readonly log: BuildLog,
+    private readonly reporter: BuildReporter,
+  ) {
+    log.write(`### phase base`);
+    reporter.event({ type: 'phase', language: name, phase: 'base' });
+  }
+
+  enter(next: BuildPhase): void {
+    this.phaseSeconds[this.phase] = (Date.now() - this.phaseStarted) / 1000;
+    this.phase = next;
+    this.phaseStarted = Date.now();
+    this.log.write(`### phase ${next}`);
+    this.reporter.event({ type: 'phase', language: this.name, phase: next });
+  }
+
+  finish(): number {
+    this.phaseSeconds[this.phase] = (Date.now() - this.phaseStarted) / 1000;
+    return (Date.now() - this.started) / 1000;
+  }
+}
+
 /**
- * Builds one ext4 rootfs per language, in three layers:
+ * Builds the images VMs are made of: one base image shared by every language, and one layer per
+ * language that the guest stacks over it (overlayfs: layer over base, under a tmpfs).
  *
- * 1. base: debootstrap minbase of bookworm plus BASE_PACKAGES, updated from the security suite.
- *    Cached in `<buildDir>/layers/base-<key>/`, keyed by its inputs.
- * 2. toolchain: a copy of the base plus the language's Debian packages (apt, no recommends,
- *    /proc mounted, the .deb cache shared by every build). Cached in
- *    `<buildDir>/layers/toolchain-<lang>-<key>/`, keyed by the base key and the packages, so a
- *    change of the agent alone reruns neither debootstrap nor apt.
- * 3. final (not cached): the runner user, the agent, the language folder (only this image's
- *    language, at /opt/runner/languages/<name>/), /sbin/runner-init, and the cleanup; then
- *    `mkfs.ext4 -d` without mounting anything.
+ * From three build layers, cached on the host:
+ * 1. base: debootstrap minbase of bookworm plus BASE_PACKAGES, updated from the security suite
+ *    (`<buildDir>/layers/base-<key>/`).
+ * 2. toolchain: a copy of the base plus one language's Debian packages and npm pins
+ *    (`<buildDir>/layers/toolchain-<lang>-<key>/`), keyed by the base key and the packages.
+ * 3. the images, never cached:
+ *    - the **base tree**: the base layer with the guest edits every image gets (the runner user,
+ *      our own /etc, the shrinking); the **base image** is it plus the agent, the exec helper
+ *      and /sbin/runner-init;
+ *    - a **language layer**: the toolchain layer with the same edits and the language's
+ *      folder, less everything the base tree holds identically (layer-diff.ts), with whiteouts
+ *      for what the toolchain removed. It holds no agent: a change of the agent rebuilds the
+ *      base image only.
+ *    Each goes through `mkfs.ext4 -d` without mounting anything.
  *
  * Nothing of the host's /etc goes in: the files debootstrap copies from the host (resolv.conf,
  * hostname) are replaced, and the apt sources are removed. Builds are serialised by a lock in
- * the build folder; they need root (debootstrap, chroot, mount).
+ * the build folder; they need root (debootstrap, chroot, mount, mknod).
  */
 export class RootfsBuilder {
   private readonly options: RootfsBuilderOptions;
@@ -113,6 +172,8 @@ export class RootfsBuilder {
   /** The base and toolchain layers; it lives as long as the builder (see rebuildLayers). */
   private readonly layers: LayerCache;
   private helperBuild: Promise<string> | undefined;
+  /** The base tree of this build (under the work folder), made when a layer needs it. */
+  private referenceTree: Promise<string> | undefined;
 
   constructor(options: RootfsBuilderOptions) {
     this.options = options;
@@ -128,7 +189,8 @@ export class RootfsBuilder {
 
   /** The exec helper's path: the given one, or built once per builder into the build dir. */
   private execHelper(): Promise<string> {
-    if (this.options.execHelperPath !== undefined) return Promise.resolve(this.options.execHelperPath);
+    if (this.options.execHelperPath !== undefined)
+      return Promise.resolve(this.options.execHelperPath);
     this.helperBuild ??= buildExecHelper(join(this.options.paths.buildDir, 'agent', 'runner-exec'));
     return this.helperBuild;
   }
@@ -137,268 +199,443 @@ export class RootfsBuilder {
     return join(this.options.paths.buildDir, 'work');
   }
 
-  /** What the identity of `language`'s image is computed from, but the toolchain layer's packages. */
-  private async identityInputs(
-    language: Language,
-  ): Promise<RootfsIdentityInputs & { readonly agentBundle: Buffer; readonly execHelper: Buffer }> {
+  /** The agent bundle and exec helper, read once: the bytes hashed are the bytes installed. */
+  private async agentFiles(): Promise<{ agentBundle: Buffer; execHelper: Buffer }> {
     const path = this.options.agentBundlePath;
     if (!existsSync(path) || !statSync(path).isFile()) {
       throw new ImageBuildFailedError(`agent bundle ${path} does not exist`);
     }
-    // Read once: the bytes hashed are the bytes installed, even if the file changes meanwhile.
-    const agentBundle = readFileSync(path);
-    const execHelper = readFileSync(await this.execHelper());
-    return {
-      definition: language.definition,
-      languageFiles: await folderDigests(language.dir),
-      agentSha256: sha256Hex(agentBundle),
-      execHelperSha256: sha256Hex(execHelper),
-      agentBundle,
-      execHelper,
-      initScript: GUEST_INIT_SCRIPT,
-      agentVersion: AGENT_VERSION,
-    };
+    return { agentBundle: readFileSync(path), execHelper: readFileSync(await this.execHelper()) };
   }
 
   /**
-   * The identity `language`'s image has with this builder's agent bundle and the cached
-   * toolchain layer; null while that layer is not built (its package versions are part of the
-   * identity, and are known only once apt has run).
+   * Builds the base image and the layers of several languages one after the other (they share
+   * the apt cache and its lock); a language's failure does not stop the others, the base's
+   * fails them all. `base` is absent when the base failed.
    */
-  async identity(language: Language): Promise<RootfsIdentity | null> {
-    const inputs = await this.identityInputs(language);
-    const layer = this.layers.cachedToolchain(
-      language.definition.name,
-      rootfsIdentity(inputs).toolchainKey,
-    );
-    return layer === undefined
-      ? null
-      : rootfsIdentity({ ...inputs, toolchainPackagesDigest: layer.info.packagesDigest });
-  }
-
-  /**
-   * Builds the images of several languages one after the other (they share the apt cache and
-   * its lock); a failure does not stop the others.
-   */
-  async buildMany(
-    languages: readonly Language[],
-  ): Promise<{ built: RootfsBuildResult[]; failed: RootfsBuildFailure[] }> {
+  async buildMany(languages: readonly Language[]): Promise<{
+    base?: RootfsBuildResult;
+    built: RootfsBuildResult[];
+    failed: RootfsBuildFailure[];
+  }> {
     const built: RootfsBuildResult[] = [];
     const failed: RootfsBuildFailure[] = [];
     const lock = await this.lock();
     try {
+      let base: BaseState;
+      try {
+        base = await this.buildBase();
+      } catch (err) {
+        if (this.options.signal?.aborted === true) throw err;
+        const failure = toFailure(BASE_BUILD_NAME, err);
+        failed.push(failure);
+        for (const language of languages)
+          failed.push({ ...failure, language: language.definition.name });
+        return { built, failed };
+      }
       for (const language of languages) {
         this.options.signal?.throwIfAborted();
         try {
-          built.push(await this.buildLocked(language));
+          built.push(await this.buildLayer(language, base));
         } catch (err) {
           if (this.options.signal?.aborted === true) throw err;
-          const failure = toFailure(language.definition.name, err);
-          failed.push(failure);
+          failed.push(toFailure(language.definition.name, err));
         }
       }
+      return { base: base.result, built, failed };
     } finally {
+      this.dropReferenceTree();
       await lock.release();
     }
-    return { built, failed };
   }
 
-  /** Builds one language's image (or finds it in the store); throws IMAGE_BUILD_FAILED. */
+  /** Builds the base image and one language's layer (or finds them); throws IMAGE_BUILD_FAILED. */
   async build(language: Language): Promise<RootfsBuildResult> {
     const lock = await this.lock();
     try {
-      return await this.buildLocked(language);
+      return await this.buildLayer(language, await this.buildBase());
     } finally {
+      this.dropReferenceTree();
       await lock.release();
     }
   }
 
-  private async buildLocked(language: Language): Promise<RootfsBuildResult> {
-    const name = language.definition.name;
-    const started = Date.now();
-    const inputs = await this.identityInputs(language);
-    const keys = rootfsIdentity(inputs);
-    this.reporter.event({ type: 'start', language: name });
-    const reuse = async (
-      identity: RootfsIdentity,
-      logPath: string | null,
-    ): Promise<RootfsBuildResult | undefined> => {
-      if (this.options.force === true) return undefined;
-      const existing = await this.options.store.find(identity.id, 'rootfs');
-      if (existing === undefined) return undefined;
-      const seconds = (Date.now() - started) / 1000;
-      this.reporter.event({ type: 'done', language: name, id: identity.id, reused: true, seconds });
-      return {
-        language: name,
-        id: identity.id,
-        image: existing,
-        reused: true,
-        seconds,
-        phaseSeconds: {},
-        cachedLayers: { base: true, toolchain: true },
-        logPath,
-        warnings: [],
-      };
-    };
-    // With the toolchain layer cached the identity is known at once: nothing to do when the
-    // store already holds the image.
-    const cached = this.layers.cachedToolchain(name, keys.toolchainKey);
-    if (cached !== undefined) {
-      const reused = await reuse(
-        rootfsIdentity({ ...inputs, toolchainPackagesDigest: cached.info.packagesDigest }),
-        null,
-      );
-      if (reused !== undefined) return reused;
-    }
-    checkHost();
+  /** Opens a build's log and reports its start. */
+  private openRun(name: string): BuildRun {
     mkdirSync(this.options.paths.logsDir, { recursive: true });
     const stamp = new Date().toISOString().replace(/[:.]/g, '-');
     const log = new BuildLog(join(this.options.paths.logsDir, `rootfs-${name}-${stamp}.log`));
     this.reporter.event({ type: 'note', language: name, message: `log: ${log.path}` });
-    const phaseSeconds: Partial<Record<BuildPhase, number>> = {};
-    let phase: BuildPhase = 'base';
-    let phaseStarted = Date.now();
-    const enter = (next: BuildPhase): void => {
-      phaseSeconds[phase] = (Date.now() - phaseStarted) / 1000;
-      phase = next;
-      phaseStarted = Date.now();
-      log.write(`### phase ${next}`);
-      this.reporter.event({ type: 'phase', language: name, phase: next });
+    return new BuildRun(name, log, this.reporter);
+  }
+
+  /** The result for an image the store holds already. */
+  private reused(
+    name: string,
+    image: StoredImage,
+    started: number,
+    logPath: string | null,
+  ): RootfsBuildResult {
+    const seconds = (Date.now() - started) / 1000;
+    this.reporter.event({
+      type: 'done',
+      language: name,
+      id: image.manifest.id,
+      reused: true,
+      seconds,
+    });
+    return {
+      language: name,
+      id: image.manifest.id,
+      image,
+      reused: true,
+      seconds,
+      phaseSeconds: {},
+      cachedLayers: { base: true, toolchain: true },
+      logPath,
+      warnings: [],
     };
-    const work = join(this.workDir, `${name}-${randomBytes(4).toString('hex')}`);
-    let staging: string | undefined;
+  }
+
+  /** Runs one image's build: phases, the failure's message and log, the work folder's removal. */
+  private async runBuild<T>(run: BuildRun, work: string, fn: () => Promise<T>): Promise<T> {
     try {
-      log.write(`### rootfs ${name}, agent ${AGENT_VERSION} (${keys.agentSha256})`);
-      log.write(`### phase base`);
-      this.reporter.event({ type: 'phase', language: name, phase: 'base' });
-      // A cached toolchain layer holds the base already.
-      const base =
-        cached !== undefined
-          ? { dir: null, cached: true }
-          : await this.layers.ensureBase(keys.baseKey, log);
-
-      enter('packages');
-      const toolchain =
-        cached ?? (await this.layers.ensureToolchain(language, keys.toolchainKey, base.dir, log));
-      const identity = rootfsIdentity({
-        ...inputs,
-        toolchainPackagesDigest: toolchain.info.packagesDigest,
-      });
-      log.write(`### image identity ${identity.id}`);
-      const reused = await reuse(identity, log.path);
-      if (reused !== undefined) {
-        log.write('### the store already holds this image');
-        return { ...reused, cachedLayers: { base: base.cached, toolchain: toolchain.cached } };
-      }
-
-      enter('agent');
-      const root = join(work, 'root');
-      mkdirSync(work, { recursive: true });
-      await copyTree(log, join(toolchain.dir, 'root'), root, this.options.signal);
-      const { toolchainVersion, warnings } = await this.finalLayer(
-        language,
-        { agentBundle: inputs.agentBundle, execHelper: inputs.execHelper },
-        root,
-        log,
-      );
-      for (const message of warnings)
-        this.reporter.event({ type: 'note', language: name, message });
-
-      enter('mkfs');
-      staging = await this.options.store.createStaging('rootfs', identity.id);
-      const fileName = rootfsFileName(name);
-      const image = join(staging, fileName);
-      await makeExt4(log, root, image, identity.hash, this.options.signal);
-      removeTree(work);
-
-      enter('checksum');
-      const sha256 = await sha256File(image);
-      const sizeBytes = statSync(image).size;
-      const seconds = (Date.now() - started) / 1000;
-      const manifest: ImageManifest = {
-        schema: 1,
-        kind: 'rootfs',
-        id: identity.id,
-        language: name,
-        toolchainVersion,
-        kernelVersion: this.options.kernelVersion ?? 'none',
-        agentVersion: AGENT_VERSION,
-        debianSuite: DEBIAN_SUITE,
-        packages: [...BASE_PACKAGES, ...language.definition.packages],
-        files: [{ name: fileName, sizeBytes, sha256 }],
-        totalSizeBytes: sizeBytes,
-        buildSeconds: Math.round(seconds * 10) / 10,
-        builtAt: new Date().toISOString(),
-        inputs: {
-          baseKey: identity.baseKey,
-          toolchainKey: identity.toolchainKey,
-          agentSha256: identity.agentSha256,
-          initSha256: identity.initSha256,
-          definitionSha256: identity.definitionSha256,
-          toolchainPackagesDigest: toolchain.info.packagesDigest,
-        },
-      };
-      await writeManifest(staging, manifest);
-      const stored = await this.options.store.commit(staging, {
-        replace: this.options.force === true,
-      });
-      staging = undefined;
-      phaseSeconds.checksum = (Date.now() - phaseStarted) / 1000;
-      log.write(`### done: ${stored.dir} (${sizeBytes} bytes, ${seconds.toFixed(1)} s)`);
-      log.write(`### phase seconds: ${JSON.stringify(phaseSeconds)}`);
-      this.reporter.event({
-        type: 'done',
-        language: name,
-        id: identity.id,
-        reused: false,
-        seconds,
-      });
-      return {
-        language: name,
-        id: identity.id,
-        image: stored,
-        reused: false,
-        seconds,
-        phaseSeconds,
-        cachedLayers: { base: base.cached, toolchain: toolchain.cached },
-        logPath: log.path,
-        warnings,
-      };
+      return await fn();
     } catch (err) {
       const message = err instanceof Error ? err.message : String(err);
-      log.write(`### FAILED in phase ${phase}: ${message}`);
-      this.reporter.event({ type: 'failed', language: name, phase, message, logPath: log.path });
+      run.log.write(`### FAILED in phase ${run.phase}: ${message}`);
+      this.reporter.event({
+        type: 'failed',
+        language: run.name,
+        phase: run.phase,
+        message,
+        logPath: run.log.path,
+      });
       throw new ImageBuildFailedError(
-        `rootfs ${name}: phase ${phase} failed: ${message} (log: ${log.path})`,
-        { cause: err, details: { language: name, phase, logPath: log.path, tail: log.tail() } },
+        `${run.name === BASE_BUILD_NAME ? 'the base image' : `rootfs ${run.name}`}: phase ${run.phase} failed: ${message} (log: ${run.log.path})`,
+        {
+          cause: err,
+          details: {
+            language: run.name,
+            phase: run.phase,
+            logPath: run.log.path,
+            tail: run.log.tail(),
+          },
+        },
       );
     } finally {
       try {
         removeTree(work);
       } finally {
-        if (staging !== undefined) rmSync(staging, { recursive: true, force: true });
-        log.close();
+        run.log.close();
       }
     }
   }
 
-  /** The final layer, in a copy of the toolchain layer. Returns the toolchain version read. */
-  private async finalLayer(
+  /** Makes an ext4 of `tree`, stores it with its manifest, and reports it done. */
+  private async store(
+    run: BuildRun,
+    tree: string,
+    fileName: string,
+    label: string,
+    manifest: Omit<
+      ImageManifest,
+      'files' | 'totalSizeBytes' | 'buildSeconds' | 'builtAt' | 'schema'
+    >,
+    hash: string,
+  ): Promise<StoredImage> {
+    run.enter('mkfs');
+    const staging = await this.options.store.createStaging(manifest.kind, manifest.id);
+    try {
+      const image = join(staging, fileName);
+      await makeExt4(run.log, tree, image, hash, label, this.options.signal);
+      removeTree(tree);
+      run.enter('checksum');
+      const sha256 = await sha256File(image);
+      const sizeBytes = statSync(image).size;
+      const seconds = run.finish();
+      await writeManifest(staging, {
+        schema: 1,
+        ...manifest,
+        files: [{ name: fileName, sizeBytes, sha256 }],
+        totalSizeBytes: sizeBytes,
+        buildSeconds: Math.round(seconds * 10) / 10,
+        builtAt: new Date().toISOString(),
+      });
+      const stored = await this.options.store.commit(staging, {
+        replace: this.options.force === true,
+      });
+      run.log.write(`### done: ${stored.dir} (${sizeBytes} bytes, ${seconds.toFixed(1)} s)`);
+      run.log.write(`### phase seconds: ${JSON.stringify(run.phaseSeconds)}`);
+      this.reporter.event({
+        type: 'done',
+        language: run.name,
+        id: manifest.id,
+        reused: false,
+        seconds,
+      });
+      return stored;
+    } finally {
+      rmSync(staging, { recursive: true, force: true });
+    }
+  }
+
+  /**
+   * The base image: the base tree plus the agent, the exec helper and the init. Found in the
+   * store when one of the same identity is there.
+   */
+  private async buildBase(): Promise<BaseState> {
+    const name = BASE_BUILD_NAME;
+    const started = Date.now();
+    const agent = await this.agentFiles();
+    const baseKey = baseLayerKey();
+    this.reporter.event({ type: 'start', language: name });
+    // With the base layer cached the identity is known at once.
+    const cachedLayer = this.layers.cachedBase(baseKey);
+    const identityOf = (layer: CachedLayer): BaseImageIdentity =>
+      baseImageIdentity({
+        baseTreeKey: baseTreeKey(baseKey, layer.info.packagesDigest),
+        agentSha256: sha256Hex(agent.agentBundle),
+        execHelperSha256: sha256Hex(agent.execHelper),
+        initScript: GUEST_INIT_SCRIPT,
+        agentVersion: AGENT_VERSION,
+      });
+    if (cachedLayer !== undefined && this.options.force !== true) {
+      const identity = identityOf(cachedLayer);
+      const existing = await this.options.store.find(identity.id, 'base');
+      if (existing !== undefined)
+        return {
+          result: this.reused(name, existing, started, null),
+          baseLayer: cachedLayer,
+          treeKey: identity.baseTreeKey,
+        };
+    }
+    checkHost();
+    const run = this.openRun(name);
+    const work = join(this.workDir, `base-${randomBytes(4).toString('hex')}`);
+    return this.runBuild(run, work, async () => {
+      run.log.write(`### base image, agent ${AGENT_VERSION} (${sha256Hex(agent.agentBundle)})`);
+      const baseLayer = await this.layers.ensureBase(baseKey, run.log);
+      const identity = identityOf(baseLayer);
+      run.log.write(`### image identity ${identity.id}`);
+      const existing =
+        this.options.force === true
+          ? undefined
+          : await this.options.store.find(identity.id, 'base');
+      if (existing !== undefined) {
+        return {
+          result: {
+            ...this.reused(name, existing, started, run.log.path),
+            cachedLayers: { base: baseLayer.cached, toolchain: true },
+          },
+          baseLayer,
+          treeKey: identity.baseTreeKey,
+        };
+      }
+      run.enter('layer');
+      const reference = await this.reference(baseLayer, run.log);
+      const root = join(work, 'root');
+      mkdirSync(work, { recursive: true });
+      await copyTree(run.log, reference, root, this.options.signal);
+      installAgentFiles(root, agent.agentBundle, agent.execHelper);
+      run.log.write('# base image: agent, exec helper and init written');
+      await withChrootMounts(root, run.log, {}, async () => {
+        // The bundle must at least parse under the guest's Node.js.
+        await chrootRun(run.log, root, ['/usr/bin/node', '--check', GUEST_AGENT_PATH], {
+          signal: this.options.signal,
+        });
+      });
+      const image = await this.store(
+        run,
+        root,
+        BASE_FILE_NAME,
+        GUEST_DISK_LABELS.base,
+        {
+          kind: 'base',
+          id: identity.id,
+          language: null,
+          toolchainVersion: null,
+          kernelVersion: this.options.kernelVersion ?? 'none',
+          agentVersion: AGENT_VERSION,
+          debianSuite: DEBIAN_SUITE,
+          packages: [...BASE_PACKAGES],
+          inputs: {
+            baseKey,
+            baseTreeKey: identity.baseTreeKey,
+            basePackagesDigest: baseLayer.info.packagesDigest,
+            agentSha256: identity.agentSha256,
+            execHelperSha256: sha256Hex(agent.execHelper),
+            initSha256: identity.initSha256,
+          },
+        },
+        identity.hash,
+      );
+      const seconds = (Date.now() - started) / 1000;
+      return {
+        result: {
+          language: name,
+          id: identity.id,
+          image,
+          reused: false,
+          seconds,
+          phaseSeconds: run.phaseSeconds,
+          cachedLayers: { base: baseLayer.cached, toolchain: true },
+          logPath: run.log.path,
+          warnings: [],
+        },
+        baseLayer,
+        treeKey: identity.baseTreeKey,
+      };
+    });
+  }
+
+  /**
+   * The base tree, made once per build (a copy of the base layer with the common guest edits):
+   * the base image is it plus the agent, and every layer is a difference against it.
+   */
+  private reference(baseLayer: CachedLayer, log: BuildLog): Promise<string> {
+    this.referenceTree ??= (async () => {
+      const root = join(this.workDir, `reference-${randomBytes(4).toString('hex')}`, 'root');
+      mkdirSync(join(root, '..'), { recursive: true });
+      await copyTree(log, join(baseLayer.dir, 'root'), root, this.options.signal);
+      installCommonGuestFiles(root);
+      shrink(root);
+      log.write(`# base tree: ${root}`);
+      return root;
+    })();
+    const pending = this.referenceTree;
+    // A failed tree is made again by the next build, not handed out.
+    pending.catch(() => {
+      if (this.referenceTree === pending) this.referenceTree = undefined;
+    });
+    return pending;
+  }
+
+  private dropReferenceTree(): void {
+    const pending = this.referenceTree;
+    this.referenceTree = undefined;
+    void pending?.then(
+      (root) => removeTree(join(root, '..')),
+      () => undefined,
+    );
+  }
+
+  /** One language's layer over the base tree (or the one in the store). */
+  private async buildLayer(language: Language, base: BaseState): Promise<RootfsBuildResult> {
+    const name = language.definition.name;
+    const started = Date.now();
+    const inputs: RootfsIdentityInputs = {
+      definition: language.definition,
+      languageFiles: await folderDigests(language.dir),
+      baseTreeKey: base.treeKey,
+    };
+    const keys = rootfsIdentity(inputs);
+    this.reporter.event({ type: 'start', language: name });
+    const find = async (packagesDigest: string): Promise<StoredImage | undefined> => {
+      if (this.options.force === true) return undefined;
+      const identity = rootfsIdentity({ ...inputs, toolchainPackagesDigest: packagesDigest });
+      return this.options.store.find(identity.id, 'rootfs');
+    };
+    // With the toolchain layer cached the identity is known at once: nothing to do when the
+    // store already holds the layer.
+    const cached = this.layers.cachedToolchain(name, keys.toolchainKey);
+    if (cached !== undefined) {
+      const existing = await find(cached.info.packagesDigest);
+      if (existing !== undefined) return this.reused(name, existing, started, null);
+    }
+    checkHost();
+    const run = this.openRun(name);
+    const work = join(this.workDir, `${name}-${randomBytes(4).toString('hex')}`);
+    return this.runBuild(run, work, async () => {
+      run.log.write(`### layer ${name} over the base tree ${base.treeKey.slice(0, 16)}`);
+      run.enter('packages');
+      const toolchain =
+        cached ??
+        (await this.layers.ensureToolchain(
+          language,
+          keys.toolchainKey,
+          base.baseLayer.dir,
+          run.log,
+        ));
+      const identity = rootfsIdentity({
+        ...inputs,
+        toolchainPackagesDigest: toolchain.info.packagesDigest,
+      });
+      run.log.write(`### image identity ${identity.id}`);
+      const existing = await find(toolchain.info.packagesDigest);
+      if (existing !== undefined) {
+        run.log.write('### the store already holds this image');
+        return {
+          ...this.reused(name, existing, started, run.log.path),
+          cachedLayers: { base: true, toolchain: toolchain.cached },
+        };
+      }
+
+      run.enter('layer');
+      const root = join(work, 'root');
+      mkdirSync(work, { recursive: true });
+      await copyTree(run.log, join(toolchain.dir, 'root'), root, this.options.signal);
+      const { toolchainVersion, warnings } = await this.finishTree(language, root, run.log);
+      for (const message of warnings)
+        this.reporter.event({ type: 'note', language: name, message });
+      const layer = join(work, 'layer');
+      const reference = await this.reference(base.baseLayer, run.log);
+      await makeLayerTree(run.log, root, reference, layer, this.options.signal);
+      removeTree(root);
+
+      const image = await this.store(
+        run,
+        layer,
+        rootfsFileName(name),
+        GUEST_DISK_LABELS.layer,
+        {
+          kind: 'rootfs',
+          id: identity.id,
+          language: name,
+          toolchainVersion,
+          kernelVersion: this.options.kernelVersion ?? 'none',
+          agentVersion: null,
+          debianSuite: DEBIAN_SUITE,
+          packages: [...language.definition.packages],
+          inputs: {
+            baseKey: identity.baseKey,
+            baseTreeKey: base.treeKey,
+            toolchainKey: identity.toolchainKey,
+            definitionSha256: identity.definitionSha256,
+            toolchainPackagesDigest: toolchain.info.packagesDigest,
+          },
+        },
+        identity.hash,
+      );
+      return {
+        language: name,
+        id: identity.id,
+        image,
+        reused: false,
+        seconds: (Date.now() - started) / 1000,
+        phaseSeconds: run.phaseSeconds,
+        cachedLayers: { base: true, toolchain: toolchain.cached },
+        logPath: run.log.path,
+        warnings,
+      };
+    });
+  }
+
+  /**
+   * The guest edits of a toolchain tree before its difference is taken: the same as the base
+   * tree's, plus the language folder; and the language's version read from it.
+   */
+  private async finishTree(
     language: Language,
-    agent: { agentBundle: Buffer; execHelper: Buffer },
     root: string,
     log: BuildLog,
   ): Promise<{ toolchainVersion: string; warnings: string[] }> {
     const definition = language.definition;
-    installGuestFiles(root, language, agent.agentBundle, agent.execHelper);
-    log.write('# final layer: runner user, agent, language, init written');
-
+    installCommonGuestFiles(root);
+    installLanguageFolder(root, language);
+    log.write('# layer: runner user, /etc and the language folder written');
     let output = '';
     await withChrootMounts(root, log, {}, async () => {
-      // The bundle must at least parse under the guest's Node.js.
-      await chrootRun(log, root, ['/usr/bin/node', '--check', GUEST_AGENT_PATH], {
-        signal: this.options.signal,
-      });
       output = await chrootCapture(log, root, definition.versionCommand, {
         signal: this.options.signal,
       });

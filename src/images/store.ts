@@ -7,7 +7,7 @@ import { parseManifest, type ImageManifest } from './manifest.js';
 
 /** The kinds of image the store holds: the manifest's `kind`. */
 export type ImageKind = ImageManifest['kind'];
-export const IMAGE_KINDS: readonly ImageKind[] = ['kernel', 'rootfs'];
+export const IMAGE_KINDS: readonly ImageKind[] = ['kernel', 'base', 'rootfs'];
 
 /** The manifest's id pattern; checked before an id becomes part of a path. */
 const ID_PATTERN = /^[a-z0-9+#-]+-[0-9a-f]{12,64}$/;

@@ -149,12 +149,16 @@ export function remoteFetcher(
   settings: RemoteStoreSettings,
   log?: (line: string) => void,
 ):
-  | ((kind: 'kernel' | 'rootfs', language: string | null) => Promise<StoredImage | undefined>)
+  | ((
+      kind: 'kernel' | 'base' | 'rootfs',
+      language: string | null,
+      baseTreeKey?: string,
+    ) => Promise<StoredImage | undefined>)
   | undefined {
   const config = remoteStoreConfigFromSettings(settings);
   if (config === null) return undefined;
   const remote = new RemoteImageStore(config);
-  return async (kind, language) => {
+  return async (kind, language, baseTreeKey) => {
     const refs = (await remote.list(kind)).filter((r) =>
       language === null ? true : r.id.startsWith(`${language}-`),
     );
@@ -162,6 +166,8 @@ export function remoteFetcher(
     for (const ref of refs) {
       const manifest = await remote.manifest(kind, ref.id);
       if (manifest.language !== language) continue;
+      // A base must be of the tree the language's layer was made against.
+      if (baseTreeKey !== undefined && manifest.inputs?.baseTreeKey !== baseTreeKey) continue;
       const builtAt = Date.parse(manifest.builtAt);
       if (best === null || builtAt > best.builtAt) best = { id: ref.id, builtAt };
     }

@@ -38,6 +38,7 @@ export {
 } from './runner.js';
 export { reseed, VmPool, type Lease, type PoolOptions, type PoolStats } from './pool.js';
 export {
+  latestBase,
   readSnapshotMeta,
   SnapshotManager,
   type RuntimeStatus,

@@ -1,7 +1,8 @@
 import { randomBytes } from 'node:crypto';
 import { mkdir, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { SnapshotFailedError } from '../errors.js';
+import { ImageNotFoundError, SnapshotFailedError } from '../errors.js';
+import { BASE_FILE_NAME } from '../images/rootfs.js';
 import { canonicalJson, sha256Hex } from '../images/identity.js';
 import type { ImageStore, StoredImage } from '../images/store.js';
 import type { MicroVm, VmmDriver, VmResources } from '../vmm/index.js';
@@ -22,6 +23,8 @@ export interface SnapshotRef {
   readonly resources: VmResources;
   readonly kernelId: string;
   readonly rootfsId: string;
+  /** The base image under a layered language's layer (absent for a whole rootfs). */
+  readonly baseId?: string;
   readonly sizeBytes: number;
   /** The cold boot that made it (absent when it was already on disk). */
   readonly bootMs?: number;
@@ -43,8 +46,10 @@ export interface SnapshotManagerOptions {
   readonly kernelFile: 'vmlinuz' | 'vmlinux';
   /** Called when an image is missing locally; may fetch it (the S3 store) and return it. */
   readonly fetchMissing?: (
-    kind: 'kernel' | 'rootfs',
+    kind: 'kernel' | 'base' | 'rootfs',
     language: string | null,
+    /** For the base: the base tree the language's layer was made against. */
+    baseTreeKey?: string,
   ) => Promise<StoredImage | undefined>;
   readonly log?: (line: string) => void;
   /** Told how long each cold boot took (for metrics). */
@@ -71,11 +76,26 @@ export class SnapshotManager {
 
   constructor(private readonly options: SnapshotManagerOptions) {}
 
-  /** The images a language's VMs are made of (fetched on demand when configured). */
-  async images(language: string): Promise<{ kernel: StoredImage; rootfs: StoredImage }> {
+  /**
+   * The images a language's VMs are made of (fetched on demand when configured): the kernel,
+   * the language's layer, and the base image that layer goes over (null for a whole rootfs).
+   */
+  async images(
+    language: string,
+  ): Promise<{ kernel: StoredImage; rootfs: StoredImage; base: StoredImage | null }> {
     const kernel = await this.image('kernel', null);
     const rootfs = await this.image('rootfs', language);
-    return { kernel, rootfs };
+    const treeKey = rootfs.manifest.inputs?.baseTreeKey;
+    if (treeKey === undefined) return { kernel, rootfs, base: null };
+    const base =
+      (await latestBase(this.options.store, treeKey)) ??
+      (await this.options.fetchMissing?.('base', null, treeKey));
+    if (base === undefined) {
+      throw new ImageNotFoundError(
+        `no base image for ${rootfs.manifest.id} (base tree ${treeKey.slice(0, 16)}) in ${this.options.store.root} (build one: runner images build ${language})`,
+      );
+    }
+    return { kernel, rootfs, base };
   }
 
   /** The snapshot for a language, made now (one cold boot) when it is missing. */
@@ -125,8 +145,8 @@ export class SnapshotManager {
   private async target(
     language: string,
   ): Promise<{ base: Omit<SnapshotRef, 'sizeBytes'>; dir: string }> {
-    const { kernel, rootfs } = await this.images(language);
-    const base = this.locate(language, kernel, rootfs);
+    const { kernel, rootfs, base: baseImage } = await this.images(language);
+    const base = this.locate(language, kernel, rootfs, baseImage);
     return { base, dir: dirname(base.path) };
   }
 
@@ -140,7 +160,10 @@ export class SnapshotManager {
     const rootfs = await this.options.store.latest('rootfs', language);
     if (kernel === undefined || rootfs === undefined)
       return { imageReady: false, snapshotReady: false };
-    const { path } = this.locate(language, kernel, rootfs);
+    const treeKey = rootfs.manifest.inputs?.baseTreeKey;
+    const base = treeKey === undefined ? null : await latestBase(this.options.store, treeKey);
+    if (base === undefined) return { imageReady: false, snapshotReady: false };
+    const { path } = this.locate(language, kernel, rootfs, base);
     const snap = await stat(path).catch(() => null);
     return { imageReady: true, snapshotReady: snap?.isFile() === true };
   }
@@ -150,11 +173,15 @@ export class SnapshotManager {
     language: string,
     kernel: StoredImage,
     rootfs: StoredImage,
+    base: StoredImage | null,
   ): Omit<SnapshotRef, 'sizeBytes'> {
     const resources: VmResources = {
       kernelPath: join(kernel.dir, this.options.kernelFile),
       initrdPath: join(kernel.dir, 'initrd.img'),
       rootfsPath: join(rootfs.dir, rootfs.manifest.files[0]?.name ?? `rootfs-${language}.ext4`),
+      ...(base !== null && {
+        basePath: join(base.dir, base.manifest.files[0]?.name ?? BASE_FILE_NAME),
+      }),
       memoryMib: this.options.memoryMib,
       vcpus: this.options.vcpus,
     };
@@ -162,6 +189,7 @@ export class SnapshotManager {
       canonicalJson({
         kernel: kernel.manifest.id,
         rootfs: rootfs.manifest.id,
+        ...(base !== null && { base: base.manifest.id }),
         driver: this.options.driverTag,
         memoryMib: resources.memoryMib,
         vcpus: resources.vcpus,
@@ -175,6 +203,7 @@ export class SnapshotManager {
       resources,
       kernelId: kernel.manifest.id,
       rootfsId: rootfs.manifest.id,
+      ...(base !== null && { baseId: base.manifest.id }),
     };
   }
 
@@ -237,6 +266,25 @@ export class SnapshotManager {
     if (fetched) return fetched;
     return this.options.store.resolve(kind, language);
   }
+}
+
+/**
+ * The newest base image in the store made of this base tree: the one a language layer made
+ * against that tree goes over (any of them fits it; the newest has the newest agent).
+ */
+export async function latestBase(
+  store: ImageStore,
+  treeKey: string,
+): Promise<StoredImage | undefined> {
+  const bases = (await store.list('base')).filter(
+    (b) => b.manifest.inputs?.baseTreeKey === treeKey,
+  );
+  bases.sort(
+    (a, b) =>
+      Date.parse(b.manifest.builtAt) - Date.parse(a.manifest.builtAt) ||
+      b.manifest.id.localeCompare(a.manifest.id),
+  );
+  return bases[0];
 }
 
 /** Reads a snapshot's meta.json (timings of the boot that made it), or null. */

@@ -921,6 +921,7 @@ export class SandboxManager implements SandboxService {
       snap.resources.kernelPath,
       snap.resources.initrdPath,
       snap.resources.rootfsPath,
+      ...(snap.resources.basePath === undefined ? [] : [snap.resources.basePath]),
     ]) {
       if ((await stat(file).catch(() => null)) === null)
         throw new SnapshotFailedError(

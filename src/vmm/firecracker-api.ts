@@ -168,13 +168,16 @@ export function bootSourceBody(source: {
 }
 
 /**
- * The language rootfs as a read-only virtio-block drive. Not the root device: the initramfs
- * mounts /dev/vda itself (under an overlay), so Firecracker must not add `root=` to the
- * command line.
+ * A read-only virtio-block drive: the language's (`rootfs`) or the base image under it
+ * (`base`). Not the root device: the initramfs mounts the drives itself (under an overlay), so
+ * Firecracker must not add `root=` to the command line.
  */
-export function rootfsDriveBody(pathOnHost: string): DriveBody {
+export function rootfsDriveBody(
+  pathOnHost: string,
+  driveId: 'rootfs' | 'base' = 'rootfs',
+): DriveBody {
   return {
-    drive_id: 'rootfs',
+    drive_id: driveId,
     path_on_host: pathOnHost,
     is_root_device: false,
     is_read_only: true,
@@ -281,6 +284,8 @@ export interface FirecrackerBootPlan {
   readonly kernelPath: string;
   readonly initrdPath: string;
   readonly rootfsPath: string;
+  /** The base image under a layered language's drive. */
+  readonly basePath?: string;
   readonly bootArgs: string;
   readonly guestCid: number;
   readonly vsockPath: string;
@@ -297,6 +302,9 @@ export function bootRequests(plan: FirecrackerBootPlan): FirecrackerRequest[] {
         bootArgs: plan.bootArgs,
       }),
     ),
+    ...(plan.basePath === undefined
+      ? []
+      : [firecrackerRequests.putDrive(rootfsDriveBody(plan.basePath, 'base'))]),
     firecrackerRequests.putDrive(rootfsDriveBody(plan.rootfsPath)),
     firecrackerRequests.putVsock(vsockBody(plan.guestCid, plan.vsockPath)),
     firecrackerRequests.action(instanceStartBody()),

@@ -68,6 +68,7 @@ export const FIRECRACKER_FILES = {
   kernel: 'vmlinux',
   initrd: 'initrd.img',
   rootfs: 'rootfs.ext4',
+  base: 'base.ext4',
   snapshotState: 'snapshot.state',
   snapshotMemory: 'snapshot.mem',
 } as const;

@@ -15,7 +15,7 @@ import {
   VmStateError,
   VmTimeoutError,
 } from '../errors.js';
-import { GUEST_VSOCK_PORT } from '../images/guest-init.js';
+import { GUEST_VSOCK_PORT, LAYERED_ROOT_ARG } from '../images/guest-init.js';
 import type { AgentMessage, HelloMessage } from '../protocol/index.js';
 import { BaseVm, bringUp } from './base-vm.js';
 import {
@@ -190,9 +190,15 @@ class FirecrackerVm extends BaseVm {
             ['kernel', options.kernelPath],
             ['initrd', options.initrdPath],
             ['rootfs', options.rootfsPath],
+            ...(options.basePath === undefined
+              ? []
+              : ([['base', options.basePath]] as [FirecrackerFile, string][])),
           ]
         : [
             ['rootfs', options.rootfsPath],
+            ...(options.basePath === undefined
+              ? []
+              : ([['base', options.basePath]] as [FirecrackerFile, string][])),
             ...(jailer === null
               ? []
               : ([
@@ -261,7 +267,13 @@ class FirecrackerVm extends BaseVm {
       kernelPath: firecrackerPath('kernel', this.jailed),
       initrdPath: firecrackerPath('initrd', this.jailed),
       rootfsPath: firecrackerPath('rootfs', this.jailed),
-      bootArgs: firecrackerBootArgs(this.driverOptions.kernelArgs),
+      ...(this.options.basePath !== undefined && {
+        basePath: firecrackerPath('base', this.jailed),
+      }),
+      bootArgs: firecrackerBootArgs([
+        ...(this.driverOptions.kernelArgs ?? []),
+        ...(this.options.basePath !== undefined ? [LAYERED_ROOT_ARG] : []),
+      ]),
       guestCid: this.driverOptions.guestCid ?? 3,
       vsockPath: firecrackerPath('vsockSocket', this.jailed),
     };

@@ -262,6 +262,7 @@ export interface JailedVm {
   readonly kernelPath: string;
   readonly initrdPath: string;
   readonly rootfsPath: string | null;
+  readonly basePath?: string;
   readonly memoryMib: number;
   readonly vcpus: number;
   readonly netns?: string | null;
@@ -407,6 +408,7 @@ export class QemuJail {
     const vmFiles = [
       vm.kernelPath,
       vm.initrdPath,
+      ...(vm.basePath === undefined ? [] : [vm.basePath]),
       ...(vm.rootfsPath === null ? [] : [vm.rootfsPath]),
     ];
     const devices = jailDevices(accel, netns);

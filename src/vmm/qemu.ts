@@ -16,7 +16,7 @@ import {
   VmTimeoutError,
 } from '../errors.js';
 import { BaseVm, bringUp } from './base-vm.js';
-import { GUEST_NET } from '../images/guest-init.js';
+import { GUEST_NET, LAYERED_ROOT_ARG } from '../images/guest-init.js';
 import { VM_TAP } from '../net/vmnet.js';
 import type { PreparedJail, QemuJail } from './jail.js';
 import { QmpClient } from './qmp.js';
@@ -92,7 +92,7 @@ const SNAPSHOT_TIMEOUT_MS = 120_000;
  */
 export type QemuMachine = Pick<
   VmLaunchOptions,
-  'vmId' | 'runDir' | 'kernelPath' | 'initrdPath' | 'memoryMib' | 'vcpus' | 'netns'
+  'vmId' | 'runDir' | 'kernelPath' | 'initrdPath' | 'memoryMib' | 'vcpus' | 'netns' | 'basePath'
 > & { readonly rootfsPath: string | null };
 
 /**
@@ -135,7 +135,16 @@ export function qemuArgs(
       ...BASE_KERNEL_ARGS,
       ...(driver.accel === 'tcg' ? tcgKernelArgs() : []),
       ...(driver.kernelArgs ?? []),
+      ...(options.basePath !== undefined ? [LAYERED_ROOT_ARG] : []),
     ].join(' '),
+    ...(options.basePath === undefined
+      ? []
+      : [
+          '-drive',
+          `id=base,file=${options.basePath},format=raw,if=none,readonly=on`,
+          '-device',
+          'virtio-blk-device,drive=base',
+        ]),
     ...(options.rootfsPath === null
       ? []
       : [

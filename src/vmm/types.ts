@@ -103,7 +103,13 @@ export interface VmResources {
   /** The kernel: a bzImage for QEMU, the ELF vmlinux for Firecracker. */
   readonly kernelPath: string;
   readonly initrdPath: string;
+  /** The language's drive: its layer over `basePath`, or (without one) a whole rootfs. */
   readonly rootfsPath: string;
+  /**
+   * The base image (Debian, the agent) under a layered language's drive: the VM gets both
+   * drives and the kernel argument LAYERED_ROOT_ARG (docs/images.md).
+   */
+  readonly basePath?: string;
   readonly memoryMib: number;
   readonly vcpus: number;
 }

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { dataPaths, loadSettings } from '../../config/index.js';
 import { ImageStore } from '../../images/store.js';
 import { LanguageRegistry } from '../../languages/index.js';
-import { lookupUser } from '../../pool/index.js';
+import { latestBase, lookupUser } from '../../pool/index.js';
 import { probeKvm } from '../../vmm/index.js';
 import { jailChecks } from './doctor-jail.js';
 
@@ -118,12 +118,17 @@ export async function runChecks(options: { refreshKvm?: boolean } = {}): Promise
   for (const { definition } of LanguageRegistry.fromDir().list()) {
     const rootfs = await store.latest('rootfs', definition.name);
     const snap = [...snapshots].some((s) => s.startsWith(`${definition.name}-`));
+    const treeKey = rootfs?.manifest.inputs?.baseTreeKey;
+    const base = treeKey === undefined ? null : await latestBase(store, treeKey);
     checks.push({
       name: definition.name,
-      ok: rootfs !== undefined,
-      detail: rootfs
-        ? `image ${rootfs.manifest.id}, snapshot ${snap ? 'present' : 'not yet taken (made on first use)'}`
-        : 'no image yet',
+      ok: rootfs !== undefined && base !== undefined,
+      detail:
+        rootfs === undefined
+          ? 'no image yet'
+          : base === undefined
+            ? `layer ${rootfs.manifest.id}, but no base image of its base tree`
+            : `image ${rootfs.manifest.id}${base === null ? '' : ` over ${base.manifest.id}`}, snapshot ${snap ? 'present' : 'not yet taken (made on first use)'}`,
       fix: `runner images build ${definition.name}`,
       optional: true,
     });

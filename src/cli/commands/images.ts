@@ -99,7 +99,7 @@ export function registerImagesCommand(program: Command): void {
   images
     .command('build')
     .description(
-      'build the rootfs image of each named language (Debian bookworm, debootstrap + apt; needs root)',
+      "build the base image and each named language's layer over it (Debian bookworm, debootstrap + apt; needs root)",
     )
     .argument('[languages...]', 'language names or aliases')
     .option('--all', 'build every language in languages/')
@@ -120,7 +120,8 @@ export function registerImagesCommand(program: Command): void {
     .addHelpText(
       'after',
       '\nThe Debian mirror comes from /etc/apt (RUNNER_DEBIAN_MIRROR and RUNNER_DEBIAN_SECURITY_MIRROR override it).\n' +
-        'Layers and the .deb cache live in <data dir>/build; each build writes a full log to <data dir>/logs.',
+        'One base image (Debian, the agent) is shared by every language; each language image is a layer of what its toolchain adds.\n' +
+        'A change of the agent alone rebuilds the base only. Build layers and the .deb cache live in <data dir>/build; each build writes a full log to <data dir>/logs.',
     )
     .action(async (names, opts) => {
       const registry = LanguageRegistry.fromDir();
@@ -183,13 +184,13 @@ export function registerImagesCommand(program: Command): void {
         process.off('SIGINT', onSignal);
         process.off('SIGTERM', onSignal);
       }
-      for (const r of result.built) {
+      for (const r of [...(result.base === undefined ? [] : [result.base]), ...result.built]) {
         const m = r.image.manifest;
         const layers = r.reused
           ? 'already in the store'
           : `base ${r.cachedLayers.base ? 'cached' : 'built'}, toolchain ${r.cachedLayers.toolchain ? 'cached' : 'built'}`;
         out(
-          `${r.language.padEnd(12)} ${m.id.padEnd(26)} ${mib(m.totalSizeBytes).padStart(11)}  ${String(m.toolchainVersion).padEnd(10)} ${r.seconds.toFixed(1).padStart(6)} s  (${layers})`,
+          `${r.language.padEnd(12)} ${m.id.padEnd(26)} ${mib(m.totalSizeBytes).padStart(11)}  ${(m.toolchainVersion ?? `agent ${m.agentVersion ?? "?"}`).padEnd(10)} ${r.seconds.toFixed(1).padStart(6)} s  (${layers})`,
         );
         for (const w of r.warnings) out(`  warning: ${w}`);
       }

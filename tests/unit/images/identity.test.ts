@@ -1,7 +1,9 @@
 import { describe, expect, it } from 'vitest';
 import { GUEST_INIT_SCRIPT } from '../../../src/images/guest-init.js';
 import {
+  baseImageIdentity,
   baseLayerKey,
+  baseTreeKey,
   canonicalJson,
   RECIPE,
   rootfsIdentity,
@@ -31,9 +33,7 @@ const base: RootfsIdentityInputs = {
     { name: 'language.json', sha256: sha256Hex('definition') },
     { name: 'test.py', sha256: sha256Hex('print("ok")') },
   ],
-  agentSha256: sha256Hex('agent v1'),
-  initScript: GUEST_INIT_SCRIPT,
-  agentVersion: '0.1.0',
+  baseTreeKey: baseTreeKey(baseLayerKey(), sha256Hex('base packages v1')),
 };
 
 describe('rootfs identity', () => {
@@ -57,18 +57,13 @@ describe('rootfs identity', () => {
     ).toBe(reference.id);
   });
 
-  it('changes with the agent bundle, but keeps the cached layers', () => {
-    const other = rootfsIdentity({ ...base, agentSha256: sha256Hex('agent v2') });
+  it('changes with the base tree it is a difference against', () => {
+    const other = rootfsIdentity({
+      ...base,
+      baseTreeKey: baseTreeKey(baseLayerKey(), sha256Hex('base packages v2')),
+    });
     expect(other.id).not.toBe(reference.id);
     expect(other.toolchainKey).toBe(reference.toolchainKey);
-    expect(other.baseKey).toBe(reference.baseKey);
-  });
-
-  it('changes with AGENT_VERSION and with the init script', () => {
-    expect(rootfsIdentity({ ...base, agentVersion: '0.2.0' }).id).not.toBe(reference.id);
-    expect(
-      rootfsIdentity({ ...base, initScript: `${GUEST_INIT_SCRIPT}\n# changed\n` }).id,
-    ).not.toBe(reference.id);
   });
 
   it('changes with the packages, and so does the toolchain layer (not the base)', () => {
@@ -154,6 +149,55 @@ describe('rootfs identity', () => {
     expect(canonicalJson({ b: 1, a: { d: [2, { f: 1, e: 0 }], c: null } })).toBe(
       '{"a":{"c":null,"d":[2,{"e":0,"f":1}]},"b":1}',
     );
+  });
+});
+
+describe('base image identity', () => {
+  const inputs = {
+    baseTreeKey: baseTreeKey(baseLayerKey(), sha256Hex('base packages v1')),
+    agentSha256: sha256Hex('agent v1'),
+    execHelperSha256: sha256Hex('helper v1'),
+    initScript: GUEST_INIT_SCRIPT,
+    agentVersion: '0.1.0',
+  };
+  const reference = baseImageIdentity(inputs);
+
+  it('is base-<12 hex> and stable for equal inputs', () => {
+    expect(reference.id).toMatch(/^base-[0-9a-f]{12}$/);
+    expect(baseImageIdentity({ ...inputs }).id).toBe(reference.id);
+  });
+
+  it('changes with the agent, the exec helper, AGENT_VERSION, the init and the base tree', () => {
+    const others = [
+      { ...inputs, agentSha256: sha256Hex('agent v2') },
+      { ...inputs, execHelperSha256: sha256Hex('helper v2') },
+      { ...inputs, agentVersion: '0.2.0' },
+      { ...inputs, initScript: `${GUEST_INIT_SCRIPT}\n# changed\n` },
+      { ...inputs, baseTreeKey: baseTreeKey(baseLayerKey(), sha256Hex('base packages v2')) },
+    ].map((i) => baseImageIdentity(i).id);
+    expect(new Set([reference.id, ...others]).size).toBe(others.length + 1);
+  });
+
+  it('a change of the agent alone changes the base and no language layer', () => {
+    // A layer's inputs hold nothing of the agent: the same layer goes over either base.
+    const layer = rootfsIdentity({
+      definition,
+      languageFiles: [],
+      baseTreeKey: inputs.baseTreeKey,
+    });
+    const newAgent = baseImageIdentity({ ...inputs, agentSha256: sha256Hex('agent v2') });
+    expect(newAgent.id).not.toBe(reference.id);
+    expect(newAgent.baseTreeKey).toBe(reference.baseTreeKey);
+    expect(
+      rootfsIdentity({ definition, languageFiles: [], baseTreeKey: newAgent.baseTreeKey }).id,
+    ).toBe(layer.id);
+  });
+
+  it('keys the base tree by the base layer and the versions installed in it', () => {
+    const key = baseTreeKey(baseLayerKey(), sha256Hex('v1'));
+    expect(baseTreeKey(baseLayerKey(), sha256Hex('v1'))).toBe(key);
+    expect(baseTreeKey(baseLayerKey(), sha256Hex('v2'))).not.toBe(key);
+    expect(baseTreeKey(baseLayerKey('trixie'), sha256Hex('v1'))).not.toBe(key);
   });
 });
 

@@ -2,6 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { LanguageRegistry } from '../../../src/languages/index.js';
 import { quantiles } from '../../../src/cli/commands/bench.js';
 import { exitCodeFor, languageForFile } from '../../../src/cli/commands/run.js';
+import { LAYERED_ROOT_ARG } from '../../../src/images/guest-init.js';
 import { tcgKernelArgs, qemuArgs, VmStateMachine } from '../../../src/vmm/index.js';
 
 const registry = LanguageRegistry.fromDir();
@@ -85,6 +86,30 @@ describe('qemu driver pieces', () => {
     expect(boot.join(' ')).toContain('readonly=on');
     expect(boot.join(' ')).not.toMatch(/-netdev|-nic|virtio-net/);
     expect(boot).toContain('-nodefaults');
+  });
+
+  it('gives a layered VM both drives, read-only, and tells the initramfs to stack them', () => {
+    const opts = {
+      vmId: 'v',
+      runDir: '/r/v',
+      timeoutMs: 1,
+      kernelPath: '/k',
+      initrdPath: '/i',
+      rootfsPath: '/layer.ext4',
+      basePath: '/base.ext4',
+      memoryMib: 512,
+      vcpus: 1,
+    };
+    const args = qemuArgs(opts, { accel: 'tcg' }, false);
+    const drives = args.filter((_, i) => args[i - 1] === '-drive');
+    expect(drives).toEqual([
+      'id=base,file=/base.ext4,format=raw,if=none,readonly=on',
+      'id=root,file=/layer.ext4,format=raw,if=none,readonly=on',
+    ]);
+    expect(args[args.indexOf('-append') + 1]?.split(' ')).toContain(LAYERED_ROOT_ARG);
+    const whole = qemuArgs({ ...opts, basePath: undefined }, { accel: 'tcg' }, false);
+    expect(whole.filter((a) => a === '-drive')).toHaveLength(1);
+    expect(whole[whole.indexOf('-append') + 1]).not.toContain(LAYERED_ROOT_ARG);
   });
 
   it('refuses illegal VM state transitions', () => {

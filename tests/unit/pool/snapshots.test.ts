@@ -105,3 +105,86 @@ describe('SnapshotManager: one cold-boot path for snapshots and runner bench', (
     expect(driver.vms[0]?.destroyed).toBe(true);
   });
 });
+
+describe('SnapshotManager: a layered language goes over the base of its base tree', () => {
+  let dir: string;
+  beforeEach(() => {
+    dir = mkdtempSync(join(tmpdir(), 'runner-snapshots-'));
+  });
+  afterEach(() => rmSync(dir, { recursive: true, force: true }));
+
+  const stored = (id: string, file: string, inputs: Record<string, string>, builtAt: string) =>
+    ({
+      dir: `/images/${id}`,
+      manifest: { id, files: [{ name: file }], inputs, builtAt },
+    }) as unknown as StoredImage;
+
+  function layeredStore(bases: StoredImage[]): ImageStore {
+    return {
+      latest: (kind: 'kernel' | 'rootfs') =>
+        Promise.resolve(
+          kind === 'kernel'
+            ? image('kernel-1')
+            : stored(
+                'python-2',
+                'rootfs-python.ext4',
+                { baseTreeKey: 't1' },
+                '2026-01-01T00:00:00Z',
+              ),
+        ),
+      list: (kind: string) => Promise.resolve(kind === 'base' ? bases : []),
+      root: '/images',
+    } as unknown as ImageStore;
+  }
+
+  function manager(driver: VmmDriver, store: ImageStore): SnapshotManager {
+    return new SnapshotManager({
+      driver,
+      driverTag: 'qemu-tcg',
+      store,
+      snapshotsDir: join(dir, 'snapshots'),
+      runDir: join(dir, 'run'),
+      memoryMib: 512,
+      vcpus: 1,
+      bootTimeoutMs: 1234,
+      kernelFile: 'vmlinuz',
+    });
+  }
+
+  it('boots the layer over the newest base of the same tree, and keys the snapshot by both', async () => {
+    const older = stored('base-aaa', 'base.ext4', { baseTreeKey: 't1' }, '2026-01-01T00:00:00Z');
+    const newer = stored('base-bbb', 'base.ext4', { baseTreeKey: 't1' }, '2026-02-01T00:00:00Z');
+    const otherTree = stored(
+      'base-ccc',
+      'base.ext4',
+      { baseTreeKey: 't0' },
+      '2026-03-01T00:00:00Z',
+    );
+    const driver = bootingDriver(['python']);
+    const ref = await manager(driver, layeredStore([older, otherTree, newer])).ensure('python');
+    expect(ref.baseId).toBe('base-bbb');
+    expect(driver.boots[0]?.basePath).toBe('/images/base-bbb/base.ext4');
+    expect(driver.boots[0]?.rootfsPath).toBe('/images/python-2/rootfs-python.ext4');
+    // Another base (a new agent) means another snapshot.
+    const other = await manager(bootingDriver(['python']), layeredStore([older])).ensure('python');
+    expect(other.baseId).toBe('base-aaa');
+    expect(other.key).not.toBe(ref.key);
+  });
+
+  it('refuses with IMAGE_NOT_FOUND when no base of the layer tree is in the store', async () => {
+    const otherTree = stored(
+      'base-ccc',
+      'base.ext4',
+      { baseTreeKey: 't0' },
+      '2026-03-01T00:00:00Z',
+    );
+    const driver = bootingDriver(['python']);
+    await expect(manager(driver, layeredStore([otherTree])).ensure('python')).rejects.toMatchObject(
+      {
+        code: 'IMAGE_NOT_FOUND',
+        message: expect.stringContaining('runner images build python') as unknown,
+      },
+    );
+    expect(driver.boots).toHaveLength(0);
+  });
+});

@@ -55,6 +55,7 @@ function allDriverRequests(): FirecrackerRequest[] {
         kernelPath: firecrackerPath('kernel', jailed),
         initrdPath: firecrackerPath('initrd', jailed),
         rootfsPath: firecrackerPath('rootfs', jailed),
+        basePath: firecrackerPath('base', jailed),
         bootArgs: firecrackerBootArgs(['runner.debug=1']),
         guestCid: 3,
         vsockPath: firecrackerPath('vsockSocket', jailed),
@@ -122,24 +123,31 @@ describe('every request body the driver builds', () => {
     expect([...used].sort()).toEqual(Object.keys(FIRECRACKER_PATHS).sort());
   });
 
-  it('boots in the documented order, with the rootfs read-only and not the root device', () => {
-    const boot = requests.slice(0, 5);
+  it('boots in the documented order, with both drives read-only and neither the root device', () => {
+    const boot = requests.slice(0, 6);
     expect(boot.map((r) => `${r.method} ${r.path}`)).toEqual([
       'PUT /machine-config',
       'PUT /boot-source',
+      'PUT /drives/base',
       'PUT /drives/rootfs',
       'PUT /vsock',
       'PUT /actions',
     ]);
     expect(boot[0]?.body).toEqual({ vcpu_count: 2, mem_size_mib: 512, smt: false });
     expect(boot[2]?.body).toEqual({
+      drive_id: 'base',
+      path_on_host: 'base.ext4',
+      is_root_device: false,
+      is_read_only: true,
+    });
+    expect(boot[3]?.body).toEqual({
       drive_id: 'rootfs',
       path_on_host: 'rootfs.ext4',
       is_root_device: false,
       is_read_only: true,
     });
-    expect(boot[3]?.body).toEqual({ guest_cid: 3, uds_path: 'vsock.sock' });
-    expect(boot[4]?.body).toEqual({ action_type: 'InstanceStart' });
+    expect(boot[4]?.body).toEqual({ guest_cid: 3, uds_path: 'vsock.sock' });
+    expect(boot[5]?.body).toEqual({ action_type: 'InstanceStart' });
   });
 
   it('loads snapshots with mem_backend (the spec deprecates mem_file_path) and resumes them', () => {
