@@ -21,6 +21,7 @@ import {
 import { DEFAULT_RETRY, downloadVerified, withRetry, type RetryPolicy } from './download.js';
 import { acquireLock, type LockOptions } from './lockfile.js';
 import { parseManifest, type ImageManifest, type ManifestFile } from './manifest.js';
+import { IMAGE_KINDS } from './store.js';
 import {
   createS3Client,
   isNotFound,
@@ -44,7 +45,7 @@ export {
 
 /** The kinds of image; the same union as the manifest's `kind`. */
 export type ImageKind = ImageManifest['kind'];
-const KINDS: readonly ImageKind[] = ['kernel', 'rootfs'];
+const KINDS: readonly ImageKind[] = IMAGE_KINDS;
 /** The manifest's id pattern; checked before an id becomes part of a path or key. */
 const ID_PATTERN = /^[a-z0-9+#-]+-[0-9a-f]{12,64}$/;
 /** A manifest is a few KiB; refuse to buffer anything absurd. */

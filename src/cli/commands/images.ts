@@ -22,6 +22,8 @@ import { createReporter } from '../../images/progress.js';
 import type { DebianMirrorSettings } from '../../images/mirror.js';
 import { RootfsBuilder } from '../../images/rootfs.js';
 import { ImageStore, isImageId, type StoredImage } from '../../images/store.js';
+import { latestBase } from '../../pool/snapshots.js';
+import { remoteFetcher } from '../../pool/engine.js';
 
 function out(line = ''): void {
   process.stdout.write(`${line}\n`);
@@ -190,7 +192,7 @@ export function registerImagesCommand(program: Command): void {
           ? 'already in the store'
           : `base ${r.cachedLayers.base ? 'cached' : 'built'}, toolchain ${r.cachedLayers.toolchain ? 'cached' : 'built'}`;
         out(
-          `${r.language.padEnd(12)} ${m.id.padEnd(26)} ${mib(m.totalSizeBytes).padStart(11)}  ${(m.toolchainVersion ?? `agent ${m.agentVersion ?? "?"}`).padEnd(10)} ${r.seconds.toFixed(1).padStart(6)} s  (${layers})`,
+          `${r.language.padEnd(12)} ${m.id.padEnd(26)} ${mib(m.totalSizeBytes).padStart(11)}  ${(m.toolchainVersion ?? `agent ${m.agentVersion ?? '?'}`).padEnd(10)} ${r.seconds.toFixed(1).padStart(6)} s  (${layers})`,
         );
         for (const w of r.warnings) out(`  warning: ${w}`);
       }
@@ -227,7 +229,7 @@ export function registerImagesCommand(program: Command): void {
       );
       for (const { manifest: m } of found) {
         out(
-          `${m.kind.padEnd(7)} ${m.id.padEnd(26)} ${(m.language ?? '-').padEnd(11)} ${(m.toolchainVersion ?? m.kernelVersion.split(' ')[0] ?? '-').padEnd(10)} ${mib(m.totalSizeBytes).padStart(11)}  ${m.builtAt}`,
+          `${m.kind.padEnd(7)} ${m.id.padEnd(26)} ${(m.language ?? '-').padEnd(11)} ${(m.toolchainVersion ?? (m.kind === 'base' ? `agent ${m.agentVersion ?? '?'}` : (m.kernelVersion.split(' ')[0] ?? '-'))).padEnd(10)} ${mib(m.totalSizeBytes).padStart(11)}  ${m.builtAt}`,
         );
       }
     });
@@ -292,12 +294,28 @@ function remoteStore(settings: RemoteStoreSettings): RemoteImageStore {
   return new RemoteImageStore(config);
 }
 
+/** The base image a language's layer stacks over (none for other images); throws when missing. */
+async function baseOf(store: ImageStore, image: StoredImage): Promise<StoredImage[]> {
+  const treeKey = image.manifest.inputs?.baseTreeKey;
+  if (image.manifest.kind !== 'rootfs' || treeKey === undefined) return [];
+  const base = await latestBase(store, treeKey);
+  if (base === undefined) {
+    throw new ImageNotFoundError(
+      `${image.manifest.id} stacks over a base image of the base tree ${treeKey.slice(0, 16)}, and the local store has none (runner images build ${image.manifest.language ?? ''})`,
+    );
+  }
+  return [base];
+}
+
 /** `runner images push|pull|remote`: the S3-compatible image store. */
 export function registerImagesRemoteCommands(images: Command): void {
   images
     .command('push')
     .description('upload images to the S3 image store (files first, manifest last)')
-    .argument('<refs...>', 'image ids, or language names for their newest rootfs, or "kernel"')
+    .argument(
+      '<refs...>',
+      'image ids, or language names for their newest layer (pushed with its base), or "kernel"',
+    )
     .option('--force', 'upload again even when the remote store already has the image')
     .action(async (refs, opts) => {
       const settings = loadSettings();
@@ -308,14 +326,18 @@ export function registerImagesRemoteCommands(images: Command): void {
         for (const ref of refs) {
           const image =
             ref === 'kernel' ? await store.resolve('kernel', null) : await resolveRef(store, ref);
-          const r = await remote.push(image.dir, {
-            onProgress: bars.onProgress,
-            force: opts.force === true,
-          });
-          bars.stop();
-          out(
-            `${r.uploaded ? 'pushed' : 'already there'} ${r.kind}/${r.id} (${mib(r.uploadedBytes)} sent)`,
-          );
+          // A language's layer goes with the base it stacks over: pulled alone it could not run.
+          const images = [image, ...(await baseOf(store, image))];
+          for (const { dir } of images) {
+            const r = await remote.push(dir, {
+              onProgress: bars.onProgress,
+              force: opts.force === true,
+            });
+            bars.stop();
+            out(
+              `${r.uploaded ? 'pushed' : 'already there'} ${r.kind}/${r.id} (${mib(r.uploadedBytes)} sent)`,
+            );
+          }
         }
       } finally {
         bars.stop();
@@ -326,20 +348,40 @@ export function registerImagesRemoteCommands(images: Command): void {
   images
     .command('pull')
     .description('download images from the S3 image store, verified against their manifests')
-    .argument('<ids...>', 'image ids (kernel-... or <language>-...)')
+    .argument(
+      '<ids...>',
+      'image ids (kernel-..., base-... or <language>-...; a layer brings its base)',
+    )
     .action(async (ids) => {
       const settings = loadSettings();
       const paths = dataPaths(settings);
       const remote = remoteStore(settings);
       const bars = renderTransferProgress();
       try {
+        const store = new ImageStore(paths.imagesDir);
         for (const id of ids) {
-          const kind = id.startsWith('kernel-') ? 'kernel' : 'rootfs';
+          const kind = id.startsWith('kernel-')
+            ? 'kernel'
+            : id.startsWith('base-')
+              ? 'base'
+              : 'rootfs';
           const r = await remote.pull(kind, id, paths.imagesDir, { onProgress: bars.onProgress });
           bars.stop();
           out(
             `${r.downloaded ? 'pulled' : 'already here'} ${r.kind}/${r.id} (${mib(r.transferredBytes)} received)`,
           );
+          // A layer needs a base of its base tree: the newest remote one, unless one is here.
+          const treeKey = (await store.find(id, kind))?.manifest.inputs?.baseTreeKey;
+          if (kind === 'rootfs' && treeKey !== undefined) {
+            const local = await latestBase(store, treeKey);
+            const base = local ?? (await remoteFetcher(store, settings)?.('base', null, treeKey));
+            if (base === undefined) {
+              throw new ImageNotFoundError(
+                `${id} stacks over a base image of the base tree ${treeKey.slice(0, 16)}, and the S3 store has none`,
+              );
+            }
+            out(`${local === undefined ? 'pulled' : 'already here'} base/${base.manifest.id}`);
+          }
         }
       } finally {
         bars.stop();

@@ -37,18 +37,21 @@ describe('pull on demand from a real S3-compatible server', () => {
   async function pushImage(
     language: string,
     builtAt: string,
+    base?: { baseTreeKey: string },
   ): Promise<{ id: string; bytes: Buffer }> {
     const bytes = randomBytes(200_000);
-    const id = `${language}-${createHash('sha256').update(bytes).digest('hex').slice(0, 12)}`;
+    const name = base === undefined ? language : 'base';
+    const id = `${name}-${createHash('sha256').update(bytes).digest('hex').slice(0, 12)}`;
     const dir = join(work, 'src', id);
     await mkdir(dir, { recursive: true });
-    const file = `rootfs-${language}.ext4`;
+    const file = base === undefined ? `rootfs-${language}.ext4` : 'base.ext4';
     await writeFile(join(dir, file), bytes);
     const manifest: ImageManifest = {
       schema: 1,
-      kind: 'rootfs',
+      kind: base === undefined ? 'rootfs' : 'base',
       id,
-      language,
+      language: base === undefined ? language : null,
+      ...(base !== undefined && { inputs: { baseTreeKey: base.baseTreeKey } }),
       toolchainVersion: '1',
       kernelVersion: 'test',
       agentVersion: '0.1.0',
@@ -90,6 +93,18 @@ describe('pull on demand from a real S3-compatible server', () => {
     expect(await readFile(join(got?.dir ?? '', 'rootfs-python.ext4'))).toEqual(newest.bytes);
     expect((await store.verify(newest.id)).ok).toBe(true);
     expect(await fetch?.('rootfs', 'go')).toBeUndefined();
+  });
+
+  it('fetches the newest base of the base tree asked for, not the newest base', async () => {
+    const wanted = await pushImage('', '2026-02-01T00:00:00.000Z', { baseTreeKey: 'a'.repeat(64) });
+    await pushImage('', '2026-03-01T00:00:00.000Z', { baseTreeKey: 'b'.repeat(64) });
+    const store = new ImageStore(join(work, 'local-base'));
+    const fetch = remoteFetcher(store, settings);
+    const got = await fetch?.('base', null, 'a'.repeat(64));
+    expect(got?.manifest.id).toBe(wanted.id);
+    expect(got?.manifest.kind).toBe('base');
+    expect(await readFile(join(got?.dir ?? '', 'base.ext4'))).toEqual(wanted.bytes);
+    expect(await fetch?.('base', null, 'c'.repeat(64))).toBeUndefined();
   });
 
   it('is off when no bucket is configured', () => {
