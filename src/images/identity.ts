@@ -171,11 +171,19 @@ export function baseImageIdentity(inputs: BaseImageIdentityInputs): BaseImageIde
   };
 }
 
-/** What a language layer is made of: exactly the things its identity covers. */
-export interface RootfsIdentityInputs {
+/** One language of a layer: its definition and the files of its folder. */
+export interface LayerMember {
   readonly definition: LanguageDefinition;
   /** The files of the language folder copied into the layer. */
   readonly languageFiles: readonly FileDigest[];
+}
+
+/** What a language layer is made of: exactly the things its identity covers. */
+export interface RootfsIdentityInputs {
+  /** The layer's name (its languages' `layer`, or the one language's name). */
+  readonly layer: string;
+  /** Its languages, in any order. */
+  readonly members: readonly LayerMember[];
   /**
    * Digest of every package installed in the toolchain layer (name, architecture, version), so
    * that a layer rebuilt with newer Debian packages yields a new identity. Unknown (undefined)
@@ -191,44 +199,60 @@ export interface RootfsIdentityInputs {
 
 /** The identity of a language layer and of the cached build layers it is made from. */
 export interface RootfsIdentity {
-  /** `<language>-<hash12>`. */
+  /** `<layer>-<hash12>`. */
   readonly id: string;
   readonly hash: string;
   readonly baseKey: string;
   readonly toolchainKey: string;
+  /** Of the sorted definitions of its languages. */
   readonly definitionSha256: string;
+}
+
+/** The Debian packages and npm pins of a layer: those of all its languages, once each. */
+export function layerPackages(definitions: readonly LanguageDefinition[]): {
+  packages: string[];
+  npm: string[];
+} {
+  return {
+    packages: [...new Set(definitions.flatMap((d) => d.packages))].sort(),
+    npm: [...new Set(definitions.flatMap((d) => d.npm ?? []))].sort(),
+  };
 }
 
 /**
  * Computes a language layer's identity: a hash of the toolchain layer key (and the package
- * versions that layer holds), the base tree it is a difference against, and the language
- * definition and folder. The agent, the exec helper and the init are in the base image, not
+ * versions that layer holds), the base tree it is a difference against, and the definitions and
+ * folders of its languages. The agent, the exec helper and the init are in the base image, not
  * here: a change of them leaves every layer as it is. Anything else (the mirror, the kernel,
- * the build time, other languages) leaves it unchanged too.
+ * the build time, other layers' languages) leaves it unchanged too.
  */
 export function rootfsIdentity(inputs: RootfsIdentityInputs): RootfsIdentity {
   const baseKey = baseLayerKey(inputs.suite, inputs.basePackages, inputs.arch);
-  const toolchainKey = toolchainLayerKey(
-    baseKey,
-    inputs.definition.packages,
-    inputs.definition.npm,
+  const members = [...inputs.members].sort((a, b) =>
+    a.definition.name < b.definition.name ? -1 : a.definition.name > b.definition.name ? 1 : 0,
   );
-  const definitionSha256 = sha256Hex(canonicalJson(inputs.definition));
+  const { packages, npm } = layerPackages(members.map((m) => m.definition));
+  const toolchainKey = toolchainLayerKey(baseKey, packages, npm);
+  const definitionSha256 = sha256Hex(canonicalJson(members.map((m) => m.definition)));
   const hash = sha256Hex(
     canonicalJson({
       kind: 'layer',
       recipe: RECIPE.layer,
+      layer: inputs.layer,
       toolchainKey,
       toolchainPackages: inputs.toolchainPackagesDigest ?? null,
       baseTreeKey: inputs.baseTreeKey ?? null,
       definitionSha256,
-      languageFiles: [...inputs.languageFiles]
-        .sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
-        .map((f) => [f.name, f.sha256]),
+      languageFiles: members.map((m) => [
+        m.definition.name,
+        [...m.languageFiles]
+          .sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
+          .map((f) => [f.name, f.sha256]),
+      ]),
     }),
   );
   return {
-    id: `${inputs.definition.name}-${hash.slice(0, 12)}`,
+    id: `${inputs.layer}-${hash.slice(0, 12)}`,
     hash,
     baseKey,
     toolchainKey,

@@ -9,12 +9,27 @@ import {
 } from 'node:fs';
 import { join, posix } from 'node:path';
 import { ImageBuildFailedError, InternalError } from '../errors.js';
-import type { Language } from '../languages/index.js';
 import type { BuildLog } from './build-log.js';
 import { chrootCapture, chrootRun, removeTree, unmountUnder, withChrootMounts } from './chroot.js';
 import { emptyDebCache, writeGuestFile } from './guest-tree.js';
 import { BASE_PACKAGES, DEBIAN_SUITE, sha256Hex } from './identity.js';
 import { resolveDebianMirrors, type DebianMirrorSettings, type DebianMirrors } from './mirror.js';
+
+/**
+ * What a toolchain layer installs: the Debian packages and npm pins of every language of one
+ * layer (a family of languages that share a toolchain, such as gcc's, shares one layer).
+ */
+export interface ToolchainSpec {
+  /** The layer's name: `layer` of its languages' definitions, else the one language's name. */
+  readonly name: string;
+  readonly packages: readonly string[];
+  readonly npm: readonly string[];
+}
+
+/** Whether a cached layer still has its tree (toolchain trees are dropped, see dropTree). */
+export function hasTree(layer: CachedLayer): boolean {
+  return existsSync(join(layer.dir, 'root'));
+}
 
 /** Options of a LayerCache. */
 export interface LayerCacheOptions {
@@ -191,28 +206,29 @@ export class LayerCache {
     }
   }
 
-  /** The cached toolchain layer for `language`, built on the base when missing. */
+  /** The cached toolchain layer of `toolchain`, built on the base when missing. */
   async ensureToolchain(
-    language: Language,
+    toolchain: ToolchainSpec,
     key: string,
     baseDir: string | null,
     log: BuildLog,
   ): Promise<CachedLayer> {
-    const name = language.definition.name;
+    const name = toolchain.name;
     const prefix = `toolchain-${name}-`;
     const cached =
       this.options.rebuildLayers === true ? undefined : this.cachedToolchain(name, key);
-    if (cached !== undefined) {
+    if (cached !== undefined && hasTree(cached)) {
       log.write(`# toolchain layer cached: ${cached.dir}`);
       return cached;
     }
+    if (cached !== undefined) log.write(`# toolchain layer ${cached.dir} has no tree: built again`);
     if (baseDir === null)
       throw new InternalError('no base layer for a toolchain layer to start from');
     const dir = this.toolchainDir(name, key);
     const started = Date.now();
     const tmp = this.layerTemp(`toolchain-${name}`);
     const root = join(tmp, 'root');
-    const packages = language.definition.packages;
+    const packages = toolchain.packages;
     try {
       await copyTree(log, join(baseDir, 'root'), root, this.options.signal);
       let installed = await withChrootMounts(
@@ -234,7 +250,7 @@ export class LayerCache {
         },
       );
       emptyDebCache(root);
-      const npm = language.definition.npm ?? [];
+      const npm = toolchain.npm;
       if (npm.length > 0) {
         const pinned = await installNpmPackages(
           log,
@@ -271,7 +287,20 @@ export class LayerCache {
     return join(this.layersDir, `toolchain-${language}-${key.slice(0, 16)}`);
   }
 
-  /** The toolchain layer for this key when it is cached, whole, and may be used. */
+  /**
+   * Drops a toolchain layer's tree once its image layer is stored, keeping its layer.json: the
+   * image's identity stays known (and the image found) without the tree; only a rebuild of the
+   * image (a change of its languages' definitions) runs apt again. The trees are most of the
+   * build cache (a copy of the base each).
+   */
+  dropTree(layer: CachedLayer): void {
+    removeTree(join(layer.dir, 'root'));
+  }
+
+  /**
+   * The toolchain layer for this key when it is cached and may be used; its tree may have been
+   * dropped (hasTree), its layer.json is there.
+   */
   cachedToolchain(language: string, key: string): CachedLayer | undefined {
     const dir = this.toolchainDir(language, key);
     if (!this.mayReuse(dir)) return undefined;

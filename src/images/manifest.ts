@@ -23,7 +23,12 @@ export const ImageManifestSchema = Type.Object(
     schema: Type.Literal(1),
     kind: Type.Union([Type.Literal('kernel'), Type.Literal('base'), Type.Literal('rootfs')]),
     id: Type.String({ pattern: '^[a-z0-9+#-]+-[0-9a-f]{12,64}$' }),
+    /** A layer's name: its one language's, or its family's (`layer` of its languages). */
     language: Type.Union([Type.String(), Type.Null()]),
+    /** The languages of a family layer (absent when the layer is one language of that name). */
+    languages: Type.Optional(Type.Array(Type.String({ pattern: '^[a-z0-9+#_-]+$' }))),
+    /** Each language's version as its versionCommand printed it at build time. */
+    versions: Type.Optional(Type.Record(Type.String(), Type.String())),
     toolchainVersion: Type.Union([Type.String(), Type.Null()]),
     kernelVersion: Type.String(),
     agentVersion: Type.Union([Type.String(), Type.Null()]),

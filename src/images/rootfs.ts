@@ -1,10 +1,10 @@
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import type { DataPaths } from '../config/index.js';
 import { hasCode, ImageBuildFailedError, RunnerError } from '../errors.js';
-import type { Language } from '../languages/index.js';
+import { LanguageRegistry, type Language, type LanguageDefinition } from '../languages/index.js';
 import { AGENT_VERSION } from '../version.js';
 import { BuildLog } from './build-log.js';
 import { chrootCapture, chrootRun, removeTree, withChrootMounts } from './chroot.js';
@@ -24,6 +24,7 @@ import {
   baseTreeKey,
   DEBIAN_SUITE,
   folderDigests,
+  layerPackages,
   rootfsIdentity,
   sha256File,
   sha256Hex,
@@ -31,7 +32,7 @@ import {
   type RootfsIdentityInputs,
 } from './identity.js';
 import { makeLayerTree } from './layer-diff.js';
-import { copyTree, LayerCache, type CachedLayer } from './layer-cache.js';
+import { copyTree, hasTree, LayerCache, type CachedLayer } from './layer-cache.js';
 import { acquireLock, type HeldLock } from './lockfile.js';
 import type { ImageManifest } from './manifest.js';
 import type { DebianMirrorSettings, DebianMirrors } from './mirror.js';
@@ -233,13 +234,14 @@ export class RootfsBuilder {
           failed.push({ ...failure, language: language.definition.name });
         return { built, failed };
       }
-      for (const language of languages) {
+      for (const members of layerGroups(languages)) {
         this.options.signal?.throwIfAborted();
+        const name = layerName(members[0]?.definition);
         try {
-          built.push(await this.buildLayer(language, base));
+          built.push(await this.buildLayer(name, members, base));
         } catch (err) {
           if (this.options.signal?.aborted === true) throw err;
-          failed.push(toFailure(language.definition.name, err));
+          failed.push(toFailure(name, err));
         }
       }
       return { base: base.result, built, failed };
@@ -249,11 +251,15 @@ export class RootfsBuilder {
     }
   }
 
-  /** Builds the base image and one language's layer (or finds them); throws IMAGE_BUILD_FAILED. */
+  /**
+   * Builds the base image and the layer of one language (with every language of its family),
+   * or finds them; throws IMAGE_BUILD_FAILED.
+   */
   async build(language: Language): Promise<RootfsBuildResult> {
     const lock = await this.lock();
     try {
-      return await this.buildLayer(language, await this.buildBase());
+      const members = layerGroups([language])[0] ?? [language];
+      return await this.buildLayer(layerName(language.definition), members, await this.buildBase());
     } finally {
       this.dropReferenceTree();
       await lock.release();
@@ -520,16 +526,25 @@ export class RootfsBuilder {
     );
   }
 
-  /** One language's layer over the base tree (or the one in the store). */
-  private async buildLayer(language: Language, base: BaseState): Promise<RootfsBuildResult> {
-    const name = language.definition.name;
+  /** One layer (the languages of one family) over the base tree, or the one in the store. */
+  private async buildLayer(
+    name: string,
+    members: readonly Language[],
+    base: BaseState,
+  ): Promise<RootfsBuildResult> {
     const started = Date.now();
     const inputs: RootfsIdentityInputs = {
-      definition: language.definition,
-      languageFiles: await folderDigests(language.dir),
+      layer: name,
+      members: await Promise.all(
+        members.map(async (m) => ({
+          definition: m.definition,
+          languageFiles: await folderDigests(m.dir),
+        })),
+      ),
       baseTreeKey: base.treeKey,
     };
     const keys = rootfsIdentity(inputs);
+    const toolchainSpec = { name, ...layerPackages(members.map((m) => m.definition)) };
     this.reporter.event({ type: 'start', language: name });
     const find = async (packagesDigest: string): Promise<StoredImage | undefined> => {
       if (this.options.force === true) return undefined;
@@ -547,16 +562,19 @@ export class RootfsBuilder {
     const run = this.openRun(name);
     const work = join(this.workDir, `${name}-${randomBytes(4).toString('hex')}`);
     return this.runBuild(run, work, async () => {
-      run.log.write(`### layer ${name} over the base tree ${base.treeKey.slice(0, 16)}`);
+      run.log.write(
+        `### layer ${name} (${members.map((m) => m.definition.name).join(', ')}) over the base tree ${base.treeKey.slice(0, 16)}`,
+      );
       run.enter('packages');
       const toolchain =
-        cached ??
-        (await this.layers.ensureToolchain(
-          language,
-          keys.toolchainKey,
-          base.baseLayer.dir,
-          run.log,
-        ));
+        cached !== undefined && hasTree(cached)
+          ? cached
+          : await this.layers.ensureToolchain(
+              toolchainSpec,
+              keys.toolchainKey,
+              base.baseLayer.dir,
+              run.log,
+            );
       const identity = rootfsIdentity({
         ...inputs,
         toolchainPackagesDigest: toolchain.info.packagesDigest,
@@ -575,7 +593,7 @@ export class RootfsBuilder {
       const root = join(work, 'root');
       mkdirSync(work, { recursive: true });
       await copyTree(run.log, join(toolchain.dir, 'root'), root, this.options.signal);
-      const { toolchainVersion, warnings } = await this.finishTree(language, root, run.log);
+      const { versions, warnings } = await this.finishTree(members, root, run.log);
       for (const message of warnings)
         this.reporter.event({ type: 'note', language: name, message });
       const layer = join(work, 'layer');
@@ -583,6 +601,7 @@ export class RootfsBuilder {
       await makeLayerTree(run.log, root, reference, layer, this.options.signal);
       removeTree(root);
 
+      const languages = Object.keys(versions).sort();
       const image = await this.store(
         run,
         layer,
@@ -592,11 +611,12 @@ export class RootfsBuilder {
           kind: 'rootfs',
           id: identity.id,
           language: name,
-          toolchainVersion,
+          ...(languages.length > 1 || languages[0] !== name ? { languages, versions } : {}),
+          toolchainVersion: versions[name] ?? versions[languages[0] ?? ''] ?? 'unknown',
           kernelVersion: this.options.kernelVersion ?? 'none',
           agentVersion: null,
           debianSuite: DEBIAN_SUITE,
-          packages: [...language.definition.packages],
+          packages: toolchainSpec.packages,
           inputs: {
             baseKey: identity.baseKey,
             baseTreeKey: base.treeKey,
@@ -607,6 +627,8 @@ export class RootfsBuilder {
         },
         identity.hash,
       );
+      // The tree is a copy of the base plus the toolchain: the stored layer holds what counts.
+      this.layers.dropTree(toolchain);
       return {
         language: name,
         id: identity.id,
@@ -623,33 +645,36 @@ export class RootfsBuilder {
 
   /**
    * The guest edits of a toolchain tree before its difference is taken: the same as the base
-   * tree's, plus the language folder; and the language's version read from it.
+   * tree's, plus the folder of each language of the layer; and each one's version, read from it
+   * by its versionCommand.
    */
   private async finishTree(
-    language: Language,
+    members: readonly Language[],
     root: string,
     log: BuildLog,
-  ): Promise<{ toolchainVersion: string; warnings: string[] }> {
-    const definition = language.definition;
+  ): Promise<{ versions: Record<string, string>; warnings: string[] }> {
     installCommonGuestFiles(root);
-    installLanguageFolder(root, language);
-    log.write('# layer: runner user, /etc and the language folder written');
-    let output = '';
-    await withChrootMounts(root, log, {}, async () => {
-      output = await chrootCapture(log, root, definition.versionCommand, {
-        signal: this.options.signal,
-      });
-    });
-    const toolchainVersion = parseToolchainVersion(output);
+    for (const member of members) installLanguageFolder(root, member);
+    log.write('# layer: runner user, /etc and the language folders written');
+    const versions: Record<string, string> = {};
     const warnings: string[] = [];
-    if (toolchainVersion !== definition.version) {
-      warnings.push(
-        `toolchain version ${toolchainVersion} differs from languages/${definition.name}/language.json version ${definition.version}`,
-      );
-      log.write(`# WARNING ${warnings[warnings.length - 1] ?? ''}`);
-    }
+    await withChrootMounts(root, log, {}, async () => {
+      for (const { definition } of members) {
+        const output = await chrootCapture(log, root, definition.versionCommand, {
+          signal: this.options.signal,
+        });
+        const version = parseToolchainVersion(output);
+        versions[definition.name] = version;
+        if (version !== definition.version) {
+          warnings.push(
+            `${definition.name}: toolchain version ${version} differs from languages/${definition.name}/language.json version ${definition.version}`,
+          );
+          log.write(`# WARNING ${warnings[warnings.length - 1] ?? ''}`);
+        }
+      }
+    });
     shrink(root);
-    return { toolchainVersion, warnings };
+    return { versions, warnings };
   }
 
   /**
@@ -682,6 +707,39 @@ export class RootfsBuilder {
     }
     this.layers.sweep();
   }
+}
+
+/** The layer a language's image is: its family's (`layer`), else its own. */
+export function layerName(definition: LanguageDefinition | undefined): string {
+  return definition?.layer ?? definition?.name ?? '';
+}
+
+/**
+ * The layers to build for these languages: each with every language of its family found beside
+ * them (in the same languages folder), so that building c builds the gcc layer with c++ too.
+ */
+export function layerGroups(languages: readonly Language[]): Language[][] {
+  const groups = new Map<string, Map<string, Language>>();
+  const registries = new Map<string, LanguageRegistry>();
+  for (const language of languages) {
+    const name = layerName(language.definition);
+    const folder = dirname(language.dir);
+    let registry = registries.get(folder);
+    if (registry === undefined) {
+      registry = LanguageRegistry.fromDir(folder);
+      registries.set(folder, registry);
+    }
+    const group = groups.get(name) ?? new Map<string, Language>();
+    group.set(language.definition.name, language);
+    for (const other of registry.list()) {
+      if (layerName(other.definition) === name && !group.has(other.definition.name))
+        group.set(other.definition.name, other);
+    }
+    groups.set(name, group);
+  }
+  return [...groups.values()].map((g) =>
+    [...g.values()].sort((a, b) => a.definition.name.localeCompare(b.definition.name)),
+  );
 }
 
 function toFailure(language: string, err: unknown): RootfsBuildFailure {

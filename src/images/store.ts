@@ -156,7 +156,12 @@ export class ImageStore {
    * belong to no language, such as kernels); undefined when there is none.
    */
   async latest(kind: ImageKind, language: string | null): Promise<StoredImage | undefined> {
-    const candidates = (await this.list(kind)).filter((i) => i.manifest.language === language);
+    // A family layer serves each of its languages too.
+    const candidates = (await this.list(kind)).filter(
+      (i) =>
+        i.manifest.language === language ||
+        (language !== null && (i.manifest.languages ?? []).includes(language)),
+    );
     candidates.sort(
       (a, b) =>
         Date.parse(b.manifest.builtAt) - Date.parse(a.manifest.builtAt) ||

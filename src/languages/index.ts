@@ -95,6 +95,11 @@ export class LanguageRegistry {
         throw new LanguageInvalidError(`${file}: not valid JSON`, { cause });
       }
       const definition = parseLanguageDefinition(raw, file);
+      if (definition.name.includes('_') && definition.layer === undefined) {
+        throw new LanguageInvalidError(
+          `${file}: a name with _ (${definition.name}) needs a layer: image ids have no _`,
+        );
+      }
       if (definition.name !== entry.name) {
         throw new LanguageInvalidError(
           `${file}: name ${definition.name} differs from its folder ${entry.name}`,

@@ -27,12 +27,20 @@ export const StageLimitOverrides = Type.Object(
  */
 export const LanguageDefinitionSchema = Type.Object(
   {
-    name: Type.String({ pattern: '^[a-z0-9+#-]+$' }),
+    // `_` for Piston's names (llvm_ir); such a language names a `layer` (image ids have no `_`).
+    name: Type.String({ pattern: '^[a-z0-9+#_-]+$' }),
     aliases: Type.Array(Type.String({ minLength: 1 })),
     version: Type.String({ pattern: '^[0-9]+(\\.[0-9]+)*$' }),
     /** The language's id in Judge0 CE (71 is Python 3), served by the Judge0 API; unique. */
     judge0Id: Type.Optional(Type.Integer({ minimum: 1 })),
     packages: Type.Array(Type.String({ pattern: '^[a-z0-9][a-z0-9+.-]*$' }), { minItems: 1 }),
+    /**
+     * The image layer the language shares with the others of its family (those that share a
+     * toolchain: gcc's c, c++, fortran, d, objective-c; the JVM's; mono's). The layer installs
+     * the packages of all of them, holds all their folders, and has one snapshot. Absent: a
+     * layer of its own, named after it.
+     */
+    layer: Type.Optional(Type.String({ pattern: '^[a-z0-9+#-]+$' })),
     /**
      * npm packages the toolchain layer adds, each pinned exactly (`name@1.2.3`), installed
      * globally under /usr/local (bin links in /usr/local/bin, first on the job's PATH) from the
@@ -63,7 +71,12 @@ export const LanguageDefinitionSchema = Type.Object(
       ),
     ),
     test: Type.Object(
-      { file: Type.String({ minLength: 1 }), expected: Type.String({ minLength: 1 }) },
+      {
+        file: Type.String({ minLength: 1 }),
+        expected: Type.String({ minLength: 1 }),
+        /** What the test program reads on stdin (sed's script needs a line to act on). */
+        stdin: Type.Optional(Type.String()),
+      },
       { additionalProperties: false },
     ),
   },

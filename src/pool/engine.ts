@@ -391,7 +391,11 @@ export async function createEngine(
 async function warmUp(vm: MicroVm, language: Language, languages: LanguageRegistry): Promise<void> {
   const { definition } = language;
   const job = prepareJob(
-    { language: definition.name, files: [testProgramFile(language)] },
+    {
+      language: definition.name,
+      files: [testProgramFile(language)],
+      ...(definition.test.stdin !== undefined && { stdin: Buffer.from(definition.test.stdin) }),
+    },
     languages,
   );
   const result = await executeOnVm(vm, job);

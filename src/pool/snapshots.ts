@@ -23,6 +23,10 @@ export interface SnapshotRef {
   readonly resources: VmResources;
   readonly kernelId: string;
   readonly rootfsId: string;
+  /** The layer's name (the language's, or its family's), which names the snapshot's folder. */
+  readonly layer?: string;
+  /** The languages of that layer; a snapshot's warm-up runs each one's test program. */
+  readonly layerLanguages?: readonly string[];
   /** The base image under a layered language's layer (absent for a whole rootfs). */
   readonly baseId?: string;
   readonly sizeBytes: number;
@@ -108,7 +112,8 @@ export class SnapshotManager {
       pending = this.create(base, dir).finally(() => this.inflight.delete(base.key));
       this.inflight.set(base.key, pending);
     }
-    return pending;
+    // Languages of one layer share its snapshot, and so one creation.
+    return pending.then((ref) => ({ ...ref, language }));
   }
 
   /**
@@ -124,14 +129,14 @@ export class SnapshotManager {
     return this.boot(base, options.netns ?? null);
   }
 
-  /** Removes snapshots of a language whose key is not `keep` (stale after an image change). */
-  async prune(language: string, keep: string): Promise<string[]> {
+  /** Removes snapshots of a layer whose key is not `keep` (stale after an image change). */
+  async prune(layer: string, keep: string): Promise<string[]> {
     const removed: string[] = [];
     const names = await readdir(this.options.snapshotsDir).catch(() => [] as string[]);
     for (const name of names) {
       if (
-        name.startsWith(`${language}-`) &&
-        name !== `${language}-${keep}` &&
+        name.startsWith(`${layer}-`) &&
+        name !== `${layer}-${keep}` &&
         /^[a-z0-9+#-]+-[0-9a-f]{16}$/.test(name)
       ) {
         await rm(join(this.options.snapshotsDir, name), { recursive: true, force: true });
@@ -196,10 +201,14 @@ export class SnapshotManager {
         ...(this.options.warmUp !== undefined && { warmUp: WARM_UP_RECIPE }),
       }),
     ).slice(0, 16);
+    // One snapshot per layer: the languages of a family layer share it.
+    const layer = rootfs.manifest.language ?? language;
     return {
       language,
+      layer,
+      layerLanguages: rootfs.manifest.languages ?? [language],
       key,
-      path: join(this.options.snapshotsDir, `${language}-${key}`, 'vm.snap'),
+      path: join(this.options.snapshotsDir, `${layer}-${key}`, 'vm.snap'),
       resources,
       kernelId: kernel.manifest.id,
       rootfsId: rootfs.manifest.id,
@@ -241,7 +250,8 @@ export class SnapshotManager {
       let warmUpMs: number | undefined;
       if (this.options.warmUp !== undefined) {
         const started = Date.now();
-        await this.options.warmUp(vm, base.language);
+        // A family layer's snapshot serves each of its languages: warm every one up.
+        for (const language of base.layerLanguages ?? [base.language]) await this.options.warmUp(vm, language);
         warmUpMs = Date.now() - started;
       }
       const info = await vm.snapshot(base.path);
@@ -252,7 +262,7 @@ export class SnapshotManager {
       this.options.log?.(
         `snapshot of ${base.language}: ${(info.sizeBytes / 1048576).toFixed(0)} MiB in ${info.ms} ms (boot ${bootMs} ms${warmUpMs !== undefined ? `, warm-up ${warmUpMs} ms` : ''})`,
       );
-      await this.prune(base.language, base.key);
+      await this.prune(base.layer ?? base.language, base.key);
       return { ...base, sizeBytes: info.sizeBytes, bootMs, snapshotMs: info.ms };
     } finally {
       await vm.destroy();

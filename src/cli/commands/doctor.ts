@@ -4,6 +4,7 @@ import { existsSync } from 'node:fs';
 import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { dataPaths, loadSettings } from '../../config/index.js';
+import { layerName } from '../../images/rootfs.js';
 import { ImageStore } from '../../images/store.js';
 import { LanguageRegistry } from '../../languages/index.js';
 import { latestBase, lookupUser } from '../../pool/index.js';
@@ -117,7 +118,7 @@ export async function runChecks(options: { refreshKvm?: boolean } = {}): Promise
   const snapshots = new Set(await readdir(paths.snapshotsDir).catch(() => [] as string[]));
   for (const { definition } of LanguageRegistry.fromDir().list()) {
     const rootfs = await store.latest('rootfs', definition.name);
-    const snap = [...snapshots].some((s) => s.startsWith(`${definition.name}-`));
+    const snap = [...snapshots].some((s) => s.startsWith(`${layerName(definition)}-`));
     const treeKey = rootfs?.manifest.inputs?.baseTreeKey;
     const base = treeKey === undefined ? null : await latestBase(store, treeKey);
     checks.push({

@@ -101,7 +101,7 @@ describe('runner images', () => {
   });
 
   it('refuses unknown languages and an empty build before doing anything', async () => {
-    await expect(runner('images', 'build', 'cobol')).rejects.toSatisfy(
+    await expect(runner('images', 'build', 'klingon')).rejects.toSatisfy(
       (e) => hasCode(e, 'LANGUAGE_UNKNOWN') && /known: .*python/.test((e as Error).message),
     );
     await expect(runner('images', 'build')).rejects.toThrow(/--all/);

@@ -5,10 +5,12 @@ import {
   baseLayerKey,
   baseTreeKey,
   canonicalJson,
+  layerPackages,
   RECIPE,
   rootfsIdentity,
   sha256Hex,
   toolchainLayerKey,
+  type FileDigest,
   type RootfsIdentityInputs,
 } from '../../../src/images/identity.js';
 import type { LanguageDefinition } from '../../../src/languages/index.js';
@@ -27,7 +29,15 @@ const definition: LanguageDefinition = {
   test: { file: 'test.py', expected: 'ok' },
 };
 
-const base: RootfsIdentityInputs = {
+/** One language in a layer of its own, as most are. */
+type Inputs = Omit<RootfsIdentityInputs, 'layer' | 'members'> & {
+  definition: LanguageDefinition;
+  languageFiles: FileDigest[];
+};
+const identityOf = ({ definition, languageFiles, ...rest }: Inputs) =>
+  rootfsIdentity({ ...rest, layer: definition.name, members: [{ definition, languageFiles }] });
+
+const base: Inputs = {
   definition,
   languageFiles: [
     { name: 'language.json', sha256: sha256Hex('definition') },
@@ -37,11 +47,11 @@ const base: RootfsIdentityInputs = {
 };
 
 describe('rootfs identity', () => {
-  const reference = rootfsIdentity(base);
+  const reference = identityOf(base);
 
   it('is <language>-<12 hex> and stable for equal inputs', () => {
     expect(reference.id).toMatch(/^python-[0-9a-f]{12}$/);
-    expect(rootfsIdentity({ ...base }).id).toBe(reference.id);
+    expect(identityOf({ ...base }).id).toBe(reference.id);
   });
 
   it('ignores key order in the definition and the order of language files', () => {
@@ -49,7 +59,7 @@ describe('rootfs identity', () => {
       Object.entries(definition).reverse(),
     ) as LanguageDefinition;
     expect(
-      rootfsIdentity({
+      identityOf({
         ...base,
         definition: reordered,
         languageFiles: [...base.languageFiles].reverse(),
@@ -58,7 +68,7 @@ describe('rootfs identity', () => {
   });
 
   it('changes with the base tree it is a difference against', () => {
-    const other = rootfsIdentity({
+    const other = identityOf({
       ...base,
       baseTreeKey: baseTreeKey(baseLayerKey(), sha256Hex('base packages v2')),
     });
@@ -67,7 +77,7 @@ describe('rootfs identity', () => {
   });
 
   it('changes with the packages, and so does the toolchain layer (not the base)', () => {
-    const other = rootfsIdentity({
+    const other = identityOf({
       ...base,
       definition: { ...definition, packages: ['python3-minimal', 'python3-numpy'] },
     });
@@ -77,7 +87,7 @@ describe('rootfs identity', () => {
   });
 
   it('changes with the rest of the definition, without touching the layers', () => {
-    const other = rootfsIdentity({
+    const other = identityOf({
       ...base,
       definition: { ...definition, run: ['python3', '-I', '{entry}'] },
     });
@@ -90,22 +100,22 @@ describe('rootfs identity', () => {
       { name: 'language.json', sha256: sha256Hex('definition') },
       { name: 'test.py', sha256: sha256Hex('print("other")') },
     ];
-    expect(rootfsIdentity({ ...base, languageFiles: files }).id).not.toBe(reference.id);
+    expect(identityOf({ ...base, languageFiles: files }).id).not.toBe(reference.id);
   });
 
   it('changes when the toolchain layer was rebuilt with other package versions', () => {
-    const one = rootfsIdentity({ ...base, toolchainPackagesDigest: sha256Hex('python3=3.11.2-1') });
-    const two = rootfsIdentity({ ...base, toolchainPackagesDigest: sha256Hex('python3=3.11.2-2') });
+    const one = identityOf({ ...base, toolchainPackagesDigest: sha256Hex('python3=3.11.2-1') });
+    const two = identityOf({ ...base, toolchainPackagesDigest: sha256Hex('python3=3.11.2-2') });
     expect(one.id).not.toBe(two.id);
     expect(one.toolchainKey).toBe(two.toolchainKey);
-    expect(
-      rootfsIdentity({ ...base, toolchainPackagesDigest: sha256Hex('python3=3.11.2-1') }).id,
-    ).toBe(one.id);
+    expect(identityOf({ ...base, toolchainPackagesDigest: sha256Hex('python3=3.11.2-1') }).id).toBe(
+      one.id,
+    );
   });
 
   it('changes when the base changes (suite or base packages)', () => {
-    expect(rootfsIdentity({ ...base, suite: 'trixie' }).id).not.toBe(reference.id);
-    const other = rootfsIdentity({
+    expect(identityOf({ ...base, suite: 'trixie' }).id).not.toBe(reference.id);
+    const other = identityOf({
       ...base,
       basePackages: ['nodejs', 'util-linux', 'socat', 'iproute2'],
     });
@@ -145,6 +155,44 @@ describe('rootfs identity', () => {
     );
   });
 
+  it('of a family layer: its name, all its languages in any order, the union of their packages', () => {
+    const fortran: LanguageDefinition = {
+      ...definition,
+      name: 'fortran',
+      aliases: [],
+      packages: ['gfortran', 'python3-minimal'],
+      layer: 'gcc',
+    };
+    const c: LanguageDefinition = {
+      ...definition,
+      name: 'c',
+      aliases: [],
+      packages: ['gcc'],
+      layer: 'gcc',
+    };
+    const members = [
+      { definition: c, languageFiles: [] },
+      { definition: fortran, languageFiles: [] },
+    ];
+    const family = rootfsIdentity({ layer: 'gcc', members });
+    expect(family.id).toMatch(/^gcc-[0-9a-f]{12}$/);
+    expect(rootfsIdentity({ layer: 'gcc', members: [...members].reverse() }).id).toBe(family.id);
+    expect(family.toolchainKey).toBe(
+      toolchainLayerKey(baseLayerKey(), ['gcc', 'gfortran', 'python3-minimal']),
+    );
+    expect(layerPackages([c, fortran]).packages).toEqual(['gcc', 'gfortran', 'python3-minimal']);
+    // A change of one language changes the layer; so does a language more.
+    const changed = rootfsIdentity({
+      layer: 'gcc',
+      members: [
+        { definition: c, languageFiles: [] },
+        { definition: { ...fortran, run: ['./b'] }, languageFiles: [] },
+      ],
+    });
+    expect(changed.id).not.toBe(family.id);
+    expect(rootfsIdentity({ layer: 'gcc', members: members.slice(0, 1) }).id).not.toBe(family.id);
+  });
+
   it('canonical JSON sorts keys at every level', () => {
     expect(canonicalJson({ b: 1, a: { d: [2, { f: 1, e: 0 }], c: null } })).toBe(
       '{"a":{"c":null,"d":[2,{"e":0,"f":1}]},"b":1}',
@@ -180,16 +228,12 @@ describe('base image identity', () => {
 
   it('a change of the agent alone changes the base and no language layer', () => {
     // A layer's inputs hold nothing of the agent: the same layer goes over either base.
-    const layer = rootfsIdentity({
-      definition,
-      languageFiles: [],
-      baseTreeKey: inputs.baseTreeKey,
-    });
+    const layer = identityOf({ definition, languageFiles: [], baseTreeKey: inputs.baseTreeKey });
     const newAgent = baseImageIdentity({ ...inputs, agentSha256: sha256Hex('agent v2') });
     expect(newAgent.id).not.toBe(reference.id);
     expect(newAgent.baseTreeKey).toBe(reference.baseTreeKey);
     expect(
-      rootfsIdentity({ definition, languageFiles: [], baseTreeKey: newAgent.baseTreeKey }).id,
+      identityOf({ definition, languageFiles: [], baseTreeKey: newAgent.baseTreeKey }).id,
     ).toBe(layer.id);
   });
 
