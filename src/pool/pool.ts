@@ -181,6 +181,13 @@ export class VmPool {
     }
   }
 
+  /** Stops keeping `language` ready (undoes warm); its idle VMs are destroyed. */
+  async cool(language: string): Promise<void> {
+    this.warmed.delete(language);
+    const idle = [...this.slots].filter((s) => s.language === language && s.state === 'ready');
+    await Promise.allSettled(idle.map((s) => this.destroyIdle(s)));
+  }
+
   /** Whether networked VMs can be made here (the operator turned networkEnabled on). */
   get networkEnabled(): boolean {
     return (this.options.network ?? null) !== null;

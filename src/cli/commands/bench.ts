@@ -7,6 +7,7 @@ import { loadSettings } from '../../config/index.js';
 import { LanguageUnknownError, LimitInvalidError, SandboxFailureError } from '../../errors.js';
 import { createEngine, type Engine, type JobRequest } from '../../pool/index.js';
 import { startSpinner } from '../progress.js';
+import { benchLanguages, languagesBenchMarkdown, languagesBenchTable } from './bench-languages.js';
 import { benchSandboxes, sandboxBenchTable } from './bench-sandboxes.js';
 
 /** Median and 95th percentile of a sample, in ms. */
@@ -317,7 +318,11 @@ export function registerBenchCommand(program: Command): void {
     .option('-l, --language <name>', 'language of the hello-world', 'python')
     .option('--boots <n>', 'cold boots to time', '3')
     .option('--restores <n>', 'restores to time', '10')
-    .option('--jobs <n>', 'jobs for the pool-hit, saturation and native samples', '20')
+    .option(
+      '--jobs <n>',
+      'jobs for the pool-hit, saturation and native samples (with --all: pool hits per language, default 3)',
+      '20',
+    )
     .option('--json', 'print the report as JSON')
     .option(
       '--url <url>',
@@ -330,6 +335,11 @@ export function registerBenchCommand(program: Command): void {
       'measure sandboxes kept across calls instead: create, cells, a command, 1 MiB of files, pause, resume, kill',
     )
     .option('--rounds <n>', 'sandboxes to time one after another with --sandboxes', '3')
+    .option(
+      '--all',
+      "every language instead: its own test program, one pool miss then --jobs pool hits, beside the host's run where the host has the interpreter",
+    )
+    .option('--markdown', "with --all: print docs/languages.md's table")
     .action(async (opts) => {
       if (opts.url !== undefined) {
         const n = (v: string, name: string): number => {
@@ -366,6 +376,22 @@ export function registerBenchCommand(program: Command): void {
             throw new LimitInvalidError(`${name} must be a positive integer`);
           return Number(v);
         };
+        if (opts.all === true) {
+          const report = await benchLanguages(engine, {
+            languages: engine.languages.list(),
+            jobs: opts.jobs === '20' ? 3 : n(opts.jobs, '--jobs'),
+            progress: (l) => spinner.text(l),
+          });
+          spinner.stop();
+          process.stdout.write(
+            opts.json === true
+              ? `${JSON.stringify(report, null, 2)}\n`
+              : opts.markdown === true
+                ? languagesBenchMarkdown(report)
+                : languagesBenchTable(report),
+          );
+          return;
+        }
         if (opts.sandboxes === true) {
           const report = await benchSandboxes(engine, {
             language,

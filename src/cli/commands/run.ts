@@ -48,7 +48,16 @@ export function languageForFile(registry: LanguageRegistry, file: string): strin
     bash: 'sh',
   };
   const wanted = aliases[ext] ?? ext;
-  const match = registry.list().find((l) => l.definition.extension === wanted);
+  // Where languages share an extension, the usual one (.py is CPython, not PyPy; .c gcc's C).
+  const usual: Record<string, string> = {
+    py: 'python',
+    c: 'c',
+    cpp: 'c++',
+    sh: 'bash',
+    m: 'octave',
+  };
+  const matches = registry.list().filter((l) => l.definition.extension === wanted);
+  const match = matches.find((l) => l.definition.name === usual[wanted]) ?? matches[0];
   if (!match) {
     throw new LanguageUnknownError(
       `cannot tell the language of ${basename(file)} from its extension; pass -l LANGUAGE`,

@@ -42,6 +42,11 @@ describe('CLI helpers', () => {
     expect(languageForFile(registry, 'x/hello.py')).toBe('python');
     expect(languageForFile(registry, 'a.cc')).toBe('c++');
     expect(languageForFile(registry, 'Main.java')).toBe('java');
+    // Shared extensions go to the usual language (pypy and clang are asked for with -l).
+    expect(languageForFile(registry, 'main.c')).toBe('c');
+    expect(languageForFile(registry, 'run.sh')).toBe('bash');
+    expect(languageForFile(registry, 'plot.m')).toBe('octave');
+    expect(languageForFile(registry, 'a.hs')).toBe('haskell');
     expect(() => languageForFile(registry, 'a.xyz')).toThrow(/-l LANGUAGE/);
   });
 

@@ -1,0 +1,1 @@
+BEGIN { print "runner-test: awk ok" }

@@ -1,0 +1,1 @@
+(println "runner-test: clojure ok")

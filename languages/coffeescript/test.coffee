@@ -1,0 +1,2 @@
+lang = "coffeescript"
+console.log "runner-test: #{lang} ok"

@@ -1,0 +1,1 @@
+IO.puts("runner-test: elixir ok")

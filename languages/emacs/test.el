@@ -1,0 +1,1 @@
+(princ "runner-test: emacs ok\n")

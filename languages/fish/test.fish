@@ -1,0 +1,2 @@
+set lang fish
+echo "runner-test: $lang ok"

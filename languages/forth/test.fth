@@ -1,0 +1,1 @@
+.( runner-test: forth ok) cr

@@ -1,0 +1,3 @@
+program test
+  print '(a)', 'runner-test: fortran ok'
+end program test

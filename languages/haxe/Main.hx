@@ -1,0 +1,5 @@
+class Main {
+    static function main() {
+        Sys.println("runner-test: haxe ok");
+    }
+}

@@ -1,0 +1,1 @@
+print("runner-test: lua ok")

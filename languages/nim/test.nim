@@ -1,0 +1,1 @@
+echo "runner-test: nim ok"

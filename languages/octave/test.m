@@ -1,0 +1,1 @@
+printf('runner-test: octave ok\n');

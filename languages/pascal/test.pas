@@ -1,0 +1,4 @@
+program test;
+begin
+  writeln('runner-test: pascal ok');
+end.

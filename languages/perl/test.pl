@@ -1,0 +1,3 @@
+use strict;
+use warnings;
+print "runner-test: perl ok\n";

@@ -1,0 +1,2 @@
+import sys
+print("runner-test:", sys.implementation.name, "ok")

@@ -1,0 +1,1 @@
+say "runner-test: raku ok";

@@ -1,0 +1,1 @@
+cat("runner-test: rscript ok\n")

@@ -1,0 +1,2 @@
+(display "runner-test: scheme ok")
+(newline)

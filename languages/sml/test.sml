@@ -1,0 +1,1 @@
+val () = print "runner-test: sml ok\n";

@@ -1,0 +1,1 @@
+SELECT 'runner-test: ' || 'sqlite3' || ' ok';

@@ -1,0 +1,1 @@
+puts "runner-test: tcl ok"

@@ -1,0 +1,1 @@
+print "runner-test: yabasic ok"

@@ -1,0 +1,2 @@
+lang=zsh
+print "runner-test: ${lang} ok"
