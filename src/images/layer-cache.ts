@@ -304,7 +304,7 @@ export class LayerCache {
   cachedToolchain(language: string, key: string): CachedLayer | undefined {
     const dir = this.toolchainDir(language, key);
     if (!this.mayReuse(dir)) return undefined;
-    const info = readLayerInfo(dir);
+    const info = readLayerInfo(dir, false);
     return info?.key === key ? { dir, info, cached: true } : undefined;
   }
 
@@ -352,12 +352,16 @@ export class LayerCache {
   }
 }
 
-function readLayerInfo(dir: string): LayerInfo | undefined {
+/**
+ * A cached layer's layer.json. `needTree`: only when its tree is there too (the base's is always
+ * needed; a toolchain's is dropped once its image layer is stored, see dropTree).
+ */
+function readLayerInfo(dir: string, needTree = true): LayerInfo | undefined {
   try {
     const info = JSON.parse(readFileSync(join(dir, 'layer.json'), 'utf8')) as Partial<LayerInfo>;
     // Layers from before packagesDigest existed are rebuilt.
     if (typeof info.packagesDigest !== 'string' || typeof info.key !== 'string') return undefined;
-    return existsSync(join(dir, 'root')) ? (info as LayerInfo) : undefined;
+    return !needTree || existsSync(join(dir, 'root')) ? (info as LayerInfo) : undefined;
   } catch {
     return undefined;
   }

@@ -583,6 +583,7 @@ export class RootfsBuilder {
       const existing = await find(toolchain.info.packagesDigest);
       if (existing !== undefined) {
         run.log.write('### the store already holds this image');
+        this.layers.dropTree(toolchain);
         return {
           ...this.reused(name, existing, started, run.log.path),
           cachedLayers: { base: true, toolchain: toolchain.cached },

@@ -134,11 +134,9 @@ export class SnapshotManager {
     const removed: string[] = [];
     const names = await readdir(this.options.snapshotsDir).catch(() => [] as string[]);
     for (const name of names) {
-      if (
-        name.startsWith(`${layer}-`) &&
-        name !== `${layer}-${keep}` &&
-        /^[a-z0-9+#-]+-[0-9a-f]{16}$/.test(name)
-      ) {
+      // Exactly `<layer>-<key16>`: the layer `c` must not take `c-clang-...` with it.
+      const key = name.startsWith(`${layer}-`) ? name.slice(layer.length + 1) : '';
+      if (key !== keep && /^[0-9a-f]{16}$/.test(key)) {
         await rm(join(this.options.snapshotsDir, name), { recursive: true, force: true });
         removed.push(name);
       }
@@ -251,7 +249,8 @@ export class SnapshotManager {
       if (this.options.warmUp !== undefined) {
         const started = Date.now();
         // A family layer's snapshot serves each of its languages: warm every one up.
-        for (const language of base.layerLanguages ?? [base.language]) await this.options.warmUp(vm, language);
+        for (const language of base.layerLanguages ?? [base.language])
+          await this.options.warmUp(vm, language);
         warmUpMs = Date.now() - started;
       }
       const info = await vm.snapshot(base.path);
@@ -263,6 +262,10 @@ export class SnapshotManager {
         `snapshot of ${base.language}: ${(info.sizeBytes / 1048576).toFixed(0)} MiB in ${info.ms} ms (boot ${bootMs} ms${warmUpMs !== undefined ? `, warm-up ${warmUpMs} ms` : ''})`,
       );
       await this.prune(base.layer ?? base.language, base.key);
+      // Snapshots of a language from before it joined its family's layer are stale too.
+      for (const language of base.layerLanguages ?? []) {
+        if (language !== base.layer) await this.prune(language, base.key);
+      }
       return { ...base, sizeBytes: info.sizeBytes, bootMs, snapshotMs: info.ms };
     } finally {
       await vm.destroy();

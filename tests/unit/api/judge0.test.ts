@@ -699,8 +699,13 @@ describe('callbacks, auth, and the system routes', () => {
   test('languages, statuses, about, config_info, workers', async () => {
     await app();
     const langs = (await get('/languages')).body as { id: number; name: string }[];
-    expect(langs.map((l) => l.id)).toEqual([46, 50, 54, 60, 62, 63, 68, 71, 72, 73, 74]);
+    expect(langs.map((l) => l.id)).toEqual([
+      45, 46, 50, 51, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 66, 67, 68, 69, 71, 72, 73,
+      74, 75, 76, 77, 78, 79, 80, 81, 82, 85, 86, 88,
+    ]);
     expect(langs.find((l) => l.id === 71)?.name).toBe('Python (3.11.2)');
+    expect(langs.find((l) => l.id === 75)?.name).toBe('C (Clang 14.0.6)');
+    expect(langs.find((l) => l.id === 51)?.name).toBe('C# (Mono 6.8.0.105)');
     expect((await get('/languages/50')).body).toMatchObject({
       id: 50,
       name: 'C (GCC 12.2.0)',

@@ -1,4 +1,4 @@
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -186,5 +186,43 @@ describe('SnapshotManager: a layered language goes over the base of its base tre
       },
     );
     expect(driver.boots).toHaveLength(0);
+  });
+});
+
+describe('SnapshotManager.prune', () => {
+  it('removes exactly <layer>-<key16> folders other than the kept one', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'runner-prune-'));
+    try {
+      const names = [
+        'c-0123456789abcdef',
+        'c-fedcba9876543210',
+        'c-clang-0123456789abcdef',
+        'gcc-0123456789abcdef',
+        'c-notakey',
+      ];
+      for (const n of names) mkdirSync(join(dir, n));
+      const m = new SnapshotManager({
+        driver: bootingDriver([]),
+        driverTag: 'qemu-tcg',
+        store,
+        snapshotsDir: dir,
+        runDir: join(dir, 'run'),
+        memoryMib: 512,
+        vcpus: 1,
+        bootTimeoutMs: 1,
+        kernelFile: 'vmlinuz',
+      });
+      expect(await m.prune('c', 'fedcba9876543210')).toEqual(['c-0123456789abcdef']);
+      expect(readdirSync(dir).sort()).toEqual(
+        [
+          'c-clang-0123456789abcdef',
+          'c-fedcba9876543210',
+          'c-notakey',
+          'gcc-0123456789abcdef',
+        ].sort(),
+      );
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
