@@ -15,6 +15,8 @@ export default defineConfig({
           testTimeout: 600_000,
           hookTimeout: 1_800_000,
           fileParallelism: false,
+          // describe.concurrent in a VM test file: two at once, one per core.
+          maxConcurrency: 2,
         },
       },
     ],

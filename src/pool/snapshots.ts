@@ -25,7 +25,7 @@ export interface SnapshotRef {
   readonly rootfsId: string;
   /** The layer's name (the language's, or its family's), which names the snapshot's folder. */
   readonly layer?: string;
-  /** The languages of that layer; a snapshot's warm-up runs each one's test program. */
+  /** The languages of that layer (they share its snapshot). */
   readonly layerLanguages?: readonly string[];
   /** The base image under a layered language's layer (absent for a whole rootfs). */
   readonly baseId?: string;
@@ -248,9 +248,10 @@ export class SnapshotManager {
       let warmUpMs: number | undefined;
       if (this.options.warmUp !== undefined) {
         const started = Date.now();
-        // A family layer's snapshot serves each of its languages: warm every one up.
-        for (const language of base.layerLanguages ?? [base.language])
-          await this.options.warmUp(vm, language);
+        // The language that asked for the snapshot: in a family layer the others share the
+        // toolchain's files in the page cache, and a warm-up of a slow compiler costs a minute
+        // under TCG before the first job is served.
+        await this.options.warmUp(vm, base.language);
         warmUpMs = Date.now() - started;
       }
       const info = await vm.snapshot(base.path);

@@ -56,85 +56,94 @@ describe.skipIf(skip !== null)('test cases in a real VM', () => {
  * /api/v2/execute by its Piston name. Each built image must also carry the version its
  * definition states (read from the toolchain at build time).
  */
-describe.skipIf(skip !== null)('every language in a real VM, through the real service', () => {
-  let server: RunningServer;
-  let dir: string;
-  const store = new ImageStore(testDataPaths().imagesDir);
+// Two languages at a time: each VM runs on one core under TCG, and the machine has two.
+describe.skipIf(skip !== null)(
+  'every language in a real VM, through the real service',
+  { concurrent: true },
+  () => {
+    let server: RunningServer;
+    let dir: string;
+    const store = new ImageStore(testDataPaths().imagesDir);
 
-  beforeAll(async () => {
-    await ensureImages(languages.map((l) => l.definition.name));
-    dir = mkdtempSync(join(tmpdir(), 'runner-languages-'));
-    server = await startServer(
-      testSettings({
-        host: '127.0.0.1',
-        port: 0,
-        jobStoreFile: join(dir, 'jobs.sqlite'),
-        logLevel: 'warn',
-        poolMaxVms: 2,
-      }),
-    );
-  });
-
-  afterAll(async () => {
-    await server?.close();
-    if (dir) rmSync(dir, { recursive: true, force: true });
-  });
-
-  const post = async (path: string, body: unknown): Promise<{ status: number; body: unknown }> => {
-    const res = await fetch(`${server.url}${path}`, {
-      method: 'POST',
-      headers: { 'content-type': 'application/json' },
-      body: JSON.stringify(body),
+    beforeAll(async () => {
+      await ensureImages(languages.map((l) => l.definition.name));
+      dir = mkdtempSync(join(tmpdir(), 'runner-languages-'));
+      server = await startServer(
+        testSettings({
+          host: '127.0.0.1',
+          port: 0,
+          jobStoreFile: join(dir, 'jobs.sqlite'),
+          logLevel: 'warn',
+          poolMaxVms: 2,
+        }),
+      );
     });
-    return { status: res.status, body: await res.json() };
-  };
 
-  for (const language of languages) {
-    const { definition } = language;
-    const file = testProgramFile(language);
-    const stdin = definition.test.stdin ?? '';
-    const via = definition.judge0Id !== undefined ? `Judge0 id ${definition.judge0Id}` : 'Piston';
-    it(`${definition.name}: the test program prints its line (${via})`, async () => {
-      if (definition.judge0Id !== undefined) {
-        const { status, body } = await post('/submissions?wait=true', {
-          source_code: file.content,
-          language_id: definition.judge0Id,
-          stdin,
-        });
-        const sub = body as {
-          status?: { id: number; description: string };
-          stdout?: string | null;
-          stderr?: string | null;
-          compile_output?: string | null;
-          message?: string | null;
-        };
-        expect(status, JSON.stringify(body)).toBe(201);
-        expect(
-          { status: sub.status?.description, stdout: (sub.stdout ?? '').trim() },
-          `stderr: ${sub.stderr ?? ''} compile: ${sub.compile_output ?? ''} ${sub.message ?? ''}`,
-        ).toEqual({ status: 'Accepted', stdout: definition.test.expected });
-      } else {
-        const { status, body } = await post('/api/v2/execute', {
-          language: definition.name,
-          version: '*',
-          files: [file],
-          stdin,
-        });
-        const res = body as {
-          run?: { stdout: string; stderr: string; code: number | null; message?: string | null };
-          compile?: { code: number | null; stderr: string };
-        };
-        expect(status, JSON.stringify(body)).toBe(200);
-        expect(
-          { code: res.run?.code, stdout: res.run?.stdout.trim() },
-          `stderr: ${res.run?.stderr ?? ''} compile: ${res.compile?.stderr ?? ''} ${res.run?.message ?? ''}`,
-        ).toEqual({ code: 0, stdout: definition.test.expected });
-        if (definition.compile) expect(res.compile?.code).toBe(0);
-        else expect(res.compile).toBeUndefined();
-      }
-      const image = await store.latest('rootfs', definition.name);
-      const built = image?.manifest.versions?.[definition.name] ?? image?.manifest.toolchainVersion;
-      expect(built, `the version ${definition.name}'s image has`).toBe(definition.version);
+    afterAll(async () => {
+      await server?.close();
+      if (dir) rmSync(dir, { recursive: true, force: true });
     });
-  }
-});
+
+    const post = async (
+      path: string,
+      body: unknown,
+    ): Promise<{ status: number; body: unknown }> => {
+      const res = await fetch(`${server.url}${path}`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify(body),
+      });
+      return { status: res.status, body: await res.json() };
+    };
+
+    for (const language of languages) {
+      const { definition } = language;
+      const file = testProgramFile(language);
+      const stdin = definition.test.stdin ?? '';
+      const via = definition.judge0Id !== undefined ? `Judge0 id ${definition.judge0Id}` : 'Piston';
+      it(`${definition.name}: the test program prints its line (${via})`, async () => {
+        if (definition.judge0Id !== undefined) {
+          const { status, body } = await post('/submissions?wait=true', {
+            source_code: file.content,
+            language_id: definition.judge0Id,
+            stdin,
+          });
+          const sub = body as {
+            status?: { id: number; description: string };
+            stdout?: string | null;
+            stderr?: string | null;
+            compile_output?: string | null;
+            message?: string | null;
+          };
+          expect(status, JSON.stringify(body)).toBe(201);
+          expect(
+            { status: sub.status?.description, stdout: (sub.stdout ?? '').trim() },
+            `stderr: ${sub.stderr ?? ''} compile: ${sub.compile_output ?? ''} ${sub.message ?? ''}`,
+          ).toEqual({ status: 'Accepted', stdout: definition.test.expected });
+        } else {
+          const { status, body } = await post('/api/v2/execute', {
+            language: definition.name,
+            version: '*',
+            files: [file],
+            stdin,
+          });
+          const res = body as {
+            run?: { stdout: string; stderr: string; code: number | null; message?: string | null };
+            compile?: { code: number | null; stderr: string };
+          };
+          expect(status, JSON.stringify(body)).toBe(200);
+          expect(
+            { code: res.run?.code, stdout: res.run?.stdout.trim() },
+            `stderr: ${res.run?.stderr ?? ''} compile: ${res.compile?.stderr ?? ''} ${res.run?.message ?? ''}`,
+          ).toEqual({ code: 0, stdout: definition.test.expected });
+          if (definition.compile) expect(res.compile?.code).toBe(0);
+          else expect(res.compile).toBeUndefined();
+        }
+        const image = await store.latest('rootfs', definition.name);
+        const built =
+          image?.manifest.versions?.[definition.name] ?? image?.manifest.toolchainVersion;
+        expect(built, `the version ${definition.name}'s image has`).toBe(definition.version);
+      });
+    }
+  },
+);
