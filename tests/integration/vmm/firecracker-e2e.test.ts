@@ -4,7 +4,8 @@ import { tmpdir } from 'node:os';
 import { delimiter, join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it, onTestFailed } from 'vitest';
 import { DEFAULT_LIMITS } from '../../../src/config/limits.js';
-import { rootfsFileName } from '../../../src/images/rootfs.js';
+import { BASE_FILE_NAME, rootfsFileName } from '../../../src/images/rootfs.js';
+import { latestBase } from '../../../src/pool/snapshots.js';
 import { ImageStore } from '../../../src/images/store.js';
 import type { ResultMessage } from '../../../src/protocol/index.js';
 import {
@@ -98,6 +99,8 @@ describe.skipIf(skipReason !== null)('firecracker end to end (python)', () => {
     const store = new ImageStore(testDataPaths().imagesDir);
     const kernel = await store.resolve('kernel', null);
     const rootfs = await store.resolve('rootfs', 'python');
+    const base = await latestBase(store, rootfs.manifest.inputs?.baseTreeKey ?? '');
+    if (base === undefined) throw new Error('no base image for the python layer');
     const jailer: FirecrackerJailerOptions | null =
       jailerBinary === ''
         ? null
@@ -114,6 +117,7 @@ describe.skipIf(skipReason !== null)('firecracker end to end (python)', () => {
       kernelPath: store.filePath(kernel, 'vmlinux'),
       initrdPath: store.filePath(kernel, 'initrd.img'),
       rootfsPath: store.filePath(rootfs, rootfsFileName('python')),
+      basePath: store.filePath(base, BASE_FILE_NAME),
       memoryMib: 512,
       vcpus: 1,
       timeoutMs: 60_000,

@@ -159,9 +159,17 @@ describe.skipIf(skip !== null)('QEMU in its jail, in real VMs', () => {
     expect(files).toContain('/usr/bin/qemu-system-x86_64');
     expect(files).toContain(ref.resources.kernelPath);
     expect(files).toContain(ref.resources.rootfsPath);
+    // The base image under the language's layer is bound in read-only as well.
+    expect(ref.resources.basePath).toBeDefined();
+    expect(files).toContain(ref.resources.basePath);
     expect(files).toContain(join(runDir, 'qmp.sock'));
     expect(files).toContain('/dev/urandom');
-    const images = [ref.resources.kernelPath, ref.resources.initrdPath, ref.resources.rootfsPath];
+    const images = [
+      ref.resources.kernelPath,
+      ref.resources.initrdPath,
+      ref.resources.rootfsPath,
+      ref.resources.basePath ?? '',
+    ];
     const allowed = (f: string): boolean =>
       f.startsWith(`${runDir}/`) ||
       images.includes(f) ||

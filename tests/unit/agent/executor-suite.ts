@@ -499,7 +499,7 @@ export function defineExecutorSuite(
 
     it_('rejects bad requests before running anything', async () => {
       const cases: [() => Promise<unknown>, string][] = [
-        [() => fx.executor.execute(job('cobol', 'main.cob', '')), 'LANGUAGE_UNKNOWN'],
+        [() => fx.executor.execute(job('klingon', 'main.cob', '')), 'LANGUAGE_UNKNOWN'],
         [() => fx.executor.execute(job('bash', '../main.sh', 'echo')), 'FILE_NAME_INVALID'],
         [() => fx.executor.execute(bash('echo', { wallTimeMs: 0 })), 'LIMIT_INVALID'],
         [() => fx.executor.execute(bash('echo', { memoryMib: 1.5 })), 'LIMIT_INVALID'],

@@ -164,7 +164,7 @@ describe('agent server over a unix socket', () => {
 
   it('answers a bad request with an error message and keeps the session', async () => {
     await session(async (ch) => {
-      await ch.send(execute('j-lang', { ...bash('echo'), language: 'cobol' }));
+      await ch.send(execute('j-lang', { ...bash('echo'), language: 'klingon' }));
       expect(await ch.next(5000)).toMatchObject({
         type: 'error',
         id: 'j-lang',

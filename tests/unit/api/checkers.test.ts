@@ -146,7 +146,7 @@ describe('checkers on the native API', () => {
   test.each([
     [{ kind: 'regex', pattern: '(' }, /testCases\[0\]\.compare is not a valid regular expression/],
     [{ kind: 'float', absTolerance: -1 }, /compare/],
-    [{ kind: 'custom', language: 'cobol', source: 'x' }, /cobol/],
+    [{ kind: 'custom', language: 'klingon', source: 'x' }, /klingon/],
     ['fuzzy', /compare/],
   ])('a bad checker %j is a 400 before anything runs', async (compare, message) => {
     const res = await post(pyJob({ testCases: [{ stdin: 'a', expectedOutput: 'a', compare }] }));

@@ -104,18 +104,18 @@ describe('the E2B SDKs against our E2B API (fake sandbox engine)', () => {
   });
 
   test('an unknown template is a 400 with the E2B body', async () => {
-    const err = await Sandbox.create('cobol-9', s.opts).catch((e: unknown) => e);
+    const err = await Sandbox.create('klingon-9', s.opts).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(SandboxError);
-    expect(String(err)).toMatch(/400: unknown template "cobol-9"/);
+    expect(String(err)).toMatch(/400: unknown template "klingon-9"/);
     const res = await fetch(`${s.base}/v2/sandboxes`, {
       method: 'POST',
       headers: { 'x-api-key': KEY, 'content-type': 'application/json' },
-      body: JSON.stringify({ templateID: 'cobol-9' }),
+      body: JSON.stringify({ templateID: 'klingon-9' }),
     });
     expect(res.status).toBe(400);
     const body = (await res.json()) as E2bError;
     expect(body.code).toBe(400);
-    expect(body.message).toMatch(/cobol-9/);
+    expect(body.message).toMatch(/klingon-9/);
   });
 
   test('runCode streams stdout, gives the result text, the error shape and the count', async () => {

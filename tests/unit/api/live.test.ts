@@ -278,12 +278,12 @@ describe('the WebSocket routes on a fake engine', () => {
     const { messages, closed } = collect(ws);
     await opened(ws);
     ws.send(
-      JSON.stringify({ type: 'init', language: 'cobol', version: '*', files: [{ content: '' }] }),
+      JSON.stringify({ type: 'init', language: 'klingon', version: '*', files: [{ content: '' }] }),
     );
     expect((await closed).code).toBe(4002);
     expect(messages).toHaveLength(1);
     expect(messages[0]?.type).toBe('error');
-    expect(String(messages[0]?.message)).toMatch(/cobol/);
+    expect(String(messages[0]?.message)).toMatch(/klingon/);
   });
 
   it('native: started, the SSE events, the result, then 1000', async () => {

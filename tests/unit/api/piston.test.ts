@@ -166,8 +166,8 @@ describe('POST /api/v2/execute', () => {
     ['no files', { language: 'python', version: '3' }, /missing the field "files"/],
     [
       'an unknown language',
-      { language: 'cobol', version: '1', files: [{ content: '' }] },
-      /unknown language "cobol"/,
+      { language: 'klingon', version: '1', files: [{ content: '' }] },
+      /unknown language "klingon"/,
     ],
     [
       'a version not installed',

@@ -111,7 +111,7 @@ describe('/v1/sandboxes: the life of a sandbox', () => {
   test('refused requests: an unknown language, a timeout over the most, unknown fields, a bad count', async () => {
     const a = await app();
     const cases: [string, unknown, number, string][] = [
-      ['/v1/sandboxes', { language: 'cobol' }, 400, 'LANGUAGE_UNKNOWN'],
+      ['/v1/sandboxes', { language: 'klingon' }, 400, 'LANGUAGE_UNKNOWN'],
       ['/v1/sandboxes', { language: 'python', timeoutMs: 10 ** 12 }, 400, 'LIMIT_INVALID'],
       ['/v1/sandboxes', { language: 'python', ttl: 5 }, 400, 'REQUEST_INVALID'],
       ['/v1/sandboxes', { language: 'python', envs: { 'BAD-NAME': 'x' } }, 400, 'REQUEST_INVALID'],

@@ -135,7 +135,7 @@ describe('POST /v1/execute', () => {
     ],
     ['a fractional limit', pyJob({ runLimits: { memoryMib: 1.5 } }), /memoryMib must be integer/],
     ['an unknown limit', pyJob({ runLimits: { gpus: 1 } }), /unknown field "gpus"/],
-    ['an unknown language', pyJob({ language: 'cobol' }), /unknown language "cobol"/],
+    ['an unknown language', pyJob({ language: 'klingon' }), /unknown language "klingon"/],
     ['a version not installed', pyJob({ version: '2.7' }), /not "2.7"/],
     [
       'a file name with ..',
@@ -413,7 +413,7 @@ describe('jobs: submit, poll, callback', () => {
     const res = await t.app.inject({
       method: 'POST',
       url: '/v1/jobs',
-      payload: pyJob({ language: 'cobol' }),
+      payload: pyJob({ language: 'klingon' }),
     });
     expect(res.statusCode).toBe(400);
     expect(t.jobStore.counts()).toEqual({ queued: 0, running: 0, done: 0 });
