@@ -23,12 +23,14 @@ import {
   LimitsSchema,
   SANDBOX_DIR,
   MAX_RESULT_OUTPUT_BYTES,
+  type ArtefactEntry,
   type ExecuteMessage,
   type Limits,
   type SeccompFamily,
   type StageResult,
   type Status,
 } from '../protocol/index.js';
+import { collectArtefact, unpackArtefact } from './artefact.js';
 import { probeCgroup } from './cgroup.js';
 import {
   copyWorkDir,
@@ -60,6 +62,12 @@ export const RESERVED_ENV = ['PATH', 'HOME', 'TMPDIR'] as const;
 
 /** What the executor runs: an execute message without its envelope. */
 export type ExecutorJob = Omit<ExecuteMessage, 'type' | 'id'>;
+
+/**
+ * Where a job asked to keep its compile (`keepArtefact`) hands the work dir the compile left,
+ * before the run stage starts; the run waits for it to resolve.
+ */
+export type KeepArtefact = (entries: ArtefactEntry[]) => Promise<void>;
 
 /** What a job did in the guest: the compile stage (null for interpreted languages), the run. */
 export interface ExecutorOutcome {
@@ -264,6 +272,7 @@ export class Executor {
     job: ExecutorJob,
     signal?: AbortSignal,
     live?: LiveJob,
+    keep?: KeepArtefact,
   ): Promise<ExecutorOutcome> {
     // Sandbox jobs run side by side when every stage has a cgroup of its own (its kill and
     // limits are then the stage's alone); without one they queue like the others.
@@ -279,7 +288,7 @@ export class Executor {
     try {
       if (job.sandbox !== undefined)
         return await this.executeInSandbox(job, job.sandbox, signal, live);
-      return await this.executeAlone(job, signal, dirs, live);
+      return await this.executeAlone(job, signal, dirs, live, keep);
     } finally {
       void Promise.all(
         dirs.map((dir) =>
@@ -354,6 +363,7 @@ export class Executor {
     signal: AbortSignal | undefined,
     dirs: string[],
     live?: LiveJob,
+    keep?: KeepArtefact,
   ): Promise<ExecutorOutcome> {
     const language = this.language(job.language);
     checkLimits(job.compileLimits, 'compile');
@@ -374,16 +384,24 @@ export class Executor {
     } catch (err) {
       return failed(`cannot create the work dir: ${messageOf(err)}`);
     }
+    // A compile-cache hit: the work dir the compile left, laid out instead of the files (the
+    // sources are in it), and that compile's result; no compile runs.
+    const cached = compileArgv !== null ? job.artefact : undefined;
     try {
-      await writeJobFiles(workDir, job.files, this.options.runAs);
+      if (cached !== undefined) await unpackArtefact(workDir, cached.entries, this.options.runAs);
+      else await writeJobFiles(workDir, job.files, this.options.runAs);
     } catch (err) {
       if (err instanceof RunnerError && REQUEST_CODES.has(err.code)) throw err;
-      return failed(`cannot write the files: ${messageOf(err)}`);
+      return failed(`cannot write the ${cached ? 'compiled files' : 'files'}: ${messageOf(err)}`);
     }
     const baseEnv = { ...def.env };
     const runEnv = { ...baseEnv, ...job.env };
     let compile: StageResult | null = null;
-    if (compileArgv) {
+    if (cached !== undefined) {
+      compile = cached.compile;
+      live?.stageStart('compile');
+      live?.stageEnd('compile', compile.status);
+    } else if (compileArgv) {
       live?.stageStart('compile');
       compile = await this.stage(
         compileArgv,
@@ -399,6 +417,13 @@ export class Executor {
       if (compile.status === 'runtime_error') compile = { ...compile, status: 'compile_error' };
       live?.stageEnd('compile', compile.status);
       if (compile.status !== 'ok') return { status: compile.status, compile, run: null };
+      if (job.keepArtefact === true && keep !== undefined) {
+        const artefact = await collectArtefact(workDir).catch((err: unknown) => ({
+          refused: messageOf(err),
+        }));
+        if ('entries' in artefact) await keep(artefact.entries);
+        else this.options.log?.(`the compile is not kept: ${artefact.refused}`);
+      }
     }
     if (job.cases === undefined) {
       live?.stageStart('run');

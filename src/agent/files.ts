@@ -155,9 +155,19 @@ export async function writeJobFiles(
   }
 }
 
-async function makeDirNoFollow(dir: string, name: string, owner: FileOwner | null): Promise<void> {
+/**
+ * Makes the folder `dir` (of the job's file `name`), or finds it a real folder already (never a
+ * link to one). A new folder gets `mode` (the umask does not narrow it) and `owner`.
+ */
+export async function makeDirNoFollow(
+  dir: string,
+  name: string,
+  owner: FileOwner | null,
+  mode = 0o755,
+): Promise<void> {
   try {
-    await mkdir(dir, { mode: 0o755 });
+    await mkdir(dir, { mode });
+    if (mode !== 0o755) await chmod(dir, mode);
     if (owner) await chown(dir, owner.uid, owner.gid);
     return;
   } catch (err) {
@@ -175,16 +185,22 @@ async function makeDirNoFollow(dir: string, name: string, owner: FileOwner | nul
   }
 }
 
-async function writeFileExclusive(
+/**
+ * Writes a new file (O_CREAT|O_EXCL|O_NOFOLLOW: never over or through anything already there)
+ * with `mode` (the umask does not narrow it) and `owner`.
+ */
+export async function writeFileExclusive(
   path: string,
   bytes: Buffer,
   name: string,
   owner: FileOwner | null,
+  mode = 0o644,
 ): Promise<void> {
   const flags = fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW;
   let handle;
   try {
-    handle = await open(path, flags, 0o644);
+    handle = await open(path, flags, mode);
+    if (mode !== 0o644) await handle.chmod(mode);
   } catch (err) {
     if (errnoOf(err) === 'EEXIST') {
       throw new FileNameInvalidError(

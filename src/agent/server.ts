@@ -20,7 +20,12 @@ import {
   type StdinEndMessage,
   type StdinMessage,
 } from '../protocol/index.js';
-import { REQUEST_CODES, type ExecutorJob, type ExecutorOutcome } from './executor.js';
+import {
+  REQUEST_CODES,
+  type ExecutorJob,
+  type ExecutorOutcome,
+  type KeepArtefact,
+} from './executor.js';
 import type { GuestActions } from './guest.js';
 import { LiveJob } from './live.js';
 import { messageOf, sandboxErrorResult } from './stage.js';
@@ -29,7 +34,12 @@ import { messageOf, sandboxErrorResult } from './stage.js';
 export interface JobExecutor {
   languages(): string[];
   /** Runs a job; `live` (a streamed job) gets its output as it comes, and gives it stdin. */
-  execute(job: ExecutorJob, signal?: AbortSignal, live?: LiveJob): Promise<ExecutorOutcome>;
+  execute(
+    job: ExecutorJob,
+    signal?: AbortSignal,
+    live?: LiveJob,
+    keep?: KeepArtefact,
+  ): Promise<ExecutorOutcome>;
 }
 
 export interface AgentServerOptions {
@@ -188,6 +198,8 @@ export class AgentServer {
       ...(cases && { cases }),
       ...(sandbox && { sandbox }),
       ...(message.seccomp && { seccomp: message.seccomp }),
+      ...(message.keepArtefact === true && { keepArtefact: true }),
+      ...(message.artefact && { artefact: message.artefact }),
     };
     const received = performance.now();
     const log = this.options.log ?? (() => undefined);
@@ -196,7 +208,11 @@ export class AgentServer {
     );
     let result: ExecutorOutcome;
     try {
-      result = await this.options.executor.execute(job, signal, live);
+      const keep: KeepArtefact = async (entries) => {
+        log(`job ${id}: the compile is kept (${entries.length} entries)`);
+        await this.send(channel, { type: 'artefact', id, entries });
+      };
+      result = await this.options.executor.execute(job, signal, live, keep);
     } catch (err) {
       if (err instanceof RunnerError && REQUEST_CODES.has(err.code)) {
         log(`job ${id}: refused: ${err.code}: ${err.message}`);

@@ -15,6 +15,8 @@ export interface DataPaths {
   readonly buildDir: string;
   /** Build logs. */
   readonly logsDir: string;
+  /** Compiles kept by their exact inputs (src/cache). */
+  readonly compileCacheDir: string;
 }
 
 /**
@@ -43,5 +45,6 @@ export function dataPaths(settings: PathSettings): DataPaths {
     runDir: join(dataDir, 'run'),
     buildDir: join(dataDir, 'build'),
     logsDir: join(dataDir, 'logs'),
+    compileCacheDir: join(dataDir, 'compile-cache'),
   };
 }

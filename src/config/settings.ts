@@ -52,6 +52,8 @@ export const SETTINGS = [
   { key: 'warmLanguages', env: 'RUNNER_WARM_LANGUAGES', kind: 'list', default: [], description: 'Languages whose pools are filled at start (comma-separated).' },
   { key: 'bootTimeoutMs', env: 'RUNNER_BOOT_TIMEOUT_MS', kind: 'integer', default: 120000, unit: 'ms', min: 1000, description: 'Cold boot deadline (kernel to agent hello); TCG is slow.' },
   { key: 'restoreTimeoutMs', env: 'RUNNER_RESTORE_TIMEOUT_MS', kind: 'integer', default: 30000, unit: 'ms', min: 500, description: 'Snapshot restore deadline (to the agent answering).' },
+  { key: 'compileCacheMaxMib', env: 'RUNNER_COMPILE_CACHE_MAX_MIB', kind: 'integer', default: 2048, unit: 'MiB', min: 0, description: 'Most disk the compile cache may take (<data dir>/compile-cache): the same sources compiled the same way on the same images compile once, later jobs run the kept work dir (docs/agent.md). Least recently used go first; 0 turns the cache off.' },
+  { key: 'compileCacheMaxAgeHours', env: 'RUNNER_COMPILE_CACHE_MAX_AGE_HOURS', kind: 'integer', default: 168, unit: 'h', min: 1, description: 'A kept compile not used for this long is deleted.' },
   // ---- images: the local store, the S3 store, the Debian mirror ----
   { key: 'imagesDir', env: 'RUNNER_IMAGES_DIR', kind: 'string', default: null, description: 'The local image store (default <data dir>/images).' },
   { key: 'debianMirror', env: 'RUNNER_DEBIAN_MIRROR', kind: 'string', default: null, schemes: ['http', 'https', 'file'], description: 'Debian mirror of image builds (http, https or file URL); unset: the first apt source of the machine serving bookworm main.' },

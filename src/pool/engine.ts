@@ -28,6 +28,7 @@ import { VmPool } from './pool.js';
 import { prepareJob, type JobRequest, type JobResult, type PreparedJob } from './job.js';
 import { SandboxManager } from '../sandbox/manager.js';
 import { executeOnVm, JobRunner, type RunOptions } from './runner.js';
+import { CompileCache } from '../cache/index.js';
 import { defaultRunSlots, RunSlots } from './slots.js';
 import { SnapshotManager, type RuntimeStatus } from './snapshots.js';
 
@@ -339,6 +340,14 @@ export async function createEngine(
       warn: (line) => (options.warn ?? log)?.(line),
     },
     new RunSlots(runSlots),
+    settings.compileCacheMaxMib === 0
+      ? null
+      : new CompileCache({
+          dir: paths.compileCacheDir,
+          maxBytes: settings.compileCacheMaxMib * 1024 * 1024,
+          maxAgeMs: settings.compileCacheMaxAgeHours * 3_600_000,
+          log: (line) => log?.(line),
+        }),
   );
   const sandboxes = await SandboxManager.open({
     pool,

@@ -28,6 +28,11 @@ export interface JobRequest {
   /** Run in a VM with network behind the egress policy (docs/network.md); default no NIC. */
   readonly network?: boolean;
   /**
+   * False: this job neither uses nor fills the compile cache (`runner bench` times real
+   * compiles with it). Default true: the host's cache decides (compileCacheMaxMib).
+   */
+  readonly compileCache?: boolean;
+  /**
    * A live job: output streamed as it comes, stdin and signals passed while it runs (the
    * agent's `stream`, with a window of LIVE_OUTPUT_WINDOW_BYTES). Not with `cases`.
    */
@@ -49,6 +54,8 @@ export interface PreparedJob {
   readonly deadlineMs: number;
   /** The job runs in a cold-booted VM with a NIC (docs/network.md). */
   readonly network: boolean;
+  /** The job may use and fill the compile cache (JobRequest.compileCache); absent: true. */
+  readonly compileCache?: boolean;
 }
 
 /** Where the time of a job went, in ms: the engine's result and the API's body share it. */
@@ -67,6 +74,11 @@ export const JobTimingsSchema = Type.Object({
    */
   hostOverheadMs: Type.Number(),
   poolHit: Type.Boolean(),
+  /**
+   * Present when the compile cache took part (a job with a compile stage): true when the job
+   * ran a kept compile instead of compiling (its compile stage is that compile's result).
+   */
+  compileCached: Type.Optional(Type.Boolean()),
 });
 export type JobTimings = Static<typeof JobTimingsSchema>;
 
@@ -204,5 +216,6 @@ export function prepareJob(
     compiles,
     deadlineMs: jobDeadlineMs(message, compiles),
     network: request.network === true,
+    ...(request.compileCache === false && { compileCache: false }),
   };
 }

@@ -48,6 +48,19 @@ export interface Lease {
   readonly hit: boolean;
   /** Time to restore the snapshot and bring the agent back (seed included). */
   readonly restoreMs: number;
+  /**
+   * What the VM runs, exactly: the key of the snapshot it was restored from (its kernel, base,
+   * layer and shape). Null for a VM of another origin (a cold boot, a sandbox's own snapshot).
+   * The compile cache keys on it.
+   */
+  readonly images: string | null;
+}
+
+/** A VM just restored, before it is anyone's. */
+interface Restored {
+  readonly vm: MicroVm;
+  readonly restoreMs: number;
+  readonly images: string | null;
 }
 
 /**
@@ -84,6 +97,7 @@ export class PoolSlot {
   /** Set once the restore is done. */
   vm: MicroVm | null = null;
   restoreMs = 0;
+  images: string | null = null;
 
   /** @param forJob Restored for a waiting job (a pool miss), not to be kept ready. */
   constructor(
@@ -206,19 +220,22 @@ export class VmPool {
       ready.to('leased');
       this.counters.hits++;
       this.refill();
-      return { vm: ready.vm, language, hit: true, restoreMs: ready.restoreMs };
+      return {
+        vm: ready.vm,
+        language,
+        hit: true,
+        restoreMs: ready.restoreMs,
+        images: ready.images,
+      };
     }
     return this.leaseRestored(language, () => this.restoreFresh(language));
   }
 
   /** A pool miss: a slot within capacity, a VM restored into it by `restore`, leased at once. */
-  private async leaseRestored(
-    language: string,
-    restore: () => Promise<{ vm: MicroVm; restoreMs: number }>,
-  ): Promise<Lease> {
+  private async leaseRestored(language: string, restore: () => Promise<Restored>): Promise<Lease> {
     this.counters.misses++;
     const slot = await this.takeSlot(language, true);
-    let made: { vm: MicroVm; restoreMs: number };
+    let made: Restored;
     try {
       made = await restore();
     } catch (err) {
@@ -228,8 +245,9 @@ export class VmPool {
     }
     slot.vm = made.vm;
     slot.restoreMs = made.restoreMs;
+    slot.images = made.images;
     slot.to('leased');
-    return { vm: made.vm, language, hit: false, restoreMs: made.restoreMs };
+    return { vm: made.vm, language, hit: false, restoreMs: made.restoreMs, images: made.images };
   }
 
   /**
@@ -276,10 +294,10 @@ export class VmPool {
    * reseeded, timed to the reseed's answer. The caller owns the VM and destroys it. It takes no
    * slot: the pool's own callers take one first; `runner bench` times it on an idle pool.
    */
-  async restoreFresh(language: string): Promise<{ vm: MicroVm; restoreMs: number }> {
+  async restoreFresh(language: string): Promise<Restored> {
     if (this.closed) throw new PoolClosedError('the pool is closed');
     const snapshot = await this.options.snapshots.ensure(language);
-    return this.restoreSnapshot(language, snapshot);
+    return { ...(await this.restoreSnapshot(language, snapshot)), images: snapshot.key };
   }
 
   /**
@@ -292,7 +310,10 @@ export class VmPool {
     snapshot: { readonly path: string; readonly resources: VmResources },
   ): Promise<Lease> {
     if (this.closed) throw new PoolClosedError('the pool is closed');
-    return this.leaseRestored(language, () => this.restoreSnapshot(language, snapshot));
+    return this.leaseRestored(language, async () => ({
+      ...(await this.restoreSnapshot(language, snapshot)),
+      images: null,
+    }));
   }
 
   private async restoreSnapshot(
@@ -348,8 +369,9 @@ export class VmPool {
     }
     slot.vm = vm;
     slot.restoreMs = bootMs;
+    slot.images = null;
     slot.to('leased');
-    return { vm, language, hit: false, restoreMs: bootMs };
+    return { vm, language, hit: false, restoreMs: bootMs, images: null };
   }
 
   /** The first ready VM's slot of `language`. */
@@ -427,7 +449,7 @@ export class VmPool {
 
   /** Restores a VM into a slot of its own, to be kept ready. */
   private async fill(slot: PoolSlot): Promise<void> {
-    let made: { vm: MicroVm; restoreMs: number };
+    let made: Restored;
     try {
       made = await this.restoreFresh(slot.language);
     } catch (err) {
@@ -438,6 +460,7 @@ export class VmPool {
     }
     slot.vm = made.vm;
     slot.restoreMs = made.restoreMs;
+    slot.images = made.images;
     if (!this.closed && this.options.warmUp !== undefined && this.warmUpAllowed()) {
       try {
         if (await this.options.warmUp(made.vm, slot.language)) this.counters.warmUps++;

@@ -1,9 +1,14 @@
+import { compileKey, type CompileCache } from '../cache/index.js';
 import { MAX_LIMITS, type StageLimits } from '../config/index.js';
 import { messageOf, NetworkDisabledError } from '../errors.js';
 import type { LanguageRegistry } from '../languages/index.js';
 import {
+  MAX_FRAME_BYTES,
   sandboxStage,
   type AgentMessage,
+  type Artefact,
+  type ArtefactMessage,
+  type ExecuteMessage,
   type HostMessage,
   type LiveSignal,
   type ResultMessage,
@@ -46,7 +51,42 @@ export class JobRunner {
     private readonly log?: RunnerLog,
     /** Jobs that run at once (default: one per VM the pool can hold, i.e. no extra bound). */
     readonly slots: RunSlots = new RunSlots(pool.capacity),
+    /** Compiles kept on the host; none: every job compiles. */
+    private readonly compileCache: CompileCache | null = null,
   ) {}
+
+  /**
+   * How the compile cache takes part in a job on this VM: none (no cache, no compile stage, a
+   * live job, a VM of unknown images), a hit (the message carries the kept artefact, when it
+   * fits one frame), or a miss (the message asks the agent to keep the compile).
+   */
+  private async cachePlan(
+    job: PreparedJob,
+    images: string | null,
+  ): Promise<{ key: string; message: ExecuteMessage; hit: boolean } | null> {
+    const cache = this.compileCache;
+    if (cache === null || images === null || !job.compiles || job.compileCache === false)
+      return null;
+    if (job.message.stream !== undefined) return null;
+    const language = this.languages.find(job.language);
+    if (language === undefined) return null;
+    const key = compileKey(job.message, language.definition, images);
+    if (key === null) return null;
+    let artefact: Artefact | undefined;
+    try {
+      artefact = await cache.get(key);
+    } catch (err) {
+      this.log?.warn(`compile cache: cannot read ${key.slice(0, 16)}: ${messageOf(err)}`);
+    }
+    if (artefact !== undefined) {
+      const message = { ...job.message, artefact };
+      // The sources ride in the artefact: the files are sent once, in it.
+      const lean = { ...message, files: message.files.map((f) => ({ ...f, content: '' })) };
+      if (Buffer.byteLength(JSON.stringify(lean)) < MAX_FRAME_BYTES - 65_536)
+        return { key, message: lean, hit: true };
+    }
+    return { key, message: { ...job.message, keepArtefact: true }, hit: false };
+  }
 
   /** Checks a request and builds its one execute message (no VM is touched); see prepareJob. */
   prepare(request: JobRequest, id?: string): PreparedJob {
@@ -79,10 +119,14 @@ export class JobRunner {
     const acquired = performance.now();
     let result: ResultMessage;
     let answered: number;
+    let plan: Awaited<ReturnType<JobRunner['cachePlan']>> = null;
+    let kept: ArtefactMessage | undefined;
     try {
+      plan = await this.cachePlan(job, lease.images);
+      const sent = plan === null ? job : { ...job, message: plan.message };
       result = isAborted(signal)
         ? sandboxError(job.message, CLIENT_GONE_MESSAGE)
-        : await executeOnVm(lease.vm, job, live, signal);
+        : await executeOnVm(lease.vm, sent, live, signal, (m) => (kept = m));
       answered = performance.now();
     } finally {
       slot();
@@ -100,6 +144,16 @@ export class JobRunner {
       this.log?.warn(
         `job ${job.id} (${job.language}, VM ${lease.vm.id}): sandbox_error: ${why ?? 'no reason given'}`,
       );
+    }
+    if (plan !== null && !plan.hit && kept !== undefined && result.compile?.status === 'ok') {
+      const { key } = plan;
+      const compile = result.compile;
+      const entries = kept.entries;
+      // Kept before the result is given (after the VM is released), so that the next job with
+      // the same compile finds it; a few ms against the compile it saves.
+      await this.compileCache?.put(key, compile, entries).catch((err: unknown) => {
+        this.log?.warn(`compile cache: cannot keep ${key.slice(0, 16)}: ${messageOf(err)}`);
+      });
     }
     const guestMs =
       result.agentMs ?? (result.compile?.wallTimeMs ?? 0) + (result.run?.wallTimeMs ?? 0);
@@ -120,6 +174,7 @@ export class JobRunner {
         guestMs,
         hostOverheadMs: ms(Math.max(0, done - started - (answered - acquired))),
         poolHit: lease.hit,
+        ...(plan !== null && { compileCached: plan.hit && result.compile !== null }),
       },
     };
   }
@@ -136,6 +191,8 @@ export async function executeOnVm(
   job: Pick<PreparedJob, 'message' | 'deadlineMs'>,
   live?: LiveHandlers,
   signal?: AbortSignal,
+  /** Hears the work dir of a compile the message asked to keep (`keepArtefact`). */
+  onArtefact?: (message: ArtefactMessage) => void,
 ): Promise<ResultMessage> {
   const { message } = job;
   // An abort ends the wait at once (the caller then destroys the VM); the wait it cut short
@@ -199,6 +256,10 @@ export async function executeOnVm(
         reply.id === message.id
       ) {
         await liveSide.take(reply, consumer);
+        continue;
+      }
+      if (reply.type === 'artefact' && reply.id === message.id) {
+        if (message.keepArtefact === true) onArtefact?.(reply);
         continue;
       }
       if (reply.type === 'hello') {

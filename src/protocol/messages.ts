@@ -10,6 +10,7 @@ import {
   BASE64_PATTERN,
   checkJob,
   ENV_NAME_PATTERN,
+  MAX_ARTEFACT_ENTRIES,
   MAX_ARG_STRING_BYTES,
   MAX_JOB_ARGS,
   MAX_JOB_CASES,
@@ -137,6 +138,33 @@ export function sandboxStage(message: string, wallTimeMs = 0): StageResult {
   };
 }
 
+/**
+ * One entry of a compile artefact: the work dir as the compile stage left it, entry by entry,
+ * parents before their children (docs/agent.md, "The compile cache"). `data` is a file's bytes,
+ * `target` a link's. `checkArtefact` (rules.ts) holds the rest of the rules, on both sides.
+ */
+export const ArtefactEntrySchema = Type.Object(
+  {
+    path: Type.String({ minLength: 1, maxLength: MAX_PATH_BYTES }),
+    kind: Type.Union([Type.Literal('file'), Type.Literal('dir'), Type.Literal('link')]),
+    mode: Type.Integer({ minimum: 0, maximum: 0o777 }),
+    data: Type.Optional(Base64),
+    target: Type.Optional(Type.String({ minLength: 1, maxLength: MAX_PATH_BYTES })),
+  },
+  closed,
+);
+export type ArtefactEntry = Static<typeof ArtefactEntrySchema>;
+
+/** A compile the host kept: the stage's result and the work dir it left. */
+export const ArtefactSchema = Type.Object(
+  {
+    compile: StageResultSchema,
+    entries: Type.Array(ArtefactEntrySchema, { maxItems: MAX_ARTEFACT_ENTRIES }),
+  },
+  closed,
+);
+export type Artefact = Static<typeof ArtefactSchema>;
+
 // ---- host → agent ----
 
 export const ExecuteMessageSchema = Type.Object(
@@ -199,6 +227,16 @@ export const ExecuteMessageSchema = Type.Object(
         closed,
       ),
     ),
+    /**
+     * The compile cache, a miss: after a compile stage that ends `ok`, and before the run, the
+     * agent sends the work dir as an `artefact` message (unless it is over the artefact's caps).
+     */
+    keepArtefact: Type.Optional(Type.Boolean()),
+    /**
+     * The compile cache, a hit: the agent lays these entries out as the work dir instead of
+     * writing `files` and compiling, and gives `artefact.compile` as the compile stage.
+     */
+    artefact: Type.Optional(ArtefactSchema),
   },
   closed,
 );
@@ -356,6 +394,20 @@ export const SeededMessageSchema = Type.Object(
 );
 export type SeededMessage = Static<typeof SeededMessageSchema>;
 
+/**
+ * The work dir a compile stage left (the execute message asked with `keepArtefact`), sent
+ * before the run stage starts: nothing of the job but its compile has run when it leaves.
+ */
+export const ArtefactMessageSchema = Type.Object(
+  {
+    type: Type.Literal('artefact'),
+    id: Id,
+    entries: Type.Array(ArtefactEntrySchema, { maxItems: MAX_ARTEFACT_ENTRIES }),
+  },
+  closed,
+);
+export type ArtefactMessage = Static<typeof ArtefactMessageSchema>;
+
 /** The catalogue's codes: an agent's error names one of them, nothing else. */
 export const ERROR_CODES = Object.keys(ERROR_CATALOGUE) as [ErrorCode, ...ErrorCode[]];
 
@@ -380,6 +432,7 @@ export const AgentMessageSchema = Type.Union([
   OutputMessageSchema,
   // From the agent: that many bytes of a live job's stdin are in the program's pipe.
   CreditMessageSchema,
+  ArtefactMessageSchema,
 ]);
 export type AgentMessage = Static<typeof AgentMessageSchema>;
 

@@ -6,7 +6,7 @@ import {
   LimitInvalidError,
 } from '../errors.js';
 import { MAX_FRAME_BYTES } from './frame.js';
-import type { ExecuteMessage, JobFile } from './messages.js';
+import type { ArtefactEntry, ExecuteMessage, JobFile } from './messages.js';
 
 /**
  * The rules of a job that the host and the agent both enforce, written once: the host checks
@@ -52,6 +52,14 @@ export const SANDBOX_DIR = '/home/user';
  * read and dropped, and the stage is marked truncated.
  */
 export const MAX_RESULT_OUTPUT_BYTES = Math.floor((MAX_FRAME_BYTES - 1_048_576) / 4) * 3;
+
+/** The most entries of one compile artefact (files, folders and links of the work dir). */
+export const MAX_ARTEFACT_ENTRIES = 4096;
+/**
+ * The most bytes of the files of one compile artefact: as base64, with the job's own files, it
+ * must fit one execute frame. A compile that leaves more is not kept.
+ */
+export const MAX_ARTEFACT_BYTES = 8 * 1024 * 1024;
 
 const base64Re = new RegExp(BASE64_PATTERN);
 const envNameRe = new RegExp(ENV_NAME_PATTERN);
@@ -186,7 +194,7 @@ export function checkJob(
   if (message.sandbox === undefined) checkFiles(message.files);
   else {
     if (message.files.length > 0)
-      throw new FileNameInvalidError('files: a sandbox job has none (its files are the sandbox\'s)');
+      throw new FileNameInvalidError("files: a sandbox job has none (its files are the sandbox's)");
     checkArgs(message.sandbox.argv, 'sandbox.argv');
     if (message.sandbox.cwd !== undefined) checkFileName(message.sandbox.cwd, 'sandbox.cwd');
     if (message.cases !== undefined)
@@ -211,4 +219,52 @@ export function checkJob(
       if (!isBase64(c)) throw new EncodingInvalidError(`cases[${i}] is not valid base64`);
     });
   }
+}
+
+/**
+ * Checks a compile artefact's entries, on both sides (the agent that lays it out trusts no
+ * host, the host keeps none that breaks these): each path a canonical relative name
+ * (`checkFileName`), none twice, each one's folder an earlier `dir` entry (so laying them out in
+ * order never goes through a link), a file with its bytes as base64, a link with its target, a
+ * folder with neither, and the files' bytes together at most MAX_ARTEFACT_BYTES. Returns the
+ * files' byte count; FILE_NAME_INVALID or ENCODING_INVALID naming the entry.
+ */
+export function checkArtefact(entries: readonly ArtefactEntry[], field = 'artefact'): number {
+  if (entries.length > MAX_ARTEFACT_ENTRIES) {
+    throw new FileNameInvalidError(`${field}: at most ${MAX_ARTEFACT_ENTRIES} entries`);
+  }
+  const seen = new Map<string, ArtefactEntry['kind']>();
+  let bytes = 0;
+  entries.forEach((e, i) => {
+    const where = `${field}[${i}]`;
+    const parts = checkFileName(e.path, `${where}.path`);
+    if (seen.has(e.path)) throw new FileNameInvalidError(`${where}.path is given twice`);
+    if (parts.length > 1 && seen.get(parts.slice(0, -1).join('/')) !== 'dir') {
+      throw new FileNameInvalidError(`${where}.path is not inside an earlier folder entry`);
+    }
+    const hasData = e.data !== undefined;
+    const hasTarget = e.target !== undefined;
+    if (
+      e.kind === 'file'
+        ? !hasData || hasTarget
+        : e.kind === 'link'
+          ? !hasTarget || hasData
+          : hasData || hasTarget
+    ) {
+      throw new FileNameInvalidError(`${where}: a ${e.kind} entry has the wrong fields`);
+    }
+    if (hasData) {
+      if (!isBase64(e.data as string))
+        throw new EncodingInvalidError(`${where}.data is not valid base64`);
+      bytes += Math.floor(((e.data as string).length * 3) / 4);
+    }
+    if (hasTarget && (e.target as string).includes('\0')) {
+      throw new FileNameInvalidError(`${where}.target contains a NUL byte`);
+    }
+    seen.set(e.path, e.kind);
+  });
+  if (bytes > MAX_ARTEFACT_BYTES) {
+    throw new FileNameInvalidError(`${field}: its files take over ${MAX_ARTEFACT_BYTES} bytes`);
+  }
+  return bytes;
 }

@@ -340,6 +340,10 @@ export function registerBenchCommand(program: Command): void {
       "every language instead: its own test program, one pool miss then --jobs pool hits, beside the host's run where the host has the interpreter",
     )
     .option('--markdown', "with --all: print docs/languages.md's table")
+    .option(
+      '--languages <names>',
+      'with --all: only these languages (comma-separated names or aliases)',
+    )
     .action(async (opts) => {
       if (opts.url !== undefined) {
         const n = (v: string, name: string): number => {
@@ -377,8 +381,16 @@ export function registerBenchCommand(program: Command): void {
           return Number(v);
         };
         if (opts.all === true) {
+          const only =
+            typeof opts.languages === 'string'
+              ? opts.languages
+                  .split(',')
+                  .map((l: string) => l.trim())
+                  .filter((l: string) => l !== '')
+                  .map((l: string) => engine.languages.get(l))
+              : null;
           const report = await benchLanguages(engine, {
-            languages: engine.languages.list(),
+            languages: only ?? engine.languages.list(),
             jobs: opts.jobs === '20' ? 3 : n(opts.jobs, '--jobs'),
             progress: (l) => spinner.text(l),
           });

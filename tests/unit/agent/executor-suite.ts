@@ -6,8 +6,10 @@ import { Executor, listProcessesOfUid, type ExecutorOutcome } from '../../../src
 import { hasCode } from '../../../src/errors.js';
 import { buildExecHelper } from '../../../src/images/exec-helper.js';
 import {
+  checkArtefact,
   MAX_RESULT_OUTPUT_BYTES,
   parseStageResult,
+  type ArtefactEntry,
   type StageResult,
 } from '../../../src/protocol/index.js';
 import {
@@ -35,10 +37,7 @@ function stage(result: StageResult | null): StageResult {
  * skipped where none is usable) and `fallback` (rlimits, /proc, a uid sweep). Privilege-
  * dropping cases need root and are skipped otherwise, saying so.
  */
-export function defineExecutorSuite(
-  mode: 'cgroup' | 'fallback' | 'helper',
-  uidBase: number,
-): void {
+export function defineExecutorSuite(mode: 'cgroup' | 'fallback' | 'helper', uidBase: number): void {
   let fx: ExecutorFixture;
   let skipReason: string | null = null;
   let helperDir: string | null = null;
@@ -181,6 +180,61 @@ export function defineExecutorSuite(
       ]);
       expect(result.status).toBe('runtime_error');
     });
+
+    it_(
+      'keeps a compile before the run when asked, and runs a kept one without compiling',
+      async () => {
+        // The run leaves a file and rewrites the binary and the source: the kept work dir must be
+        // the one the compile left, read before the run started.
+        const src = [
+          '#include <stdio.h>',
+          'int main(void){',
+          '  FILE *f = fopen("ran", "w"); fputs("x", f); fclose(f);',
+          '  remove("main"); f = fopen("main", "w"); fputs("poisoned", f); fclose(f);',
+          '  f = fopen("main.c", "a"); fputs("// changed", f); fclose(f);',
+          '  puts("compiled once"); return 0; }',
+          '',
+        ].join('\n');
+        const kept: ArtefactEntry[][] = [];
+        const first = await fx.executor.execute(
+          job('c', 'main.c', src, { keepArtefact: true }),
+          undefined,
+          undefined,
+          async (entries) => {
+            kept.push(entries);
+          },
+        );
+        expect(first.status).toBe('ok');
+        expect(text(stage(first.run).stdout)).toBe('compiled once\n');
+        expect(kept).toHaveLength(1);
+        const entries = kept[0] ?? [];
+        expect(() => checkArtefact(entries)).not.toThrow();
+        const byPath = new Map(entries.map((e) => [e.path, e]));
+        expect(byPath.has('ran')).toBe(false);
+        expect(text(byPath.get('main.c')?.data ?? '')).toBe(src);
+        const binary = byPath.get('main');
+        expect(binary?.kind).toBe('file');
+        expect((binary?.mode ?? 0) & 0o100).toBe(0o100);
+        expect(
+          bytes(binary?.data ?? '')
+            .subarray(0, 4)
+            .toString('latin1'),
+        ).toBe('\x7fELF');
+        // Without keepArtefact nothing is handed over.
+        const none: ArtefactEntry[][] = [];
+        await fx.executor.execute(job('c', 'main.c', src), undefined, undefined, async (e) => {
+          none.push(e);
+        });
+        expect(none).toHaveLength(0);
+        // A hit: the job's files are empty (a compile would fail), the kept work dir runs.
+        const compile = stage(first.compile);
+        const hit = await run(job('c', 'main.c', '', { artefact: { compile, entries } }));
+        expect(hit.status).toBe('ok');
+        expect(hit.compile).toEqual(compile);
+        expect(text(stage(hit.run).stdout)).toBe('compiled once\n');
+        expect(await fx.leftovers()).toEqual([]);
+      },
+    );
 
     it_('runs each test case in a fresh copy of the compiled work dir', async () => {
       const b64 = (t: string) => Buffer.from(t).toString('base64');

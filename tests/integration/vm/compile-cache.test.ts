@@ -1,0 +1,102 @@
+import { randomBytes } from 'node:crypto';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Engine } from '../../../src/pool/engine.js';
+import type { JobRequest, JobResult } from '../../../src/pool/index.js';
+import { ensureImages, testEngine, vmSkipReason } from '../../support/vm.js';
+
+const skip = vmSkipReason();
+if (skip) console.warn(`skipping the compile cache tests in real VMs: ${skip}`);
+
+const text = (b64: string | undefined): string => Buffer.from(b64 ?? '', 'base64').toString();
+
+/**
+ * A C++ program unique to this run (so its first compile is a miss, whatever the shared test
+ * data holds) that tries to poison what a later job would run: it replaces its own binary,
+ * changes its source and leaves a file, all in the work dir the compile left.
+ */
+function poisoner(nonce: string): JobRequest {
+  const source = String.raw`#include <cstdio>
+#include <iostream>
+int main() {
+  std::string line;
+  std::getline(std::cin, line);
+  std::printf("kept %s input=%s\n", "${nonce}", line.c_str());
+  std::FILE *seen = std::fopen("ran-before", "r");
+  if (seen) { std::puts("a run was here before me"); std::fclose(seen); }
+  std::FILE *f = std::fopen("ran-before", "w"); std::fputs("x", f); std::fclose(f);
+  std::remove("main");
+  f = std::fopen("main", "w"); std::fputs("#!/bin/sh\necho poisoned\n", f); std::fclose(f);
+  f = std::fopen("main.cpp", "a"); std::fputs("// changed by a run\n", f); std::fclose(f);
+  return 0;
+}
+`;
+  return { language: 'c++', files: [{ name: 'main.cpp', content: source }] };
+}
+
+describe.skipIf(skip !== null)('the compile cache, in real VMs', () => {
+  let engine: Engine;
+  const nonce = randomBytes(8).toString('hex');
+  const run = (request: JobRequest): Promise<JobResult> => engine.run(engine.prepare(request));
+
+  beforeAll(async () => {
+    await ensureImages(['c++']);
+    engine = await testEngine({ poolTarget: 0 });
+  });
+
+  afterAll(async () => {
+    await engine?.close();
+  });
+
+  it('compiles once; later jobs run the compile as it left the work dir, not as a run left it', async () => {
+    const first = await run({ ...poisoner(nonce), stdin: Buffer.from('one\n') });
+    expect(first.status, text(first.compile?.stderr)).toBe('ok');
+    expect(first.timings.compileCached).toBe(false);
+    expect(text(first.run?.stdout)).toBe(`kept ${nonce} input=one\n`);
+
+    const second = await run({ ...poisoner(nonce), stdin: Buffer.from('two\n') });
+    expect(second.status).toBe('ok');
+    expect(second.timings.compileCached).toBe(true);
+    // The first job's compile stage, and the binary it made: not the first run's leftovers.
+    expect(second.compile).toEqual(first.compile);
+    expect(text(second.run?.stdout)).toBe(`kept ${nonce} input=two\n`);
+    expect(second.timings.guestMs).toBeLessThan(first.timings.guestMs);
+
+    // Test cases run the kept compile too, each in its own copy of it.
+    const cases = await run({
+      ...poisoner(nonce),
+      cases: [Buffer.from('a\n'), Buffer.from('b\n')],
+    });
+    expect(cases.timings.compileCached).toBe(true);
+    expect(cases.cases?.map((c) => text(c.stdout))).toEqual([
+      `kept ${nonce} input=a\n`,
+      `kept ${nonce} input=b\n`,
+    ]);
+  });
+
+  it('misses for anything that could change the compile: a byte of a source, the compile limits', async () => {
+    const changed = poisoner(nonce);
+    const file = changed.files[0];
+    if (file === undefined) throw new Error('no file');
+    const edited = await run({
+      ...changed,
+      files: [{ ...file, content: `${file.content}// one more line\n` }],
+    });
+    expect(edited.status).toBe('ok');
+    expect(edited.timings.compileCached).toBe(false);
+
+    const limited = await run({ ...poisoner(nonce), compileLimits: { wallTimeMs: 61_000 } });
+    expect(limited.status).toBe('ok');
+    expect(limited.timings.compileCached).toBe(false);
+  });
+
+  it('keeps no compile that failed', async () => {
+    const broken: JobRequest = {
+      language: 'c++',
+      files: [{ name: 'main.cpp', content: `int main() { return ${nonce}_undefined; }\n` }],
+    };
+    const a = await run(broken);
+    const b = await run(broken);
+    expect([a.status, b.status]).toEqual(['compile_error', 'compile_error']);
+    expect([a.timings.compileCached, b.timings.compileCached]).toEqual([false, false]);
+  });
+});
