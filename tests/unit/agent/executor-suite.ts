@@ -200,8 +200,9 @@ export function defineExecutorSuite(mode: 'cgroup' | 'fallback' | 'helper', uidB
           job('c', 'main.c', src, { keepArtefact: true }),
           undefined,
           undefined,
-          async (entries) => {
+          (entries) => {
             kept.push(entries);
+            return Promise.resolve();
           },
         );
         expect(first.status).toBe('ok');
@@ -222,8 +223,9 @@ export function defineExecutorSuite(mode: 'cgroup' | 'fallback' | 'helper', uidB
         ).toBe('\x7fELF');
         // Without keepArtefact nothing is handed over.
         const none: ArtefactEntry[][] = [];
-        await fx.executor.execute(job('c', 'main.c', src), undefined, undefined, async (e) => {
+        await fx.executor.execute(job('c', 'main.c', src), undefined, undefined, (e) => {
           none.push(e);
+          return Promise.resolve();
         });
         expect(none).toHaveLength(0);
         // A hit: the job's files are empty (a compile would fail), the kept work dir runs.
