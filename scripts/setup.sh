@@ -36,5 +36,7 @@ fi
 
 if [[ ! -d node_modules ]] || [[ package-lock.json -nt node_modules/.package-lock.json ]]; then
   echo "setup: npm ci"
-  npm ci --no-audit --no-fund
+  # --prefer-offline: packages already in npm's cache (a warm machine) are not fetched again; the
+  # lock file pins every version and its integrity hash either way.
+  npm ci --prefer-offline --no-audit --no-fund
 fi
