@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { ImageStore, StoredImage } from '../../../src/images/store.js';
-import { SnapshotManager } from '../../../src/pool/snapshots.js';
+import { SnapshotManager, type SnapshotManagerOptions } from '../../../src/pool/snapshots.js';
 import type { MicroVm, VmLaunchOptions, VmmDriver } from '../../../src/vmm/index.js';
 
 /** Images as the store would list them; only what the manager reads. */
@@ -50,6 +50,21 @@ function bootingDriver(languages: string[]): VmmDriver & {
   };
 }
 
+/** The snapshot manager's settings of these tests: snapshots and run dirs under `dir`. */
+function managerOptions(dir: string, driver: VmmDriver, store: ImageStore): SnapshotManagerOptions {
+  return {
+    driver,
+    driverTag: 'qemu-tcg',
+    store,
+    snapshotsDir: join(dir, 'snapshots'),
+    runDir: join(dir, 'run'),
+    memoryMib: 512,
+    vcpus: 1,
+    bootTimeoutMs: 1234,
+    kernelFile: 'vmlinuz',
+  };
+}
+
 describe('SnapshotManager: one cold-boot path for snapshots and runner bench', () => {
   let dir: string;
   beforeEach(() => {
@@ -58,18 +73,7 @@ describe('SnapshotManager: one cold-boot path for snapshots and runner bench', (
   afterEach(() => rmSync(dir, { recursive: true, force: true }));
 
   function manager(driver: VmmDriver, onBoot?: (l: string, ms: number) => void): SnapshotManager {
-    return new SnapshotManager({
-      driver,
-      driverTag: 'qemu-tcg',
-      store,
-      snapshotsDir: join(dir, 'snapshots'),
-      runDir: join(dir, 'run'),
-      memoryMib: 512,
-      vcpus: 1,
-      bootTimeoutMs: 1234,
-      kernelFile: 'vmlinuz',
-      onBoot,
-    });
+    return new SnapshotManager({ ...managerOptions(dir, driver, store), onBoot });
   }
 
   it('bootFresh boots exactly what a snapshot is taken of, and leaves the VM to the caller', async () => {
@@ -138,17 +142,7 @@ describe('SnapshotManager: a layered language goes over the base of its base tre
   }
 
   function manager(driver: VmmDriver, store: ImageStore): SnapshotManager {
-    return new SnapshotManager({
-      driver,
-      driverTag: 'qemu-tcg',
-      store,
-      snapshotsDir: join(dir, 'snapshots'),
-      runDir: join(dir, 'run'),
-      memoryMib: 512,
-      vcpus: 1,
-      bootTimeoutMs: 1234,
-      kernelFile: 'vmlinuz',
-    });
+    return new SnapshotManager(managerOptions(dir, driver, store));
   }
 
   it('boots the layer over the newest base of the same tree, and keys the snapshot by both', async () => {
@@ -202,15 +196,8 @@ describe('SnapshotManager.prune', () => {
       ];
       for (const n of names) mkdirSync(join(dir, n));
       const m = new SnapshotManager({
-        driver: bootingDriver([]),
-        driverTag: 'qemu-tcg',
-        store,
+        ...managerOptions(dir, bootingDriver([]), store),
         snapshotsDir: dir,
-        runDir: join(dir, 'run'),
-        memoryMib: 512,
-        vcpus: 1,
-        bootTimeoutMs: 1,
-        kernelFile: 'vmlinuz',
       });
       expect(await m.prune('c', 'fedcba9876543210')).toEqual(['c-0123456789abcdef']);
       expect(readdirSync(dir).sort()).toEqual(
