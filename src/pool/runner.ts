@@ -12,6 +12,7 @@ import {
   type HostMessage,
   type LiveSignal,
   type ResultMessage,
+  type StageResult,
   type Status,
 } from '../protocol/index.js';
 import type { MicroVm } from '../vmm/index.js';
@@ -56,9 +57,10 @@ export class JobRunner {
   ) {}
 
   /**
-   * How the compile cache takes part in a job on this VM: none (no cache, no compile stage, a
-   * live job, a VM of unknown images), a hit (the message carries the kept artefact, when it
-   * fits one frame), or a miss (the message asks the agent to keep the compile).
+   * How the compile cache takes part in a job on this VM: none (no cache, no compile stage,
+   * the job asked for none, a VM of unknown images), a hit (the message carries the kept
+   * artefact, when it fits one frame), or a miss (the message asks the agent to keep the
+   * compile).
    */
   private async cachePlan(
     job: PreparedJob,
@@ -67,7 +69,6 @@ export class JobRunner {
     const cache = this.compileCache;
     if (cache === null || images === null || !job.compiles || job.compileCache === false)
       return null;
-    if (job.message.stream !== undefined) return null;
     const language = this.languages.find(job.language);
     if (language === undefined) return null;
     const key = compileKey(job.message, language.definition, images);
@@ -120,13 +121,15 @@ export class JobRunner {
     let result: ResultMessage;
     let answered: number;
     let plan: Awaited<ReturnType<JobRunner['cachePlan']>> = null;
-    let kept: ArtefactMessage | undefined;
+    let artefact: ArtefactMessage | undefined;
     try {
       plan = await this.cachePlan(job, lease.images);
       const sent = plan === null ? job : { ...job, message: plan.message };
+      const kept = plan?.hit === true ? plan.message.artefact?.compile : undefined;
+      const consumer = live !== undefined && kept !== undefined ? replayCompile(live, kept) : live;
       result = isAborted(signal)
         ? sandboxError(job.message, CLIENT_GONE_MESSAGE)
-        : await executeOnVm(lease.vm, sent, live, signal, (m) => (kept = m));
+        : await executeOnVm(lease.vm, sent, consumer, signal, (m) => (artefact = m));
       answered = performance.now();
     } finally {
       slot();
@@ -145,10 +148,10 @@ export class JobRunner {
         `job ${job.id} (${job.language}, VM ${lease.vm.id}): sandbox_error: ${why ?? 'no reason given'}`,
       );
     }
-    if (plan !== null && !plan.hit && kept !== undefined && result.compile?.status === 'ok') {
+    if (plan !== null && !plan.hit && artefact !== undefined && result.compile?.status === 'ok') {
       const { key } = plan;
       const compile = result.compile;
-      const entries = kept.entries;
+      const entries = artefact.entries;
       // Kept before the result is given (after the VM is released), so that the next job with
       // the same compile finds it; a few ms against the compile it saves.
       await this.compileCache?.put(key, compile, entries).catch((err: unknown) => {
@@ -276,6 +279,26 @@ export async function executeOnVm(
   } finally {
     if (onAbort !== undefined) signal?.removeEventListener('abort', onAbort);
   }
+}
+
+/**
+ * A live consumer of a job that runs a kept compile: the agent starts and ends the compile
+ * stage without output (nothing compiles), so the kept compile's stdout, then its stderr, are
+ * given to the consumer as that stage's output, as a compile would have streamed them (their
+ * interleaving is not kept).
+ */
+function replayCompile(live: LiveHandlers, compile: StageResult): LiveHandlers {
+  return {
+    ...(live.onStart !== undefined && { onStart: (controls) => live.onStart?.(controls) }),
+    async onEvent(event) {
+      await live.onEvent(event);
+      if (event.type !== 'stage' || event.stage !== 'compile' || event.phase !== 'start') return;
+      for (const stream of ['stdout', 'stderr'] as const) {
+        const data = Buffer.from(compile[stream], 'base64');
+        if (data.length > 0) await live.onEvent({ type: 'output', stream, data });
+      }
+    },
+  };
 }
 
 /**

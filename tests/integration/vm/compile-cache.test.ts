@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Engine } from '../../../src/pool/engine.js';
-import type { JobRequest, JobResult } from '../../../src/pool/index.js';
+import type { JobRequest, JobResult, LiveEvent } from '../../../src/pool/index.js';
 import { ensureImages, testEngine, vmSkipReason } from '../../support/vm.js';
 
 const skip = vmSkipReason();
@@ -17,6 +17,8 @@ const text = (b64: string | undefined): string => Buffer.from(b64 ?? '', 'base64
 function poisoner(nonce: string): JobRequest {
   const source = String.raw`#include <cstdio>
 #include <iostream>
+#warning "a compile warning to keep"
+
 int main() {
   std::string line;
   std::getline(std::cin, line);
@@ -71,6 +73,35 @@ describe.skipIf(skip !== null)('the compile cache, in real VMs', () => {
       `kept ${nonce} input=a\n`,
       `kept ${nonce} input=b\n`,
     ]);
+  });
+
+  it('serves a live job from the kept compile, its warnings streamed in the compile stage', async () => {
+    const events: LiveEvent[] = [];
+    const result = await engine.run(engine.prepare({ ...poisoner(nonce), live: true }), {
+      live: {
+        onStart: (controls) => controls.stdinEnd(),
+        onEvent: (event) => {
+          events.push(event);
+        },
+      },
+    });
+    expect(result.status).toBe('ok');
+    expect(result.timings.compileCached).toBe(true);
+    expect(text(result.compile?.stderr)).toContain('a compile warning to keep');
+    let stage: 'compile' | 'run' = 'compile';
+    const streamed = { compile: '', run: '' };
+    for (const e of events) {
+      if (e.type === 'stage') stage = e.stage;
+      else streamed[stage] += e.data.toString();
+    }
+    expect(events.filter((e) => e.type === 'stage').map((e) => `${e.stage} ${e.phase}`)).toEqual([
+      'compile start',
+      'compile end',
+      'run start',
+      'run end',
+    ]);
+    expect(streamed.compile).toContain('a compile warning to keep');
+    expect(streamed.run).toBe(`kept ${nonce} input=\n`);
   });
 
   it('misses for anything that could change the compile: a byte of a source, the compile limits', async () => {
