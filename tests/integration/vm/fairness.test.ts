@@ -59,14 +59,17 @@ describe.skipIf(skip !== null)('verdicts that neighbours cannot change (real VMs
       const loaded = await run(WORK, limit);
       return { loaded, neighbours: await Promise.all(hogs) };
     };
+    // Up to three rounds: the suite's own processes (its server, a test file's clean-up) and
+    // the cloud host under this VM share these 2 cores with the guests, and a burst of theirs
+    // is counted as guest CPU time under TCG (measured here: 1.2x to 1.8x of the time alone in
+    // a round). A real loss of fairness (a neighbour's time counted as the work's: 3x and more)
+    // fails every round.
+    const fair = (r: JobResult): boolean =>
+      r.status === 'ok' && (r.run?.cpuTimeMs ?? 0) < aloneMs * 1.5 + 200;
     let { loaded, neighbours } = await underLoad();
-    // Once more when over the limit: the suite's own processes (its server, a test file's
-    // clean-up) share these 2 cores with the VMs, and a burst of theirs is counted as guest CPU
-    // time under TCG. A real loss of fairness (the neighbours' time counted as the work's)
-    // fails both rounds.
-    if (loaded.status !== 'ok') {
+    for (let round = 2; round <= 3 && !fair(loaded); round++) {
       console.info(
-        `fairness: over the limit under load (${loaded.run?.cpuTimeMs ?? 0} ms of ${limit}); measuring once more`,
+        `fairness: round ${round - 1} under load: ${loaded.status}, ${loaded.run?.cpuTimeMs ?? 0} ms of CPU (alone ${aloneMs}, limit ${limit}); measuring once more`,
       );
       ({ loaded, neighbours } = await underLoad());
     }
