@@ -93,6 +93,13 @@ export class CompileCache {
   async get(key: string): Promise<Artefact | undefined> {
     if (!KEY_RE.test(key)) return undefined;
     const path = this.pathOf(key);
+    const st = await stat(path).catch(() => null);
+    if (st === null) return undefined;
+    // Past its age: removed unread.
+    if (Date.now() - st.mtimeMs > this.options.maxAgeMs) {
+      await this.remove(key);
+      return undefined;
+    }
     let raw: Buffer;
     try {
       raw = await readFile(path);
@@ -100,11 +107,6 @@ export class CompileCache {
       return undefined;
     }
     try {
-      const st = await stat(path);
-      if (Date.now() - st.mtimeMs > this.options.maxAgeMs) {
-        await this.remove(key);
-        return undefined;
-      }
       const record = JSON.parse(gunzipSync(raw).toString('utf8')) as CacheRecord;
       if (record.format !== 1 || record.key !== key || !validArtefact.Check(record.artefact))
         throw new Error('not a kept compile of this key');

@@ -80,11 +80,11 @@ export class JobRunner {
       this.log?.warn(`compile cache: cannot read ${key.slice(0, 16)}: ${messageOf(err)}`);
     }
     if (artefact !== undefined) {
-      const message = { ...job.message, artefact };
       // The sources ride in the artefact: the files are sent once, in it.
-      const lean = { ...message, files: message.files.map((f) => ({ ...f, content: '' })) };
-      if (Buffer.byteLength(JSON.stringify(lean)) < MAX_FRAME_BYTES - 65_536)
-        return { key, message: lean, hit: true };
+      const files = job.message.files.map((f) => ({ ...f, content: '' }));
+      const message = { ...job.message, files, artefact };
+      if (Buffer.byteLength(JSON.stringify(message)) < MAX_FRAME_BYTES - 65_536)
+        return { key, message, hit: true };
     }
     return { key, message: { ...job.message, keepArtefact: true }, hit: false };
   }
