@@ -34,9 +34,38 @@ if [[ $(id -u) -eq 0 ]] && ! id runner-vmm >/dev/null 2>&1; then
   useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin runner-vmm
 fi
 
+# A clean clone on a warm machine restores node_modules from the copy kept after the last npm ci
+# of the same lock file, Node.js and machine (npm ci takes two minutes here, most of it building
+# better-sqlite3 from source). RUNNER_NODE_MODULES_CACHE=off always runs npm ci.
+nm_cache=${RUNNER_NODE_MODULES_CACHE:-/var/cache/runner-codes/node-modules}
+nm_key=$( { sha256sum package-lock.json; node -p 'process.version + " " + process.arch + " " + process.versions.modules'; uname -m; } | sha256sum | cut -c1-16)
+nm_archive=$nm_cache/node_modules-$nm_key.tar.zst
+if [[ ! -d node_modules && $nm_cache != off && -f $nm_archive ]]; then
+  echo "setup: node_modules from $nm_archive (the same lock file, Node.js and machine)"
+  rm -rf node_modules.partial
+  if mkdir node_modules.partial && tar -x --zstd -f "$nm_archive" -C node_modules.partial; then
+    mv node_modules.partial/node_modules node_modules
+    rmdir node_modules.partial
+    # Newer than the clone's package-lock.json, so the check below sees it current.
+    touch node_modules/.package-lock.json
+  else
+    echo "setup: that archive could not be read; npm ci instead" >&2
+    rm -rf node_modules.partial "$nm_archive"
+  fi
+fi
 if [[ ! -d node_modules ]] || [[ package-lock.json -nt node_modules/.package-lock.json ]]; then
   echo "setup: npm ci"
   # --prefer-offline: packages already in npm's cache (a warm machine) are not fetched again; the
   # lock file pins every version and its integrity hash either way.
   npm ci --prefer-offline --no-audit --no-fund
+  if [[ $nm_cache != off ]] && mkdir -p "$nm_cache" 2>/dev/null && [[ -w $nm_cache ]]; then
+    echo "setup: keeping node_modules in $nm_archive"
+    tmp=$nm_archive.partial-$$
+    if tar -c --zstd -f "$tmp" node_modules && mv "$tmp" "$nm_archive"; then
+      # Only the newest copy of each kind is kept: older lock files' archives go.
+      find "$nm_cache" -maxdepth 1 -name 'node_modules-*.tar.zst' ! -name "${nm_archive##*/}" -delete
+    else
+      rm -f "$tmp"
+    fi
+  fi
 fi
