@@ -2,6 +2,7 @@ import { open, readFile, stat, unlink } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ImageLockedError } from '../errors.js';
+import { processAlive } from '../pids.js';
 
 /** A held lock; release it in `finally`. */
 export interface HeldLock {
@@ -21,16 +22,6 @@ export interface LockOptions {
   readonly staleMs?: number;
 }
 
-function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    // EPERM: the process exists but belongs to someone else.
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
 /** Why the lock at `path` is stale, or null while its holder may still be working. */
 async function staleReason(path: string, staleMs: number): Promise<string | null> {
   let text: string;
@@ -44,7 +35,7 @@ async function staleReason(path: string, staleMs: number): Promise<string | null
   const [pidText, host] = text.split('\n');
   const pid = Number(pidText);
   if (host === hostname() && Number.isInteger(pid) && pid > 0) {
-    return pidAlive(pid) ? null : `holder pid ${pid} is gone`;
+    return processAlive(pid) ? null : `holder pid ${pid} is gone`;
   }
   return Date.now() - mtimeMs > staleMs ? `unchanged for ${staleMs} ms` : null;
 }

@@ -3,6 +3,7 @@ import { Resolver } from 'node:dns/promises';
 import { chmod, chown, readdir, stat } from 'node:fs/promises';
 import { isIPv4 } from 'node:net';
 import { ConfigInvalidError, NetworkSetupFailedError } from '../errors.js';
+import { processAlive } from '../pids.js';
 import { GUEST_NET } from '../images/guest-init.js';
 
 /**
@@ -556,18 +557,9 @@ export async function sweepVmNets(): Promise<string[]> {
     const m = new RegExp(`^${NETNS_PREFIX}(\\d+)-(\\d+)$`).exec(name);
     if (!m) continue;
     const owner = Number(m[1]);
-    if (owner !== process.pid && alive(owner)) continue;
+    if (owner !== process.pid && processAlive(owner)) continue;
     await deleteNetns(name);
     swept.push(name);
   }
   return swept;
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
 }

@@ -16,6 +16,7 @@ import {
   FirecrackerDriver,
   probeKvm,
   QemuDriver,
+  parseVmmPidFile,
   QemuJail,
   sweepJails,
   type KvmProbeResult,
@@ -24,6 +25,7 @@ import {
   type VmmDriver,
 } from '../vmm/index.js';
 import { sweepVmNets, VmNetManager } from '../net/vmnet.js';
+import { processAlive } from '../pids.js';
 import { VmPool } from './pool.js';
 import { prepareJob, type JobRequest, type JobResult, type PreparedJob } from './job.js';
 import { SandboxManager } from '../sandbox/manager.js';
@@ -110,7 +112,8 @@ export function resolveVmmUser(
 /**
  * Kills what an earlier crashed run left: VMM processes whose command line names a run dir of
  * ours, then the run dirs themselves. A pid is killed only when its /proc cmdline still names
- * that dir, so a reused pid is never hit.
+ * that dir, so a reused pid is never hit; a VM whose owner (the process that booted it) is alive
+ * is left alone, since another service or test on this data folder is using it.
  */
 export async function sweepRunDir(runDir: string, log?: (line: string) => void): Promise<number> {
   let names: string[];
@@ -122,13 +125,14 @@ export async function sweepRunDir(runDir: string, log?: (line: string) => void):
   let swept = 0;
   for (const name of names) {
     const dir = join(runDir, name);
-    const pid = Number(await readFile(join(dir, 'pid'), 'utf8').catch(() => ''));
-    if (Number.isInteger(pid) && pid > 1) {
-      const cmdline = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
+    if (await heldByAnotherProcess(dir)) continue;
+    const { vmmPid } = await readVmmPidFile(dir);
+    if (vmmPid !== null) {
+      const cmdline = await readFile(`/proc/${vmmPid}/cmdline`, 'utf8').catch(() => '');
       if (cmdline.includes(dir)) {
         try {
-          process.kill(pid, 'SIGKILL');
-          log?.(`sweep: killed leftover VMM ${pid} of ${name}`);
+          process.kill(vmmPid, 'SIGKILL');
+          log?.(`sweep: killed leftover VMM ${vmmPid} of ${name}`);
         } catch {
           // already gone
         }
@@ -138,6 +142,17 @@ export async function sweepRunDir(runDir: string, log?: (line: string) => void):
     swept++;
   }
   return swept;
+}
+
+/** The pids in a VM's run dir (none when it has no pid file). */
+async function readVmmPidFile(dir: string): Promise<ReturnType<typeof parseVmmPidFile>> {
+  return parseVmmPidFile(await readFile(join(dir, 'pid'), 'utf8').catch(() => ''));
+}
+
+/** Whether another live process (not this one) booted the VM of this run dir. */
+async function heldByAnotherProcess(dir: string): Promise<boolean> {
+  const { ownerPid } = await readVmmPidFile(dir);
+  return ownerPid !== null && ownerPid !== process.pid && processAlive(ownerPid);
 }
 
 /**
@@ -254,7 +269,8 @@ export async function createEngine(
     driverTag = settings.jailerBinary === '' ? 'firecracker' : 'firecracker-jailer';
   } else {
     const jail = settings.qemuJail ? new QemuJail(qemuJailOptions(settings, paths, user)) : null;
-    if (jail) await sweepJails(jail.options);
+    if (jail)
+      await sweepJails(jail.options, (vmId) => heldByAnotherProcess(join(paths.runDir, vmId)));
     driver = new QemuDriver({ binary: settings.qemuBinary, accel: mode, user, jail });
     driverTag = `qemu-${mode}`;
   }

@@ -14,6 +14,7 @@ import {
   SnapshotFailedError,
 } from '../errors.js';
 import type { LanguageRegistry } from '../languages/index.js';
+import { processAlive } from '../pids.js';
 import {
   checkExecuteMessage,
   type ExecuteMessage,
@@ -164,7 +165,11 @@ export class SandboxManager implements SandboxService {
         continue;
       }
       // Another process on this data folder (a `runner bench` beside `runner serve`) holds it.
-      if (record?.state === 'running' && record.heldBy !== process.pid && alive(record.heldBy))
+      if (
+        record?.state === 'running' &&
+        record.heldBy !== process.pid &&
+        processAlive(record.heldBy)
+      )
         continue;
       options.log?.(`sandbox ${name}: its VM did not survive the restart; deleted`);
       await rm(folder, { recursive: true, force: true });
@@ -1079,17 +1084,6 @@ function failure(result: ResultMessage): string {
     .trim()
     .slice(0, 500);
   return `${result.status}${run?.exitCode != null ? ` (exit ${run.exitCode})` : ''}${run?.message ? `: ${run.message}` : ''}${err ? `: ${err}` : ''}`;
-}
-
-/** Whether a process of that pid exists. */
-function alive(pid: number | undefined): boolean {
-  if (pid === undefined) return false;
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
 }
 
 async function sha256File(path: string): Promise<string> {

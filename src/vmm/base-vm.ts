@@ -188,3 +188,21 @@ export async function bringUp<V extends BaseVm>(
     clearTimeout(backstop);
   }
 }
+
+/**
+ * The text of a VM's `pid` file in its run dir: the VMM's pid, then the pid of the service that
+ * owns the VM. The start-up sweep kills a leftover VMM only when its owner is gone, so that two
+ * processes on one data folder (two test files, `runner bench` beside `runner serve`) never take
+ * each other's VMs.
+ */
+export function vmmPidFile(vmmPid: number | undefined): string {
+  return `${vmmPid ?? 0}\n${process.pid}\n`;
+}
+
+/** Reads a `pid` file written by {@link vmmPidFile} (an older one holds the VMM's pid alone). */
+export function parseVmmPidFile(text: string): { vmmPid: number | null; ownerPid: number | null } {
+  const [vmm, owner] = text.split('\n').map((line) => Number(line.trim()));
+  const valid = (n: number | undefined): number | null =>
+    n !== undefined && Number.isInteger(n) && n > 1 ? n : null;
+  return { vmmPid: valid(vmm), ownerPid: valid(owner) };
+}

@@ -17,7 +17,7 @@ import {
 } from '../errors.js';
 import { GUEST_VSOCK_PORT, LAYERED_ROOT_ARG } from '../images/guest-init.js';
 import type { AgentMessage, HelloMessage } from '../protocol/index.js';
-import { BaseVm, bringUp } from './base-vm.js';
+import { BaseVm, bringUp, vmmPidFile } from './base-vm.js';
 import {
   bootRequests,
   checkUnixPath,
@@ -244,7 +244,7 @@ class FirecrackerVm extends BaseVm {
       await removeVmFiles(options.runDir, layout.jailDir);
       throw err;
     }
-    await writeFile(join(options.runDir, 'pid'), String(child.pid));
+    await writeFile(join(options.runDir, 'pid'), vmmPidFile(child.pid));
     try {
       await FirecrackerApiClient.waitForSocket(layout.apiSocket, {
         deadline,

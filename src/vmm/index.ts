@@ -36,6 +36,7 @@ export {
   type QemuJailOptions,
 } from './jail.js';
 export { bootUnderKvm, probeKvm, type KvmProbeBoot, type KvmProbeResult } from './kvm.js';
+export { parseVmmPidFile, vmmPidFile } from './base-vm.js';
 export { TailBuffer } from './tail-buffer.js';
 export * from './firecracker-api.js';
 export * from './firecracker.js';

@@ -534,7 +534,10 @@ async function removeCgroups(cgroups: readonly CgroupDir[]): Promise<void> {
  * Removes what a crashed run left in `rootBaseDir` and the cgroups of those VMs (their QEMUs
  * died with their jail's parent, which the run dir sweep killed).
  */
-export async function sweepJails(options: QemuJailOptions): Promise<void> {
+export async function sweepJails(
+  options: QemuJailOptions,
+  spare: (vmId: string) => Promise<boolean> = async () => false,
+): Promise<void> {
   const names = await readdir(options.rootBaseDir).catch(() => [] as string[]);
   if (names.length === 0) return;
   const root = options.cgroupRoot;
@@ -542,6 +545,7 @@ export async function sweepJails(options: QemuJailOptions): Promise<void> {
   const self = selfCgroups(await readFile('/proc/self/cgroup', 'utf8').catch(() => ''));
   const limits = { memoryBytes: 0, pidsMax: 0, cpuQuotaUs: 0 };
   for (const name of names) {
+    if (await spare(name)) continue;
     await removeCgroups(cgroupPlan(version, root, self, name, limits));
     await rm(join(options.rootBaseDir, name), { recursive: true, force: true });
   }

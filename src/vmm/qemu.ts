@@ -15,7 +15,7 @@ import {
   VmStateError,
   VmTimeoutError,
 } from '../errors.js';
-import { BaseVm, bringUp } from './base-vm.js';
+import { BaseVm, bringUp, vmmPidFile } from './base-vm.js';
 import { GUEST_NET, LAYERED_ROOT_ARG } from '../images/guest-init.js';
 import { VM_TAP } from '../net/vmnet.js';
 import type { PreparedJail, QemuJail } from './jail.js';
@@ -342,7 +342,7 @@ class QemuVm extends BaseVm {
       throw err;
     }
     // The pid file names the jail's parent: killing it (the sweep) takes QEMU with it.
-    await writeFile(join(options.runDir, 'pid'), String(child.pid));
+    await writeFile(join(options.runDir, 'pid'), vmmPidFile(child.pid));
     if (status) {
       const text = (await status).trim();
       if (text !== '') {
