@@ -536,7 +536,7 @@ async function removeCgroups(cgroups: readonly CgroupDir[]): Promise<void> {
  */
 export async function sweepJails(
   options: QemuJailOptions,
-  spare: (vmId: string) => Promise<boolean> = async () => false,
+  spare: (vmId: string) => Promise<boolean> = () => Promise.resolve(false),
 ): Promise<void> {
   const names = await readdir(options.rootBaseDir).catch(() => [] as string[]);
   if (names.length === 0) return;
