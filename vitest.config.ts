@@ -1,22 +1,68 @@
 import { defineConfig } from 'vitest/config';
 
+/**
+ * The integration files (real VMs) run in three groups, one after the other:
+ *   0. the unit tests beside the languages test, which builds every image a run needs (half an
+ *      hour from nothing; the other files then only find them);
+ *   1. the other integration files, two at a time (most of them keep one VM busy at a time, and
+ *      the machines have two cores);
+ *   2. the files that measure time or CPU against a quiet host, one at a time, alone.
+ * Files of one group that boot VMs share the data folder safely: one checks or builds images at a
+ * time (tests/support/vm.ts), a snapshot is written whole or not at all, and the start-up sweep
+ * leaves alone the VMs of another live process.
+ */
+const BUILDS_EVERY_IMAGE = ['tests/integration/vm/languages.test.ts'];
+const MEASURES_ALONE = ['tests/integration/vm/fairness.test.ts'];
+const WORKERS = 2;
+
 export default defineConfig({
   test: {
     projects: [
       {
         extends: true,
-        test: { name: 'unit', include: ['tests/unit/**/*.test.ts'], testTimeout: 30_000 },
+        test: {
+          name: 'unit',
+          include: ['tests/unit/**/*.test.ts'],
+          testTimeout: 30_000,
+          maxWorkers: WORKERS,
+          sequence: { groupOrder: 0 },
+        },
+      },
+      {
+        extends: true,
+        test: {
+          name: 'integration-images',
+          include: BUILDS_EVERY_IMAGE,
+          testTimeout: 600_000,
+          hookTimeout: 3_600_000,
+          maxWorkers: WORKERS,
+          // describe.concurrent in a VM test file: two at once, one per core.
+          maxConcurrency: 2,
+          sequence: { groupOrder: 0 },
+        },
       },
       {
         extends: true,
         test: {
           name: 'integration',
           include: ['tests/integration/**/*.test.ts'],
+          exclude: [...BUILDS_EVERY_IMAGE, ...MEASURES_ALONE],
           testTimeout: 600_000,
-          hookTimeout: 1_800_000,
-          fileParallelism: false,
-          // describe.concurrent in a VM test file: two at once, one per core.
+          hookTimeout: 3_600_000,
+          maxWorkers: WORKERS,
           maxConcurrency: 2,
+          sequence: { groupOrder: 1 },
+        },
+      },
+      {
+        extends: true,
+        test: {
+          name: 'integration-alone',
+          include: MEASURES_ALONE,
+          testTimeout: 600_000,
+          hookTimeout: 3_600_000,
+          maxWorkers: 1,
+          sequence: { groupOrder: 2 },
         },
       },
     ],

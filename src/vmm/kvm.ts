@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { access, constants, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { access, constants, mkdir, mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { release, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { qemuArgs, type QemuAccel } from './qemu.js';
@@ -60,7 +60,10 @@ export async function probeKvm(options: {
     outcome = result('tcg', '/dev/kvm is missing or not accessible');
   }
   await mkdir(dirname(options.cacheFile), { recursive: true });
-  await writeFile(options.cacheFile, `${JSON.stringify(outcome, null, 2)}\n`);
+  // Whole or not at all: another process on this data folder may be reading it.
+  const partial = `${options.cacheFile}.partial-${process.pid}`;
+  await writeFile(partial, `${JSON.stringify(outcome, null, 2)}\n`);
+  await rename(partial, options.cacheFile);
   return outcome;
 }
 

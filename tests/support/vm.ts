@@ -1,9 +1,11 @@
-import { existsSync, mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
+import type { DataPaths } from '../../src/config/paths.js';
 import { loadSettings, type Settings } from '../../src/config/settings.js';
 import { bundleAgent } from '../../src/images/agent-bundle.js';
 import { BuildLog } from '../../src/images/build-log.js';
 import { buildKernelImage, isCurrentKernel } from '../../src/images/kernel.js';
+import { acquireLock } from '../../src/images/lockfile.js';
 import { RootfsBuilder } from '../../src/images/rootfs.js';
 import { ImageStore } from '../../src/images/store.js';
 import { LanguageRegistry } from '../../src/languages/index.js';
@@ -30,6 +32,21 @@ export function vmSkipReason(): string | null {
  */
 export async function ensureImages(languages: readonly string[]): Promise<void> {
   const paths = testDataPaths();
+  mkdirSync(paths.buildDir, { recursive: true });
+  // Test files run side by side (vitest.config.ts): one at a time checks and builds, the others
+  // wait here (a build from nothing takes half an hour) and then find the images made.
+  const lock = await acquireLock(join(paths.buildDir, 'test-images.lock'), {
+    waitMs: 3 * 3600_000,
+    pollMs: 1000,
+  });
+  try {
+    await ensureImagesLocked(paths, languages);
+  } finally {
+    await lock.release();
+  }
+}
+
+async function ensureImagesLocked(paths: DataPaths, languages: readonly string[]): Promise<void> {
   const store = new ImageStore(paths.imagesDir);
   mkdirSync(paths.logsDir, { recursive: true });
   const log = new BuildLog(join(paths.logsDir, 'test-kernel.log'));
@@ -47,9 +64,14 @@ export async function ensureImages(languages: readonly string[]): Promise<void> 
     log.close();
   }
   const registry = LanguageRegistry.fromDir();
-  const agentBundlePath = await bundleAgent(join(paths.buildDir, 'agent', 'agent-test.mjs'));
+  // Its own file per process: another test process may be bundling at the same moment.
+  const agentBundlePath = await bundleAgent(
+    join(paths.buildDir, 'agent', `agent-test-${process.pid}.mjs`),
+  );
   const builder = new RootfsBuilder({ paths, store, agentBundlePath, settings: testSettings() });
-  const { failed } = await builder.buildMany(languages.map((l) => registry.get(l)));
+  const { failed } = await builder
+    .buildMany(languages.map((l) => registry.get(l)))
+    .finally(() => rmSync(agentBundlePath, { force: true }));
   if (failed.length > 0) {
     throw new Error(
       `image builds failed: ${failed.map((f) => `${f.language} (${f.phase}): ${f.error.message} [log ${f.logPath ?? '-'}]`).join('; ')}`,

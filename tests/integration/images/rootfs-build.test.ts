@@ -1,7 +1,7 @@
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadSettings } from '../../../src/config/settings.js';
 import { bundleAgent, projectRoot } from '../../../src/images/agent-bundle.js';
 import { GUEST_INIT_SCRIPT } from '../../../src/images/guest-init.js';
@@ -49,7 +49,10 @@ describe.skipIf(skipReason !== null)(
     beforeAll(async () => {
       // The real agent when its sources exist, else a placeholder that only has to parse.
       if (existsSync(join(projectRoot(), 'src/agent/main.ts'))) {
-        agentBundle = await bundleAgent(join(paths.buildDir, 'agent', 'agent-test.mjs'));
+        // Its own file per process: another test process may be bundling at the same moment.
+        agentBundle = await bundleAgent(
+          join(paths.buildDir, 'agent', `agent-test-${process.pid}.mjs`),
+        );
       } else {
         agentBundle = join(paths.buildDir, 'agent', 'placeholder-agent.mjs');
         mkdirSync(join(paths.buildDir, 'agent'), { recursive: true });
@@ -70,7 +73,11 @@ describe.skipIf(skipReason !== null)(
       console.info(
         `rootfs ${result.id}: ${result.reused ? 'reused' : `built in ${result.seconds.toFixed(1)} s`}, log ${result.logPath ?? '-'}`,
       );
-    }, 1_800_000);
+    }, 3_600_000);
+
+    afterAll(() => {
+      if (agentBundle.includes(`agent-test-${process.pid}`)) rmSync(agentBundle, { force: true });
+    });
 
     it('stores the layer with a manifest that verifies, tied to a base tree', async () => {
       const m = result.image.manifest;
