@@ -104,9 +104,17 @@ out['cap'] = {'held': len(held), 'refused': refused}
 for s in held: s.close()
 out['ifaces'] = sorted(os.listdir('/sys/class/net'))
 import time
-started = time.monotonic()
-big = get('${ALLOWED}', ${PORT}, '/big')
-out['big'] = {'bytes': len(big), 'seconds': time.monotonic() - started}
+# The held connections count against the cap until their close has gone both ways; on a busy
+# host that can take a moment, and a connection opened before it is refused (OSError).
+deadline = time.monotonic() + 20
+refusals = []
+while True:
+    started = time.monotonic()
+    big = get('${ALLOWED}', ${PORT}, '/big')
+    if not big.startswith('error: ') or time.monotonic() > deadline: break
+    refusals.append(big)
+    time.sleep(0.25)
+out['big'] = {'bytes': len(big), 'seconds': time.monotonic() - started, 'refusals': refusals}
 for name, addr, port in json.loads('${JSON.stringify(targets)}'):
     out[name] = get(addr, port)
 try:
@@ -210,7 +218,9 @@ describe.skipIf(skip !== null)('network on request, in real VMs', () => {
     expect(out.cap).toEqual({ held: MAX_CONNECTIONS, refused: MAX_CONNECTIONS });
     // The bandwidth cap: the download came whole, at no more than the cap (plus its 32 kB
     // burst and some slack); uncapped, a VM under TCG here moves it several times faster.
-    const big = out.big as { bytes: number; seconds: number };
+    const big = out.big as { bytes: number; seconds: number; refusals: string[] };
+    if (big.refusals.length > 0)
+      console.info(`network: the download waited for the cap to free: ${big.refusals.join(', ')}`);
     expect(big.bytes).toBe(BIG_BYTES);
     const kbit = (big.bytes * 8) / 1000 / big.seconds;
     expect(kbit).toBeLessThanOrEqual(BANDWIDTH_KBIT * 1.25);
