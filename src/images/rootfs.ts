@@ -391,6 +391,12 @@ export class RootfsBuilder {
    * store when one of the same identity is there.
    */
   private async buildBase(): Promise<BaseState> {
+    const state = await this.makeBase();
+    await this.options.store.select(state.result.image);
+    return state;
+  }
+
+  private async makeBase(): Promise<BaseState> {
     const name = BASE_BUILD_NAME;
     const started = Date.now();
     const agent = await this.agentFiles();
@@ -527,7 +533,21 @@ export class RootfsBuilder {
   }
 
   /** One layer (the languages of one family) over the base tree, or the one in the store. */
+  /**
+   * A layer (built or found), marked in the store as the one its language's VMs use, as the base
+   * is (ImageStore.select): what these sources make wins over a newer build of other sources.
+   */
   private async buildLayer(
+    name: string,
+    members: readonly Language[],
+    base: BaseState,
+  ): Promise<RootfsBuildResult> {
+    const result = await this.makeLayer(name, members, base);
+    await this.options.store.select(result.image);
+    return result;
+  }
+
+  private async makeLayer(
     name: string,
     members: readonly Language[],
     base: BaseState,

@@ -162,12 +162,43 @@ export class ImageStore {
         i.manifest.language === language ||
         (language !== null && (i.manifest.languages ?? []).includes(language)),
     );
-    candidates.sort(
+    return this.preferred(candidates);
+  }
+
+  /**
+   * Marks `image` as the one to use of its line (the layers of one language, the bases of one
+   * base tree), over a newer build of the same line: the builder marks what it built or found
+   * for the sources it was given, so that after a build from older sources (another checkout,
+   * an agent change undone) those are what VMs are made of, not the newest build in the store.
+   */
+  async select(image: StoredImage): Promise<void> {
+    const line = selectionLine(image.manifest);
+    if (line === null) return;
+    const file = join(this.kindDir(image.manifest.kind), `.selected-${line}`);
+    const partial = `${file}.partial-${process.pid}`;
+    await writeFile(partial, `${image.manifest.id}\n`);
+    await rename(partial, file);
+  }
+
+  /**
+   * Of these images of one line, the one {@link select} marked, else the newest build (by its
+   * manifest's builtAt, then id).
+   */
+  async preferred(candidates: readonly StoredImage[]): Promise<StoredImage | undefined> {
+    const sorted = [...candidates].sort(
       (a, b) =>
         Date.parse(b.manifest.builtAt) - Date.parse(a.manifest.builtAt) ||
         b.manifest.id.localeCompare(a.manifest.id),
     );
-    return candidates[0];
+    const newest = sorted[0];
+    if (newest === undefined) return undefined;
+    const line = selectionLine(newest.manifest);
+    if (line === null) return newest;
+    const id = await readFile(join(this.kindDir(newest.manifest.kind), `.selected-${line}`), 'utf8').then(
+      (t) => t.trim(),
+      () => '',
+    );
+    return sorted.find((i) => i.manifest.id === id && selectionLine(i.manifest) === line) ?? newest;
   }
 
   /** Like latest, throwing IMAGE_NOT_FOUND with the command that would make one. */
@@ -342,4 +373,17 @@ export class ImageStore {
 export async function writeManifest(dir: string, manifest: ImageManifest): Promise<void> {
   parseManifest(manifest, join(dir, 'manifest.json'));
   await writeFile(join(dir, 'manifest.json'), `${JSON.stringify(manifest, null, 2)}\n`);
+}
+
+/**
+ * The line an image belongs to for {@link ImageStore.select}: a layer's language (its family
+ * layer's name), a base's tree (the first 16 hex digits of its key); null for the kernel.
+ */
+function selectionLine(manifest: ImageManifest): string | null {
+  if (manifest.kind === 'rootfs' && manifest.language !== null && /^[a-z0-9+_-]+$/.test(manifest.language))
+    return `layer-${manifest.language}`;
+  const tree = manifest.inputs?.baseTreeKey;
+  if (manifest.kind === 'base' && tree !== undefined && /^[0-9a-f]{16,}$/.test(tree))
+    return `tree-${tree.slice(0, 16)}`;
+  return null;
 }

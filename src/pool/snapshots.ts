@@ -283,8 +283,9 @@ export class SnapshotManager {
 }
 
 /**
- * The newest base image in the store made of this base tree: the one a language layer made
- * against that tree goes over (any of them fits it; the newest has the newest agent).
+ * The base image a language layer made against this base tree goes over (any of them fits it):
+ * the one the last build marked (ImageStore.select: the agent of the sources last built), else
+ * the newest.
  */
 export async function latestBase(
   store: ImageStore,
@@ -293,12 +294,7 @@ export async function latestBase(
   const bases = (await store.list('base')).filter(
     (b) => b.manifest.inputs?.baseTreeKey === treeKey,
   );
-  bases.sort(
-    (a, b) =>
-      Date.parse(b.manifest.builtAt) - Date.parse(a.manifest.builtAt) ||
-      b.manifest.id.localeCompare(a.manifest.id),
-  );
-  return bases[0];
+  return store.preferred(bases);
 }
 
 /** Reads a snapshot's meta.json (timings of the boot that made it), or null. */

@@ -38,7 +38,7 @@ function localStore(): ImageStore {
   return new ImageStore(dataPaths(loadSettings()).imagesDir);
 }
 
-/** An image by id, or the newest rootfs of a language given by name or alias. */
+/** An image by id, or the layer in use of a language given by name or alias (store.latest). */
 async function resolveRef(store: ImageStore, ref: string): Promise<StoredImage> {
   if (isImageId(ref)) return store.inspect(ref);
   const language = LanguageRegistry.fromDir().find(ref);
@@ -236,8 +236,8 @@ export function registerImagesCommand(program: Command): void {
 
   images
     .command('inspect')
-    .description('print the manifest of an image (by id, or the newest rootfs of a language)')
-    .argument('<id>', 'image id, or a language name for its newest rootfs')
+    .description('print the manifest of an image (by id, or the layer in use of a language)')
+    .argument('<id>', 'image id, or a language name for its layer in use')
     .action(async (ref) => {
       const store = localStore();
       const image = await resolveRef(store, ref);
@@ -314,7 +314,7 @@ export function registerImagesRemoteCommands(images: Command): void {
     .description('upload images to the S3 image store (files first, manifest last)')
     .argument(
       '<refs...>',
-      'image ids, or language names for their newest layer (pushed with its base), or "kernel"',
+      'image ids, or language names for their layer in use (pushed with its base), or "kernel"',
     )
     .option('--force', 'upload again even when the remote store already has the image')
     .action(async (refs, opts) => {
@@ -370,8 +370,11 @@ export function registerImagesRemoteCommands(images: Command): void {
           out(
             `${r.downloaded ? 'pulled' : 'already here'} ${r.kind}/${r.id} (${mib(r.transferredBytes)} received)`,
           );
+          // Named on purpose: it is what VMs of its line are made of from now on.
+          const pulled = await store.find(id, kind);
+          if (pulled !== undefined) await store.select(pulled);
           // A layer needs a base of its base tree: the newest remote one, unless one is here.
-          const treeKey = (await store.find(id, kind))?.manifest.inputs?.baseTreeKey;
+          const treeKey = pulled?.manifest.inputs?.baseTreeKey;
           if (kind === 'rootfs' && treeKey !== undefined) {
             const local = await latestBase(store, treeKey);
             const base = local ?? (await remoteFetcher(store, settings)?.('base', null, treeKey));

@@ -32,6 +32,7 @@ interface FakeImage {
   language: string | null;
   builtAt?: string;
   files?: Record<string, string>;
+  inputs?: ImageManifest['inputs'];
 }
 
 /** A small image folder written the way the builder writes one. */
@@ -59,6 +60,7 @@ async function fakeImage(spec: FakeImage): Promise<string> {
     totalSizeBytes: Object.values(files).reduce((n, c) => n + Buffer.byteLength(c), 0),
     buildSeconds: 1,
     builtAt: spec.builtAt ?? '2026-01-01T00:00:00.000Z',
+    ...(spec.inputs !== undefined && { inputs: spec.inputs }),
   };
   await writeManifest(dir, manifest);
   return dir;
@@ -127,6 +129,49 @@ describe('ImageStore', () => {
     expect(await codeOf(store.inspect('python-000000000000'))).toBe('IMAGE_NOT_FOUND');
     expect(await codeOf(store.inspect('../rootfs/python-aaaaaaaaaaaa'))).toBe('IMAGE_NOT_FOUND');
     expect(await codeOf(store.inspect('python-aaaaaaaaaaaa', 'kernel'))).toBe('IMAGE_NOT_FOUND');
+  });
+
+  it('prefers the image the last build selected over a newer build of the same line', async () => {
+    const tree = 'ab'.repeat(32);
+    const otherTree = 'cd'.repeat(32);
+    const base = (id: string, builtAt: string, baseTreeKey = tree) =>
+      fakeImage({ kind: 'base', id, language: null, builtAt, inputs: { baseTreeKey } });
+    await base('base-aaaaaaaaaaaa', '2026-01-01T00:00:00Z');
+    await base('base-bbbbbbbbbbbb', '2026-02-01T00:00:00Z');
+    await base('base-cccccccccccc', '2026-03-01T00:00:00Z', otherTree);
+    const ofTree = async (key: string) =>
+      (await store.list('base')).filter((b) => b.manifest.inputs?.baseTreeKey === key);
+    // Nothing selected: the newest of the tree.
+    expect((await store.preferred(await ofTree(tree)))?.manifest.id).toBe('base-bbbbbbbbbbbb');
+    // The older one selected (a build from older sources found it): it wins.
+    const older = await store.find('base-aaaaaaaaaaaa', 'base');
+    if (older === undefined) throw new Error('no base-aaaaaaaaaaaa');
+    await store.select(older);
+    expect((await store.preferred(await ofTree(tree)))?.manifest.id).toBe('base-aaaaaaaaaaaa');
+    // Another tree's selection is its own.
+    expect((await store.preferred(await ofTree(otherTree)))?.manifest.id).toBe('base-cccccccccccc');
+    // A selected image that is gone falls back to the newest.
+    rmSync(join(root, 'base', 'base-aaaaaaaaaaaa'), { recursive: true });
+    expect((await store.preferred(await ofTree(tree)))?.manifest.id).toBe('base-bbbbbbbbbbbb');
+
+    // Layers: by language.
+    await fakeImage({
+      id: 'python-aaaaaaaaaaaa',
+      language: 'python',
+      builtAt: '2026-01-01T00:00:00Z',
+    });
+    await fakeImage({
+      id: 'python-bbbbbbbbbbbb',
+      language: 'python',
+      builtAt: '2026-02-01T00:00:00Z',
+    });
+    expect((await store.latest('rootfs', 'python'))?.manifest.id).toBe('python-bbbbbbbbbbbb');
+    const layer = await store.find('python-aaaaaaaaaaaa', 'rootfs');
+    if (layer === undefined) throw new Error('no python-aaaaaaaaaaaa');
+    await store.select(layer);
+    expect((await store.latest('rootfs', 'python'))?.manifest.id).toBe('python-aaaaaaaaaaaa');
+    // The selection files are not images.
+    expect((await store.scan()).broken).toEqual([]);
   });
 
   it('resolves the newest image of a kind for a language', async () => {

@@ -2,7 +2,7 @@ import { mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import type { ImageStore, StoredImage } from '../../../src/images/store.js';
+import { ImageStore, type StoredImage } from '../../../src/images/store.js';
 import { SnapshotManager, type SnapshotManagerOptions } from '../../../src/pool/snapshots.js';
 import type { MicroVm, VmLaunchOptions, VmmDriver } from '../../../src/vmm/index.js';
 
@@ -137,6 +137,9 @@ describe('SnapshotManager: a layered language goes over the base of its base tre
               ),
         ),
       list: (kind: string) => Promise.resolve(kind === 'base' ? bases : []),
+      // The real choice (no build selected one here: the newest).
+      preferred: (images: readonly StoredImage[]) =>
+        new ImageStore('/nonexistent-images').preferred(images),
       root: '/images',
     } as unknown as ImageStore;
   }
