@@ -532,7 +532,6 @@ export class RootfsBuilder {
     );
   }
 
-  /** One layer (the languages of one family) over the base tree, or the one in the store. */
   /**
    * A layer (built or found), marked in the store as the one its language's VMs use, as the base
    * is (ImageStore.select): what these sources make wins over a newer build of other sources.
@@ -547,6 +546,7 @@ export class RootfsBuilder {
     return result;
   }
 
+  /** One layer (the languages of one family) over the base tree, or the one in the store. */
   private async makeLayer(
     name: string,
     members: readonly Language[],

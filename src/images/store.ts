@@ -172,9 +172,8 @@ export class ImageStore {
    * an agent change undone) those are what VMs are made of, not the newest build in the store.
    */
   async select(image: StoredImage): Promise<void> {
-    const line = selectionLine(image.manifest);
-    if (line === null) return;
-    const file = join(this.kindDir(image.manifest.kind), `.selected-${line}`);
+    const file = this.selectionFile(image.manifest);
+    if (file === null) return;
     const partial = `${file}.partial-${process.pid}`;
     await writeFile(partial, `${image.manifest.id}\n`);
     await rename(partial, file);
@@ -192,13 +191,19 @@ export class ImageStore {
     );
     const newest = sorted[0];
     if (newest === undefined) return undefined;
-    const line = selectionLine(newest.manifest);
-    if (line === null) return newest;
-    const id = await readFile(join(this.kindDir(newest.manifest.kind), `.selected-${line}`), 'utf8').then(
+    const file = this.selectionFile(newest.manifest);
+    if (file === null) return newest;
+    const id = await readFile(file, 'utf8').then(
       (t) => t.trim(),
       () => '',
     );
-    return sorted.find((i) => i.manifest.id === id && selectionLine(i.manifest) === line) ?? newest;
+    return sorted.find((i) => i.manifest.id === id && this.selectionFile(i.manifest) === file) ?? newest;
+  }
+
+  /** Where the selection of an image's line is kept, or null for a kind without lines. */
+  private selectionFile(manifest: ImageManifest): string | null {
+    const line = selectionLine(manifest);
+    return line === null ? null : join(this.kindDir(manifest.kind), `.selected-${line}`);
   }
 
   /** Like latest, throwing IMAGE_NOT_FOUND with the command that would make one. */

@@ -125,8 +125,8 @@ export async function sweepRunDir(runDir: string, log?: (line: string) => void):
   let swept = 0;
   for (const name of names) {
     const dir = join(runDir, name);
-    if (await heldByAnotherProcess(dir)) continue;
-    const { vmmPid } = await readVmmPidFile(dir);
+    const { vmmPid, ownerPid } = await readVmmPidFile(dir);
+    if (ownedByAnother(ownerPid)) continue;
     if (vmmPid !== null) {
       const cmdline = await readFile(`/proc/${vmmPid}/cmdline`, 'utf8').catch(() => '');
       if (cmdline.includes(dir)) {
@@ -149,10 +149,14 @@ async function readVmmPidFile(dir: string): Promise<ReturnType<typeof parseVmmPi
   return parseVmmPidFile(await readFile(join(dir, 'pid'), 'utf8').catch(() => ''));
 }
 
-/** Whether another live process (not this one) booted the VM of this run dir. */
-async function heldByAnotherProcess(dir: string): Promise<boolean> {
-  const { ownerPid } = await readVmmPidFile(dir);
+/** Whether a VM's owner (from its pid file) is another live process, not this one. */
+function ownedByAnother(ownerPid: number | null): boolean {
   return ownerPid !== null && ownerPid !== process.pid && processAlive(ownerPid);
+}
+
+/** Whether another live process booted the VM of this run dir. */
+async function heldByAnotherProcess(dir: string): Promise<boolean> {
+  return ownedByAnother((await readVmmPidFile(dir)).ownerPid);
 }
 
 /**

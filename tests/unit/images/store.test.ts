@@ -66,6 +66,11 @@ async function fakeImage(spec: FakeImage): Promise<string> {
   return dir;
 }
 
+/** A python layer built at that time. */
+function pythonLayer(id: string, builtAt: string): Promise<string> {
+  return fakeImage({ id, language: 'python', builtAt });
+}
+
 async function codeOf(promise: Promise<unknown>): Promise<string | undefined> {
   try {
     await promise;
@@ -155,16 +160,8 @@ describe('ImageStore', () => {
     expect((await store.preferred(await ofTree(tree)))?.manifest.id).toBe('base-bbbbbbbbbbbb');
 
     // Layers: by language.
-    await fakeImage({
-      id: 'python-aaaaaaaaaaaa',
-      language: 'python',
-      builtAt: '2026-01-01T00:00:00Z',
-    });
-    await fakeImage({
-      id: 'python-bbbbbbbbbbbb',
-      language: 'python',
-      builtAt: '2026-02-01T00:00:00Z',
-    });
+    await pythonLayer('python-aaaaaaaaaaaa', '2026-01-01T00:00:00Z');
+    await pythonLayer('python-bbbbbbbbbbbb', '2026-02-01T00:00:00Z');
     expect((await store.latest('rootfs', 'python'))?.manifest.id).toBe('python-bbbbbbbbbbbb');
     const layer = await store.find('python-aaaaaaaaaaaa', 'rootfs');
     if (layer === undefined) throw new Error('no python-aaaaaaaaaaaa');
@@ -175,21 +172,9 @@ describe('ImageStore', () => {
   });
 
   it('resolves the newest image of a kind for a language', async () => {
-    await fakeImage({
-      id: 'python-aaaaaaaaaaaa',
-      language: 'python',
-      builtAt: '2026-01-01T00:00:00Z',
-    });
-    await fakeImage({
-      id: 'python-bbbbbbbbbbbb',
-      language: 'python',
-      builtAt: '2026-03-01T00:00:00Z',
-    });
-    await fakeImage({
-      id: 'python-cccccccccccc',
-      language: 'python',
-      builtAt: '2026-02-01T00:00:00Z',
-    });
+    await pythonLayer('python-aaaaaaaaaaaa', '2026-01-01T00:00:00Z');
+    await pythonLayer('python-bbbbbbbbbbbb', '2026-03-01T00:00:00Z');
+    await pythonLayer('python-cccccccccccc', '2026-02-01T00:00:00Z');
     await fakeImage({
       kind: 'kernel',
       id: 'kernel-dddddddddddd',
