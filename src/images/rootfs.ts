@@ -666,8 +666,8 @@ export class RootfsBuilder {
 
   /**
    * The guest edits of a toolchain tree before its difference is taken: the same as the base
-   * tree's, plus the folder of each language of the layer; and each one's version, read from it
-   * by its versionCommand.
+   * tree's, plus the folder of each language of the layer; then each language's `prepare`
+   * commands, run in the tree; and each one's version, read from it by its versionCommand.
    */
   private async finishTree(
     members: readonly Language[],
@@ -680,6 +680,12 @@ export class RootfsBuilder {
     const versions: Record<string, string> = {};
     const warnings: string[] = [];
     await withChrootMounts(root, log, {}, async () => {
+      for (const { definition } of members) {
+        for (const argv of definition.prepare ?? []) {
+          log.write(`# ${definition.name}: prepare: ${argv.join(' ')}`);
+          await chrootRun(log, root, argv, { signal: this.options.signal });
+        }
+      }
       for (const { definition } of members) {
         const output = await chrootCapture(log, root, definition.versionCommand, {
           signal: this.options.signal,

@@ -53,6 +53,15 @@ export const LanguageDefinitionSchema = Type.Object(
         { minItems: 1 },
       ),
     ),
+    /**
+     * Commands run in the toolchain layer when it is built (as root, in the image's chroot,
+     * after its packages, npm pins and language folders are in place), each an argv: to
+     * prepare what the compile or run commands start from, such as a Node.js startup snapshot
+     * of a compiler (typescript). A failing command fails the build.
+     */
+    prepare: Type.Optional(
+      Type.Array(Type.Array(Type.String({ minLength: 1 }), { minItems: 1 }), { minItems: 1 }),
+    ),
     extension: Type.String({ pattern: '^[a-z0-9]+$' }),
     sourceFile: Type.String({ minLength: 1 }),
     compile: Type.Union([Type.Array(Type.String(), { minItems: 1 }), Type.Null()]),

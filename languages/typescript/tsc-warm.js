@@ -1,0 +1,185 @@
+'use strict';
+// A tsc whose compiler and default libraries are already loaded, parsed and bound: the entry
+// of a Node.js startup snapshot (`node --snapshot-blob tsc.blob --build-snapshot tsc-warm.js`,
+// run when the image is built), started per compile as
+// `node --snapshot-blob tsc.blob tsc ARGS...` (the `tsc` only fills argv[1]).
+//
+// At build time it loads TypeScript and compiles a small program with the language's own
+// compile flags (read from language.json), and keeps the declaration files that compile read
+// (lib.*.d.ts, @types/node). A compile from the snapshot hands TypeScript those same parsed,
+// bound SourceFile objects again, but only for a file whose text on disk is still identical
+// and only when the command line parses to the very options they were made under; the job's
+// own files are always read and parsed afresh. Every other command line (another flag,
+// --build, --watch, -p, a terminal) goes to the command-line entry of a TypeScript loaded
+// afresh, as `tsc` would run it. tests/unit/languages/tsc-warm.test.ts compares the two on many programs.
+const fs = require('node:fs');
+const path = require('node:path');
+const v8 = require('node:v8');
+const vm = require('node:vm');
+
+const TYPESCRIPT =
+  process.env.TSC_WARM_TYPESCRIPT || '/usr/local/lib/node_modules/typescript/lib/typescript.js';
+const DEFINITION = process.env.TSC_WARM_DEFINITION || path.join(__dirname, 'language.json');
+
+/** TypeScript's own bundle, evaluated as CommonJS (a snapshot entry may require only built-ins). */
+function loadTypeScript(file) {
+  const module = { exports: {} };
+  const params = ['exports', 'require', 'module', '__filename', '__dirname'];
+  const fn = vm.compileFunction(fs.readFileSync(file, 'utf8'), params, { filename: file });
+  fn(module.exports, require, module, file, path.dirname(file));
+  return module.exports;
+}
+
+const ts = loadTypeScript(TYPESCRIPT);
+// TypeScript's node system keeps the first working directory it is asked for; the warm-up runs
+// in another folder than every later compile, so this instance asks the process each time.
+ts.sys.getCurrentDirectory = () => process.cwd();
+
+/** The compile flags of the language: its compile command after `tsc`, without {sources}. */
+function languageFlags(file) {
+  const { compile } = JSON.parse(fs.readFileSync(file, 'utf8'));
+  const at = compile.indexOf('tsc');
+  if (at < 0) throw new Error(`${file}: the compile command names no tsc`);
+  return compile.slice(at + 1).filter((arg) => arg !== '{sources}');
+}
+
+/** The options a command line compiles under, with the emit-only output folder left out. */
+function optionsKey(options) {
+  const copy = { ...options };
+  delete copy.outDir;
+  return JSON.stringify(copy, Object.keys(copy).sort());
+}
+
+/** Warm SourceFiles by path: { file, languageVersion, impliedNodeFormat, jsDocParsingMode }. */
+const warm = new Map();
+let warmKey = null;
+
+/** The parse options that make a SourceFile, as createProgram passes them to getSourceFile. */
+function parseMode(languageVersionOrOptions) {
+  const o =
+    typeof languageVersionOrOptions === 'object'
+      ? languageVersionOrOptions
+      : { languageVersion: languageVersionOrOptions };
+  return `${o.languageVersion}/${o.impliedNodeFormat}/${o.jsDocParsingMode}`;
+}
+
+/**
+ * What `tsc` does for a plain compile of files named on the command line (TypeScript's own
+ * performCompilation, through its exported parts), with the warm files offered to the host.
+ * Returns the exit status.
+ */
+function compile(commandLine, remember) {
+  const sys = ts.sys;
+  const currentDirectory = sys.getCurrentDirectory();
+  const options = ts.convertToOptionsWithAbsolutePaths(commandLine.options, (f) =>
+    ts.getNormalizedAbsolutePath(f, currentDirectory),
+  );
+  const host = ts.createCompilerHostWorker(options, undefined, sys);
+  host.jsDocParsingMode = 2; // ParseForTypeErrors, as tsc sets it
+  const canonical = ts.createGetCanonicalFileName(host.useCaseSensitiveFileNames());
+  const toPath = (f) => ts.toPath(f, currentDirectory, canonical);
+  const parse = host.getSourceFile;
+  const useWarm = !remember && optionsKey(options) === warmKey;
+  host.getSourceFile = (fileName, languageVersionOrOptions, onError, shouldCreate) => {
+    const entry = useWarm ? warm.get(toPath(fileName)) : undefined;
+    if (entry !== undefined && entry.mode === parseMode(languageVersionOrOptions)) {
+      let text;
+      try {
+        text = host.readFile(fileName);
+      } catch {
+        text = undefined;
+      }
+      if (text === entry.file.text) return entry.file;
+    }
+    return parse.call(host, fileName, languageVersionOrOptions, onError, shouldCreate);
+  };
+  ts.changeCompilerHostLikeToUseCache(host, toPath);
+  const program = ts.createProgram({
+    rootNames: commandLine.fileNames,
+    options,
+    projectReferences: commandLine.projectReferences,
+    host,
+    configFileParsingDiagnostics: ts.getConfigFileParsingDiagnostics(commandLine),
+  });
+  const status = ts.emitFilesAndReportErrorsAndGetExitStatus(
+    program,
+    ts.createDiagnosticReporter(sys),
+    (s) => sys.write(s + sys.newLine),
+    undefined,
+  );
+  if (remember) {
+    for (const file of program.getSourceFiles()) {
+      if (remember(file.fileName))
+        warm.set(file.path, { file, mode: parseMode(sourceFileMode(file)) });
+    }
+    warmKey = optionsKey(options);
+  }
+  return status;
+}
+
+/** The parse options a SourceFile was made with. */
+function sourceFileMode(file) {
+  return {
+    languageVersion: file.languageVersion,
+    impliedNodeFormat: file.impliedNodeFormat,
+    jsDocParsingMode: 2,
+  };
+}
+
+/** Whether a command line is one the warm path answers exactly as tsc: a plain compile. */
+function plainCompile(args) {
+  if (args.length > 0 && /^--?b(uild)?$/i.test(args[0])) return null;
+  const commandLine = ts.parseCommandLine(args, (f) => ts.sys.readFile(f));
+  if (commandLine.errors.length > 0 || commandLine.fileNames.length === 0) return null;
+  // Colours and the error summary follow a terminal; the warm files were made for none.
+  if (ts.sys.writeOutputIsTTY && ts.sys.writeOutputIsTTY()) return null;
+  const cwd = ts.sys.getCurrentDirectory();
+  const options = ts.convertToOptionsWithAbsolutePaths(commandLine.options, (f) =>
+    ts.getNormalizedAbsolutePath(f, cwd),
+  );
+  return optionsKey(options) === warmKey ? commandLine : null;
+}
+
+/** The build-time compile: the language's flags on a small program in a throwaway folder. */
+function warmUp() {
+  const dir = fs.mkdtempSync(path.join(require('node:os').tmpdir(), 'tsc-warm-'));
+  const previous = process.cwd();
+  try {
+    fs.writeFileSync(
+      path.join(dir, 'main.ts'),
+      "import { readFileSync } from 'node:fs';\nconst s: string = String(readFileSync.length);\nconsole.log(s);\n",
+    );
+    process.chdir(dir);
+    const flags = languageFlags(DEFINITION);
+    const commandLine = ts.parseCommandLine([...flags, 'main.ts']);
+    if (commandLine.errors.length > 0) throw new Error('the language flags do not parse');
+    const inside = dir + path.sep;
+    const status = compile(commandLine, (fileName) => !path.resolve(fileName).startsWith(inside));
+    if (status !== 0) throw new Error(`the warm-up compile failed with status ${status}`);
+  } finally {
+    process.chdir(previous);
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+  if (warm.size === 0) throw new Error('the warm-up compile read no declaration files');
+}
+
+function main() {
+  const args = process.argv.slice(2);
+  const commandLine = plainCompile(args);
+  if (commandLine === null) {
+    // Not the warm compile: a TypeScript loaded now, untouched by the build, runs it as tsc.
+    const fresh = loadTypeScript(TYPESCRIPT);
+    fresh.executeCommandLine(fresh.sys, () => {}, args);
+    return;
+  }
+  ts.sys.exit(compile(commandLine, null));
+}
+
+if (v8.startupSnapshot && v8.startupSnapshot.isBuildingSnapshot()) {
+  warmUp();
+  v8.startupSnapshot.setDeserializeMainFunction(main);
+} else {
+  // Run directly (`node tsc-warm.js ARGS`): the same compile, warmed in this process first.
+  warmUp();
+  main();
+}

@@ -1,0 +1,208 @@
+// The warm tsc (languages/typescript/tsc-warm.js) against the real tsc, both on this host with
+// the guest's TypeScript version (the `typescript-guest` dev dependency): every case runs both
+// ways in one folder, filled afresh each time, and stdout, stderr, the exit status and every file left in
+// the folder must be the same.
+import { spawnSync } from 'node:child_process';
+import {
+  cpSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  appendFileSync,
+  rmSync,
+  writeFileSync,
+} from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
+const ROOT = resolve(import.meta.dirname, '../../..');
+const LANGUAGE_DIR = join(ROOT, 'languages/typescript');
+const GUEST_TS = join(ROOT, 'node_modules/typescript-guest');
+const TYPES = join(ROOT, 'node_modules/@types');
+
+interface Outcome {
+  status: number | null;
+  stdout: string;
+  stderr: string;
+  files: Record<string, string>;
+}
+
+let work: string;
+let blob: string;
+let typescript: string;
+/** The language's compile flags, with its type roots pointed at this host's @types. */
+let flags: string[];
+
+function filesOf(dir: string): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const name of readdirSync(dir, { recursive: true, encoding: 'utf8' }).sort()) {
+    const full = join(dir, name);
+    try {
+      out[name] = readFileSync(full, 'utf8');
+    } catch {
+      out[name] = '<dir>';
+    }
+  }
+  return out;
+}
+
+function run(argv: string[], cwd: string): Outcome {
+  const r = spawnSync(process.execPath, argv, { cwd, encoding: 'utf8', timeout: 60_000 });
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr, files: filesOf(cwd) };
+}
+
+let caseNo = 0;
+/**
+ * Runs `args` through tsc and then through the warm snapshot, each time in the same folder
+ * holding just `files` (the same path, as some messages name it).
+ */
+function both(files: Record<string, string>, args: string[]): { cold: Outcome; warm: Outcome } {
+  caseNo += 1;
+  const dir = join(work, `case${caseNo}`);
+  const fill = (): void => {
+    rmSync(dir, { recursive: true, force: true });
+    mkdirSync(dir, { recursive: true });
+    for (const [name, text] of Object.entries(files)) {
+      mkdirSync(join(dir, name, '..'), { recursive: true });
+      writeFileSync(join(dir, name), text);
+    }
+  };
+  fill();
+  const cold = run([join(typescript, 'bin/tsc'), ...args], dir);
+  fill();
+  const warm = run(['--snapshot-blob', blob, 'tsc', ...args], dir);
+  return { cold, warm };
+}
+
+const GOOD =
+  "const os = require('os');\nimport { existsSync } from 'node:fs';\nconst s: string = 'ok';\nif (existsSync('/')) console.log(s, typeof os.cpus);\n";
+
+describe('the warm tsc of the typescript layer', () => {
+  beforeAll(() => {
+    work = mkdtempSync(join(tmpdir(), 'runner-tsc-warm-'));
+    // A copy of the guest's TypeScript, so that one case can change a default library after the
+    // snapshot was made.
+    typescript = join(work, 'typescript');
+    cpSync(GUEST_TS, typescript, { recursive: true, dereference: true });
+    const definition = JSON.parse(readFileSync(join(LANGUAGE_DIR, 'language.json'), 'utf8')) as {
+      compile: string[];
+    };
+    definition.compile = definition.compile.map((a) =>
+      a === '/usr/local/lib/node_modules/@types' ? TYPES : a,
+    );
+    const at = definition.compile.indexOf('tsc');
+    flags = definition.compile.slice(at + 1).filter((a) => a !== '{sources}');
+    writeFileSync(join(work, 'language.json'), JSON.stringify(definition));
+    blob = join(work, 'tsc.blob');
+    const built = spawnSync(
+      process.execPath,
+      ['--snapshot-blob', blob, '--build-snapshot', join(LANGUAGE_DIR, 'tsc-warm.js')],
+      {
+        cwd: work,
+        encoding: 'utf8',
+        env: {
+          ...process.env,
+          TSC_WARM_TYPESCRIPT: join(typescript, 'lib/typescript.js'),
+          TSC_WARM_DEFINITION: join(work, 'language.json'),
+        },
+        timeout: 120_000,
+      },
+    );
+    expect(built.status, built.stderr).toBe(0);
+  }, 180_000);
+
+  afterAll(() => {
+    if (work) rmSync(work, { recursive: true, force: true });
+  });
+
+  it('uses the guest version of TypeScript, and the flags the language compiles with', () => {
+    const version = JSON.parse(readFileSync(join(GUEST_TS, 'package.json'), 'utf8')) as {
+      version: string;
+    };
+    const language = JSON.parse(readFileSync(join(LANGUAGE_DIR, 'language.json'), 'utf8')) as {
+      version: string;
+      compile: string[];
+    };
+    expect(version.version).toBe(language.version);
+    expect(flags).toContain('--strict');
+  });
+
+  const cases: [string, Record<string, string>, (f: string[]) => string[]][] = [
+    ['a program that compiles', { 'main.ts': GOOD }, (f) => [...f, 'main.ts']],
+    [
+      'a type error (exit 2, the output still written)',
+      { 'main.ts': 'const x: number = "a";\nconsole.log(x);\n' },
+      (f) => [...f, 'main.ts'],
+    ],
+    ['a syntax error', { 'main.ts': 'let y = ;\nfunction (\n' }, (f) => [...f, 'main.ts']],
+    [
+      'several files importing each other, one of them in a folder',
+      {
+        'a.ts': "import { b } from './lib/b';\nconsole.log(b(2));\n",
+        'lib/b.ts': 'export function b(n: number): number { return n * 2; }\n',
+      },
+      (f) => [...f, 'a.ts', 'lib/b.ts'],
+    ],
+    [
+      "an error in a default library's terms (a DOM name under --lib es2020)",
+      { 'main.ts': 'document.title = "x";\nconst p: Promise<number> = Promise.resolve("s");\n' },
+      (f) => [...f, 'main.ts'],
+    ],
+    [
+      'a program that redeclares a global of @types/node',
+      { 'main.ts': 'declare var process: number;\nexport {};\n' },
+      (f) => [...f, 'main.ts'],
+    ],
+    ['a missing file', {}, (f) => [...f, 'nothing.ts']],
+    [
+      'another flag (not the warm options: TypeScript afresh)',
+      { 'main.ts': 'function f(x) { return x; }\nf(1);\n' },
+      (f) => [...f, '--noImplicitAny', 'false', 'main.ts'],
+    ],
+    ['an unknown flag', { 'main.ts': GOOD }, (f) => [...f, '--nosuchflag', 'main.ts']],
+    ['--version', {}, () => ['--version']],
+    ['no files (the help, exit 1)', {}, () => []],
+    [
+      'a tsconfig.json beside the files (ignored when files are named)',
+      {
+        'main.ts': GOOD,
+        'tsconfig.json': '{ "compilerOptions": { "noEmit": true, "target": "es5" } }',
+      },
+      (f) => [...f, 'main.ts'],
+    ],
+  ];
+
+  for (const [name, files, args] of cases) {
+    it(`gives what tsc gives: ${name}`, () => {
+      const { cold, warm } = both(files, args(flags));
+      expect(warm).toEqual(cold);
+    }, 60_000);
+  }
+
+  it('a compile that succeeds leaves the JavaScript, and a type error gives exit 2', () => {
+    const ok = both({ 'main.ts': GOOD }, [...flags, 'main.ts']).warm;
+    expect(ok.status).toBe(0);
+    expect(ok.files['main.js']).toContain('console.log(s, typeof os.cpus)');
+    const bad = both({ 'main.ts': 'const x: number = "a";\n' }, [...flags, 'main.ts']).warm;
+    expect(bad.status).toBe(2);
+    expect(bad.stdout).toContain('error TS2322');
+  }, 60_000);
+
+  it('reads a default library again when its text changed after the snapshot', () => {
+    const lib = join(typescript, 'lib/lib.es5.d.ts');
+    const before = readFileSync(lib, 'utf8');
+    appendFileSync(lib, '\ndeclare var runnerChangedLib: number;\n');
+    try {
+      const { cold, warm } = both(
+        { 'main.ts': 'const n: number = runnerChangedLib;\nconsole.log(n);\n' },
+        [...flags, 'main.ts'],
+      );
+      expect(cold.status).toBe(0);
+      expect(warm).toEqual(cold);
+    } finally {
+      writeFileSync(lib, before);
+    }
+  }, 60_000);
+});
