@@ -7,7 +7,9 @@ cd "$(dirname "$0")/.."
 
 # gcc and libc6-dev build the guest's static exec helper (src/agent/native/runner-exec.c); nftables
 # holds the egress policy of networked VMs and iproute2 (ip, tc) their links (docs/network.md).
-packages=(qemu-system-x86 debootstrap e2fsprogs cpio lz4 zstd util-linux gcc libc6-dev nftables iproute2)
+# qemu-user-static runs a layer's `{guest-cpu}` prepare commands under the guest's CPU model
+# (the typescript layer's startup snapshot of tsc; docs/languages.md).
+packages=(qemu-system-x86 qemu-user-static debootstrap e2fsprogs cpio lz4 zstd util-linux gcc libc6-dev nftables iproute2)
 if [[ "${1:-}" == "--test" ]]; then
   # chromium: the playground's browser test (tests/integration/playground), driven by playwright-core.
   packages+=(python3 bash socat redis-server chromium)

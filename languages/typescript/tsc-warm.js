@@ -1,7 +1,7 @@
 'use strict';
 // A tsc whose compiler and default libraries are already loaded, parsed and bound: the entry
 // of a Node.js startup snapshot (`node --snapshot-blob tsc.blob --build-snapshot tsc-warm.js`,
-// run when the image is built), started per compile as
+// run when the image is built, under the VMs' CPU model), started per compile by tsc-fast as
 // `node --snapshot-blob tsc.blob tsc ARGS...` (the `tsc` only fills argv[1]).
 //
 // At build time it loads TypeScript and compiles a small program with the language's own
@@ -35,12 +35,10 @@ const ts = loadTypeScript(TYPESCRIPT);
 // in another folder than every later compile, so this instance asks the process each time.
 ts.sys.getCurrentDirectory = () => process.cwd();
 
-/** The compile flags of the language: its compile command after `tsc`, without {sources}. */
+/** The compile flags of the language: its compile command's arguments, without {sources}. */
 function languageFlags(file) {
   const { compile } = JSON.parse(fs.readFileSync(file, 'utf8'));
-  const at = compile.indexOf('tsc');
-  if (at < 0) throw new Error(`${file}: the compile command names no tsc`);
-  return compile.slice(at + 1).filter((arg) => arg !== '{sources}');
+  return compile.slice(1).filter((arg) => arg !== '{sources}');
 }
 
 /** The options a command line compiles under, with the emit-only output folder left out. */

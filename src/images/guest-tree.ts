@@ -215,3 +215,30 @@ export function installLanguageFolder(root: string, language: Language): void {
   cpSync(language.dir, langDir, { recursive: true, dereference: true });
   normaliseOwnership(langDir);
 }
+
+/** Where a `{guest-cpu}` prepare command finds QEMU's user-mode emulator in a layer tree. */
+export const GUEST_CPU_DIR = '/.runner-guest-cpu';
+
+/** The host's static user-mode QEMU (Debian's qemu-user-static). */
+export const HOST_QEMU_USER = '/usr/bin/qemu-x86_64-static';
+
+/**
+ * Expands a layer's prepare command: one that starts with `{guest-cpu}` runs under QEMU's
+ * user-mode emulator with the CPU model the VMs get under TCG (`-cpu max`), copied into the tree
+ * for the command (the caller removes GUEST_CPU_DIR after it). What a program detects of the CPU
+ * (V8 puts the CPU's features in the tag of a startup snapshot, which a start then checks) is
+ * then what it will detect in the VM. Any other command is returned as it is.
+ */
+export function guestCpuArgv(root: string, argv: readonly string[]): string[] {
+  if (argv[0] !== '{guest-cpu}') return [...argv];
+  if (!existsSync(HOST_QEMU_USER)) {
+    throw new ImageBuildFailedError(
+      `a {guest-cpu} prepare command needs ${HOST_QEMU_USER} (apt-get install qemu-user-static; scripts/setup.sh installs it)`,
+    );
+  }
+  const dir = guestPath(root, GUEST_CPU_DIR);
+  mkdirSync(dir, { recursive: true, mode: 0o755 });
+  cpSync(HOST_QEMU_USER, join(dir, 'qemu-x86_64-static'));
+  chmodSync(join(dir, 'qemu-x86_64-static'), 0o755);
+  return [`${GUEST_CPU_DIR}/qemu-x86_64-static`, '-cpu', 'max', ...argv.slice(1)];
+}

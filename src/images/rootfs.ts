@@ -12,6 +12,9 @@ import { makeExt4 } from './ext4.js';
 import { GUEST_AGENT_PATH, GUEST_DISK_LABELS, GUEST_INIT_SCRIPT } from './guest-init.js';
 import { buildExecHelper } from './exec-helper.js';
 import {
+  GUEST_CPU_DIR,
+  guestCpuArgv,
+  guestPath,
   installAgentFiles,
   installCommonGuestFiles,
   installLanguageFolder,
@@ -681,9 +684,14 @@ export class RootfsBuilder {
     const warnings: string[] = [];
     await withChrootMounts(root, log, {}, async () => {
       for (const { definition } of members) {
-        for (const argv of definition.prepare ?? []) {
+        for (const template of definition.prepare ?? []) {
+          const argv = guestCpuArgv(root, template);
           log.write(`# ${definition.name}: prepare: ${argv.join(' ')}`);
-          await chrootRun(log, root, argv, { signal: this.options.signal });
+          try {
+            await chrootRun(log, root, argv, { signal: this.options.signal });
+          } finally {
+            rmSync(guestPath(root, GUEST_CPU_DIR), { recursive: true, force: true });
+          }
         }
       }
       for (const { definition } of members) {

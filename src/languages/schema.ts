@@ -57,7 +57,9 @@ export const LanguageDefinitionSchema = Type.Object(
      * Commands run in the toolchain layer when it is built (as root, in the image's chroot,
      * after its packages, npm pins and language folders are in place), each an argv: to
      * prepare what the compile or run commands start from, such as a Node.js startup snapshot
-     * of a compiler (typescript). A failing command fails the build.
+     * of a compiler (typescript). A command whose first argument is `{guest-cpu}` runs the rest
+     * under QEMU's user-mode emulator with the VMs' CPU model (what it detects of the CPU is
+     * then what the VM will have). A failing command fails the build.
      */
     prepare: Type.Optional(
       Type.Array(Type.Array(Type.String({ minLength: 1 }), { minItems: 1 }), { minItems: 1 }),

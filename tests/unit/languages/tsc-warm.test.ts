@@ -1,7 +1,8 @@
-// The warm tsc (languages/typescript/tsc-warm.js) against the real tsc, both on this host with
-// the guest's TypeScript version (the `typescript-guest` dev dependency): every case runs both
-// ways in one folder, filled afresh each time, and stdout, stderr, the exit status and every file left in
-// the folder must be the same.
+// The warm tsc (languages/typescript/tsc-fast and tsc-warm.js) against the real tsc, both on this
+// host with the guest's TypeScript version (the `typescript-guest` dev dependency): every case
+// runs both ways in one folder, filled afresh each time, and stdout, stderr, the exit status and
+// every file left in the folder must be the same. tsc-fast runs here as the layer has it, but for
+// its three paths (this host's node, the test's snapshot and TypeScript).
 import { spawnSync } from 'node:child_process';
 import {
   cpSync,
@@ -31,6 +32,9 @@ interface Outcome {
 
 let work: string;
 let blob: string;
+/** tsc-fast with this test's paths; and one whose snapshot Node.js refuses (another V8 tag). */
+let fast: string;
+let fastRefused: string;
 let typescript: string;
 /** The language's compile flags, with its type roots pointed at this host's @types. */
 let flags: string[];
@@ -48,9 +52,24 @@ function filesOf(dir: string): Record<string, string> {
   return out;
 }
 
-function run(argv: string[], cwd: string): Outcome {
-  const r = spawnSync(process.execPath, argv, { cwd, encoding: 'utf8', timeout: 60_000 });
+function runFile(file: string, argv: string[], cwd: string): Outcome {
+  const r = spawnSync(file, argv, { cwd, encoding: 'utf8', timeout: 60_000 });
   return { status: r.status, stdout: r.stdout, stderr: r.stderr, files: filesOf(cwd) };
+}
+
+function run(argv: string[], cwd: string): Outcome {
+  return runFile(process.execPath, argv, cwd);
+}
+
+/** A copy of tsc-fast that starts `node`, `blob` and `tsc` from the given paths. */
+function wrapperWith(name: string, paths: { node: string; blob: string; tsc: string }): string {
+  const text = readFileSync(join(LANGUAGE_DIR, 'tsc-fast'), 'utf8')
+    .replace(/^node=.*$/m, `node=${paths.node}`)
+    .replace(/^blob=.*$/m, `blob=${paths.blob}`)
+    .replace(/^tsc=.*$/m, `tsc=${paths.tsc}`);
+  const file = join(work, name);
+  writeFileSync(file, text, { mode: 0o755 });
+  return file;
 }
 
 let caseNo = 0;
@@ -58,7 +77,11 @@ let caseNo = 0;
  * Runs `args` through tsc and then through the warm snapshot, each time in the same folder
  * holding just `files` (the same path, as some messages name it).
  */
-function both(files: Record<string, string>, args: string[]): { cold: Outcome; warm: Outcome } {
+function both(
+  files: Record<string, string>,
+  args: string[],
+  wrapper = fast,
+): { cold: Outcome; warm: Outcome } {
   caseNo += 1;
   const dir = join(work, `case${caseNo}`);
   const fill = (): void => {
@@ -72,7 +95,7 @@ function both(files: Record<string, string>, args: string[]): { cold: Outcome; w
   fill();
   const cold = run([join(typescript, 'bin/tsc'), ...args], dir);
   fill();
-  const warm = run(['--snapshot-blob', blob, 'tsc', ...args], dir);
+  const warm = runFile(wrapper, args, dir);
   return { cold, warm };
 }
 
@@ -92,25 +115,47 @@ describe('the warm tsc of the typescript layer', () => {
     definition.compile = definition.compile.map((a) =>
       a === '/usr/local/lib/node_modules/@types' ? TYPES : a,
     );
-    const at = definition.compile.indexOf('tsc');
-    flags = definition.compile.slice(at + 1).filter((a) => a !== '{sources}');
+    flags = definition.compile.slice(1).filter((a) => a !== '{sources}');
     writeFileSync(join(work, 'language.json'), JSON.stringify(definition));
     blob = join(work, 'tsc.blob');
+    const env = {
+      ...process.env,
+      TSC_WARM_TYPESCRIPT: join(typescript, 'lib/typescript.js'),
+      TSC_WARM_DEFINITION: join(work, 'language.json'),
+    };
     const built = spawnSync(
       process.execPath,
       ['--snapshot-blob', blob, '--build-snapshot', join(LANGUAGE_DIR, 'tsc-warm.js')],
       {
         cwd: work,
         encoding: 'utf8',
-        env: {
-          ...process.env,
-          TSC_WARM_TYPESCRIPT: join(typescript, 'lib/typescript.js'),
-          TSC_WARM_DEFINITION: join(work, 'language.json'),
-        },
+        env,
         timeout: 120_000,
       },
     );
     expect(built.status, built.stderr).toBe(0);
+    // The same snapshot made under another V8 flag: its tag differs, as one made for another
+    // CPU model does, and Node.js refuses to start from it.
+    const refusedBlob = join(work, 'refused.blob');
+    const refused = spawnSync(
+      process.execPath,
+      [
+        '--no-enable-sse3',
+        '--snapshot-blob',
+        refusedBlob,
+        '--build-snapshot',
+        join(LANGUAGE_DIR, 'tsc-warm.js'),
+      ],
+      { cwd: work, encoding: 'utf8', env, timeout: 120_000 },
+    );
+    expect(refused.status, refused.stderr).toBe(0);
+    const tsc = join(typescript, 'bin/tsc');
+    fast = wrapperWith('tsc-fast', { node: process.execPath, blob, tsc });
+    fastRefused = wrapperWith('tsc-fast-refused', {
+      node: process.execPath,
+      blob: refusedBlob,
+      tsc,
+    });
   }, 180_000);
 
   afterAll(() => {
@@ -182,12 +227,40 @@ describe('the warm tsc of the typescript layer', () => {
   }
 
   it('a compile that succeeds leaves the JavaScript, and a type error gives exit 2', () => {
+    // Node.js starts from this snapshot (so the cases above ran the warm path, not the fallback).
+    const direct = both(
+      { 'main.ts': GOOD },
+      ['--snapshot-blob', blob, 'tsc', ...flags, 'main.ts'],
+      process.execPath,
+    ).warm;
+    expect(direct.status, direct.stderr).toBe(0);
+    expect(direct.files['main.js']).toContain('console.log(s, typeof os.cpus)');
     const ok = both({ 'main.ts': GOOD }, [...flags, 'main.ts']).warm;
     expect(ok.status).toBe(0);
     expect(ok.files['main.js']).toContain('console.log(s, typeof os.cpus)');
     const bad = both({ 'main.ts': 'const x: number = "a";\n' }, [...flags, 'main.ts']).warm;
     expect(bad.status).toBe(2);
     expect(bad.stdout).toContain('error TS2322');
+  }, 60_000);
+
+  it("falls back to TypeScript's own tsc, with the same output, when Node.js refuses the snapshot", () => {
+    const direct = spawnSync(
+      process.execPath,
+      ['--snapshot-blob', join(work, 'refused.blob'), 'tsc', '--version'],
+      {
+        encoding: 'utf8',
+      },
+    );
+    expect(direct.status).toBe(14);
+    expect(direct.stderr).toContain('Failed to load the startup snapshot');
+    for (const [files, args] of [
+      [{ 'main.ts': GOOD }, [...flags, 'main.ts']],
+      [{ 'main.ts': 'const x: number = "a";\n' }, [...flags, 'main.ts']],
+      [{}, []],
+    ] as [Record<string, string>, string[]][]) {
+      const { cold, warm } = both(files, args, fastRefused);
+      expect(warm).toEqual(cold);
+    }
   }, 60_000);
 
   it('reads a default library again when its text changed after the snapshot', () => {
