@@ -35,10 +35,12 @@ const ts = loadTypeScript(TYPESCRIPT);
 // in another folder than every later compile, so this instance asks the process each time.
 ts.sys.getCurrentDirectory = () => process.cwd();
 
-/** The compile flags of the language: its compile command's arguments, without {sources}. */
+/** The compile flags of the language: its compile command's options, without {sources}. */
 function languageFlags(file) {
   const { compile } = JSON.parse(fs.readFileSync(file, 'utf8'));
-  return compile.slice(1).filter((arg) => arg !== '{sources}');
+  // The command is `sh tsc-fast FLAGS {sources}`: the flags start at the first option.
+  const first = compile.findIndex((arg) => arg.startsWith('-'));
+  return compile.slice(first).filter((arg) => arg !== '{sources}');
 }
 
 /** The options a command line compiles under, with the emit-only output folder left out. */
