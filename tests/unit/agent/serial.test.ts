@@ -52,11 +52,17 @@ class PortBridge {
       .toBe(true);
   }
 
-  /** Waits until socat has gone (it exits when the host hangs up). */
+  /**
+   * Waits until socat has gone (it exits when the host hangs up); kills it after 5 s, so that a
+   * session that failed reports its own error rather than the test's timeout.
+   */
   async stopped(): Promise<void> {
     const child = this.child;
     if (!child || child.exitCode !== null || child.signalCode !== null) return;
-    await new Promise((r) => child.once('exit', r));
+    const gone = new Promise((r) => child.once('exit', r));
+    const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
+    await gone;
+    clearTimeout(timer);
   }
 
   kill(): void {
@@ -95,7 +101,8 @@ describe.skipIf(!hasSocat)('serial transport (a pty standing in for virtio-seria
     const socket = connect(bridge.hostSocket);
     const ch = new MessageChannel<AgentMessage, HostMessage>(socket, { parse: parseAgentMessage });
     try {
-      expect(await ch.next(10_000)).toMatchObject({ type: 'hello', vmId: 'vm-serial' });
+      // Generous for a host loaded by image builds beside this test (a CI run's first group).
+      expect(await ch.next(20_000)).toMatchObject({ type: 'hello', vmId: 'vm-serial' });
       await ch.send({ type: 'ping', id: pingId });
       expect(await ch.next(5000)).toEqual({ type: 'pong', id: pingId });
     } finally {
@@ -108,5 +115,5 @@ describe.skipIf(!hasSocat)('serial transport (a pty standing in for virtio-seria
     await hostSession('first');
     // The port read failed when the host left; the agent reopened it and greets anew.
     await hostSession('second');
-  });
+  }, 90_000);
 });
