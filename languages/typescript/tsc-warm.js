@@ -50,7 +50,7 @@ function optionsKey(options) {
   return JSON.stringify(copy, Object.keys(copy).sort());
 }
 
-/** Warm SourceFiles by path: { file, languageVersion, impliedNodeFormat, jsDocParsingMode }. */
+/** Warm SourceFiles by path: { file, mode } (mode: parseMode of what made the file). */
 const warm = new Map();
 let warmKey = null;
 
@@ -71,9 +71,7 @@ function parseMode(languageVersionOrOptions) {
 function compile(commandLine, remember) {
   const sys = ts.sys;
   const currentDirectory = sys.getCurrentDirectory();
-  const options = ts.convertToOptionsWithAbsolutePaths(commandLine.options, (f) =>
-    ts.getNormalizedAbsolutePath(f, currentDirectory),
-  );
+  const options = absoluteOptions(commandLine, currentDirectory);
   const host = ts.createCompilerHostWorker(options, undefined, sys);
   host.jsDocParsingMode = 2; // ParseForTypeErrors, as tsc sets it
   const canonical = ts.createGetCanonicalFileName(host.useCaseSensitiveFileNames());
@@ -83,13 +81,8 @@ function compile(commandLine, remember) {
   host.getSourceFile = (fileName, languageVersionOrOptions, onError, shouldCreate) => {
     const entry = useWarm ? warm.get(toPath(fileName)) : undefined;
     if (entry !== undefined && entry.mode === parseMode(languageVersionOrOptions)) {
-      let text;
-      try {
-        text = host.readFile(fileName);
-      } catch {
-        text = undefined;
-      }
-      if (text === entry.file.text) return entry.file;
+      // The host's readFile gives undefined for a file it cannot read.
+      if (host.readFile(fileName) === entry.file.text) return entry.file;
     }
     return parse.call(host, fileName, languageVersionOrOptions, onError, shouldCreate);
   };
@@ -110,20 +103,18 @@ function compile(commandLine, remember) {
   if (remember) {
     for (const file of program.getSourceFiles()) {
       if (remember(file.fileName))
-        warm.set(file.path, { file, mode: parseMode(sourceFileMode(file)) });
+        warm.set(file.path, { file, mode: parseMode({ ...file, jsDocParsingMode: 2 }) });
     }
     warmKey = optionsKey(options);
   }
   return status;
 }
 
-/** The parse options a SourceFile was made with. */
-function sourceFileMode(file) {
-  return {
-    languageVersion: file.languageVersion,
-    impliedNodeFormat: file.impliedNodeFormat,
-    jsDocParsingMode: 2,
-  };
+/** A command line's options with its paths made absolute against `cwd`, as tsc does. */
+function absoluteOptions(commandLine, cwd) {
+  return ts.convertToOptionsWithAbsolutePaths(commandLine.options, (f) =>
+    ts.getNormalizedAbsolutePath(f, cwd),
+  );
 }
 
 /** Whether a command line is one the warm path answers exactly as tsc: a plain compile. */
@@ -133,10 +124,7 @@ function plainCompile(args) {
   if (commandLine.errors.length > 0 || commandLine.fileNames.length === 0) return null;
   // Colours and the error summary follow a terminal; the warm files were made for none.
   if (ts.sys.writeOutputIsTTY && ts.sys.writeOutputIsTTY()) return null;
-  const cwd = ts.sys.getCurrentDirectory();
-  const options = ts.convertToOptionsWithAbsolutePaths(commandLine.options, (f) =>
-    ts.getNormalizedAbsolutePath(f, cwd),
-  );
+  const options = absoluteOptions(commandLine, ts.sys.getCurrentDirectory());
   return optionsKey(options) === warmKey ? commandLine : null;
 }
 
