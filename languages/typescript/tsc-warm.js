@@ -151,8 +151,88 @@ function warmUp() {
   if (warm.size === 0) throw new Error('the warm-up compile read no declaration files');
 }
 
+/** A frame of the compile server's answer: a kind byte, a 4-byte big-endian length, the bytes. */
+function frame(kind, bytes) {
+  const head = Buffer.alloc(5);
+  head[0] = kind;
+  head.writeUInt32BE(bytes.length, 1);
+  return Buffer.concat([head, bytes]);
+}
+
+const FRAME = { stdout: 1, status: 3, decline: 4 };
+
+/** The compile of one job's command line in this process; null when it is not the warm compile. */
+function compileCaptured(args) {
+  const commandLine = plainCompile(args);
+  if (commandLine === null) return null;
+  const write = ts.sys.write;
+  const out = [];
+  ts.sys.write = (s) => out.push(s);
+  try {
+    const status = compile(commandLine, null);
+    return { status, stdout: out.join('') };
+  } finally {
+    ts.sys.write = write;
+  }
+}
+
+/**
+ * The compile server (`--runner-serve SOCKET`, started by the guest agent in a restored VM that
+ * waits in the pool; docs/agent.md, "Compile servers"). It compiles one small program the way a
+ * job's would be compiled, so that V8 has optimised, and QEMU translated, the compiler's code;
+ * listens on SOCKET and prints `ready`; then answers one connection (runner-exec --connect:
+ * the working directory and tsc's arguments, NUL-ended) and exits. What tsc would write goes
+ * back as one stdout frame, then the exit status; a command line that is not the warm compile,
+ * a working directory it cannot enter, or any failure of the compiler itself is declined
+ * before anything is written back, and the client then runs tsc-fast itself.
+ */
+function serve(socketPath) {
+  const net = require('node:net');
+  const dir = fs.mkdtempSync(path.join(require('node:os').tmpdir(), 'tsc-serve-'));
+  try {
+    fs.writeFileSync(path.join(dir, 'main.ts'), 'const s: string = "warm";\nconsole.log(s);\n');
+    process.chdir(dir);
+    const rehearsal = compileCaptured([...languageFlags(DEFINITION), 'main.ts']);
+    if (rehearsal === null || rehearsal.status !== 0) throw new Error('the rehearsal compile failed');
+  } finally {
+    process.chdir('/');
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+  const server = net.createServer({ allowHalfOpen: true }, (socket) => {
+    server.close();
+    const chunks = [];
+    socket.on('data', (chunk) => chunks.push(chunk));
+    socket.on('error', () => process.exit(1));
+    socket.on('end', () => {
+      const fields = Buffer.concat(chunks).toString('utf8').split('\0');
+      fields.pop(); // the last NUL ends the last field
+      const [cwd, ...args] = fields;
+      let answer = null;
+      try {
+        process.chdir(cwd);
+        answer = compileCaptured(args);
+      } catch {
+        answer = null;
+      }
+      const reply =
+        answer === null
+          ? frame(FRAME.decline, Buffer.alloc(0))
+          : Buffer.concat([
+              frame(FRAME.stdout, Buffer.from(answer.stdout, 'utf8')),
+              frame(FRAME.status, Buffer.from([answer.status & 0xff])),
+            ]);
+      socket.end(reply, () => process.exit(0));
+    });
+  });
+  server.listen(socketPath, () => process.stdout.write('ready\n'));
+}
+
 function main() {
   const args = process.argv.slice(2);
+  if (args[0] === '--runner-serve' && args.length === 2) {
+    serve(args[1]);
+    return;
+  }
   const commandLine = plainCompile(args);
   if (commandLine === null) {
     // Not the warm compile: a TypeScript loaded now, untouched by the build, runs it as tsc.

@@ -32,6 +32,7 @@ import {
 } from '../protocol/index.js';
 import { collectArtefact, unpackArtefact } from './artefact.js';
 import { probeCgroup } from './cgroup.js';
+import { CompileServers, type ServedCompile } from './compile-server.js';
 import {
   copyWorkDir,
   createWorkDir,
@@ -76,6 +77,8 @@ export interface ExecutorOutcome {
   readonly run: StageResult | null;
   /** One run per test case, when the job had `cases` (then `run` is null). */
   readonly cases?: StageResult[];
+  /** True when the compile stage went to a compile server (compile-server.ts). */
+  readonly compileServed?: boolean;
 }
 
 export interface ExecutorOptions {
@@ -190,13 +193,20 @@ export async function findSandboxTools(): Promise<SandboxTools> {
  */
 export class Executor {
   private tail: Promise<void> = Promise.resolve();
+  private readonly servers: CompileServers;
 
   private constructor(
     private readonly options: ExecutorOptions,
     /** How stages are confined here. */
     readonly sandbox: StageSandbox,
     private readonly runnable: ReadonlySet<string>,
-  ) {}
+  ) {
+    this.servers = new CompileServers({
+      sandbox,
+      workRoot: options.workRoot,
+      ...(options.log && { log: options.log }),
+    });
+  }
 
   /**
    * Resolves the tools, probes the cgroup root, finds which languages have their toolchain on
@@ -232,6 +242,37 @@ export class Executor {
     const executor = new Executor(options, sandbox, runnable);
     await executor.selfTest();
     return executor;
+  }
+
+  /**
+   * Starts the language's compile server for the next job (the host's `prime`, docs/agent.md,
+   * "Compile servers"), in turn with jobs; resolves with the ms it took once it listens. Throws
+   * LANGUAGE_UNKNOWN, LIMIT_INVALID, or SANDBOX_FAILURE when it cannot start.
+   */
+  async prime(
+    nameOrAlias: string,
+    limits: Limits,
+    seccomp: SeccompFamily,
+    timeoutMs = 120_000,
+  ): Promise<number> {
+    const language = this.language(nameOrAlias);
+    checkLimits(limits, 'compile');
+    const previous = this.tail;
+    let release = (): void => undefined;
+    this.tail = new Promise<void>((resolve) => (release = resolve));
+    await previous;
+    try {
+      const env = { ...language.definition.env };
+      return await this.servers.start(
+        language,
+        limits,
+        seccomp,
+        (dir) => Executor.stageEnv(dir, env),
+        timeoutMs,
+      );
+    } finally {
+      release();
+    }
   }
 
   /** Resolves once no job runs and the last one's work dirs are removed. */
@@ -315,6 +356,7 @@ export class Executor {
     checkLimits(job.runLimits, 'run');
     checkJob(job);
     const def = language.definition;
+    await this.servers.stop();
     const home = this.options.sandboxDir ?? SANDBOX_DIR;
     try {
       await ensureSandboxDir(home, this.options.runAs);
@@ -376,6 +418,8 @@ export class Executor {
     const budget: OutputBudget = { remainingBytes: MAX_RESULT_OUTPUT_BYTES };
     // The host's word (it sets it from the same definition), else this agent's definition.
     const seccomp = job.seccomp ?? def.seccomp ?? DEFAULT_SECCOMP_FAMILY;
+    // A compile server a prime started is for this job's compile; any other job ends it first.
+    if (compileArgv === null || job.artefact !== undefined) await this.servers.stop();
 
     let workDir: string;
     try {
@@ -397,26 +441,39 @@ export class Executor {
     const baseEnv = { ...def.env };
     const runEnv = { ...baseEnv, ...job.env };
     let compile: StageResult | null = null;
+    let served: ServedCompile | null = null;
+    let servedFlag: { compileServed?: true } = {};
     if (cached !== undefined) {
       compile = cached.compile;
       live?.stageStart('compile');
       live?.stageEnd('compile', compile.status);
     } else if (compileArgv) {
+      served = await this.servers.take(def.name, job.compileLimits, seccomp, compileArgv);
+      if (served !== null) servedFlag = { compileServed: true };
       live?.stageStart('compile');
-      compile = await this.stage(
-        compileArgv,
-        workDir,
-        baseEnv,
-        Buffer.alloc(0),
-        job.compileLimits,
-        signal,
-        budget,
-        seccomp,
-        live && { job: live, stdin: false },
-      );
+      try {
+        compile = await this.stage(
+          served?.argv ?? compileArgv,
+          workDir,
+          baseEnv,
+          Buffer.alloc(0),
+          job.compileLimits,
+          signal,
+          budget,
+          seccomp,
+          live && { job: live, stdin: false },
+          served?.pid,
+        );
+      } finally {
+        await served?.finish();
+      }
+      if (served && serverFailed(compile)) {
+        compile = { ...compile, status: 'sandbox_error', message: SERVER_ENDED };
+      }
       if (compile.status === 'runtime_error') compile = { ...compile, status: 'compile_error' };
       live?.stageEnd('compile', compile.status);
-      if (compile.status !== 'ok') return { status: compile.status, compile, run: null };
+      if (compile.status !== 'ok')
+        return { status: compile.status, compile, run: null, ...servedFlag };
       if (job.keepArtefact === true && keep !== undefined) {
         const artefact = await collectArtefact(workDir).catch((err: unknown) => ({
           refused: messageOf(err),
@@ -439,7 +496,7 @@ export class Executor {
         live && { job: live, stdin: true },
       );
       live?.stageEnd('run', run.status);
-      return { status: run.status, compile, run };
+      return { status: run.status, compile, run, ...servedFlag };
     }
     // Compiled once; each case runs in a fresh copy of the compiled work dir with its own
     // stdin, and the copy goes after it: no case sees what another wrote.
@@ -468,7 +525,7 @@ export class Executor {
       if (result.status === 'sandbox_error') break;
     }
     const bad = cases.find((c) => c.status !== 'ok');
-    return { status: bad?.status ?? 'ok', compile, run: null, cases };
+    return { status: bad?.status ?? 'ok', compile, run: null, cases, ...servedFlag };
   }
 
   /** The environment of a stage: the fixed variables, then `extra`, reserved ones reasserted. */
@@ -491,6 +548,7 @@ export class Executor {
     outputBudget?: OutputBudget,
     seccomp: SeccompFamily = DEFAULT_SECCOMP_FAMILY,
     live?: { job: LiveJob; stdin: boolean },
+    join?: number,
   ): Promise<StageResult> {
     const result = await runStage(
       this.sandbox,
@@ -504,6 +562,7 @@ export class Executor {
         ...(outputBudget ? { outputBudget } : {}),
         seccomp,
         ...(live && { live }),
+        ...(join !== undefined && { join }),
       },
       this.options.timings ?? DEFAULT_STAGE_TIMINGS,
     );
@@ -581,6 +640,15 @@ async function ensureSandboxDir(dir: string, owner: FileOwner | null): Promise<v
   await mkdir(dir, { recursive: true, mode: 0o700 });
   await chmod(dir, 0o700);
   if (owner) await chown(dir, owner.uid, owner.gid);
+}
+
+/** What runner-exec --connect says when the compile server ended without an exit status. */
+const SERVER_ENDED = 'the compile server ended without an exit status';
+
+/** A served compile whose server died with no answer (not killed at a limit): the sandbox's. */
+function serverFailed(compile: StageResult): boolean {
+  if (compile.exitCode !== 125 || compile.status !== 'runtime_error') return false;
+  return Buffer.from(compile.stderr, 'base64').toString('utf8').includes(SERVER_ENDED);
 }
 
 function failed(message: string): ExecutorOutcome {

@@ -1,7 +1,7 @@
 import type { Duplex } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { AGENT_VERSION } from '../version.js';
-import { ProtocolError, RunnerError } from '../errors.js';
+import { ProtocolError, RunnerError, SandboxFailureError } from '../errors.js';
 import {
   encodeFrame,
   MAX_FRAME_BYTES,
@@ -14,6 +14,9 @@ import {
   type HostMessage,
   type ResultMessage,
   type SeedMessage,
+  type PrimeMessage,
+  type Limits,
+  type SeccompFamily,
   type StageResult,
   type CreditMessage,
   type SignalMessage,
@@ -40,6 +43,8 @@ export interface JobExecutor {
     live?: LiveJob,
     keep?: KeepArtefact,
   ): Promise<ExecutorOutcome>;
+  /** Starts a language's compile server (a `prime`); the ms it took. Absent: primes fail. */
+  prime?(language: string, limits: Limits, seccomp: SeccompFamily): Promise<number>;
 }
 
 export interface AgentServerOptions {
@@ -149,6 +154,7 @@ export class AgentServer {
           continue;
         }
         queue = queue.then(async () => {
+          if (m.type === 'prime') return this.prime(channel, m);
           if (m.type !== 'execute') return this.seed(channel, m);
           try {
             await this.execute(channel, m, abort.signal, live);
@@ -266,6 +272,29 @@ export class AgentServer {
         id: message.id,
         code: 'SANDBOX_FAILURE',
         message: `seed failed: ${messageOf(err)}`.slice(0, 4096),
+      });
+    }
+  }
+
+  private async prime(
+    channel: MessageChannel<HostMessage, AgentMessage>,
+    message: PrimeMessage,
+  ): Promise<void> {
+    const log = this.options.log ?? (() => undefined);
+    try {
+      const executor = this.options.executor;
+      if (executor.prime === undefined)
+        throw new SandboxFailureError('this agent starts no compile servers');
+      const ms = await executor.prime(message.language, message.limits, message.seccomp);
+      await this.send(channel, { type: 'primed', id: message.id, ms });
+    } catch (err) {
+      const code = err instanceof RunnerError ? err.code : 'SANDBOX_FAILURE';
+      log(`prime ${message.id}: ${code}: ${messageOf(err)}`);
+      await this.send(channel, {
+        type: 'error',
+        id: message.id,
+        code,
+        message: `prime failed: ${messageOf(err)}`.slice(0, 4096),
       });
     }
   }

@@ -57,6 +57,12 @@ export interface StageSpec {
    * `stdin` (the spec's) until the host ends it, and the host's signals reach the stage.
    */
   readonly live?: { readonly job: LiveJob; readonly stdin: boolean };
+  /**
+   * A running process (a compile server, see compile-server.ts) moved into the stage's cgroup
+   * before the stage's program starts: from then on its CPU time, new memory and end are the
+   * stage's. Needs the stage's cgroup.
+   */
+  readonly join?: number;
 }
 
 /** The stage machinery's own timings, in ms. */
@@ -72,7 +78,7 @@ export interface StageTimings {
 export const DEFAULT_STAGE_TIMINGS: StageTimings = { killGraceMs: 200, drainMs: 100, pollMs: 50 };
 
 /** The PATH of the sandbox helpers themselves (they run as root, with nothing else set). */
-const HELPER_ENV = { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' };
+export const HELPER_ENV = { PATH: '/usr/sbin:/usr/bin:/sbin:/bin' };
 
 /**
  * Waits for the go byte on fd 3 (sent once the agent has moved this shell into the stage's
@@ -231,6 +237,15 @@ export async function runStage(
     }
   } catch (err) {
     return sandboxErrorResult(`cannot create the stage cgroup: ${messageOf(err)}`);
+  }
+  if (spec.join !== undefined) {
+    try {
+      if (cgroup === null) throw new Error('the stage has no cgroup');
+      await cgroup.adopt(spec.join);
+    } catch (err) {
+      if (cgroup) await cgroup.destroy().catch(() => undefined);
+      return sandboxErrorResult(`cannot move the compile server into the stage: ${messageOf(err)}`);
+    }
   }
   const run = new StageRun(sandbox, spec, timings, cgroup);
   try {

@@ -68,6 +68,22 @@ export const LanguageDefinitionSchema = Type.Object(
     sourceFile: Type.String({ minLength: 1 }),
     compile: Type.Union([Type.Array(Type.String(), { minItems: 1 }), Type.Null()]),
     run: Type.Array(Type.String(), { minItems: 1 }),
+    /**
+     * A compile server that stands in for the compile command in a VM waiting in the pool
+     * (docs/agent.md, "Compile servers"): `command` is started by the agent when the host primes
+     * the VM (`{socket}` is the unix socket it must listen on; it prints `ready` when it does),
+     * and the compile stage then runs `runner-exec --connect`, which hands the server the
+     * working directory and the compile command's arguments after its first `replaces`.
+     */
+    compileServer: Type.Optional(
+      Type.Object(
+        {
+          command: Type.Array(Type.String({ minLength: 1 }), { minItems: 1 }),
+          replaces: Type.Integer({ minimum: 1, maximum: 8 }),
+        },
+        { additionalProperties: false },
+      ),
+    ),
     env: Type.Record(Type.String({ pattern: '^[A-Z_][A-Z0-9_]*$' }), Type.String()),
     versionCommand: Type.Array(Type.String(), { minItems: 1 }),
     /**

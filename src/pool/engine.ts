@@ -4,14 +4,19 @@ import { readFileSync } from 'node:fs';
 import { readdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { dataPaths, type DataPaths, type Settings } from '../config/index.js';
-import { ConfigInvalidError, SnapshotFailedError } from '../errors.js';
+import { ConfigInvalidError, messageOf, SnapshotFailedError } from '../errors.js';
 import {
   RemoteImageStore,
   remoteStoreConfigFromSettings,
   type RemoteStoreSettings,
 } from '../images/remote.js';
 import { ImageStore, type StoredImage } from '../images/store.js';
-import { LanguageRegistry, testProgramFile, type Language } from '../languages/index.js';
+import {
+  DEFAULT_SECCOMP_FAMILY,
+  LanguageRegistry,
+  testProgramFile,
+  type Language,
+} from '../languages/index.js';
 import {
   FirecrackerDriver,
   probeKvm,
@@ -26,7 +31,7 @@ import {
 } from '../vmm/index.js';
 import { sweepVmNets, VmNetManager } from '../net/vmnet.js';
 import { processAlive } from '../pids.js';
-import { VmPool } from './pool.js';
+import { prime, VmPool } from './pool.js';
 import { prepareJob, type JobRequest, type JobResult, type PreparedJob } from './job.js';
 import { SandboxManager } from '../sandbox/manager.js';
 import { executeOnVm, JobRunner, type RunOptions } from './runner.js';
@@ -336,11 +341,23 @@ export async function createEngine(
     vmMemoryMib: settings.vmMemoryMib,
     restoreTimeoutMs: settings.restoreTimeoutMs,
     log,
-    // Interpreted languages only: a compiled one's warm-up would compile in every VM (tsc
-    // takes ~45 s under TCG), a cost far beyond the translations it saves.
+    // Interpreted languages run their test program; a compiled one with a compile server
+    // starts it (the next compile goes to it); other compiled ones are not warmed: their
+    // warm-up would compile in every VM, a cost far beyond the translations it saves.
     ...(settings.poolWarmUp && {
       warmUp: async (vm: MicroVm, language: string) => {
         const lang = languages.get(language);
+        if (lang.definition.compileServer !== undefined) {
+          // A server that cannot start (its snapshot refused on another CPU model, say) leaves
+          // the VM as good as an unprimed one: its compiles run the compile command itself.
+          try {
+            await primeCompileServer(vm, lang, languages, PRIME_TIMEOUT_MS);
+            return true;
+          } catch (err) {
+            log?.(`pool: the compile server of a ${language} VM did not start: ${messageOf(err)}`);
+            return false;
+          }
+        }
         if (lang.definition.compile !== null) return false;
         await warmUp(vm, lang, languages);
         return true;
@@ -411,6 +428,27 @@ export async function createEngine(
       await pool.close();
     },
   };
+}
+
+/** How long a compile server may take to listen (tsc's: about 10 s under TCG). */
+const PRIME_TIMEOUT_MS = 180_000;
+
+/**
+ * Starts a language's compile server in a VM waiting in the pool, under the compile limits and
+ * seccomp family its jobs get by default (those of its test program's job).
+ */
+async function primeCompileServer(
+  vm: MicroVm,
+  language: Language,
+  languages: LanguageRegistry,
+  timeoutMs: number,
+): Promise<void> {
+  const { message } = prepareJob(
+    { language: language.definition.name, files: [testProgramFile(language)] },
+    languages,
+  );
+  const seccomp = message.seccomp ?? DEFAULT_SECCOMP_FAMILY;
+  await prime(vm, message.language, message.compileLimits, seccomp, timeoutMs);
 }
 
 /**

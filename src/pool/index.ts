@@ -36,7 +36,7 @@ export {
   type RunnerLog,
   type RunOptions,
 } from './runner.js';
-export { reseed, VmPool, type Lease, type PoolOptions, type PoolStats } from './pool.js';
+export { prime, reseed, VmPool, type Lease, type PoolOptions, type PoolStats } from './pool.js';
 export {
   latestBase,
   readSnapshotMeta,

@@ -79,6 +79,11 @@ export const JobTimingsSchema = Type.Object({
    * ran a kept compile instead of compiling (its compile stage is that compile's result).
    */
   compileCached: Type.Optional(Type.Boolean()),
+  /**
+   * Present when the job compiled: true when its compile went to the language's compile server,
+   * started in the VM while it waited in the pool (docs/agent.md, "Compile servers").
+   */
+  compileServed: Type.Optional(Type.Boolean()),
 });
 export type JobTimings = Static<typeof JobTimingsSchema>;
 

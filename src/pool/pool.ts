@@ -7,6 +7,7 @@ import {
   PoolStateError,
   SandboxFailureError,
 } from '../errors.js';
+import type { Limits, SeccompFamily } from '../protocol/index.js';
 import type { VmNet, VmNetManager } from '../net/vmnet.js';
 import type { MicroVm, VmmDriver, VmResources } from '../vmm/index.js';
 import type { SnapshotManager } from './snapshots.js';
@@ -530,6 +531,31 @@ function withNetwork(vm: MicroVm, net: VmNet): MicroVm {
 
 function messageOf(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
+}
+
+/**
+ * Starts a language's compile server in a VM (a `prime`, docs/agent.md, "Compile servers") and
+ * waits until it listens: the next job's compile goes to it when its compile limits are
+ * `limits`. Throws SANDBOX_FAILURE with the agent's reason when it does not start.
+ */
+export async function prime(
+  vm: MicroVm,
+  language: string,
+  limits: Limits,
+  seccomp: SeccompFamily,
+  timeoutMs: number,
+): Promise<number> {
+  const channel = vm.agent();
+  const id = `prime-${randomBytes(4).toString('hex')}`;
+  await channel.send({ type: 'prime', id, language, limits, seccomp });
+  for (;;) {
+    const reply = await channel.next(timeoutMs);
+    if (reply.type === 'hello') continue;
+    if (reply.type === 'primed' && reply.id === id) return reply.ms;
+    throw new SandboxFailureError(
+      `agent answered prime with ${reply.type}${reply.type === 'error' ? `: ${reply.message}` : ''}`,
+    );
+  }
 }
 
 /**

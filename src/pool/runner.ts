@@ -178,6 +178,7 @@ export class JobRunner {
         hostOverheadMs: ms(Math.max(0, done - started - (answered - acquired))),
         poolHit: lease.hit,
         ...(plan !== null && { compileCached: plan.hit && result.compile !== null }),
+        ...(result.compile !== null && { compileServed: result.compileServed === true }),
       },
     };
   }

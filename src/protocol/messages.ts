@@ -315,10 +315,29 @@ export const SeedMessageSchema = Type.Object(
 );
 export type SeedMessage = Static<typeof SeedMessageSchema>;
 
+/**
+ * Sent to a restored VM waiting in the pool, for a language with a compile server (its
+ * definition's `compileServer`): the agent starts that server under `limits` (the compile limits
+ * a job of the language gets by default) and `seccomp`, and answers `primed` once it listens. The
+ * next job's compile goes to it when its compile limits are these; any other job first ends it.
+ */
+export const PrimeMessageSchema = Type.Object(
+  {
+    type: Type.Literal('prime'),
+    id: Id,
+    language: Type.String({ minLength: 1, maxLength: 64 }),
+    limits: LimitsSchema,
+    seccomp: SeccompFamilySchema,
+  },
+  closed,
+);
+export type PrimeMessage = Static<typeof PrimeMessageSchema>;
+
 export const HostMessageSchema = Type.Union([
   ExecuteMessageSchema,
   PingMessageSchema,
   SeedMessageSchema,
+  PrimeMessageSchema,
   StdinMessageSchema,
   StdinEndMessageSchema,
   SignalMessageSchema,
@@ -353,6 +372,8 @@ export const ResultMessageSchema = Type.Object(
     agentMs: Type.Optional(Type.Number({ minimum: 0 })),
     /** One run stage per test case, in order (only when the execute message had `cases`). */
     cases: Type.Optional(Type.Array(StageResultSchema, { maxItems: MAX_JOB_CASES })),
+    /** True when the compile stage went to the language's compile server (see `prime`). */
+    compileServed: Type.Optional(Type.Boolean()),
   },
   closed,
 );
@@ -422,11 +443,19 @@ export const ErrorMessageSchema = Type.Object(
 );
 export type ErrorMessage = Static<typeof ErrorMessageSchema>;
 
+/** The compile server of a `prime` listens; `ms`: from the prime to that, in the agent. */
+export const PrimedMessageSchema = Type.Object(
+  { type: Type.Literal('primed'), id: Id, ms: Type.Number({ minimum: 0 }) },
+  closed,
+);
+export type PrimedMessage = Static<typeof PrimedMessageSchema>;
+
 export const AgentMessageSchema = Type.Union([
   HelloMessageSchema,
   ResultMessageSchema,
   PongMessageSchema,
   SeededMessageSchema,
+  PrimedMessageSchema,
   ErrorMessageSchema,
   StageMessageSchema,
   OutputMessageSchema,

@@ -47,6 +47,7 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -404,8 +405,99 @@ static void install_seccomp(const struct family *family) {
   if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog, 0, 0) != 0) die("seccomp", family->name);
 }
 
+
+/* ---- the compile server's client (--connect) ---- */
+
+extern char **environ;
+
+enum { FRAME_STDOUT = 1, FRAME_STDERR = 2, FRAME_STATUS = 3, FRAME_DECLINE = 4 };
+
+static int write_all(int fd, const char *buf, size_t len) {
+  while (len > 0) {
+    ssize_t n = write(fd, buf, len);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return -1;
+    buf += n;
+    len -= (size_t)n;
+  }
+  return 0;
+}
+
+/* Reads exactly len bytes; 0 at a clean end of file before the first byte, -1 otherwise. */
+static int read_exact(int fd, unsigned char *buf, size_t len) {
+  size_t got = 0;
+  while (got < len) {
+    ssize_t n = read(fd, buf + got, len - got);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return got == 0 && n == 0 ? 0 : -1;
+    got += (size_t)n;
+  }
+  return 1;
+}
+
+/*
+ * The request: the working directory, then each argument after the first `skip`, each ended by
+ * a NUL byte; then end of file. The answer: frames of a kind byte and a 4-byte big-endian
+ * length, then that many bytes: stdout, stderr, the exit status (one byte), or a decline.
+ */
+static int connect_server(const char *socket_path, const char *skip_text, char **argv) {
+  unsigned long long skip;
+  if (parse_u64(skip_text, &skip) || skip > 64) usage("--skip wants a number up to 64");
+  int argc = 0;
+  while (argv[argc]) argc++;
+  if (argc == 0 || (unsigned long long)argc < skip) usage("no program after --");
+  struct sockaddr_un addr = {.sun_family = AF_UNIX};
+  if (strlen(socket_path) >= sizeof addr.sun_path) usage("the socket path is too long");
+  strcpy(addr.sun_path, socket_path);
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0 || connect(fd, (struct sockaddr *)&addr, sizeof addr) != 0) {
+    if (fd >= 0) close(fd);
+    exec_program(argv, environ);
+  }
+  static char cwd[4096];
+  if (!getcwd(cwd, sizeof cwd)) die("getcwd", NULL);
+  int failed = write_all(fd, cwd, strlen(cwd) + 1);
+  for (int k = (int)skip; k < argc && !failed; k++)
+    failed = write_all(fd, argv[k], strlen(argv[k]) + 1);
+  if (failed || shutdown(fd, SHUT_WR) != 0) {
+    fprintf(stderr, "runner-exec: cannot send the command to the compile server: %s\n",
+            strerror(errno));
+    return FAIL;
+  }
+  static unsigned char buf[65536];
+  for (;;) {
+    unsigned char head[5];
+    int r = read_exact(fd, head, sizeof head);
+    if (r <= 0) break;
+    size_t len = ((size_t)head[1] << 24) | ((size_t)head[2] << 16) | ((size_t)head[3] << 8) | head[4];
+    if (head[0] == FRAME_DECLINE) {
+      close(fd);
+      exec_program(argv, environ);
+    }
+    if (head[0] == FRAME_STATUS) {
+      if (len != 1 || read_exact(fd, buf, 1) != 1) break;
+      return buf[0];
+    }
+    int out = head[0] == FRAME_STDOUT ? 1 : head[0] == FRAME_STDERR ? 2 : -1;
+    if (out < 0) break;
+    while (len > 0) {
+      size_t part = len < sizeof buf ? len : sizeof buf;
+      if (read_exact(fd, buf, part) != 1) goto ended;
+      /* A closed stdout (the stage is ending) must not stop the status from being read. */
+      (void)write_all(out, (const char *)buf, part);
+      len -= part;
+    }
+  }
+ended:
+  fprintf(stderr, "runner-exec: the compile server ended without an exit status\n");
+  return FAIL;
+}
+
 int main(int argc, char **argv) {
   if (argc == 3 && strcmp(argv[1], "--reseed") == 0) return reseed(argv[2]);
+  if (argc >= 7 && strcmp(argv[1], "--connect") == 0 && strcmp(argv[3], "--skip") == 0 &&
+      strcmp(argv[5], "--") == 0)
+    return connect_server(argv[2], argv[4], argv + 6);
   const char *cgroup = NULL;
   const struct family *seccomp = NULL;
   unsigned long long uid = 0, gid = 0;
