@@ -3,7 +3,7 @@
 // runs both ways in one folder, filled afresh each time, and stdout, stderr, the exit status and
 // every file left in the folder must be the same. tsc-fast runs here as the layer has it, but for
 // its three paths (this host's node, the test's snapshot and TypeScript).
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import {
   cpSync,
   mkdirSync,
@@ -17,6 +17,7 @@ import {
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { buildExecHelper } from '../../../src/images/exec-helper.js';
 
 const ROOT = resolve(import.meta.dirname, '../../..');
 const LANGUAGE_DIR = join(ROOT, 'languages/typescript');
@@ -72,6 +73,32 @@ function wrapperWith(name: string, paths: { node: string; blob: string; tsc: str
   return file;
 }
 
+/** The guest's runner-exec, built here: its --connect mode is the compile server's client. */
+let execHelper: string;
+
+/**
+ * Starts the compile server from the snapshot as the agent does (`--runner-serve SOCKET`) and
+ * resolves once it prints `ready`.
+ */
+function startServer(socket: string): Promise<void> {
+  const child = spawn(
+    process.execPath,
+    ['--snapshot-blob', blob, 'tsc', '--runner-serve', socket],
+    {
+      cwd: work,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    },
+  );
+  return new Promise((resolve, reject) => {
+    let err = '';
+    child.stderr.on('data', (c: Buffer) => (err += c.toString()));
+    child.stdout.on('data', (c: Buffer) => {
+      if (c.toString().includes('ready')) resolve();
+    });
+    child.once('exit', (code) => reject(new Error(`the server exited ${code}: ${err}`)));
+  });
+}
+
 let caseNo = 0;
 /**
  * Runs `args` through tsc and then through the warm snapshot, each time in the same folder
@@ -100,11 +127,39 @@ function both(
   return { cold, warm };
 }
 
+/** Runs `args` through tsc, then through a compile server and its client, as the guest does. */
+async function served(
+  files: Record<string, string>,
+  args: string[],
+): Promise<{ cold: Outcome; served: Outcome }> {
+  caseNo += 1;
+  const dir = join(work, `case${caseNo}`);
+  const fill = (): void => {
+    rmSync(dir, { recursive: true, force: true });
+    mkdirSync(dir, { recursive: true });
+    for (const [name, text] of Object.entries(files)) {
+      mkdirSync(join(dir, name, '..'), { recursive: true });
+      writeFileSync(join(dir, name), text);
+    }
+  };
+  fill();
+  const cold = run([join(typescript, 'bin/tsc'), ...args], dir);
+  fill();
+  const socket = join(work, `server${caseNo}.sock`);
+  await startServer(socket);
+  const out = runFile(
+    execHelper,
+    ['--connect', socket, '--skip', '2', '--', 'sh', fast, ...args],
+    dir,
+  );
+  return { cold, served: out };
+}
+
 const GOOD =
   "const os = require('os');\nimport { existsSync } from 'node:fs';\nconst s: string = 'ok';\nif (existsSync('/')) console.log(s, typeof os.cpus);\n";
 
 describe('the warm tsc of the typescript layer', () => {
-  beforeAll(() => {
+  beforeAll(async () => {
     work = mkdtempSync(join(tmpdir(), 'runner-tsc-warm-'));
     // A copy of the guest's TypeScript, so that one case can change a default library after the
     // snapshot was made.
@@ -157,6 +212,7 @@ describe('the warm tsc of the typescript layer', () => {
     expect(refused.status, refused.stderr).toBe(0);
     const tsc = join(typescript, 'bin/tsc');
     fast = wrapperWith('tsc-fast', { node: process.execPath, blob, tsc });
+    execHelper = await buildExecHelper(join(work, 'runner-exec'));
     fastRefused = wrapperWith('tsc-fast-refused', {
       node: process.execPath,
       blob: refusedBlob,
@@ -231,6 +287,38 @@ describe('the warm tsc of the typescript layer', () => {
       expect(warm).toEqual(cold);
     }, 60_000);
   }
+
+  for (const [name, files, args] of cases) {
+    it(`the compile server gives what tsc gives: ${name}`, async () => {
+      const { cold, served: out } = await served(files, args(flags));
+      expect(out).toEqual(cold);
+    }, 60_000);
+  }
+
+  it('the compile server answers on its socket (not by the fallback), then exits', async () => {
+    const socket = join(work, 'direct.sock');
+    await startServer(socket);
+    // Straight to the socket: the fallback command cannot run, so only the server can answer.
+    const dir = join(work, 'direct');
+    mkdirSync(dir);
+    writeFileSync(join(dir, 'main.ts'), 'const x: number = "a";\n');
+    const out = runFile(
+      execHelper,
+      ['--connect', socket, '--skip', '1', '--', '/nonexistent', ...flags, 'main.ts'],
+      dir,
+    );
+    expect(out.status).toBe(2);
+    expect(out.stdout).toContain("main.ts(1,7): error TS2322: Type 'string' is not assignable");
+    expect(out.files['main.js']).toContain('const x = "a";');
+    // One compile per server: the socket is closed once it has answered.
+    const again = runFile(
+      execHelper,
+      ['--connect', socket, '--skip', '1', '--', '/nonexistent', ...flags, 'main.ts'],
+      dir,
+    );
+    expect(again.status).toBe(127);
+    expect(again.stderr).toContain('cannot execute /nonexistent');
+  }, 60_000);
 
   it('a compile that succeeds leaves the JavaScript, and a type error gives exit 2', () => {
     // Node.js starts from this snapshot (so the cases above ran the warm path, not the fallback).
