@@ -37,8 +37,17 @@ export interface PoolOptions {
    * A VM that fails it is destroyed. Resolves whether it ran (a language may have none).
    */
   readonly warmUp?: (vm: MicroVm, language: string) => Promise<boolean>;
-  /** The most jobs running at once for which a warm-up still runs (default: the host's cores). */
+  /**
+   * A warm-up runs only while fewer jobs than this run (default: half the host's cores, at
+   * least 1: on 2 cores, only while none runs). A tsc compile server's start (~15 s of CPU
+   * under TCG) beside a job made that job's run stage 3x slower.
+   */
   readonly warmUpBelowBusy?: number;
+  /**
+   * How long a restored VM waits for that moment before it is made ready unwarmed (default
+   * 120 s; it never waits while a job waits for pool capacity).
+   */
+  readonly warmUpWaitMs?: number;
 }
 
 /** A VM handed out for one job. It is destroyed on release: one job per VM. */
@@ -462,7 +471,7 @@ export class VmPool {
     slot.vm = made.vm;
     slot.restoreMs = made.restoreMs;
     slot.images = made.images;
-    if (!this.closed && this.options.warmUp !== undefined && this.warmUpAllowed()) {
+    if (!this.closed && this.options.warmUp !== undefined && (await this.warmUpWhenQuiet())) {
       try {
         if (await this.options.warmUp(made.vm, slot.language)) this.counters.warmUps++;
       } catch (err) {
@@ -481,12 +490,28 @@ export class VmPool {
     void made.vm.exited.then(() => this.dropDead(slot));
   }
 
-  /** A warm-up runs only while jobs are not waiting and fewer run than the host has cores. */
+  /** A warm-up runs only while jobs are not waiting and fewer run than warmUpBelowBusy. */
   private warmUpAllowed(): boolean {
     if (this.waiters.length > 0) return false;
     let busy = 0;
     for (const s of this.slots) if (s.state === 'leased') busy++;
-    return busy < (this.options.warmUpBelowBusy ?? availableParallelism());
+    const below =
+      this.options.warmUpBelowBusy ?? Math.max(1, Math.floor(availableParallelism() / 2));
+    return busy < below;
+  }
+
+  /**
+   * Waits for a moment a warm-up may run (warmUpAllowed), up to warmUpWaitMs; false when there
+   * is none: the pool closed, a job waits for capacity, or the host stayed busy.
+   */
+  private async warmUpWhenQuiet(): Promise<boolean> {
+    const deadline = Date.now() + (this.options.warmUpWaitMs ?? 120_000);
+    for (;;) {
+      if (this.closed || this.waiters.length > 0) return false;
+      if (this.warmUpAllowed()) return true;
+      if (Date.now() >= deadline) return false;
+      await new Promise((r) => setTimeout(r, 50));
+    }
   }
 
   private dropDead(slot: PoolSlot): void {

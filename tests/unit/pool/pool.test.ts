@@ -268,11 +268,34 @@ describe('VmPool warm-up (PoolOptions.warmUp)', () => {
     await p.close();
   });
 
-  it('skips the warm-up while as many jobs run as it allows', async () => {
+  it('waits while as many jobs run as it allows, then warms once they end', async () => {
     let warmUps = 0;
     const p = pool(fakeDriver(), {
       maxVms: 3,
       warmUpBelowBusy: 1,
+      warmUp: () => {
+        warmUps++;
+        return Promise.resolve(true);
+      },
+    });
+    const busy = await p.acquire('ruby');
+    const warming = p.warm('python');
+    await new Promise((r) => setTimeout(r, 200));
+    expect(p.stats().ready.python ?? 0).toBe(0);
+    expect(warmUps).toBe(0);
+    await p.release(busy);
+    await warming;
+    expect(p.stats().ready.python).toBe(1);
+    expect(warmUps).toBe(1);
+    await p.close();
+  });
+
+  it('skips the warm-up when the jobs do not end in time', async () => {
+    let warmUps = 0;
+    const p = pool(fakeDriver(), {
+      maxVms: 3,
+      warmUpBelowBusy: 1,
+      warmUpWaitMs: 100,
       warmUp: () => {
         warmUps++;
         return Promise.resolve(true);
