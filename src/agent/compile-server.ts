@@ -1,4 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
+import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { isDeepStrictEqual } from 'node:util';
 import { SandboxFailureError, messageOf } from '../errors.js';
@@ -24,7 +25,10 @@ interface Primed {
   readonly limits: Limits;
   readonly seccomp: SeccompFamily;
   readonly replaces: number;
-  readonly dir: string;
+  /** The next job's work dir: the server's cwd, HOME and TMPDIR, as a compile stage's. */
+  readonly workDir: string;
+  /** The folder of its socket (not the work dir: the job's files and program must not see it). */
+  readonly socketDir: string;
   readonly socket: string;
   readonly child: ChildProcess;
   readonly exited: Promise<void>;
@@ -36,13 +40,18 @@ export interface ServedCompile {
   /** The compile stage's argv: runner-exec --connect, then the command it stands in for. */
   readonly argv: string[];
   readonly pid: number;
-  /** After the stage (whose cgroup kill ended the server): its folder and cgroup go. */
+  /**
+   * The job's work dir, made when the server was started (empty: its files are not written
+   * yet); the job removes it with its other dirs.
+   */
+  readonly workDir: string;
+  /** After the stage (whose cgroup kill ended the server): its socket and cgroup go. Once. */
   finish(): Promise<void>;
 }
 
 export interface CompileServersOptions {
   readonly sandbox: StageSandbox;
-  /** Where the server's folder (its cwd, HOME, TMPDIR and socket) is made: the work root. */
+  /** Where the server's folders (the next job's work dir, its socket's) are made: the work root. */
   readonly workRoot: string;
   readonly log?: (line: string) => void;
 }
@@ -85,10 +94,12 @@ export class CompileServers {
       processes: limits.processes,
     });
     let dir: string | null = null;
+    let socketDir: string | null = null;
     let child: ChildProcess | null = null;
     try {
       dir = await createWorkDir(this.options.workRoot, sandbox.runAs);
-      const socket = join(dir, SOCKET_NAME);
+      socketDir = await createWorkDir(this.options.workRoot, sandbox.runAs);
+      const socket = join(socketDir, SOCKET_NAME);
       const argv = buildStageArgv(
         sandbox,
         {
@@ -115,7 +126,8 @@ export class CompileServers {
         limits,
         seccomp,
         replaces: server.replaces,
-        dir,
+        workDir: dir,
+        socketDir,
         socket,
         child: proc,
         exited,
@@ -127,7 +139,8 @@ export class CompileServers {
     } catch (err) {
       await cgroup.destroy().catch(() => undefined);
       child?.kill('SIGKILL');
-      if (dir !== null) await removeWorkDir(dir).catch(() => undefined);
+      for (const d of [dir, socketDir])
+        if (d !== null) await removeWorkDir(d).catch(() => undefined);
       throw new SandboxFailureError(
         `the compile server of ${def.name} did not start: ${messageOf(err)}`,
         { cause: err },
@@ -138,7 +151,7 @@ export class CompileServers {
   /**
    * The server for this compile (`compileArgv` expanded from the language's compile command),
    * or null: none runs, or it is another language's, or the job's compile limits or seccomp
-   * family are not the ones it started under; then it is ended.
+   * family are not the ones it started under, or its work dir is not empty; then it is ended.
    */
   async take(
     language: string,
@@ -155,13 +168,15 @@ export class CompileServers {
       primed.child.exitCode !== null ||
       primed.child.signalCode !== null ||
       primed.child.pid === undefined ||
-      compileArgv.length < primed.replaces
+      compileArgv.length < primed.replaces ||
+      (await readdir(primed.workDir).catch(() => ['?'])).length > 0
     ) {
       await this.stop();
       return null;
     }
     this.current = null;
     const helper = this.options.sandbox.helper as string;
+    let finished: Promise<void> | null = null;
     return {
       argv: [
         helper,
@@ -173,7 +188,8 @@ export class CompileServers {
         ...compileArgv,
       ],
       pid: primed.child.pid,
-      finish: () => end(primed),
+      workDir: primed.workDir,
+      finish: () => (finished ??= end(primed, false)),
     };
   }
 
@@ -185,13 +201,17 @@ export class CompileServers {
   }
 }
 
-/** Kills a server (a no-op once its stage's cgroup killed it), removes its cgroup and folder. */
-async function end(primed: Primed): Promise<void> {
+/**
+ * Kills a server (a no-op once its stage's cgroup killed it), removes its cgroup, its socket's
+ * folder and, unless a job took it, its work dir.
+ */
+async function end(primed: Primed, removeWorkDirToo = true): Promise<void> {
   await primed.cgroup.kill();
   primed.child.kill('SIGKILL');
   await Promise.race([primed.exited, new Promise((r) => setTimeout(r, 2000))]);
   await primed.cgroup.destroy().catch(() => undefined);
-  await removeWorkDir(primed.dir).catch(() => undefined);
+  await removeWorkDir(primed.socketDir).catch(() => undefined);
+  if (removeWorkDirToo) await removeWorkDir(primed.workDir).catch(() => undefined);
 }
 
 /** Resolves when the server prints `ready`; rejects when it exits first or takes too long. */

@@ -415,15 +415,51 @@ export class Executor {
     const names = job.files.map((f) => f.name);
     const compileArgv = def.compile ? expandCommand(def.compile, names, def.extension) : null;
     const runArgv = [...expandCommand(def.run, names, def.extension), ...job.args];
-    const budget: OutputBudget = { remainingBytes: MAX_RESULT_OUTPUT_BYTES };
     // The host's word (it sets it from the same definition), else this agent's definition.
     const seccomp = job.seccomp ?? def.seccomp ?? DEFAULT_SECCOMP_FAMILY;
-    // A compile server a prime started is for this job's compile; any other job ends it first.
-    if (compileArgv === null || job.artefact !== undefined) await this.servers.stop();
+    // A compile server a prime started is for this job's compile, in the work dir it was
+    // started in; any other job ends it first.
+    const served =
+      compileArgv === null || job.artefact !== undefined
+        ? await this.servers.stop().then(() => null)
+        : await this.servers.take(def.name, job.compileLimits, seccomp, compileArgv);
+    try {
+      return await this.compileAndRun(
+        job,
+        def,
+        compileArgv,
+        runArgv,
+        seccomp,
+        served,
+        signal,
+        dirs,
+        live,
+        keep,
+      );
+    } finally {
+      // Before the run stage when it compiled; here when the job ended before its compile.
+      await served?.finish();
+    }
+  }
 
+  /** The stages of a job (see executeAlone), with the compile server it took, if any. */
+  private async compileAndRun(
+    job: ExecutorJob,
+    def: Language['definition'],
+    compileArgv: string[] | null,
+    runArgv: string[],
+    seccomp: SeccompFamily,
+    served: ServedCompile | null,
+    signal: AbortSignal | undefined,
+    dirs: string[],
+    live?: LiveJob,
+    keep?: KeepArtefact,
+  ): Promise<ExecutorOutcome> {
+    const budget: OutputBudget = { remainingBytes: MAX_RESULT_OUTPUT_BYTES };
+    const servedFlag = served !== null ? { compileServed: true as const } : {};
     let workDir: string;
     try {
-      workDir = await createWorkDir(this.options.workRoot, this.options.runAs);
+      workDir = served?.workDir ?? (await createWorkDir(this.options.workRoot, this.options.runAs));
       dirs.push(workDir);
     } catch (err) {
       return failed(`cannot create the work dir: ${messageOf(err)}`);
@@ -441,15 +477,11 @@ export class Executor {
     const baseEnv = { ...def.env };
     const runEnv = { ...baseEnv, ...job.env };
     let compile: StageResult | null = null;
-    let served: ServedCompile | null = null;
-    let servedFlag: { compileServed?: true } = {};
     if (cached !== undefined) {
       compile = cached.compile;
       live?.stageStart('compile');
       live?.stageEnd('compile', compile.status);
     } else if (compileArgv) {
-      served = await this.servers.take(def.name, job.compileLimits, seccomp, compileArgv);
-      if (served !== null) servedFlag = { compileServed: true };
       live?.stageStart('compile');
       try {
         compile = await this.stage(

@@ -20,6 +20,16 @@
  *      and the same text on the status fd (close-on-exec: the agent reads nothing there when the
  *      program started, so a program's own exit 125 is never taken for the sandbox's failure).
  *
+ *   runner-exec --connect SOCKET --skip N -- PROGRAM [ARG]...
+ *
+ * the client of a compile server (docs/agent.md, "Compile servers"), run as the program of a
+ * compile stage: sends the working directory and the arguments after the first N to the server
+ * on the unix socket SOCKET, copies what it answers to stdout and stderr, and exits with the
+ * status it gives. When the server cannot be reached or declines the command line, it execs
+ * PROGRAM ARG... itself (the command the server stands in for); so it does when the server ends
+ * before it answered anything (a compile that ended the server's process, say). A server that
+ * ends after some output but without a status: exit 125 and a line on stderr.
+ *
  *   runner-exec --reseed UNIX_TIME_MS   (entropy bytes on stdin)
  *
  * credits the bytes to the kernel's pool (RNDADDENTROPY), forces the CRNG to reseed
@@ -465,10 +475,16 @@ static int connect_server(const char *socket_path, const char *skip_text, char *
     return FAIL;
   }
   static unsigned char buf[65536];
+  int answered = 0;
   for (;;) {
     unsigned char head[5];
     int r = read_exact(fd, head, sizeof head);
+    if (r == 0 && !answered) {
+      close(fd);
+      exec_program(argv, environ);
+    }
     if (r <= 0) break;
+    answered = 1;
     size_t len = ((size_t)head[1] << 24) | ((size_t)head[2] << 16) | ((size_t)head[3] << 8) | head[4];
     if (head[0] == FRAME_DECLINE) {
       close(fd);

@@ -38,6 +38,7 @@ const server = net.createServer({ allowHalfOpen: true }, (s) => {
     const [cwd, ...args] = fields;
     if (mode === 'decline') return s.end(frame(4, Buffer.alloc(0)), () => process.exit(0));
     if (mode === 'die') process.exit(9);
+    if (mode === 'partial') return s.write(frame(1, Buffer.from('half')), () => process.exit(9));
     const until = Date.now() + 400;
     while (Date.now() < until); // CPU the stage must count
     fs.writeFileSync(cwd + '/out.txt', 'served ' + process.pid + '\\n');
@@ -48,6 +49,7 @@ const server = net.createServer({ allowHalfOpen: true }, (s) => {
     );
   });
 });
+if (mode === 'litter') fs.writeFileSync('left-behind', 'x');
 server.listen(socket, () => process.stdout.write('ready\\n'));
 `;
 
@@ -95,6 +97,8 @@ beforeAll(async () => {
     fake('fk-fail', 'fail'),
     fake('fk-decline', 'decline'),
     fake('fk-die', 'die'),
+    fake('fk-partial', 'partial'),
+    fake('fk-litter', 'litter'),
     registry.get('bash'),
   ]);
   await chmod(join(dir), 0o755);
@@ -160,12 +164,32 @@ describe('compile servers', () => {
     expect(text(out.run?.stdout ?? '')).toBe('cold\n');
   });
 
-  it('a server that ends without a status is a sandbox error, not a compile error', async (ctx) => {
+  it('a server that ends before it answers: the compile command runs itself', async (ctx) => {
     if (skipReason) return ctx.skip(skipReason);
     await executor.prime('fk-die', COMPILE_LIMITS, SECCOMP);
     const out = await executor.execute(source('fk-die'));
+    expect(out.status).toBe('ok');
+    expect(text(out.run?.stdout ?? '')).toBe('cold\n');
+  });
+
+  it('a server that ends half way through its answer is a sandbox error, not a compile error', async (ctx) => {
+    if (skipReason) return ctx.skip(skipReason);
+    await executor.prime('fk-partial', COMPILE_LIMITS, SECCOMP);
+    const out = await executor.execute(source('fk-partial'));
     expect(out.status).toBe('sandbox_error');
     expect(out.compile?.message).toMatch(/compile server ended/);
+  });
+
+  it("the job's work dir is the server's cwd, and a server that left a file there is not used", async (ctx) => {
+    if (skipReason) return ctx.skip(skipReason);
+    await executor.prime('fk-litter', COMPILE_LIMITS, SECCOMP);
+    const out = await executor.execute({
+      ...source('fk-litter'),
+      runLimits: { ...COMPILE_LIMITS },
+    });
+    expect(out.compileServed).toBeUndefined();
+    expect(text(out.run?.stdout ?? '')).toBe('cold\n');
+    expect(await listProcessesOfUid(uid)).toEqual([]);
   });
 
   it('other compile limits, or another language, end the server before anything runs', async (ctx) => {
