@@ -47,7 +47,7 @@ class PortBridge {
             () => true,
             () => false,
           ),
-        { timeout: 5000 },
+        { timeout: 20_000 },
       )
       .toBe(true);
   }
@@ -104,7 +104,7 @@ describe.skipIf(!hasSocat)('serial transport (a pty standing in for virtio-seria
       // Generous for a host loaded by image builds beside this test (a CI run's first group).
       expect(await ch.next(20_000)).toMatchObject({ type: 'hello', vmId: 'vm-serial' });
       await ch.send({ type: 'ping', id: pingId });
-      expect(await ch.next(5000)).toEqual({ type: 'pong', id: pingId });
+      expect(await ch.next(20_000)).toEqual({ type: 'pong', id: pingId });
     } finally {
       ch.close();
       await bridge.stopped();
