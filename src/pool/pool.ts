@@ -39,8 +39,8 @@ export interface PoolOptions {
   readonly warmUp?: (vm: MicroVm, language: string) => Promise<boolean>;
   /**
    * A warm-up runs only while fewer jobs than this run (default: half the host's cores, at
-   * least 1: on 2 cores, only while none runs). A tsc compile server's start (~15 s of CPU
-   * under TCG) beside a job made that job's run stage 3x slower.
+   * least 1: on 2 cores, only while none runs): a compile server's start is 15–25 s of a core
+   * under TCG, which a running job would share.
    */
   readonly warmUpBelowBusy?: number;
   /**
