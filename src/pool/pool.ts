@@ -32,8 +32,9 @@ export interface PoolOptions {
   readonly onRestore?: (language: string, ms: number) => void;
   /**
    * Runs in a VM restored for the pool before it is marked ready (the language's own test
-   * program), so that QEMU's translation cache, empty after every restore, is warm for the
-   * job: off the job's path, and skipped while the host is saturated (see warmUpAllowed).
+   * program, or the prime of its compile server), so that QEMU's translation cache, empty
+   * after every restore, is warm for the job: off the job's path, waiting for a quiet moment
+   * and skipped while jobs wait (see warmUpWhenQuiet).
    * A VM that fails it is destroyed. Resolves whether it ran (a language may have none).
    */
   readonly warmUp?: (vm: MicroVm, language: string) => Promise<boolean>;
