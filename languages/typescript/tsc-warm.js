@@ -266,7 +266,21 @@ function serve(socketPath) {
   server.listen(socketPath, () => process.stdout.write('ready\n'));
 }
 
+/**
+ * V8's interpreter alone, set when a compile starts (not on the command line: Node.js refuses a
+ * startup snapshot made under other V8 flags). Under TCG every optimised function is compiled
+ * by emulated code and its code then translated by QEMU, and the translations of freed JIT code
+ * are dropped again when the guest reuses those pages: in a VM, a served compile of the test
+ * program took 2.8–3.0 s with V8's JIT tiers and 1.3–1.6 s without, and `node main.js` right
+ * after the server ended 0.8–2.4 s against 0.36–0.40 s. Tiers change speed, never results.
+ */
+function interpreterOnly() {
+  v8.setFlagsFromString('--no-opt');
+  v8.setFlagsFromString('--no-sparkplug');
+}
+
 function main() {
+  interpreterOnly();
   const args = process.argv.slice(2);
   if (args[0] === '--runner-serve' && args.length === 2) {
     serve(args[1]);
