@@ -6,7 +6,7 @@ import { SandboxFailureError, messageOf } from '../errors.js';
 import type { Language } from '../languages/index.js';
 import type { Limits, SeccompFamily } from '../protocol/index.js';
 import { StageCgroup } from './cgroup.js';
-import { createWorkDir, removeWorkDir } from './files.js';
+import { createWorkDir, removeWorkDir, wipeScratch } from './files.js';
 import { buildStageArgv, HELPER_ENV, type StageSandbox } from './stage.js';
 
 /**
@@ -53,6 +53,11 @@ export interface CompileServersOptions {
   readonly sandbox: StageSandbox;
   /** Where the server's folders (the next job's work dir, its socket's) are made: the work root. */
   readonly workRoot: string;
+  /**
+   * The shared scratch folders (the guest's /tmp...): emptied of the run user's files when a
+   * server is ended without serving (a JVM leaves /tmp/hsperfdata_<user>), as after a stage.
+   */
+  readonly scratchDirs?: readonly string[];
   readonly log?: (line: string) => void;
 }
 
@@ -193,11 +198,14 @@ export class CompileServers {
     };
   }
 
-  /** Ends the server, if one runs, and waits until it is gone. */
+  /** Ends the server, if one runs, and waits until it is gone; nothing of it is left. */
   async stop(): Promise<void> {
     const primed = this.current;
     this.current = null;
-    if (primed !== null) await end(primed);
+    if (primed === null) return;
+    await end(primed);
+    const { scratchDirs = [], sandbox } = this.options;
+    if (scratchDirs.length > 0) await wipeScratch(scratchDirs, sandbox.runAs);
   }
 }
 

@@ -204,6 +204,7 @@ export class Executor {
     this.servers = new CompileServers({
       sandbox,
       workRoot: options.workRoot,
+      ...(options.scratchDirs && { scratchDirs: options.scratchDirs }),
       ...(options.log && { log: options.log }),
     });
   }

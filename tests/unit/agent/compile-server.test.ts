@@ -1,4 +1,4 @@
-import { chmod, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -21,7 +21,7 @@ import {
 const SERVER = `'use strict';
 const net = require('node:net');
 const fs = require('node:fs');
-const [socket, mode] = process.argv.slice(2);
+const [socket, mode, scratch] = process.argv.slice(2);
 const frame = (kind, bytes) => {
   const head = Buffer.alloc(5);
   head[0] = kind;
@@ -50,6 +50,7 @@ const server = net.createServer({ allowHalfOpen: true }, (s) => {
   });
 });
 if (mode === 'litter') fs.writeFileSync('left-behind', 'x');
+if (mode === 'scratch') fs.writeFileSync(scratch + '/hsperfdata-like', 'x');
 server.listen(socket, () => process.stdout.write('ready\\n'));
 `;
 
@@ -69,7 +70,10 @@ function fake(name: string, mode: string): Language {
       extension: 'fk',
       sourceFile: 'main.fk',
       compile: ['sh', '-c', 'echo cold > out.txt', 'sh', '{sources}'],
-      compileServer: { command: ['node', join(dir, 'server.cjs'), '{socket}', mode], replaces: 2 },
+      compileServer: {
+        command: ['node', join(dir, 'server.cjs'), '{socket}', mode, join(dir, 'scratch')],
+        replaces: 2,
+      },
       run: ['cat', 'out.txt'],
       env: {},
       versionCommand: ['true'],
@@ -99,15 +103,18 @@ beforeAll(async () => {
     fake('fk-die', 'die'),
     fake('fk-partial', 'partial'),
     fake('fk-litter', 'litter'),
+    fake('fk-scratch', 'scratch'),
     registry.get('bash'),
   ]);
-  await chmod(join(dir), 0o755);
+  await mkdir(join(dir, 'scratch'), { mode: 0o1777 });
+  await chmod(join(dir, 'scratch'), 0o1777);
   executor = await Executor.create({
     languages,
     workRoot: join(dir, 'work'),
     runAs: owner,
     cgroupRoot,
     execHelper,
+    scratchDirs: [join(dir, 'scratch')],
   });
 }, 60_000);
 
@@ -208,6 +215,15 @@ describe('compile servers', () => {
     expect(shell.status).toBe('ok');
     expect(text(shell.run?.stdout ?? '').trim()).toBe('0');
     expect(await listProcessesOfUid(uid)).toEqual([]);
+  });
+
+  it('a server ended unused leaves nothing in the shared scratch folders', async (ctx) => {
+    if (skipReason) return ctx.skip(skipReason);
+    await executor.prime('fk-scratch', COMPILE_LIMITS, SECCOMP);
+    expect(await readdir(join(dir, 'scratch'))).toEqual(['hsperfdata-like']);
+    const shell = await executor.execute(job('bash', 'main.sh', `ls -A ${join(dir, 'scratch')}`));
+    expect(shell.status).toBe('ok');
+    expect(text(shell.run?.stdout ?? '')).toBe('');
   });
 
   it('a server that cannot start fails the prime, saying why', async (ctx) => {
