@@ -1,7 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { isDeepStrictEqual } from 'node:util';
 import { SandboxFailureError, messageOf } from '../errors.js';
 import type { Language } from '../languages/index.js';
 import type { Limits, SeccompFamily } from '../protocol/index.js';
@@ -156,7 +155,8 @@ export class CompileServers {
   /**
    * The server for this compile (`compileArgv` expanded from the language's compile command),
    * or null: none runs, or it is another language's, or the job's compile limits or seccomp
-   * family are not the ones it started under, or its work dir is not empty; then it is ended.
+   * family are not ones it can serve under (see `servable`), or its work dir is not empty; then
+   * it is ended.
    */
   async take(
     language: string,
@@ -169,7 +169,7 @@ export class CompileServers {
       primed === null ||
       primed.language !== language ||
       primed.seccomp !== seccomp ||
-      !isDeepStrictEqual(primed.limits, limits) ||
+      !servable(primed.limits, limits) ||
       primed.child.exitCode !== null ||
       primed.child.signalCode !== null ||
       primed.child.pid === undefined ||
@@ -207,6 +207,24 @@ export class CompileServers {
     const { scratchDirs = [], sandbox } = this.options;
     if (scratchDirs.length > 0) await wipeScratch(scratchDirs, sandbox.runAs);
   }
+}
+
+/**
+ * Whether a server started under `primed` compiles exactly as a stage under `job` would: the
+ * limits set on its process when it started (file size, open files, stack, processes) must be
+ * the job's, and its CPU limit no lower than the job's (the stage reads the job's CPU limit from
+ * its cgroup; RLIMIT_CPU is the backstop). Wall time, memory and output are the stage's own:
+ * its timer, its cgroup's memory.max (charged from the moment the server joins it) and its
+ * capture. So a Piston client's compile_timeout still finds the server.
+ */
+export function servable(primed: Limits, job: Limits): boolean {
+  return (
+    primed.fileSizeBytes === job.fileSizeBytes &&
+    primed.openFiles === job.openFiles &&
+    primed.stackBytes === job.stackBytes &&
+    primed.processes === job.processes &&
+    job.cpuTimeMs <= primed.cpuTimeMs
+  );
 }
 
 /**

@@ -561,8 +561,8 @@ function messageOf(err: unknown): string {
 
 /**
  * Starts a language's compile server in a VM (a `prime`, docs/agent.md, "Compile servers") and
- * waits until it listens: the next job's compile goes to it when its compile limits are
- * `limits`. Throws SANDBOX_FAILURE with the agent's reason when it does not start.
+ * waits until it listens: the next job's compile goes to it when its compile limits allow
+ * (the same rlimits as `limits`, a CPU limit no higher). Throws SANDBOX_FAILURE with the agent's reason when it does not start.
  */
 export async function prime(
   vm: MicroVm,

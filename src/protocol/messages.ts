@@ -319,7 +319,8 @@ export type SeedMessage = Static<typeof SeedMessageSchema>;
  * Sent to a restored VM waiting in the pool, for a language with a compile server (its
  * definition's `compileServer`): the agent starts that server under `limits` (the compile limits
  * a job of the language gets by default) and `seccomp`, and answers `primed` once it listens. The
- * next job's compile goes to it when its compile limits are these; any other job first ends it.
+ * next job's compile goes to it when its compile limits allow (docs/agent.md, "Compile
+ * servers"); any other job first ends it.
  */
 export const PrimeMessageSchema = Type.Object(
   {

@@ -199,6 +199,34 @@ describe('compile servers', () => {
     expect(await listProcessesOfUid(uid)).toEqual([]);
   });
 
+  it("another wall time, memory or output limit, or a lower CPU limit, is the stage's own: served", async (ctx) => {
+    if (skipReason) return ctx.skip(skipReason);
+    await executor.prime('fk-ok', COMPILE_LIMITS, SECCOMP);
+    const out = await executor.execute({
+      ...source('fk-ok'),
+      compileLimits: {
+        ...COMPILE_LIMITS,
+        wallTimeMs: COMPILE_LIMITS.wallTimeMs - 1000,
+        memoryMib: COMPILE_LIMITS.memoryMib - 64,
+        outputBytes: 4096,
+        cpuTimeMs: COMPILE_LIMITS.cpuTimeMs - 1000,
+      },
+    });
+    expect(out.compileServed).toBe(true);
+    expect(out.status).toBe('ok');
+  });
+
+  it('a higher CPU limit is not served', async (ctx) => {
+    if (skipReason) return ctx.skip(skipReason);
+    await executor.prime('fk-ok', COMPILE_LIMITS, SECCOMP);
+    const out = await executor.execute({
+      ...source('fk-ok'),
+      compileLimits: { ...COMPILE_LIMITS, cpuTimeMs: COMPILE_LIMITS.cpuTimeMs + 1000 },
+    });
+    expect(out.compileServed).toBeUndefined();
+    expect(text(out.run?.stdout ?? '')).toBe('cold\n');
+  });
+
   it('other compile limits, or another language, end the server before anything runs', async (ctx) => {
     if (skipReason) return ctx.skip(skipReason);
     await executor.prime('fk-ok', COMPILE_LIMITS, SECCOMP);
