@@ -258,10 +258,7 @@ export class Executor {
   ): Promise<number> {
     const language = this.language(nameOrAlias);
     checkLimits(limits, 'compile');
-    const previous = this.tail;
-    let release = (): void => undefined;
-    this.tail = new Promise<void>((resolve) => (release = resolve));
-    await previous;
+    const release = await this.turn();
     try {
       const env = { ...language.definition.env };
       return await this.servers.start(
@@ -274,6 +271,15 @@ export class Executor {
     } finally {
       release();
     }
+  }
+
+  /** Waits for this executor's turn (jobs and primes, one at a time); call the result to end it. */
+  private async turn(): Promise<() => void> {
+    const previous = this.tail;
+    let release = (): void => undefined;
+    this.tail = new Promise<void>((resolve) => (release = resolve));
+    await previous;
+    return release;
   }
 
   /** Resolves once no job runs and the last one's work dirs are removed. */
@@ -322,10 +328,7 @@ export class Executor {
       return this.executeInSandbox(job, job.sandbox, signal, live);
     // One job at a time: jobs share the run user, its RLIMIT_NPROC count and, without
     // cgroups, the uid sweep that ends every stage, so two at once would kill each other.
-    const previous = this.tail;
-    let release = (): void => undefined;
-    this.tail = new Promise<void>((resolve) => (release = resolve));
-    await previous;
+    const release = await this.turn();
     const dirs: string[] = [];
     try {
       if (job.sandbox !== undefined)

@@ -101,14 +101,13 @@ function startServer(socket: string): Promise<void> {
 
 let caseNo = 0;
 /**
- * Runs `args` through tsc and then through the warm snapshot, each time in the same folder
- * holding just `files` (the same path, as some messages name it).
+ * A new case folder holding just `files`: runs the real tsc there, then fills it afresh for the
+ * other way (the same path, as some messages name it).
  */
-function both(
+function coldThenRefill(
   files: Record<string, string>,
   args: string[],
-  wrapper = fast,
-): { cold: Outcome; warm: Outcome } {
+): { dir: string; cold: Outcome } {
   caseNo += 1;
   const dir = join(work, `case${caseNo}`);
   const fill = (): void => {
@@ -122,6 +121,18 @@ function both(
   fill();
   const cold = run([join(typescript, 'bin/tsc'), ...args], dir);
   fill();
+  return { dir, cold };
+}
+/**
+ * Runs `args` through tsc and then through the warm snapshot, each time in the same folder
+ * holding just `files` (the same path, as some messages name it).
+ */
+function both(
+  files: Record<string, string>,
+  args: string[],
+  wrapper = fast,
+): { cold: Outcome; warm: Outcome } {
+  const { dir, cold } = coldThenRefill(files, args);
   const warm =
     wrapper === process.execPath ? run(args, dir) : runFile('sh', [wrapper, ...args], dir);
   return { cold, warm };
@@ -132,19 +143,7 @@ async function served(
   files: Record<string, string>,
   args: string[],
 ): Promise<{ cold: Outcome; served: Outcome }> {
-  caseNo += 1;
-  const dir = join(work, `case${caseNo}`);
-  const fill = (): void => {
-    rmSync(dir, { recursive: true, force: true });
-    mkdirSync(dir, { recursive: true });
-    for (const [name, text] of Object.entries(files)) {
-      mkdirSync(join(dir, name, '..'), { recursive: true });
-      writeFileSync(join(dir, name), text);
-    }
-  };
-  fill();
-  const cold = run([join(typescript, 'bin/tsc'), ...args], dir);
-  fill();
+  const { dir, cold } = coldThenRefill(files, args);
   const socket = join(work, `server${caseNo}.sock`);
   await startServer(socket);
   const out = runFile(
