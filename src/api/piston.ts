@@ -1,4 +1,4 @@
-import { MAX_LIMITS, type Stage } from '../config/index.js';
+import { MAX_LIMITS, scaledMaxima, type Stage, type StageLimits } from '../config/index.js';
 import { LimitInvalidError, EncodingInvalidError } from '../errors.js';
 import type { Limits } from '../protocol/index.js';
 import type { ApiContext, ApiInstance } from './context.js';
@@ -16,13 +16,14 @@ const MIB = 1024 * 1024;
 
 /** A Piston limit: absent → the default; -1 → the server maximum; else converted to our unit. */
 function pistonLimit(
+  maxima: StageLimits,
   stage: Stage,
   name: keyof Limits,
   value: number | undefined,
   scale: (v: number) => number,
 ): number | undefined {
   if (value === undefined) return undefined;
-  if (value === -1) return MAX_LIMITS[stage][name];
+  if (value === -1) return maxima[stage][name];
   if (value <= 0)
     throw new LimitInvalidError(
       `${stage} ${name === 'memoryMib' ? 'memory limit' : 'timeout'} must be positive or -1, not ${value}`,
@@ -31,23 +32,30 @@ function pistonLimit(
 }
 
 function stageLimits(
+  maxima: StageLimits,
   stage: Stage,
   timeoutMs?: number,
   cpuTimeMs?: number,
   memoryBytes?: number,
 ): Partial<Limits> {
   const out: Partial<Limits> = {};
-  const wall = pistonLimit(stage, 'wallTimeMs', timeoutMs, Math.ceil);
-  const cpu = pistonLimit(stage, 'cpuTimeMs', cpuTimeMs, Math.ceil);
-  const mem = pistonLimit(stage, 'memoryMib', memoryBytes, (b) => Math.ceil(b / MIB));
+  const wall = pistonLimit(maxima, stage, 'wallTimeMs', timeoutMs, Math.ceil);
+  const cpu = pistonLimit(maxima, stage, 'cpuTimeMs', cpuTimeMs, Math.ceil);
+  const mem = pistonLimit(maxima, stage, 'memoryMib', memoryBytes, (b) => Math.ceil(b / MIB));
   if (wall !== undefined) out.wallTimeMs = wall;
   if (cpu !== undefined) out.cpuTimeMs = cpu;
   if (mem !== undefined) out.memoryMib = mem;
   return out;
 }
 
-/** Piston's request as a native one: hex files to base64, Piston's units to ours. */
-export function fromPiston(body: PistonExecuteRequest): ExecuteRequest {
+/**
+ * Piston's request as a native one: hex files to base64, Piston's units to ours; a limit of -1
+ * is the server maximum (`maxima`: the host's, scaledMaxima).
+ */
+export function fromPiston(
+  body: PistonExecuteRequest,
+  maxima: StageLimits = MAX_LIMITS,
+): ExecuteRequest {
   const files = body.files.map((f, i) => {
     if (f.encoding === 'hex') {
       if (!/^(?:[0-9a-fA-F]{2})*$/.test(f.content))
@@ -71,12 +79,19 @@ export function fromPiston(body: PistonExecuteRequest): ExecuteRequest {
     ...(body.stdin !== undefined && { stdin: body.stdin }),
     ...(body.args !== undefined && { args: body.args }),
     compileLimits: stageLimits(
+      maxima,
       'compile',
       body.compile_timeout,
       body.compile_cpu_time,
       body.compile_memory_limit,
     ),
-    runLimits: stageLimits('run', body.run_timeout, body.run_cpu_time, body.run_memory_limit),
+    runLimits: stageLimits(
+      maxima,
+      'run',
+      body.run_timeout,
+      body.run_cpu_time,
+      body.run_memory_limit,
+    ),
   };
 }
 
@@ -150,7 +165,10 @@ export function registerPistonRoutes(app: ApiInstance, ctx: ApiContext): void {
     },
     async (req) => {
       // Run live, only to keep the true interleaving of stdout and stderr for `output`.
-      const job = ctx.service.prepare(fromPiston(req.body), { live: true });
+      const job = ctx.service.prepare(
+        fromPiston(req.body, scaledMaxima(ctx.settings.timeLimitScalePercent)),
+        { live: true },
+      );
       const output = new InterleavedOutput();
       const result = await ctx.service.execute(job, req.owner, { live: output });
       const compiled = job.job.compiles;

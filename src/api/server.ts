@@ -66,6 +66,7 @@ export async function startServer(
             maxInFlight: settings.clusterMaxInFlight,
             maxQueued: settings.queueMax,
             queueWaitMs: settings.clusterQueueWaitMs,
+            timeScalePercent: settings.timeLimitScalePercent,
             log: (line) => logger.warn(line),
           })
         : await createEngine(settings, {

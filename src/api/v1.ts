@@ -1,5 +1,5 @@
 import Type from 'typebox';
-import { DEFAULT_LIMITS, MAX_LIMITS } from '../config/index.js';
+import { scaledDefaults, scaledMaxima } from '../config/index.js';
 import { LimitsSchema } from '../protocol/index.js';
 import type { ApiContext, ApiInstance } from './context.js';
 import { EventStream } from './events.js';
@@ -290,8 +290,8 @@ export function registerV1Routes(app: ApiInstance, ctx: ApiContext): void {
       },
     },
     () => ({
-      defaults: DEFAULT_LIMITS,
-      maxima: MAX_LIMITS,
+      defaults: scaledDefaults(ctx.settings.timeLimitScalePercent),
+      maxima: scaledMaxima(ctx.settings.timeLimitScalePercent),
       caps: {
         bodyLimitBytes: ctx.settings.bodyLimitBytes,
         maxFiles: ctx.settings.maxFiles,

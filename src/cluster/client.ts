@@ -39,6 +39,8 @@ export interface ClusterEngineOptions extends ClusterOptions {
   readonly maxQueued: number;
   /** How long a job may wait in the queue before it ends as sandbox_error (no worker took it). */
   readonly queueWaitMs: number;
+  /** The timeLimitScalePercent setting: the API node resolves a job's limits (default 100). */
+  readonly timeScalePercent?: number;
   readonly log?: (line: string) => void;
 }
 
@@ -134,7 +136,10 @@ export class ClusterEngine {
 
   /** Checks a request and builds its one execute message (no Redis, no VM). */
   prepare(request: JobRequest, id?: string): PreparedJob {
-    return prepareJob(request, this.languages, id === undefined ? {} : { id });
+    return prepareJob(request, this.languages, {
+      timeScalePercent: this.options.timeScalePercent ?? 100,
+      ...(id !== undefined && { id }),
+    });
   }
 
   /**

@@ -64,10 +64,42 @@ export const MAX_LIMITS: StageLimits = Object.freeze({
 
 export const LIMIT_NAMES = Object.keys(DEFAULT_LIMITS.run) as (keyof Limits)[];
 
+/** The limits that a slower host scales (timeLimitScalePercent): both clocks. */
+const TIME_LIMIT_NAMES = ['cpuTimeMs', 'wallTimeMs'] as const;
+
+/** A default time (ms or s) scaled by `percent` (100: as is), rounded up to a whole unit. */
+export function scaleTime(value: number, percent: number): number {
+  return percent === 100 ? value : Math.ceil((value * percent) / 100);
+}
+
+/** Limits with the CPU and wall time of both stages times `percent`/100 (rounded up). */
+export function scaleTimeLimits(limits: StageLimits, percent: number): StageLimits {
+  if (percent === 100) return limits;
+  const stage = (s: Stage): Limits => {
+    const out = { ...limits[s] };
+    for (const name of TIME_LIMIT_NAMES) out[name] = scaleTime(out[name], percent);
+    return out;
+  };
+  return { compile: stage('compile'), run: stage('run') };
+}
+
+/** The default limits of a host at `percent` (timeLimitScalePercent); `GET /v1/limits`. */
+export function scaledDefaults(percent: number): StageLimits {
+  return scaleTimeLimits(DEFAULT_LIMITS, percent);
+}
+
+/** The server maxima of a host at `percent` (timeLimitScalePercent); `GET /v1/limits`. */
+export function scaledMaxima(percent: number): StageLimits {
+  return scaleTimeLimits(MAX_LIMITS, percent);
+}
+
 /**
  * The limits of one stage: the default, then the language's own override, then what the
  * request asked for. Every requested value must be a positive integer no larger than the
  * server maximum (LIMIT_INVALID otherwise); a language default above the maximum is capped.
+ * `timeScalePercent` (the timeLimitScalePercent setting) scales the CPU and wall time of the
+ * defaults and the language's own, never what the request named; `max` is then the maxima at
+ * the same scale (scaledMaxima).
  */
 export function resolveLimits(
   stage: Stage,
@@ -75,8 +107,10 @@ export function resolveLimits(
   requested: Partial<Limits> = {},
   max: StageLimits = MAX_LIMITS,
   defaults: StageLimits = DEFAULT_LIMITS,
+  timeScalePercent = 100,
 ): Limits {
   const out: Limits = { ...defaults[stage], ...(language.limits?.[stage] ?? {}) };
+  for (const name of TIME_LIMIT_NAMES) out[name] = scaleTime(out[name], timeScalePercent);
   for (const name of LIMIT_NAMES) {
     out[name] = Math.min(out[name], max[stage][name]);
     const value = requested[name];

@@ -3,7 +3,13 @@ import { availableParallelism } from 'node:os';
 import { readFileSync } from 'node:fs';
 import { readdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
-import { dataPaths, type DataPaths, type Settings } from '../config/index.js';
+import {
+  dataPaths,
+  scaledMaxima,
+  type DataPaths,
+  type Settings,
+  type StageLimits,
+} from '../config/index.js';
 import { ConfigInvalidError, messageOf, SnapshotFailedError } from '../errors.js';
 import {
   RemoteImageStore,
@@ -289,6 +295,8 @@ export async function createEngine(
     (language: string, ms: number): void => {
       events.emit('vm', { kind, language, ms } satisfies VmTiming);
     };
+  // The server maxima at this host's timeLimitScalePercent: jobs, warm-ups and /v1/limits.
+  const maxLimits = scaledMaxima(settings.timeLimitScalePercent);
   const snapshots = new SnapshotManager({
     onBoot: emit('boot'),
     driver,
@@ -303,7 +311,8 @@ export async function createEngine(
     fetchMissing: remoteFetcher(store, settings, log),
     log,
     ...(settings.snapshotWarmUp && {
-      warmUp: (vm: MicroVm, language: string) => warmUp(vm, languages.get(language), languages),
+      warmUp: (vm: MicroVm, language: string) =>
+        warmUp(vm, languages.get(language), languages, maxLimits),
     }),
   });
   // Network on request: set up (and checked) at start, so a host that cannot do it fails here.
@@ -351,7 +360,13 @@ export async function createEngine(
           // A server that cannot start (its snapshot refused on another CPU model, say) leaves
           // the VM as good as an unprimed one: its compiles run the compile command itself.
           try {
-            await primeCompileServer(vm, lang, languages, PRIME_TIMEOUT_MS);
+            await primeCompileServer(
+              vm,
+              lang,
+              languages,
+              PRIME_TIMEOUT_MS,
+              settings.timeLimitScalePercent,
+            );
             return true;
           } catch (err) {
             log?.(`pool: the compile server of a ${language} VM did not start: ${messageOf(err)}`);
@@ -359,7 +374,7 @@ export async function createEngine(
           }
         }
         if (lang.definition.compile !== null) return false;
-        await warmUp(vm, lang, languages);
+        await warmUp(vm, lang, languages, maxLimits);
         return true;
       },
     }),
@@ -371,7 +386,7 @@ export async function createEngine(
   const runner = new JobRunner(
     languages,
     pool,
-    undefined,
+    maxLimits,
     {
       info: (line) => log?.(line),
       warn: (line) => (options.warn ?? log)?.(line),
@@ -385,6 +400,7 @@ export async function createEngine(
           maxAgeMs: settings.compileCacheMaxAgeHours * 3_600_000,
           log: (line) => log?.(line),
         }),
+    settings.timeLimitScalePercent,
   );
   const sandboxes = await SandboxManager.open({
     pool,
@@ -435,17 +451,20 @@ const PRIME_TIMEOUT_MS = 180_000;
 
 /**
  * Starts a language's compile server in a VM waiting in the pool, under the compile limits and
- * seccomp family its jobs get by default (those of its test program's job).
+ * seccomp family its jobs get by default (those of its test program's job, at the host's
+ * timeLimitScalePercent, so that a default job is served).
  */
 async function primeCompileServer(
   vm: MicroVm,
   language: Language,
   languages: LanguageRegistry,
   timeoutMs: number,
+  timeScalePercent: number,
 ): Promise<void> {
   const { message } = prepareJob(
     { language: language.definition.name, files: [testProgramFile(language)] },
     languages,
+    { timeScalePercent },
   );
   const seccomp = message.seccomp ?? DEFAULT_SECCOMP_FAMILY;
   await prime(vm, message.language, message.compileLimits, seccomp, timeoutMs);
@@ -453,17 +472,31 @@ async function primeCompileServer(
 
 /**
  * Runs a language's own test program in a VM about to be snapshotted and checks its line
- * (SnapshotManagerOptions.warmUp); throws SNAPSHOT_FAILED when it does not print it.
+ * (SnapshotManagerOptions.warmUp); throws SNAPSHOT_FAILED when it does not print it. A warm-up
+ * is not a verdict: its CPU and wall time may go to the server maxima (a slow host's first
+ * compile of a JVM language can pass the default it would get as a job).
  */
-async function warmUp(vm: MicroVm, language: Language, languages: LanguageRegistry): Promise<void> {
+async function warmUp(
+  vm: MicroVm,
+  language: Language,
+  languages: LanguageRegistry,
+  maxLimits: StageLimits,
+): Promise<void> {
   const { definition } = language;
+  const clocks = (stage: 'compile' | 'run') => ({
+    cpuTimeMs: maxLimits[stage].cpuTimeMs,
+    wallTimeMs: maxLimits[stage].wallTimeMs,
+  });
   const job = prepareJob(
     {
       language: definition.name,
       files: [testProgramFile(language)],
       ...(definition.test.stdin !== undefined && { stdin: Buffer.from(definition.test.stdin) }),
+      compileLimits: clocks('compile'),
+      runLimits: clocks('run'),
     },
     languages,
+    { maxLimits },
   );
   const result = await executeOnVm(vm, job);
   const stdout = Buffer.from(result.run?.stdout ?? '', 'base64')

@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import Type, { type Static } from 'typebox';
-import { MAX_LIMITS, resolveLimits, type StageLimits } from '../config/index.js';
+import { resolveLimits, scaledMaxima, type StageLimits } from '../config/index.js';
 import { DEFAULT_SECCOMP_FAMILY, type LanguageRegistry } from '../languages/index.js';
 import {
   checkExecuteMessage,
@@ -183,10 +183,11 @@ export function jobDeadlineMs(message: ExecuteMessage, compiles: boolean): numbe
 export function prepareJob(
   request: JobRequest,
   languages: LanguageRegistry,
-  options: { id?: string; maxLimits?: StageLimits } = {},
+  options: { id?: string; maxLimits?: StageLimits; timeScalePercent?: number } = {},
 ): PreparedJob {
   const { definition } = languages.get(request.language, request.version);
-  const maxLimits = options.maxLimits ?? MAX_LIMITS;
+  const scale = options.timeScalePercent ?? 100;
+  const maxLimits = options.maxLimits ?? scaledMaxima(scale);
   const id = options.id ?? randomUUID();
   const message: ExecuteMessage = {
     type: 'execute',
@@ -205,8 +206,15 @@ export function prepareJob(
     stdin: (request.stdin ?? Buffer.alloc(0)).toString('base64'),
     args: [...(request.args ?? [])],
     env: { ...(request.env ?? {}) },
-    compileLimits: resolveLimits('compile', definition, request.compileLimits, maxLimits),
-    runLimits: resolveLimits('run', definition, request.runLimits, maxLimits),
+    compileLimits: resolveLimits(
+      'compile',
+      definition,
+      request.compileLimits,
+      maxLimits,
+      undefined,
+      scale,
+    ),
+    runLimits: resolveLimits('run', definition, request.runLimits, maxLimits, undefined, scale),
     seccomp: definition.seccomp ?? DEFAULT_SECCOMP_FAMILY,
     ...(request.cases !== undefined && { cases: request.cases.map((c) => c.toString('base64')) }),
     ...(request.live === true && { stream: { windowBytes: LIVE_OUTPUT_WINDOW_BYTES } }),

@@ -54,6 +54,8 @@ export class JobRunner {
     readonly slots: RunSlots = new RunSlots(pool.capacity),
     /** Compiles kept on the host; none: every job compiles. */
     private readonly compileCache: CompileCache | null = null,
+    /** The timeLimitScalePercent setting: scales the default time limits (resolveLimits). */
+    private readonly timeScalePercent = 100,
   ) {}
 
   /**
@@ -98,6 +100,7 @@ export class JobRunner {
     }
     return prepareJob(request, this.languages, {
       maxLimits: this.maxLimits,
+      timeScalePercent: this.timeScalePercent,
       ...(id !== undefined && { id }),
     });
   }

@@ -5,6 +5,7 @@ import { Compile } from 'typebox/compile';
 import { asRunnerError, RequestInvalidError } from '../../errors.js';
 import type { FastifyRequest } from 'fastify';
 import type { ApiContext } from '../context.js';
+import { scaledMaxima } from '../../config/index.js';
 import { fromPiston } from '../piston.js';
 import {
   PistonError,
@@ -73,7 +74,10 @@ export function pistonConnect(ctx: ApiContext) {
       const decoders = { stdout: new StringDecoder('utf8'), stderr: new StringDecoder('utf8') };
       // Stages whose start was sent and whose exit was not (yet).
       const open = new Set<'compile' | 'run'>();
-      const job = ctx.service.prepare(fromPiston(pistonInit(body)), { live: true });
+      const job = ctx.service.prepare(
+        fromPiston(pistonInit(body), scaledMaxima(ctx.settings.timeLimitScalePercent)),
+        { live: true },
+      );
       const result: ExecuteResponse = await session.run(job, req.owner, {
         started: (j) =>
           socket.send({ type: 'runtime', language: j.job.language, version: j.job.version }),

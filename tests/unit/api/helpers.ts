@@ -90,13 +90,18 @@ export class FakeEngine implements ApiEngine {
   /** Languages whose rootfs "is built", and those with a snapshot. */
   built = new Set(['python']);
   snapshotted = new Set<string>();
+  /** The host's timeLimitScalePercent, as the real engine takes it (makeApp sets it). */
+  timeScalePercent = 100;
 
   constructor(languages: LanguageRegistry = LanguageRegistry.fromDir()) {
     this.languages = languages;
   }
 
   prepare(request: JobRequest, id?: string): PreparedJob {
-    const job = prepareJob(request, this.languages, id === undefined ? {} : { id });
+    const job = prepareJob(request, this.languages, {
+      timeScalePercent: this.timeScalePercent,
+      ...(id !== undefined && { id }),
+    });
     this.requests.set(job.id, request);
     return job;
   }
@@ -204,6 +209,7 @@ export async function makeApp(
 ): Promise<TestApp> {
   const engine = options.engine ?? new FakeEngine();
   const settings = testSettings(options.settings);
+  engine.timeScalePercent = settings.timeLimitScalePercent;
   const jobStore = new JobStore(options.jobStoreFile ?? ':memory:', {
     maxBytes: settings.jobStoreMaxBytes,
   });

@@ -149,6 +149,19 @@ describe('POST /api/v2/execute', () => {
     });
   });
 
+  test('-1 is the maximum of the host, at its timeLimitScalePercent', async () => {
+    t = await makeApp({ settings: { timeLimitScalePercent: 300 } });
+    await pistonPost({
+      language: 'python',
+      version: '3',
+      files: [{ content: '' }],
+      run_timeout: -1,
+      compile_cpu_time: -1,
+    });
+    expect(t.engine.calls[0]?.runLimits?.wallTimeMs).toBe(MAX_LIMITS.run.wallTimeMs * 3);
+    expect(t.engine.calls[0]?.compileLimits?.cpuTimeMs).toBe(MAX_LIMITS.compile.cpuTimeMs * 3);
+  });
+
   test('hex file content is taken', async () => {
     t = await makeApp();
     await pistonPost({

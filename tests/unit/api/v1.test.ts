@@ -596,6 +596,17 @@ describe('runtimes, limits, health, metrics', () => {
     expect(body.caps.maxFiles).toBe(7);
   });
 
+  test('GET /v1/limits shows the time limits of a host at timeLimitScalePercent', async () => {
+    t = await makeApp({ settings: { timeLimitScalePercent: 250 } });
+    const body = (await t.app.inject({ method: 'GET', url: '/v1/limits' })).json<{
+      defaults: { run: { cpuTimeMs: number; memoryMib: number } };
+      maxima: { compile: { wallTimeMs: number } };
+    }>();
+    expect(body.defaults.run.cpuTimeMs).toBe(12_500);
+    expect(body.defaults.run.memoryMib).toBe(256);
+    expect(body.maxima.compile.wallTimeMs).toBe(450_000);
+  });
+
   test('healthz and readyz', async () => {
     t = await makeApp();
     expect((await t.app.inject({ method: 'GET', url: '/healthz' })).json<unknown>()).toEqual({

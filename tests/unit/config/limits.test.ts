@@ -1,5 +1,13 @@
 import { describe, expect, it } from 'vitest';
-import { DEFAULT_LIMITS, MAX_LIMITS, resolveLimits } from '../../../src/config/limits.js';
+import {
+  DEFAULT_LIMITS,
+  MAX_LIMITS,
+  resolveLimits,
+  scaledDefaults,
+  scaledMaxima,
+  scaleTime,
+} from '../../../src/config/limits.js';
+import { prepareJob } from '../../../src/pool/job.js';
 import { loadSettings, SETTINGS } from '../../../src/config/settings.js';
 import { LanguageRegistry } from '../../../src/languages/index.js';
 
@@ -33,6 +41,52 @@ describe('job limits', () => {
           );
       }
     }
+  });
+});
+
+describe('the time-limit scale of a slower host', () => {
+  it('scales a time, rounding up; 100 keeps it', () => {
+    expect(scaleTime(5000, 100)).toBe(5000);
+    expect(scaleTime(5000, 250)).toBe(12_500);
+    expect(scaleTime(1001, 150)).toBe(1502);
+  });
+
+  it('scales the CPU and wall time of the defaults and maxima, and nothing else', () => {
+    const d = scaledDefaults(400);
+    expect(d.run.cpuTimeMs).toBe(DEFAULT_LIMITS.run.cpuTimeMs * 4);
+    expect(d.compile.wallTimeMs).toBe(DEFAULT_LIMITS.compile.wallTimeMs * 4);
+    expect(d.run.memoryMib).toBe(DEFAULT_LIMITS.run.memoryMib);
+    expect(scaledMaxima(200).compile.cpuTimeMs).toBe(MAX_LIMITS.compile.cpuTimeMs * 2);
+    expect(scaledMaxima(200).run.outputBytes).toBe(MAX_LIMITS.run.outputBytes);
+    expect(scaledDefaults(100)).toBe(DEFAULT_LIMITS);
+  });
+
+  it('scales the defaults and the language own limits, never what a request named', () => {
+    const python = registry.get('python').definition;
+    const rust = registry.get('rust').definition;
+    const max = scaledMaxima(300);
+    const run = resolveLimits('run', python, {}, max, DEFAULT_LIMITS, 300);
+    expect(run.cpuTimeMs).toBe(DEFAULT_LIMITS.run.cpuTimeMs * 3);
+    expect(run.wallTimeMs).toBe(DEFAULT_LIMITS.run.wallTimeMs * 3);
+    expect(run.processes).toBe(DEFAULT_LIMITS.run.processes);
+    expect(resolveLimits('compile', rust, {}, max, DEFAULT_LIMITS, 300).wallTimeMs).toBe(270_000);
+    const asked = resolveLimits('run', python, { cpuTimeMs: 1000 }, max, DEFAULT_LIMITS, 300);
+    expect(asked.cpuTimeMs).toBe(1000);
+    expect(asked.wallTimeMs).toBe(30_000);
+  });
+
+  it('a prepared job gets the scaled limits, and may ask up to the scaled maxima only', () => {
+    const files = [{ name: 'main.py', content: 'print(1)' }];
+    const job = prepareJob({ language: 'python', files }, registry, { timeScalePercent: 200 });
+    expect(job.message.runLimits.cpuTimeMs).toBe(DEFAULT_LIMITS.run.cpuTimeMs * 2);
+    const long = { cpuTimeMs: MAX_LIMITS.run.cpuTimeMs * 2 };
+    const allowed = prepareJob({ language: 'python', files, runLimits: long }, registry, {
+      timeScalePercent: 200,
+    });
+    expect(allowed.message.runLimits.cpuTimeMs).toBe(MAX_LIMITS.run.cpuTimeMs * 2);
+    expect(() => prepareJob({ language: 'python', files, runLimits: long }, registry)).toThrow(
+      expect.objectContaining({ code: 'LIMIT_INVALID' }),
+    );
   });
 });
 
