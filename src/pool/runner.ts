@@ -1,6 +1,6 @@
 import { compileKey, type CompileCache } from '../cache/index.js';
 import { MAX_LIMITS, type StageLimits } from '../config/index.js';
-import { messageOf, NetworkDisabledError } from '../errors.js';
+import { messageOf, NetworkDisabledError, VmTimeoutError } from '../errors.js';
 import type { LanguageRegistry } from '../languages/index.js';
 import {
   MAX_FRAME_BYTES,
@@ -233,7 +233,9 @@ export async function executeOnVm(
         }
         reply = got;
       } catch (err) {
-        if (Date.now() >= until) {
+        // The wait's own timeout is the deadline (a timer may fire a millisecond before
+        // Date.now() reaches it).
+        if (err instanceof VmTimeoutError || Date.now() >= until) {
           return sandboxError(
             message,
             `the agent gave no result within the job's deadline of ${job.deadlineMs} ms (${messageOf(err)})`,
