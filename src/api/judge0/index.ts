@@ -29,7 +29,7 @@ import {
   DEFAULT_FIELDS,
   fieldErrorsOf,
   groupKey,
-  JUDGE0_LIMITS,
+  judge0Limits,
   MAX_BATCH_SIZE,
   NOT_UTF8,
   parseFields,
@@ -79,6 +79,7 @@ const JUDGE0_CALLBACK = 'judge0';
 export function registerJudge0Routes(app: ApiInstance, ctx: ApiContext): void {
   const languages = new Judge0Languages(ctx.engine.languages);
   const settings = ctx.settings;
+  const limits = judge0Limits(settings.timeLimitScalePercent);
 
   /** Checks a submission and builds its job; 422 (per field) when it cannot be. */
   const prepare = (body: unknown, base64: boolean) => {
@@ -89,6 +90,7 @@ export function registerJudge0Routes(app: ApiInstance, ctx: ApiContext): void {
       settings.callbackAllowedHosts,
       ctx.service.egress,
       settings.networkEnabled,
+      limits,
     );
     return { params, job: buildJob(ctx.service, params) };
   };
@@ -419,7 +421,7 @@ export function registerJudge0Routes(app: ApiInstance, ctx: ApiContext): void {
       },
     },
     () => {
-      const l = JUDGE0_LIMITS;
+      const l = limits;
       return {
         enable_wait_result: true,
         enable_compiler_options: false,

@@ -33,6 +33,30 @@ export const JUDGE0_LIMITS = {
   number_of_runs: { default: 1, max: 20, integer: true, min: 0 },
 } as const;
 type LimitField = keyof typeof JUDGE0_LIMITS;
+type LimitRule = { default: number; max: number; integer: boolean; min: number };
+
+/**
+ * Judge0's limits on a host with the timeLimitScalePercent setting: the default and maximum of
+ * cpu_time_limit, cpu_extra_time and wall_time_limit scaled (to the millisecond), no maximum
+ * above the server's run maxima; 100 gives JUDGE0_LIMITS as they are.
+ */
+export function judge0Limits(percent: number): Record<LimitField, LimitRule> {
+  const out = { ...JUDGE0_LIMITS } as Record<LimitField, LimitRule>;
+  if (percent === 100) return out;
+  const scale = (v: number, cap: number): number =>
+    Math.min(cap, Math.ceil(((v * percent) / 100) * 1000) / 1000);
+  const cpuCap = MAX_LIMITS.run.cpuTimeMs / 1000;
+  const wallCap = MAX_LIMITS.run.wallTimeMs / 1000;
+  for (const [field, cap] of [
+    ['cpu_time_limit', cpuCap],
+    ['cpu_extra_time', cpuCap],
+    ['wall_time_limit', wallCap],
+  ] as const) {
+    const rule = JUDGE0_LIMITS[field];
+    out[field] = { ...rule, default: scale(rule.default, cap), max: scale(rule.max, cap) };
+  }
+  return out;
+}
 
 /** Most submissions in one batch (Judge0's max_submission_batch_size). */
 export const MAX_BATCH_SIZE = 20;
@@ -137,6 +161,7 @@ export function parseSubmission(
   allowedHosts: readonly string[],
   egress: EgressPolicy,
   networkAllowed = false,
+  rules: Record<LimitField, LimitRule> = JUDGE0_LIMITS,
 ): Judge0Params {
   const errors: FieldErrors = {};
   const add = (field: string, message: string): void => {
@@ -192,10 +217,7 @@ export function parseSubmission(
   }
 
   const limits = {} as Record<LimitField, number>;
-  for (const [field, rule] of Object.entries(JUDGE0_LIMITS) as [
-    LimitField,
-    (typeof JUDGE0_LIMITS)[LimitField],
-  ][]) {
+  for (const [field, rule] of Object.entries(rules) as [LimitField, LimitRule][]) {
     const v = body[field];
     limits[field] = rule.default;
     if (!present(v) || v === '') continue;
@@ -315,7 +337,7 @@ export function toExecuteRequest(
         MAX_LIMITS.run.cpuTimeMs,
         Math.ceil((l.cpu_time_limit + Math.max(0, l.cpu_extra_time)) * 1000),
       ),
-      wallTimeMs: Math.ceil(l.wall_time_limit * 1000),
+      wallTimeMs: Math.min(MAX_LIMITS.run.wallTimeMs, Math.ceil(l.wall_time_limit * 1000)),
       memoryMib: Math.min(MAX_LIMITS.run.memoryMib, Math.ceil(l.memory_limit / 1024)),
       processes: l.max_processes_and_or_threads,
       fileSizeBytes: l.max_file_size * 1024,

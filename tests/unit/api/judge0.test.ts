@@ -734,6 +734,39 @@ describe('callbacks, auth, and the system routes', () => {
     ]);
   });
 
+  test('a host at timeLimitScalePercent scales the time defaults and maxima', async () => {
+    await app({ timeLimitScalePercent: 200 });
+    expect((await get('/config_info')).body).toMatchObject({
+      cpu_time_limit: 10,
+      max_cpu_time_limit: 30,
+      cpu_extra_time: 2,
+      wall_time_limit: 20,
+      max_wall_time_limit: 40,
+      memory_limit: 128_000,
+    });
+    const long = await post('/submissions?wait=true', {
+      source_code: 'print(1)',
+      language_id: 71,
+      wall_time_limit: 30,
+    });
+    expect(long.status).toBe(201);
+    const plain = await post('/submissions?wait=true', {
+      source_code: 'print(2)',
+      language_id: 71,
+    });
+    expect(plain.status).toBe(201);
+    // The job of a submission that named no limit gets the scaled defaults.
+    const [named, unnamed] = t?.engine.calls ?? [];
+    expect(named?.runLimits?.wallTimeMs).toBe(30_000);
+    expect(unnamed?.runLimits).toMatchObject({ wallTimeMs: 20_000, cpuTimeMs: 12_000 });
+    const over = await post('/submissions', {
+      source_code: 'print(3)',
+      language_id: 71,
+      wall_time_limit: 41,
+    });
+    expect(over.body).toEqual({ wall_time_limit: ['must be less than or equal to 40'] });
+  });
+
   test('under a prefix when one is configured', async () => {
     await app({ judge0Prefix: '/judge0/' });
     expect((await get('/judge0/statuses')).status).toBe(200);
