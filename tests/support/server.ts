@@ -37,7 +37,14 @@ export async function startPrivateServer(
   const probe = join(shared.dataDir, 'kvm-probe.json');
   if (existsSync(probe)) copyFileSync(probe, join(dir, 'kvm-probe.json'));
   const settings = loadSettings(
-    { RUNNER_DATA_DIR: dir, RUNNER_IMAGES_DIR: shared.imagesDir },
+    {
+      RUNNER_DATA_DIR: dir,
+      RUNNER_IMAGES_DIR: shared.imagesDir,
+      // The suite's time-limit scale (vitest.config.ts) holds for every server it starts.
+      ...(process.env.RUNNER_TIME_LIMIT_SCALE_PERCENT !== undefined && {
+        RUNNER_TIME_LIMIT_SCALE_PERCENT: process.env.RUNNER_TIME_LIMIT_SCALE_PERCENT,
+      }),
+    },
     {
       host: '127.0.0.1',
       port: 0,
