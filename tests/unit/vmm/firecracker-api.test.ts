@@ -79,6 +79,9 @@ describe('the Firecracker API description', () => {
     expect(spec.info.version).toMatch(/^1\.\d+\./);
   });
 
+  // The reference copy lives beside the project in the workspace, not in a clone of it.
+  if (!existsSync(SHARED_SPEC))
+    console.info(`skipping the comparison with the shared reference copy: no ${SHARED_SPEC}`);
   it.skipIf(!existsSync(SHARED_SPEC))('is the same as the shared reference copy', () => {
     expect(readFileSync(FIRECRACKER_SPEC_PATH, 'utf8')).toBe(readFileSync(SHARED_SPEC, 'utf8'));
   });
