@@ -21,3 +21,13 @@ export function testDataPaths(env: NodeJS.ProcessEnv = process.env): DataPaths {
     imagesDir: imagesDir !== undefined && imagesDir !== '' ? imagesDir : null,
   });
 }
+
+/**
+ * A time a test names for a job that should not hit it (a client's documented request, say),
+ * times the suite's time-limit scale (RUNNER_TIME_LIMIT_SCALE_PERCENT, vitest.config.ts), so
+ * that a slow host's TCG does not decide it. Tests of the limit itself keep their own times.
+ */
+export function suiteScaledMs(ms: number, env: NodeJS.ProcessEnv = process.env): number {
+  const percent = Number(env.RUNNER_TIME_LIMIT_SCALE_PERCENT ?? '100');
+  return Number.isFinite(percent) && percent > 100 ? Math.ceil((ms * percent) / 100) : ms;
+}

@@ -3,6 +3,7 @@ import type { AddressInfo } from 'node:net';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import type { ExecuteResponse, JobView, PistonExecuteResponse } from '../../../src/api/schemas.js';
 import { serverSkipReason, startPrivateServer, type PrivateServer } from '../../support/server.js';
+import { suiteScaledMs } from '../../support/paths.js';
 import { ensureImages } from '../../support/vm.js';
 
 /**
@@ -66,15 +67,16 @@ describe.skipIf(reason !== null)('runner serve with real VMs', () => {
   });
 
   test("POST /api/v2/execute takes Piston's request shape", async () => {
-    // Piston's documented example (docs/api-v2.md), with python in place of js.
+    // Piston's documented example (docs/api-v2.md), with python in place of js; its timeouts
+    // at the suite's scale (a 3 s wall limit killed the program as it exited on a loaded host).
     const { status, body } = await post('/api/v2/execute', {
       language: 'python',
       version: '3.x',
       files: [{ name: 'my_cool_code.py', content: 'import sys\nprint(sys.argv[1:])' }],
       stdin: '',
       args: ['1', '2', '3'],
-      compile_timeout: 10000,
-      run_timeout: 3000,
+      compile_timeout: suiteScaledMs(10000),
+      run_timeout: suiteScaledMs(3000),
       compile_memory_limit: -1,
       run_memory_limit: -1,
     });
