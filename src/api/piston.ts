@@ -113,6 +113,7 @@ const security: { [scheme: string]: string[] }[] = [{ bearer: [] }, { apiKey: []
  * not offered).
  */
 export function registerPistonRoutes(app: ApiInstance, ctx: ApiContext): void {
+  const maxima = scaledMaxima(ctx.settings.timeLimitScalePercent);
   app.get(
     '/api/v2/runtimes',
     {
@@ -165,10 +166,7 @@ export function registerPistonRoutes(app: ApiInstance, ctx: ApiContext): void {
     },
     async (req) => {
       // Run live, only to keep the true interleaving of stdout and stderr for `output`.
-      const job = ctx.service.prepare(
-        fromPiston(req.body, scaledMaxima(ctx.settings.timeLimitScalePercent)),
-        { live: true },
-      );
+      const job = ctx.service.prepare(fromPiston(req.body, maxima), { live: true });
       const output = new InterleavedOutput();
       const result = await ctx.service.execute(job, req.owner, { live: output });
       const compiled = job.job.compiles;

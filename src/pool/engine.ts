@@ -295,7 +295,7 @@ export async function createEngine(
     (language: string, ms: number): void => {
       events.emit('vm', { kind, language, ms } satisfies VmTiming);
     };
-  // The server maxima at this host's timeLimitScalePercent: jobs, warm-ups and /v1/limits.
+  // The server maxima at this host's timeLimitScalePercent, for jobs and warm-ups.
   const maxLimits = scaledMaxima(settings.timeLimitScalePercent);
   const snapshots = new SnapshotManager({
     onBoot: emit('boot'),

@@ -1,3 +1,4 @@
+import { scaleTime } from '../../src/config/limits.js';
 import { dataPaths, type DataPaths } from '../../src/config/paths.js';
 
 /**
@@ -29,5 +30,5 @@ export function testDataPaths(env: NodeJS.ProcessEnv = process.env): DataPaths {
  */
 export function suiteScaledMs(ms: number, env: NodeJS.ProcessEnv = process.env): number {
   const percent = Number(env.RUNNER_TIME_LIMIT_SCALE_PERCENT ?? '100');
-  return Number.isFinite(percent) && percent > 100 ? Math.ceil((ms * percent) / 100) : ms;
+  return Number.isFinite(percent) && percent > 100 ? scaleTime(ms, percent) : ms;
 }

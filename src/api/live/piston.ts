@@ -55,6 +55,7 @@ function exitMessage(stage: 'compile' | 'run', view: StageView | null): Record<s
  * once the job's result is in (the stream carries no exit code).
  */
 export function pistonConnect(ctx: ApiContext) {
+  const maxima = scaledMaxima(ctx.settings.timeLimitScalePercent);
   return (ws: WebSocket, req: FastifyRequest): void => {
     const socket = new LiveSocket(ws);
     const session = new LiveSession(ctx, ws);
@@ -74,10 +75,7 @@ export function pistonConnect(ctx: ApiContext) {
       const decoders = { stdout: new StringDecoder('utf8'), stderr: new StringDecoder('utf8') };
       // Stages whose start was sent and whose exit was not (yet).
       const open = new Set<'compile' | 'run'>();
-      const job = ctx.service.prepare(
-        fromPiston(pistonInit(body), scaledMaxima(ctx.settings.timeLimitScalePercent)),
-        { live: true },
-      );
+      const job = ctx.service.prepare(fromPiston(pistonInit(body), maxima), { live: true });
       const result: ExecuteResponse = await session.run(job, req.owner, {
         started: (j) =>
           socket.send({ type: 'runtime', language: j.job.language, version: j.job.version }),
