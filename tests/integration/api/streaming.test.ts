@@ -2,6 +2,7 @@ import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import WebSocket from 'ws';
 import { PISTON_INIT_TIMEOUT_MS } from '../../../src/api/live/index.js';
 import type { ExecuteResponse } from '../../../src/api/schemas.js';
+import { suiteScaledMs } from '../../support/paths.js';
 import { serverSkipReason, startPrivateServer, type PrivateServer } from '../../support/server.js';
 import { ensureImages } from '../../support/vm.js';
 
@@ -273,7 +274,7 @@ describe.skipIf(reason !== null)('the interactive WebSockets with real VMs', () 
       type: 'init',
       language: 'python',
       ...py("while True:\n    print('x' * 1000)"),
-      runLimits: { outputBytes: capBytes, wallTimeMs: 60_000 },
+      runLimits: { outputBytes: capBytes, wallTimeMs: suiteScaledMs(60_000) },
     });
     await c.next((m) => m.type === 'started');
     await c.next((m) => m.type === 'output');

@@ -5,6 +5,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { ExecuteResponse } from '../../../src/api/schemas.js';
 import { startServer, type RunningServer } from '../../../src/api/server.js';
 import { MAX_RESULT_OUTPUT_BYTES } from '../../../src/protocol/index.js';
+import { suiteScaledMs } from '../../support/paths.js';
 import { ensureImages, testSettings, vmSkipReason } from '../../support/vm.js';
 
 const skip = vmSkipReason();
@@ -108,7 +109,11 @@ describe.skipIf(skip !== null)('the job path in real VMs', () => {
     const r = await execute({
       language: 'python',
       files: [{ content: fill }],
-      runLimits: { memoryMib: 192, wallTimeMs: 60_000, cpuTimeMs: 60_000 },
+      runLimits: {
+        memoryMib: 192,
+        wallTimeMs: suiteScaledMs(60_000),
+        cpuTimeMs: suiteScaledMs(60_000),
+      },
       testCases: ['/dev/shm', '/var/tmp', '/tmp', '/dev/shm'].map((d) => ({
         stdin: `${d}\n`,
         expectedOutput: '',

@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { hostAddresses } from '../../../src/net/vmnet.js';
 import type { Engine } from '../../../src/pool/engine.js';
+import { suiteScaledMs } from '../../support/paths.js';
 import { ensureImages, testEngine, vmSkipReason } from '../../support/vm.js';
 
 function skipReason(): string | null {
@@ -207,7 +208,7 @@ describe.skipIf(skip !== null)('network on request, in real VMs', () => {
       language: 'python',
       files: [{ content: probe(targets) }],
       network: true,
-      runLimits: { wallTimeMs: 60_000 },
+      runLimits: { wallTimeMs: suiteScaledMs(60_000) },
     });
     const r = await engine.run(job);
     const text = b64(r.run?.stdout);
