@@ -4,6 +4,7 @@ export {
   QemuDriver,
   tcgKernelArgs,
   qemuArgs,
+  ramFileArgs,
   BASE_KERNEL_ARGS,
   type QemuAccel,
   type QemuDriverOptions,
@@ -51,3 +52,12 @@ export {
   type FirecrackerLayout,
 } from './firecracker-jailer.js';
 export { vsockConnect } from './vsock.js';
+export {
+  RAM_TEMPLATE_MIN_QEMU,
+  checkRamTemplateQemu,
+  formatQemuVersion,
+  parseQemuVersion,
+  qemuAtLeast,
+  qemuVersion,
+  type QemuVersion,
+} from './qemu-version.js';

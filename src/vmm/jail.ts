@@ -23,6 +23,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { VmJailFailedError } from '../errors.js';
 import { projectRoot } from '../images/agent-bundle.js';
 import type { QemuAccel } from './qemu.js';
+import type { RamFile } from './types.js';
 
 /** The helper's exit code when the jail could not be set up (QEMU never ran). */
 export const JAIL_FAILED_EXIT = 125;
@@ -49,7 +50,7 @@ export type JailPart =
  */
 export const QEMU_DATA_FILES = ['bios-microvm.bin', 'linuxboot_dma.bin'] as const;
 
-/** The TCG accelerator, a module QEMU 7.2 dlopens from `<exec dir>/../lib/<triplet>/qemu`. */
+/** The TCG accelerator, a module QEMU 7.2 dlopens from `<exec dir>/../lib/<triplet>/qemu` (10 has it built in). */
 export const QEMU_TCG_MODULE = 'x86_64-linux-gnu/qemu/accel-tcg-x86_64.so';
 
 /** Settings of the jail: who QEMU runs as, where jails go, the cgroup limits. */
@@ -147,12 +148,20 @@ export function resolveBinary(binary: string, path: string = process.env.PATH ??
   throw new VmJailFailedError(`QEMU's jail (files): ${binary} is not on PATH`);
 }
 
-/** Where QEMU finds its data files and modules, relative to its own directory (its relocation). */
-export function qemuSupportFiles(binary: string, accel: QemuAccel): string[] {
+/**
+ * Where QEMU finds its data files and modules, relative to its own directory (its relocation).
+ * The TCG module only where it is one: Debian's QEMU 10 (bookworm-backports) has TCG built in.
+ */
+export function qemuSupportFiles(
+  binary: string,
+  accel: QemuAccel,
+  exists: (path: string) => boolean = existsSync,
+): string[] {
   const execDir = dirname(binary);
+  const tcg = normalize(join(execDir, '..', 'lib', QEMU_TCG_MODULE));
   return [
     ...QEMU_DATA_FILES.map((f) => normalize(join(execDir, '..', 'share', 'qemu', f))),
-    ...(accel === 'tcg' ? [normalize(join(execDir, '..', 'lib', QEMU_TCG_MODULE))] : []),
+    ...(accel === 'tcg' && exists(tcg) ? [tcg] : []),
   ];
 }
 
@@ -266,6 +275,7 @@ export interface JailedVm {
   readonly memoryMib: number;
   readonly vcpus: number;
   readonly netns?: string | null;
+  readonly ramFile?: RamFile | null;
 }
 
 function jailError(part: JailPart, message: string, cause?: unknown): VmJailFailedError {
@@ -412,7 +422,14 @@ export class QemuJail {
       ...(vm.rootfsPath === null ? [] : [vm.rootfsPath]),
     ];
     const devices = jailDevices(accel, netns);
-    for (const file of [...closure, ...vmFiles, ...devices, ...(netns === null ? [] : [netns])]) {
+    const ramFiles = vm.ramFile ? [vm.ramFile.path] : [];
+    for (const file of [
+      ...closure,
+      ...vmFiles,
+      ...ramFiles,
+      ...devices,
+      ...(netns === null ? [] : [netns]),
+    ]) {
       await access(file, constants.R_OK).catch((err: unknown) => {
         throw jailError('files', `${file} is missing or unreadable`, err);
       });
@@ -434,8 +451,13 @@ export class QemuJail {
       uid: user.uid,
       gid: user.gid,
       netns,
-      readOnly: [...closure, ...vmFiles],
-      readWrite: [vm.runDir],
+      // A template VM writes its RAM into the file; a clone only reads it (rom=off, no write).
+      readOnly: [
+        ...closure,
+        ...vmFiles,
+        ...(vm.ramFile?.role === 'clone' ? [vm.ramFile.path] : []),
+      ],
+      readWrite: [vm.runDir, ...(vm.ramFile?.role === 'template' ? [vm.ramFile.path] : [])],
       devices,
       cgroupProcs: cgroups.map((c) => join(c.dir, 'cgroup.procs')),
       keepFds: fds.keep,

@@ -20,7 +20,14 @@ import { GUEST_NET, LAYERED_ROOT_ARG } from '../images/guest-init.js';
 import { VM_TAP } from '../net/vmnet.js';
 import type { PreparedJail, QemuJail } from './jail.js';
 import { QmpClient } from './qmp.js';
-import type { MicroVm, SnapshotInfo, VmLaunchOptions, VmmDriver, AgentChannel } from './types.js';
+import type {
+  AgentChannel,
+  MicroVm,
+  RamFile,
+  SnapshotInfo,
+  VmLaunchOptions,
+  VmmDriver,
+} from './types.js';
 
 /** How QEMU accelerates: real KVM where a guest really boots with it, TCG (emulation) otherwise. */
 export type QemuAccel = 'kvm' | 'tcg';
@@ -46,6 +53,11 @@ export interface QemuDriverOptions {
    * root of only its files, no capabilities, a cgroup with limits). Null or absent: unjailed.
    */
   readonly jail?: QemuJail | null;
+  /**
+   * QEMU's firmware folder (`-L`), for a QEMU unpacked outside /usr (scripts/qemu-backports.sh):
+   * in its jail it finds no files by its built-in /usr/share/qemu. Absent: QEMU's own default.
+   */
+  readonly firmwareDir?: string;
 }
 
 /** The kernel command line every VM gets (loglevel=1: with `quiet` the console says nothing). */
@@ -92,8 +104,34 @@ const SNAPSHOT_TIMEOUT_MS = 120_000;
  */
 export type QemuMachine = Pick<
   VmLaunchOptions,
-  'vmId' | 'runDir' | 'kernelPath' | 'initrdPath' | 'memoryMib' | 'vcpus' | 'netns' | 'basePath'
+  | 'vmId'
+  | 'runDir'
+  | 'kernelPath'
+  | 'initrdPath'
+  | 'memoryMib'
+  | 'vcpus'
+  | 'netns'
+  | 'basePath'
+  | 'ramFile'
 > & { readonly rootfsPath: string | null };
+
+/**
+ * The id of a RAM template's memory backend: the microvm machine's own `default-ram-id`, so
+ * that the RAM block keeps the name it has under a plain `-m`, and a full snapshot of a clone
+ * (a paused sandbox) restores in a VM without the template.
+ */
+const RAM_BACKEND_ID = 'microvm.ram';
+
+/** QEMU's arguments for guest RAM in a template file (docs/qemu.md "The RAM template"). */
+export function ramFileArgs(ramFile: RamFile, memoryMib: number): string[] {
+  const common = `memory-backend-file,id=${RAM_BACKEND_ID},size=${memoryMib}M,mem-path=${ramFile.path}`;
+  // A clone opens the file read-only and maps it private and writable (QEMU 8.2's rom=off):
+  // its writes never reach the file, and it cannot open the file for writing at all.
+  return [
+    '-object',
+    ramFile.role === 'template' ? `${common},share=on` : `${common},share=off,readonly=on,rom=off`,
+  ];
+}
 
 /**
  * QEMU's command line for a microvm. Identical for boot and restore (a restore must see the
@@ -110,7 +148,7 @@ export function qemuArgs(
     '-name',
     `runner-${options.vmId}`,
     '-M',
-    'microvm,rtc=on',
+    options.ramFile ? `microvm,rtc=on,memory-backend=${RAM_BACKEND_ID}` : 'microvm,rtc=on',
     '-accel',
     driver.accel === 'kvm' ? 'kvm' : 'tcg,thread=multi',
     '-cpu',
@@ -126,6 +164,7 @@ export function qemuArgs(
     'none',
     '-serial',
     'stdio',
+    ...(driver.firmwareDir === undefined ? [] : ['-L', driver.firmwareDir]),
     '-kernel',
     options.kernelPath,
     '-initrd',
@@ -181,7 +220,10 @@ export function qemuArgs(
       'on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny',
     );
   }
-  if (incoming) args.push('-incoming', 'fd:3');
+  if (options.ramFile) args.push(...ramFileArgs(options.ramFile, options.memoryMib));
+  // A clone's migration starts over QMP, after x-ignore-shared is on (QEMU 7.2 and later take no
+  // capability on the command line).
+  if (incoming) args.push('-incoming', options.ramFile?.role === 'clone' ? 'defer' : 'fd:3');
   return args;
 }
 
@@ -221,6 +263,13 @@ export class QemuDriver implements VmmDriver {
       (err) => err,
     );
   }
+}
+
+/** Migrations leave out RAM that is a file (the template's, and a clone's mapping of it). */
+function ignoreSharedRam(qmp: QmpClient): Promise<unknown> {
+  return qmp.execute('migrate-set-capabilities', {
+    capabilities: [{ capability: 'x-ignore-shared', state: true }],
+  });
 }
 
 /** Everything the helper wrote on its status fd (empty: QEMU was exec'd). */
@@ -381,6 +430,11 @@ class QemuVm extends BaseVm {
     this.begin('loadSnapshot');
     await this.openChannel(timeoutMs);
     const qmp = this.requireQmp();
+    if (this.options.ramFile?.role === 'clone') {
+      // The stream holds the devices only; the RAM is the template file, mapped at launch.
+      await this.raceExit(ignoreSharedRam(qmp), 'restoring');
+      await this.raceExit(qmp.execute('migrate-incoming', { uri: 'fd:3' }), 'restoring');
+    }
     const deadline = Date.now() + timeoutMs;
     for (;;) {
       const status = await this.raceExit(
@@ -422,6 +476,9 @@ class QemuVm extends BaseVm {
     try {
       const user = process.getuid?.() === 0 ? (this.driverOptions.user ?? null) : null;
       if (user) await chown(socketPath, user.uid, user.gid);
+      // A template's RAM is its file: the snapshot is the device state alone. A clone's is
+      // private to it, and its snapshot (a paused sandbox) holds all of it.
+      if (this.options.ramFile?.role === 'template') await ignoreSharedRam(qmp);
       await qmp.execute('migrate', { uri: `unix:${socketPath}` });
       const deadline = Date.now() + SNAPSHOT_TIMEOUT_MS;
       for (;;) {

@@ -129,6 +129,19 @@ export interface VmLaunchOptions extends VmResources {
    * /dev/net/tun) and gets a virtio-net NIC on its tap. Null or absent: no network at all.
    */
   readonly netns?: string | null;
+  /**
+   * Guest RAM in a file (QEMU only, docs/qemu.md "The RAM template"). `template`: a cold boot
+   * whose RAM is the file, shared, so that its snapshot holds only the device state. `clone`:
+   * a restore of such a snapshot that maps the file read-only and copy-on-write, so its clones
+   * share every page they do not write. Absent: RAM of the VMM's own.
+   */
+  readonly ramFile?: RamFile | null;
+}
+
+/** A RAM template file and how a VM uses it (VmLaunchOptions.ramFile). */
+export interface RamFile {
+  readonly path: string;
+  readonly role: 'template' | 'clone';
 }
 
 /** How a VMM process ended. */

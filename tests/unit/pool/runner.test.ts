@@ -3,7 +3,7 @@ import { LanguageRegistry } from '../../../src/languages/index.js';
 import { quantiles } from '../../../src/cli/commands/bench.js';
 import { exitCodeFor, languageForFile } from '../../../src/cli/commands/run.js';
 import { LAYERED_ROOT_ARG } from '../../../src/images/guest-init.js';
-import { tcgKernelArgs, qemuArgs, VmStateMachine } from '../../../src/vmm/index.js';
+import { tcgKernelArgs, qemuArgs, ramFileArgs, VmStateMachine } from '../../../src/vmm/index.js';
 
 const registry = LanguageRegistry.fromDir();
 
@@ -115,6 +115,58 @@ describe('qemu driver pieces', () => {
     const whole = qemuArgs({ ...opts, basePath: undefined }, { accel: 'tcg' }, false);
     expect(whole.filter((a) => a === '-drive')).toHaveLength(1);
     expect(whole[whole.indexOf('-append') + 1]).not.toContain(LAYERED_ROOT_ARG);
+  });
+
+  it('maps a RAM template read-only and copy-on-write in a clone, shared in the template VM', () => {
+    const opts = {
+      vmId: 'v',
+      runDir: '/r/v',
+      timeoutMs: 1,
+      kernelPath: '/k',
+      initrdPath: '/i',
+      rootfsPath: '/f.ext4',
+      memoryMib: 512,
+      vcpus: 1,
+    };
+    const template = { path: '/s/ram', role: 'template' as const };
+    const clone = { path: '/s/ram', role: 'clone' as const };
+    expect(ramFileArgs(template, 512)).toEqual([
+      '-object',
+      'memory-backend-file,id=microvm.ram,size=512M,mem-path=/s/ram,share=on',
+    ]);
+    expect(ramFileArgs(clone, 512)).toEqual([
+      '-object',
+      'memory-backend-file,id=microvm.ram,size=512M,mem-path=/s/ram,share=off,readonly=on,rom=off',
+    ]);
+    const boot = qemuArgs({ ...opts, ramFile: template }, { accel: 'tcg' }, false);
+    expect(boot[boot.indexOf('-M') + 1]).toBe('microvm,rtc=on,memory-backend=microvm.ram');
+    expect(boot.join(' ')).toContain('mem-path=/s/ram,share=on');
+    // A clone waits for its migration to be started over QMP (x-ignore-shared set first).
+    const restore = qemuArgs({ ...opts, ramFile: clone }, { accel: 'tcg' }, true);
+    expect(restore.slice(-2)).toEqual(['-incoming', 'defer']);
+    expect(restore.join(' ')).toContain('readonly=on,rom=off');
+    // Without a RAM file the machine keeps its own RAM and the command line is unchanged.
+    const plain = qemuArgs(opts, { accel: 'tcg' }, true);
+    expect(plain[plain.indexOf('-M') + 1]).toBe('microvm,rtc=on');
+    expect(plain.join(' ')).not.toContain('memory-backend');
+    expect(plain.slice(-2)).toEqual(['-incoming', 'fd:3']);
+  });
+
+  it('points a QEMU unpacked outside /usr at its own firmware folder', () => {
+    const opts = {
+      vmId: 'v',
+      runDir: '/r/v',
+      timeoutMs: 1,
+      kernelPath: '/k',
+      initrdPath: '/i',
+      rootfsPath: '/f.ext4',
+      memoryMib: 512,
+      vcpus: 1,
+    };
+    const args = qemuArgs(opts, { accel: 'tcg', firmwareDir: '/q/usr/share/qemu' }, false);
+    expect(args[args.indexOf('-L') + 1]).toBe('/q/usr/share/qemu');
+    expect(args.indexOf('-L')).toBeLessThan(args.indexOf('-kernel'));
+    expect(qemuArgs(opts, { accel: 'tcg' }, false)).not.toContain('-L');
   });
 
   it('refuses illegal VM state transitions', () => {

@@ -94,6 +94,14 @@ describe("QEMU's jail: spec and command line", () => {
       '/opt/q/share/qemu/bios-microvm.bin',
       '/opt/q/share/qemu/linuxboot_dma.bin',
     ]);
+    // A QEMU with TCG built in (Debian's 10 from bookworm-backports) has no module to bind.
+    expect(qemuSupportFiles('/opt/q/bin/qemu', 'tcg', () => false)).toEqual([
+      '/opt/q/share/qemu/bios-microvm.bin',
+      '/opt/q/share/qemu/linuxboot_dma.bin',
+    ]);
+    expect(qemuSupportFiles('/opt/q/bin/qemu', 'tcg', () => true)).toContain(
+      '/opt/q/lib/x86_64-linux-gnu/qemu/accel-tcg-x86_64.so',
+    );
   });
 
   it("resolves the binary on PATH (QEMU is exec'd by absolute path) or names it missing", () => {
