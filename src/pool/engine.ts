@@ -2,7 +2,7 @@ import { EventEmitter } from 'node:events';
 import { availableParallelism } from 'node:os';
 import { readFileSync } from 'node:fs';
 import { readdir, readFile, rm } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, isAbsolute, join } from 'node:path';
 import {
   dataPaths,
   scaledMaxima,
@@ -24,7 +24,9 @@ import {
   type Language,
 } from '../languages/index.js';
 import {
+  checkRamTemplateQemu,
   FirecrackerDriver,
+  formatQemuVersion,
   probeKvm,
   QemuDriver,
   parseVmmPidFile,
@@ -76,6 +78,16 @@ export interface VmTiming {
   readonly kind: 'boot' | 'restore';
   readonly language: string;
   readonly ms: number;
+}
+
+/**
+ * The firmware folder of a QEMU outside /usr (one unpacked by scripts/qemu-backports.sh): the
+ * `share/qemu` beside its `bin`. Nothing for the system's QEMU, which finds its own.
+ */
+export function qemuFirmware(binary: string): { firmwareDir?: string } {
+  if (!isAbsolute(binary)) return {};
+  const prefix = dirname(dirname(binary));
+  return prefix === '/usr' ? {} : { firmwareDir: join(prefix, 'share', 'qemu') };
 }
 
 /** Looks a user up in /etc/passwd (no NSS: the service runs on plain Debian). */
@@ -286,8 +298,24 @@ export async function createEngine(
     const jail = settings.qemuJail ? new QemuJail(qemuJailOptions(settings, paths, user)) : null;
     if (jail)
       await sweepJails(jail.options, (vmId) => heldByAnotherProcess(join(paths.runDir, vmId)));
-    driver = new QemuDriver({ binary: settings.qemuBinary, accel: mode, user, jail });
+    driver = new QemuDriver({
+      binary: settings.qemuBinary,
+      accel: mode,
+      user,
+      jail,
+      ...qemuFirmware(settings.qemuBinary),
+    });
     driverTag = `qemu-${mode}`;
+    if (settings.qemuRamTemplate) {
+      // A template's state stream is this QEMU's own: its version is in the snapshot key.
+      const version = await checkRamTemplateQemu(settings.qemuBinary);
+      driverTag += `-ram-template-${formatQemuVersion(version)}`;
+    }
+  }
+  if (settings.qemuRamTemplate && settings.vmm !== 'qemu') {
+    throw new ConfigInvalidError(
+      'RUNNER_QEMU_RAM_TEMPLATE is for the qemu driver (RUNNER_VMM=qemu)',
+    );
   }
   const events = new EventEmitter();
   const emit =
@@ -310,6 +338,7 @@ export async function createEngine(
     kernelFile: settings.vmm === 'firecracker' ? 'vmlinux' : 'vmlinuz',
     fetchMissing: remoteFetcher(store, settings, log),
     log,
+    ...(settings.qemuRamTemplate && { ramTemplate: { owner: user } }),
     ...(settings.snapshotWarmUp && {
       warmUp: (vm: MicroVm, language: string) =>
         warmUp(vm, languages.get(language), languages, maxLimits),

@@ -12,6 +12,13 @@ import type { VmNet, VmNetManager } from '../net/vmnet.js';
 import type { MicroVm, VmmDriver, VmResources } from '../vmm/index.js';
 import type { SnapshotManager } from './snapshots.js';
 
+/** What a restore needs of a snapshot: its file, its VMs' shape, its RAM template if any. */
+export interface PoolSnapshot {
+  readonly path: string;
+  readonly resources: VmResources;
+  readonly ramPath?: string;
+}
+
 /** Settings of the warm pool. */
 export interface PoolOptions {
   readonly driver: VmmDriver;
@@ -316,10 +323,7 @@ export class VmPool {
    * capacity like a pool miss, and reseeded (new entropy, clock and VM id). `resources` must
    * be those the snapshot was taken with.
    */
-  async acquireFrom(
-    language: string,
-    snapshot: { readonly path: string; readonly resources: VmResources },
-  ): Promise<Lease> {
+  async acquireFrom(language: string, snapshot: PoolSnapshot): Promise<Lease> {
     if (this.closed) throw new PoolClosedError('the pool is closed');
     return this.leaseRestored(language, async () => ({
       ...(await this.restoreSnapshot(language, snapshot)),
@@ -329,7 +333,7 @@ export class VmPool {
 
   private async restoreSnapshot(
     language: string,
-    snapshot: { readonly path: string; readonly resources: VmResources },
+    snapshot: PoolSnapshot,
   ): Promise<{ vm: MicroVm; restoreMs: number }> {
     const vmId = `${language}-${randomBytes(6).toString('hex')}`;
     const started = Date.now();
@@ -339,6 +343,9 @@ export class VmPool {
         vmId,
         runDir: join(this.options.runDir, vmId),
         timeoutMs: this.options.restoreTimeoutMs,
+        ...(snapshot.ramPath !== undefined && {
+          ramFile: { path: snapshot.ramPath, role: 'clone' as const },
+        }),
       },
       snapshot.path,
     );

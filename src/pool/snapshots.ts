@@ -1,11 +1,23 @@
 import { randomBytes } from 'node:crypto';
-import { mkdir, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import {
+  chmod,
+  chown,
+  mkdir,
+  open,
+  readFile,
+  readdir,
+  rename,
+  rm,
+  stat,
+  writeFile,
+} from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { ImageNotFoundError, SnapshotFailedError } from '../errors.js';
 import { BASE_FILE_NAME } from '../images/rootfs.js';
 import { canonicalJson, sha256Hex } from '../images/identity.js';
 import type { ImageStore, StoredImage } from '../images/store.js';
-import type { MicroVm, VmmDriver, VmResources } from '../vmm/index.js';
+import type { MicroVm, RamFile, VmmDriver, VmResources } from '../vmm/index.js';
 
 /** Whether a language is ready to run here (see SnapshotManager.status). */
 export interface RuntimeStatus {
@@ -30,6 +42,11 @@ export interface SnapshotRef {
   /** The base image under a layered language's layer (absent for a whole rootfs). */
   readonly baseId?: string;
   readonly sizeBytes: number;
+  /**
+   * Its RAM template (ramTemplate): the guest RAM the snapshot's clones map copy-on-write; the
+   * snapshot itself is then the device state alone. Absent: the RAM is in the snapshot.
+   */
+  readonly ramPath?: string;
   /** The cold boot that made it (absent when it was already on disk). */
   readonly bootMs?: number;
   readonly snapshotMs?: number;
@@ -65,7 +82,16 @@ export interface SnapshotManagerOptions {
    * snapshot is taken of a VM that failed its self-test. Part of the snapshot's key.
    */
   readonly warmUp?: (vm: MicroVm, language: string) => Promise<void>;
+  /**
+   * Snapshots keep the guest RAM in a template file beside them (QEMU 8.2 or later, docs/qemu.md
+   * "The RAM template"). `owner`: who the VMM runs as, who writes the file while the template VM
+   * runs; it is the host's, read-only, before the snapshot is published. Part of the key.
+   */
+  readonly ramTemplate?: { readonly owner: { uid: number; gid: number } | null } | null;
 }
+
+/** The name of a snapshot's RAM template file, beside its vm.snap. */
+export const RAM_TEMPLATE_FILE = 'ram';
 
 /** The version of the warm-up recipe, in the snapshot key when a warm-up runs. */
 const WARM_UP_RECIPE = 1;
@@ -106,7 +132,10 @@ export class SnapshotManager {
   async ensure(language: string): Promise<SnapshotRef> {
     const { base, dir } = await this.target(language);
     const existing = await stat(base.path).catch(() => null);
-    if (existing) return { ...base, sizeBytes: existing.size };
+    // A template's state restores nothing without its RAM file: both, or it is taken anew.
+    const ram = base.ramPath === undefined ? null : await stat(base.ramPath).catch(() => null);
+    if (existing && (base.ramPath === undefined || ram !== null))
+      return { ...base, sizeBytes: existing.size + (ram === null ? 0 : ram.blocks * 512) };
     let pending = this.inflight.get(base.key);
     if (!pending) {
       pending = this.create(base, dir).finally(() => this.inflight.delete(base.key));
@@ -166,9 +195,10 @@ export class SnapshotManager {
     const treeKey = rootfs.manifest.inputs?.baseTreeKey;
     const base = treeKey === undefined ? null : await latestBase(this.options.store, treeKey);
     if (base === undefined) return { imageReady: false, snapshotReady: false };
-    const { path } = this.locate(language, kernel, rootfs, base);
+    const { path, ramPath } = this.locate(language, kernel, rootfs, base);
     const snap = await stat(path).catch(() => null);
-    return { imageReady: true, snapshotReady: snap?.isFile() === true };
+    const ram = ramPath === undefined ? true : existsSync(ramPath);
+    return { imageReady: true, snapshotReady: snap?.isFile() === true && ram };
   }
 
   /** Where the snapshot of these images is kept (its key), and what its VMs are made of. */
@@ -197,16 +227,19 @@ export class SnapshotManager {
         memoryMib: resources.memoryMib,
         vcpus: resources.vcpus,
         ...(this.options.warmUp !== undefined && { warmUp: WARM_UP_RECIPE }),
+        ...(this.options.ramTemplate && { ram: 'template' }),
       }),
     ).slice(0, 16);
     // One snapshot per layer: the languages of a family layer share it.
     const layer = rootfs.manifest.language ?? language;
+    const dir = join(this.options.snapshotsDir, `${layer}-${key}`);
     return {
       language,
       layer,
       layerLanguages: rootfs.manifest.languages ?? [language],
       key,
-      path: join(this.options.snapshotsDir, `${layer}-${key}`, 'vm.snap'),
+      path: join(dir, 'vm.snap'),
+      ...(this.options.ramTemplate && { ramPath: join(dir, RAM_TEMPLATE_FILE) }),
       resources,
       kernelId: kernel.manifest.id,
       rootfsId: rootfs.manifest.id,
@@ -218,6 +251,7 @@ export class SnapshotManager {
   private async boot(
     base: Omit<SnapshotRef, 'sizeBytes'>,
     netns: string | null = null,
+    ramFile: RamFile | null = null,
   ): Promise<{ vm: MicroVm; bootMs: number }> {
     const vmId = `${netns ? 'net' : 'snap'}-${base.language}-${randomBytes(4).toString('hex')}`;
     const started = Date.now();
@@ -227,6 +261,7 @@ export class SnapshotManager {
       runDir: join(this.options.runDir, vmId),
       timeoutMs: this.options.bootTimeoutMs,
       ...(netns !== null && { netns }),
+      ...(ramFile !== null && { ramFile }),
     });
     const bootMs = Date.now() - started;
     this.options.onBoot?.(base.language, bootMs);
@@ -243,7 +278,8 @@ export class SnapshotManager {
   private async create(base: Omit<SnapshotRef, 'sizeBytes'>, dir: string): Promise<SnapshotRef> {
     await mkdir(dir, { recursive: true });
     this.options.log?.(`booting ${base.language} (${base.rootfsId}) to take its snapshot`);
-    const { vm, bootMs } = await this.boot(base);
+    const ramFile = await this.newRamTemplate(base);
+    const { vm, bootMs } = await this.boot(base, null, ramFile);
     try {
       let warmUpMs: number | undefined;
       if (this.options.warmUp !== undefined) {
@@ -254,7 +290,15 @@ export class SnapshotManager {
         await this.options.warmUp(vm, base.language);
         warmUpMs = Date.now() - started;
       }
-      const info = await vm.snapshot(base.path);
+      // With a RAM template the state is published only once the RAM file is sealed.
+      const statePath = ramFile === null ? base.path : `${base.path}.state`;
+      let info = await vm.snapshot(statePath);
+      if (ramFile !== null) {
+        await vm.destroy();
+        const ramBytes = await sealRamTemplate(ramFile.path);
+        await rename(statePath, base.path);
+        info = { ...info, path: base.path, sizeBytes: info.sizeBytes + ramBytes };
+      }
       await writeFile(
         join(dir, 'meta.json'),
         `${JSON.stringify({ ...base, sizeBytes: info.sizeBytes, bootMs, warmUpMs, snapshotMs: info.ms, takenAt: new Date().toISOString() }, null, 2)}\n`,
@@ -271,6 +315,21 @@ export class SnapshotManager {
     } finally {
       await vm.destroy();
     }
+  }
+
+  /**
+   * A fresh, empty RAM template for a snapshot being made (null without ramTemplate): owned by
+   * the VMM's user, who alone may write it while the template VM runs.
+   */
+  private async newRamTemplate(base: Omit<SnapshotRef, 'sizeBytes'>): Promise<RamFile | null> {
+    const ram = this.options.ramTemplate;
+    if (!ram || base.ramPath === undefined) return null;
+    await rm(base.ramPath, { force: true });
+    await writeFile(base.ramPath, '', { mode: 0o600 });
+    if (ram.owner !== null && process.getuid?.() === 0) {
+      await chown(base.ramPath, ram.owner.uid, ram.owner.gid);
+    }
+    return { path: base.ramPath, role: 'template' };
   }
 
   private async image(kind: 'kernel' | 'rootfs', language: string | null): Promise<StoredImage> {
@@ -295,6 +354,22 @@ export async function latestBase(
     (b) => b.manifest.inputs?.baseTreeKey === treeKey,
   );
   return store.preferred(bases);
+}
+
+/**
+ * Makes a template VM's RAM file the host's and read-only, on disk (fsync: a clone must never
+ * map a torn template), once its VM is gone. Returns the bytes it takes on disk.
+ */
+async function sealRamTemplate(path: string): Promise<number> {
+  if (process.getuid?.() === 0) await chown(path, 0, 0);
+  await chmod(path, 0o444);
+  const handle = await open(path, 'r');
+  try {
+    await handle.sync();
+    return (await handle.stat()).blocks * 512;
+  } finally {
+    await handle.close();
+  }
 }
 
 /** Reads a snapshot's meta.json (timings of the boot that made it), or null. */

@@ -1,6 +1,15 @@
-import { mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import {
+  appendFileSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { ImageStore, type StoredImage } from '../../../src/images/store.js';
 import { SnapshotManager, type SnapshotManagerOptions } from '../../../src/pool/snapshots.js';
@@ -107,6 +116,76 @@ describe('SnapshotManager: one cold-boot path for snapshots and runner bench', (
       expect.objectContaining({ code: 'SNAPSHOT_FAILED' }) as Error,
     );
     expect(driver.vms[0]?.destroyed).toBe(true);
+  });
+});
+
+describe('SnapshotManager: a RAM template beside the snapshot', () => {
+  let dir: string;
+  beforeEach(() => {
+    dir = mkdtempSync(join(tmpdir(), 'runner-snapshots-'));
+  });
+  afterEach(() => rmSync(dir, { recursive: true, force: true }));
+
+  it('boots the template VM on a fresh file, and publishes the state only once the file is sealed', async () => {
+    const events: string[] = [];
+    const boots: VmLaunchOptions[] = [];
+    const driver: VmmDriver = {
+      name: 'qemu',
+      boot: (o) => {
+        boots.push(o);
+        const ram = o.ramFile?.path;
+        if (ram !== undefined) {
+          events.push(`boot ${statSync(ram).size} ${(statSync(ram).mode & 0o777).toString(8)}`);
+          // The guest's RAM, as QEMU writes it into the shared file.
+          appendFileSync(ram, Buffer.alloc(4096, 7));
+        }
+        return Promise.resolve({
+          id: o.vmId,
+          hello: {
+            type: 'hello',
+            protocol: 1,
+            agentVersion: 'x',
+            languages: ['python'],
+            vmId: null,
+          },
+          snapshot: (path: string) => {
+            events.push(`snapshot ${path}`);
+            writeFileSync(path, 'state');
+            return Promise.resolve({ path, sizeBytes: 5, ms: 1 });
+          },
+          destroy: () => {
+            if (ram !== undefined)
+              events.push(`destroy ${(statSync(ram).mode & 0o777).toString(8)}`);
+            return Promise.resolve();
+          },
+        } as unknown as MicroVm);
+      },
+      restore: () => Promise.reject(new Error('not used')),
+    };
+    const plain = new SnapshotManager(managerOptions(dir, driver, store));
+    const m = new SnapshotManager({
+      ...managerOptions(dir, driver, store),
+      ramTemplate: { owner: null },
+    });
+    const ref = await m.ensure('python');
+    expect(ref.ramPath).toBe(join(dirname(ref.path), 'ram'));
+    expect(boots[0]?.ramFile).toEqual({ path: ref.ramPath, role: 'template' });
+    // An empty file the VMM's user alone may write; the VM is gone before the file is sealed
+    // (the manager's own destroy after it is idempotent).
+    expect(events.slice(0, 3)).toEqual(['boot 0 600', `snapshot ${ref.path}.state`, 'destroy 600']);
+    expect(statSync(ref.ramPath ?? '').mode & 0o777).toBe(0o444);
+    expect(existsSync(ref.path)).toBe(true);
+    expect(existsSync(`${ref.path}.state`)).toBe(false);
+    expect(ref.sizeBytes).toBeGreaterThanOrEqual(4096);
+    // Taken again when its RAM file is gone (the state alone restores nothing).
+    rmSync(ref.ramPath ?? '');
+    const again = await m.ensure('python');
+    expect(boots).toHaveLength(2);
+    expect(statSync(again.ramPath ?? '').size).toBe(4096);
+    // A snapshot with its RAM inside is another key: neither is ever taken for the other.
+    const other = await plain.ensure('python');
+    expect(other.key).not.toBe(ref.key);
+    expect(other.ramPath).toBeUndefined();
   });
 });
 
