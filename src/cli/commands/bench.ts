@@ -9,6 +9,7 @@ import { createEngine, type Engine, type JobRequest } from '../../pool/index.js'
 import { startSpinner } from '../progress.js';
 import { benchLanguages, languagesBenchMarkdown, languagesBenchTable } from './bench-languages.js';
 import { benchSandboxes, sandboxBenchTable } from './bench-sandboxes.js';
+import type { MicroVm } from '../../vmm/index.js';
 
 /** Median and 95th percentile of a sample, in ms. */
 export interface Quantiles {
@@ -48,6 +49,8 @@ export interface BenchReport {
   nativeMs: Quantiles;
   jobsPerSecond: number;
   idleVmRssMib: number;
+  /** PSS of each idle VM while all the restored ones run at once (pages they share split). */
+  idleVmPssMib: number;
   ratios: { restoreVsColdBoot: number; poolHitVsNative: number };
 }
 
@@ -79,6 +82,17 @@ const HELLO: Record<
     native: () => null,
   },
 };
+
+/** A process's proportional set size: its pages, each shared one divided by its sharers. */
+function pssMib(pid: number | undefined): number | null {
+  if (pid === undefined) return null;
+  try {
+    const m = /^Pss:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8'));
+    return m?.[1] ? Number(m[1]) / 1024 : null;
+  } catch {
+    return null;
+  }
+}
 
 function rssMib(pid: number | undefined): number | null {
   if (pid === undefined) return null;
@@ -130,19 +144,27 @@ export async function runBench(
 
   // 2. Restores of the language's snapshot through the pool's own restore path, up to the agent
   // answering its reseed; RSS when idle. The pool is idle yet, so these take no room from it.
+  // They stay up until the last is restored, so that PSS shows what they share (a RAM template).
   const restore: number[] = [];
   const rss: number[] = [];
-  for (let i = 0; i < options.restores; i++) {
-    options.progress(`restore ${i + 1}/${options.restores}`);
-    const { vm, restoreMs } = await engine.pool.restoreFresh(language);
-    try {
+  const pss: number[] = [];
+  const restored: MicroVm[] = [];
+  try {
+    for (let i = 0; i < options.restores; i++) {
+      options.progress(`restore ${i + 1}/${options.restores}`);
+      const { vm, restoreMs } = await engine.pool.restoreFresh(language);
+      restored.push(vm);
       restore.push(restoreMs);
-      await new Promise((r) => setTimeout(r, 200));
+    }
+    await new Promise((r) => setTimeout(r, 200));
+    for (const vm of restored) {
       const r = rssMib(vm.pid);
       if (r !== null) rss.push(r);
-    } finally {
-      await vm.destroy();
+      const p = pssMib(vm.pid);
+      if (p !== null) pss.push(p);
     }
+  } finally {
+    await Promise.all(restored.map((vm) => vm.destroy()));
   }
 
   // 3. Pool misses (nothing warm) then pool hits (a ready VM waiting for each job).
@@ -228,6 +250,7 @@ export async function runBench(
     ...q,
     jobsPerSecond,
     idleVmRssMib: round(quantiles(rss).p50),
+    idleVmPssMib: round(quantiles(pss).p50),
     ratios: {
       restoreVsColdBoot: round(q.coldBootMs.p50 / q.restoreMs.p50),
       poolHitVsNative: round(q.poolHitMs.p50 / q.nativeMs.p50),
@@ -445,7 +468,7 @@ export function registerBenchCommand(program: Command): void {
             row('  time in the guest agent', report.guestMs),
             row('native run (the floor)', report.nativeMs),
             `jobs per second at saturation: ${report.jobsPerSecond} (${engine.pool.capacity} VMs)`,
-            `host RSS per idle VM: ${report.idleVmRssMib} MiB`,
+            `host RSS per idle VM: ${report.idleVmRssMib} MiB, PSS ${report.idleVmPssMib} MiB (${report.restoreMs.n} restored VMs at once)`,
             `restore is ${report.ratios.restoreVsColdBoot}x faster than a cold boot; a pool hit is ${report.ratios.poolHitVsNative}x the native run`,
             '',
           ].join('\n'),
