@@ -265,10 +265,14 @@ export class QemuDriver implements VmmDriver {
   }
 }
 
-/** Migrations leave out RAM that is a file (the template's, and a clone's mapping of it). */
-function ignoreSharedRam(qmp: QmpClient): Promise<unknown> {
+/**
+ * Whether a migration leaves out RAM that is a shared file (a template's). The stream records
+ * the capability, and a restore must have it set the same: on to restore a template's state,
+ * off again before a clone's own snapshot (which holds its private RAM) is saved.
+ */
+function ignoreSharedRam(qmp: QmpClient, state = true): Promise<unknown> {
   return qmp.execute('migrate-set-capabilities', {
-    capabilities: [{ capability: 'x-ignore-shared', state: true }],
+    capabilities: [{ capability: 'x-ignore-shared', state }],
   });
 }
 
@@ -478,7 +482,8 @@ class QemuVm extends BaseVm {
       if (user) await chown(socketPath, user.uid, user.gid);
       // A template's RAM is its file: the snapshot is the device state alone. A clone's is
       // private to it, and its snapshot (a paused sandbox) holds all of it.
-      if (this.options.ramFile?.role === 'template') await ignoreSharedRam(qmp);
+      if (this.options.ramFile)
+        await ignoreSharedRam(qmp, this.options.ramFile.role === 'template');
       await qmp.execute('migrate', { uri: `unix:${socketPath}` });
       const deadline = Date.now() + SNAPSHOT_TIMEOUT_MS;
       for (;;) {
