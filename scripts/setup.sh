@@ -71,3 +71,10 @@ if [[ ! -d node_modules ]] || [[ package-lock.json -nt node_modules/.package-loc
     fi
   fi
 fi
+
+# QEMU 10 from bookworm-backports, beside the system's 7.2: unpacked, not installed, into
+# /var/cache/runner-codes/qemu-backports (seconds, 85 MB). RUNNER_QEMU_RAM_TEMPLATE needs it, and
+# the RAM template's tests run it (docs/qemu.md, "The RAM template").
+if [[ $(id -u) -eq 0 ]]; then
+  bash scripts/qemu-backports.sh >/dev/null
+fi
