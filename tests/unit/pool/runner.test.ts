@@ -61,6 +61,18 @@ describe('CLI helpers', () => {
   });
 });
 
+/** A microvm of one vCPU and 512 MiB over a whole rootfs, as the command-line tests use it. */
+const MACHINE = {
+  vmId: 'v',
+  runDir: '/r/v',
+  timeoutMs: 1,
+  kernelPath: '/k',
+  initrdPath: '/i',
+  rootfsPath: '/f.ext4',
+  memoryMib: 512,
+  vcpus: 1,
+};
+
 describe('qemu driver pieces', () => {
   it('gives TCG guests the host TSC rate', () => {
     expect(tcgKernelArgs('cpu MHz\t\t: 2596.126\n')).toEqual([
@@ -71,16 +83,7 @@ describe('qemu driver pieces', () => {
   });
 
   it('builds one command line for boot and restore, with the seccomp sandbox and no network device', () => {
-    const opts = {
-      vmId: 'v',
-      runDir: '/r/v',
-      timeoutMs: 1,
-      kernelPath: '/k',
-      initrdPath: '/i',
-      rootfsPath: '/f.ext4',
-      memoryMib: 512,
-      vcpus: 1,
-    };
+    const opts = MACHINE;
     const boot = qemuArgs(opts, { accel: 'tcg' }, false);
     const restore = qemuArgs(opts, { accel: 'tcg' }, true);
     expect(restore.slice(0, boot.length)).toEqual(boot);
@@ -118,16 +121,7 @@ describe('qemu driver pieces', () => {
   });
 
   it('maps a RAM template read-only and copy-on-write in a clone, shared in the template VM', () => {
-    const opts = {
-      vmId: 'v',
-      runDir: '/r/v',
-      timeoutMs: 1,
-      kernelPath: '/k',
-      initrdPath: '/i',
-      rootfsPath: '/f.ext4',
-      memoryMib: 512,
-      vcpus: 1,
-    };
+    const opts = MACHINE;
     const template = { path: '/s/ram', role: 'template' as const };
     const clone = { path: '/s/ram', role: 'clone' as const };
     expect(ramFileArgs(template, 512)).toEqual([
@@ -153,16 +147,7 @@ describe('qemu driver pieces', () => {
   });
 
   it('points a QEMU unpacked outside /usr at its own firmware folder', () => {
-    const opts = {
-      vmId: 'v',
-      runDir: '/r/v',
-      timeoutMs: 1,
-      kernelPath: '/k',
-      initrdPath: '/i',
-      rootfsPath: '/f.ext4',
-      memoryMib: 512,
-      vcpus: 1,
-    };
+    const opts = MACHINE;
     const args = qemuArgs(opts, { accel: 'tcg', firmwareDir: '/q/usr/share/qemu' }, false);
     expect(args[args.indexOf('-L') + 1]).toBe('/q/usr/share/qemu');
     expect(args.indexOf('-L')).toBeLessThan(args.indexOf('-kernel'));
