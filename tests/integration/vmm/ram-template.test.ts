@@ -100,6 +100,15 @@ describe.skipIf(skip !== null)('the RAM template, in real VMs', () => {
   let templateHash = '';
   const dataDir = join(testDataDir(), 'ram-template');
 
+  /** Runs a python program as a job in `vm`. */
+  function runPython(vm: Lease['vm'], code: string): ReturnType<typeof executeOnVm> {
+    const { engine } = need();
+    return executeOnVm(
+      vm,
+      engine.prepare({ language: 'python', files: [{ name: 'main.py', content: code }] }),
+    );
+  }
+
   function need(): { engine: Engine; ref: SnapshotRef; ramPath: string } {
     if (!engine || !ref || ref.ramPath === undefined) throw new Error('the engine did not start');
     return { engine, ref, ramPath: ref.ramPath };
@@ -144,13 +153,7 @@ describe.skipIf(skip !== null)('the RAM template, in real VMs', () => {
       const code = 'import os, random\nprint(os.urandom(16).hex(), random.getrandbits(64))';
       const outs: string[] = [];
       for (const lease of leases) {
-        const result = await executeOnVm(
-          lease.vm,
-          engine.prepare({
-            language: 'python',
-            files: [{ name: 'main.py', content: code }],
-          }),
-        );
+        const result = await runPython(lease.vm, code);
         expect(result.status, result.run?.message).toBe('ok');
         outs.push(text(result.run).trim());
       }
@@ -188,13 +191,7 @@ describe.skipIf(skip !== null)('the RAM template, in real VMs', () => {
       const lease = await engine.pool.acquire('python');
       let sizeBytes = 0;
       try {
-        const first = await executeOnVm(
-          lease.vm,
-          engine.prepare({
-            language: 'python',
-            files: [{ name: 'main.py', content: 'print("before")' }],
-          }),
-        );
+        const first = await runPython(lease.vm, 'print("before")');
         expect(first.status, first.run?.message).toBe('ok');
         sizeBytes = (await lease.vm.snapshot(join(dir, 'vm.snap'))).sizeBytes;
       } finally {
@@ -207,13 +204,7 @@ describe.skipIf(skip !== null)('the RAM template, in real VMs', () => {
         resources: ref.resources,
       });
       try {
-        const after = await executeOnVm(
-          resumed.vm,
-          engine.prepare({
-            language: 'python',
-            files: [{ name: 'main.py', content: 'print(6 * 7)' }],
-          }),
-        );
+        const after = await runPython(resumed.vm, 'print(6 * 7)');
         expect(after.status, after.run?.message).toBe('ok');
         expect(text(after.run)).toBe('42\n');
       } finally {
