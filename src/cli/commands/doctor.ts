@@ -8,7 +8,13 @@ import { layerName } from '../../images/rootfs.js';
 import { ImageStore } from '../../images/store.js';
 import { LanguageRegistry } from '../../languages/index.js';
 import { latestBase, lookupUser } from '../../pool/index.js';
-import { probeKvm } from '../../vmm/index.js';
+import {
+  formatQemuVersion,
+  parseQemuVersion,
+  probeKvm,
+  qemuAtLeast,
+  RAM_TEMPLATE_MIN_QEMU,
+} from '../../vmm/index.js';
 import { jailChecks } from './doctor-jail.js';
 
 /** One line of the doctor's report. */
@@ -20,6 +26,43 @@ export interface Check {
   fix?: string;
   /** A missing optional piece (a language not built yet): shown, but not a failure. */
   optional?: boolean;
+}
+
+/** Where scripts/qemu-backports.sh (run by scripts/setup.sh) unpacks QEMU 10 by default. */
+export const BACKPORTS_QEMU =
+  '/var/cache/runner-codes/qemu-backports/root/usr/bin/qemu-system-x86_64';
+
+/**
+ * Whether snapshots can keep their RAM in a template (docs/qemu.md "The RAM template"): with the
+ * setting on, the configured QEMU must be 8.2 or later; with it off, only said, never a failure.
+ */
+export function ramTemplateCheck(
+  enabled: boolean,
+  binary: string,
+  versionLine: string | null,
+  backports: string | null,
+): Check {
+  const version = versionLine === null ? null : parseQemuVersion(versionLine);
+  const min = formatQemuVersion(RAM_TEMPLATE_MIN_QEMU);
+  const able = version !== null && qemuAtLeast(version, RAM_TEMPLATE_MIN_QEMU);
+  const found =
+    version === null ? `${binary} gives no version` : `QEMU ${formatQemuVersion(version)}`;
+  const fix = `RUNNER_QEMU_BINARY=${backports ?? BACKPORTS_QEMU}${backports === null ? ' (bash scripts/qemu-backports.sh unpacks it)' : ''}`;
+  if (enabled) {
+    return {
+      name: 'ram template',
+      ok: able,
+      detail: able
+        ? `on, ${found}`
+        : `on, but ${found} is older than ${min} (the service refuses to start)`,
+      fix,
+    };
+  }
+  return {
+    name: 'ram template',
+    ok: true,
+    detail: `off (RUNNER_QEMU_RAM_TEMPLATE); ${able ? `${found} could` : `${found} cannot (${min} or later${backports === null ? '' : `: ${backports}`})`}`,
+  };
 }
 
 function versionOf(binary: string, args: string[] = ['--version']): string | null {
@@ -41,6 +84,14 @@ export async function runChecks(options: { refreshKvm?: boolean } = {}): Promise
     detail: qemu ?? `${settings.qemuBinary} not found`,
     fix: 'apt-get install qemu-system-x86 (or run scripts/setup.sh)',
   });
+  checks.push(
+    ramTemplateCheck(
+      settings.qemuRamTemplate,
+      settings.qemuBinary,
+      qemu,
+      existsSync(BACKPORTS_QEMU) ? BACKPORTS_QEMU : null,
+    ),
+  );
   const fc = versionOf(settings.firecrackerBinary);
   checks.push({
     name: 'firecracker',
