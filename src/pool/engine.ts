@@ -278,6 +278,11 @@ export async function createEngine(
   let driver: VmmDriver;
   let driverTag: string;
   if (settings.vmm === 'firecracker') {
+    if (settings.qemuRamTemplate) {
+      throw new ConfigInvalidError(
+        'RUNNER_QEMU_RAM_TEMPLATE is for the qemu driver (RUNNER_VMM=qemu)',
+      );
+    }
     // Firecracker always runs on KVM; the jailer, where configured, confines it (docs/firecracker.md).
     // uid 0 only when RUNNER_QEMU_USER is empty on purpose: a missing user failed above.
     const jailUser = user ?? { uid: 0, gid: 0 };
@@ -311,11 +316,6 @@ export async function createEngine(
       const version = await checkRamTemplateQemu(settings.qemuBinary);
       driverTag += `-ram-template-${formatQemuVersion(version)}`;
     }
-  }
-  if (settings.qemuRamTemplate && settings.vmm !== 'qemu') {
-    throw new ConfigInvalidError(
-      'RUNNER_QEMU_RAM_TEMPLATE is for the qemu driver (RUNNER_VMM=qemu)',
-    );
   }
   const events = new EventEmitter();
   const emit =

@@ -53,7 +53,9 @@ export {
 } from './firecracker-jailer.js';
 export { vsockConnect } from './vsock.js';
 export {
+  BACKPORTS_QEMU,
   RAM_TEMPLATE_MIN_QEMU,
+  canRamTemplate,
   checkRamTemplateQemu,
   formatQemuVersion,
   parseQemuVersion,

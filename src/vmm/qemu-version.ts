@@ -11,6 +11,15 @@ export interface QemuVersion {
 /** The first QEMU that maps a read-only file as writable private RAM (`readonly=on,rom=off`). */
 export const RAM_TEMPLATE_MIN_QEMU: QemuVersion = { major: 8, minor: 2, micro: 0 };
 
+/** Where scripts/qemu-backports.sh (run by scripts/setup.sh) unpacks QEMU 10 by default. */
+export const BACKPORTS_QEMU =
+  '/var/cache/runner-codes/qemu-backports/root/usr/bin/qemu-system-x86_64';
+
+/** Whether a QEMU can clone from a read-only RAM template (8.2 or later). */
+export function canRamTemplate(version: QemuVersion | null): version is QemuVersion {
+  return version !== null && qemuAtLeast(version, RAM_TEMPLATE_MIN_QEMU);
+}
+
 /** The version in `qemu-system-x86_64 --version` output, or null. */
 export function parseQemuVersion(text: string): QemuVersion | null {
   const m = /version (\d+)\.(\d+)(?:\.(\d+))?/.exec(text);
@@ -53,7 +62,7 @@ export function qemuVersion(binary: string): Promise<QemuVersion> {
  */
 export async function checkRamTemplateQemu(binary: string): Promise<QemuVersion> {
   const version = await qemuVersion(binary);
-  if (!qemuAtLeast(version, RAM_TEMPLATE_MIN_QEMU)) {
+  if (!canRamTemplate(version)) {
     throw new ConfigInvalidError(
       `RUNNER_QEMU_RAM_TEMPLATE needs QEMU ${formatQemuVersion(RAM_TEMPLATE_MIN_QEMU)} or later (readonly=on,rom=off); ${binary} is ${formatQemuVersion(version)} (docs/qemu.md "The RAM template": scripts/qemu-backports.sh fetches one)`,
     );

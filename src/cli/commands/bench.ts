@@ -83,21 +83,13 @@ const HELLO: Record<
   },
 };
 
-/** A process's proportional set size: its pages, each shared one divided by its sharers. */
-function pssMib(pid: number | undefined): number | null {
+/** A `<field>: <n> kB` line of one of a process's /proc files, in MiB; null if unreadable. */
+function procMib(pid: number | undefined, file: string, field: string): number | null {
   if (pid === undefined) return null;
   try {
-    const m = /^Pss:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8'));
-    return m?.[1] ? Number(m[1]) / 1024 : null;
-  } catch {
-    return null;
-  }
-}
-
-function rssMib(pid: number | undefined): number | null {
-  if (pid === undefined) return null;
-  try {
-    const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    const m = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(
+      readFileSync(`/proc/${pid}/${file}`, 'utf8'),
+    );
     return m?.[1] ? Number(m[1]) / 1024 : null;
   } catch {
     return null;
@@ -158,9 +150,10 @@ export async function runBench(
     }
     await new Promise((r) => setTimeout(r, 200));
     for (const vm of restored) {
-      const r = rssMib(vm.pid);
+      const r = procMib(vm.pid, 'status', 'VmRSS');
       if (r !== null) rss.push(r);
-      const p = pssMib(vm.pid);
+      // PSS: each shared page divided among the processes that map it.
+      const p = procMib(vm.pid, 'smaps_rollup', 'Pss');
       if (p !== null) pss.push(p);
     }
   } finally {

@@ -9,10 +9,11 @@ import { ImageStore } from '../../images/store.js';
 import { LanguageRegistry } from '../../languages/index.js';
 import { latestBase, lookupUser } from '../../pool/index.js';
 import {
+  BACKPORTS_QEMU,
+  canRamTemplate,
   formatQemuVersion,
   parseQemuVersion,
   probeKvm,
-  qemuAtLeast,
   RAM_TEMPLATE_MIN_QEMU,
 } from '../../vmm/index.js';
 import { jailChecks } from './doctor-jail.js';
@@ -28,10 +29,6 @@ export interface Check {
   optional?: boolean;
 }
 
-/** Where scripts/qemu-backports.sh (run by scripts/setup.sh) unpacks QEMU 10 by default. */
-export const BACKPORTS_QEMU =
-  '/var/cache/runner-codes/qemu-backports/root/usr/bin/qemu-system-x86_64';
-
 /**
  * Whether snapshots can keep their RAM in a template (docs/qemu.md "The RAM template"): with the
  * setting on, the configured QEMU must be 8.2 or later; with it off, only said, never a failure.
@@ -44,7 +41,7 @@ export function ramTemplateCheck(
 ): Check {
   const version = versionLine === null ? null : parseQemuVersion(versionLine);
   const min = formatQemuVersion(RAM_TEMPLATE_MIN_QEMU);
-  const able = version !== null && qemuAtLeast(version, RAM_TEMPLATE_MIN_QEMU);
+  const able = canRamTemplate(version);
   const found =
     version === null ? `${binary} gives no version` : `QEMU ${formatQemuVersion(version)}`;
   const fix = `RUNNER_QEMU_BINARY=${backports ?? BACKPORTS_QEMU}${backports === null ? ' (bash scripts/qemu-backports.sh unpacks it)' : ''}`;

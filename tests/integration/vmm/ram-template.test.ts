@@ -16,13 +16,12 @@ import type { Engine } from '../../../src/pool/engine.js';
 import { executeOnVm, type Lease } from '../../../src/pool/index.js';
 import type { SnapshotRef } from '../../../src/pool/snapshots.js';
 import type { StageResult } from '../../../src/protocol/index.js';
+import { BACKPORTS_QEMU } from '../../../src/vmm/index.js';
 import { testDataDir, testDataPaths } from '../../support/paths.js';
 import { ensureImages, testEngine, vmSkipReason } from '../../support/vm.js';
 
-/** Where scripts/qemu-backports.sh (run by scripts/setup.sh as root) unpacks QEMU 10. */
-const QEMU =
-  process.env.RUNNER_TEST_RAM_TEMPLATE_QEMU ??
-  '/var/cache/runner-codes/qemu-backports/root/usr/bin/qemu-system-x86_64';
+/** QEMU 10 where scripts/qemu-backports.sh (run by scripts/setup.sh as root) unpacks it. */
+const QEMU = process.env.RUNNER_TEST_RAM_TEMPLATE_QEMU ?? BACKPORTS_QEMU;
 
 const skip =
   vmSkipReason() ??

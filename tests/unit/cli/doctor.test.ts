@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { BACKPORTS_QEMU, ramTemplateCheck } from '../../../src/cli/commands/doctor.js';
+import { ramTemplateCheck } from '../../../src/cli/commands/doctor.js';
+import { BACKPORTS_QEMU } from '../../../src/vmm/index.js';
 
 const V72 = 'QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18)';
 const V10 = 'QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2+deb13u1~bpo12+1)';
