@@ -36,7 +36,7 @@ export {
   type StageTimings,
 } from './stage.js';
 export { killAllOfUid, listProcessesOfUid, type SandboxTools } from './proc.js';
-export { SystemGuestActions, type GuestActions } from './guest.js';
+export { ReseedServer, SystemGuestActions, type GuestActions } from './guest.js';
 export { AgentServer, fitResult, type AgentServerOptions, type JobExecutor } from './server.js';
 export { UnixTransport, SerialTransport, type Transport, type SerialOptions } from './transport.js';
 export { parseAgentArgs, startAgent, USAGE, type AgentCliOptions } from './main.js';

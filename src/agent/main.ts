@@ -139,7 +139,7 @@ export async function startAgent(
   log(`languages: ${executor.languages().join(', ') || '(none)'}`);
   const server = new AgentServer({
     executor,
-    guest: new SystemGuestActions(options.execHelper),
+    guest: new SystemGuestActions(options.execHelper, 10_000, log),
     vmId: options.vmId,
     log,
   });

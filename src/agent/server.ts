@@ -13,6 +13,7 @@ import {
   type ExecuteMessage,
   type HostMessage,
   type ResultMessage,
+  type ReseedVia,
   type SeedMessage,
   type PrimeMessage,
   type Limits,
@@ -253,8 +254,9 @@ export class AgentServer {
       const entropy = Buffer.from(message.entropy, 'base64');
       const guest = this.options.guest;
       let credited: number;
+      let via: ReseedVia = 'tools';
       if (guest.reseed) {
-        credited = await guest.reseed(entropy, message.unixTimeMs);
+        ({ credited, via } = await guest.reseed(entropy, message.unixTimeMs));
       } else {
         credited = await guest.addEntropy(entropy);
         await guest.setClock(message.unixTimeMs);
@@ -265,6 +267,7 @@ export class AgentServer {
         id: message.id,
         vmId: message.vmId,
         entropyBytes: credited,
+        via,
       });
     } catch (err) {
       await this.send(channel, {

@@ -7,7 +7,7 @@ import {
   PoolStateError,
   SandboxFailureError,
 } from '../errors.js';
-import type { Limits, SeccompFamily } from '../protocol/index.js';
+import type { Limits, ReseedVia, SeccompFamily, SeededMessage } from '../protocol/index.js';
 import type { VmNet, VmNetManager } from '../net/vmnet.js';
 import type { MicroVm, VmmDriver, VmResources } from '../vmm/index.js';
 import type { SnapshotManager } from './snapshots.js';
@@ -79,6 +79,8 @@ interface Restored {
   readonly vm: MicroVm;
   readonly restoreMs: number;
   readonly images: string | null;
+  /** How the agent reseeded (`server`: without starting a process); absent from old agents. */
+  readonly reseededVia?: ReseedVia;
 }
 
 /**
@@ -334,7 +336,7 @@ export class VmPool {
   private async restoreSnapshot(
     language: string,
     snapshot: PoolSnapshot,
-  ): Promise<{ vm: MicroVm; restoreMs: number }> {
+  ): Promise<{ vm: MicroVm; restoreMs: number; reseededVia?: ReseedVia }> {
     const vmId = `${language}-${randomBytes(6).toString('hex')}`;
     const started = Date.now();
     const vm = await this.options.driver.restore(
@@ -349,15 +351,16 @@ export class VmPool {
       },
       snapshot.path,
     );
+    let seeded: SeededMessage;
     try {
-      await reseed(vm, this.options.restoreTimeoutMs);
+      seeded = await reseed(vm, this.options.restoreTimeoutMs);
     } catch (err) {
       await vm.destroy();
       throw err;
     }
     const restoreMs = Date.now() - started;
     this.options.onRestore?.(language, restoreMs);
-    return { vm, restoreMs };
+    return { vm, restoreMs, ...(seeded.via !== undefined && { reseededVia: seeded.via }) };
   }
 
   private async acquireNetworked(language: string): Promise<Lease> {
@@ -595,7 +598,7 @@ export async function prime(
  * After a restore every VM is a copy of one frozen guest: same random pool, same clock, same
  * identity. Before it takes a job the host gives it fresh entropy, the time and its own id.
  */
-export async function reseed(vm: MicroVm, timeoutMs: number): Promise<void> {
+export async function reseed(vm: MicroVm, timeoutMs: number): Promise<SeededMessage> {
   const channel = vm.agent();
   const id = `seed-${randomBytes(4).toString('hex')}`;
   await channel.send({
@@ -608,7 +611,7 @@ export async function reseed(vm: MicroVm, timeoutMs: number): Promise<void> {
   for (;;) {
     const reply = await channel.next(timeoutMs);
     if (reply.type === 'hello') continue; // the agent began a new session on the port
-    if (reply.type === 'seeded' && reply.id === id) return;
+    if (reply.type === 'seeded' && reply.id === id) return reply;
     throw new SandboxFailureError(
       `agent answered seed with ${reply.type}${reply.type === 'error' ? `: ${reply.message}` : ''}`,
     );

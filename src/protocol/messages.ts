@@ -410,8 +410,26 @@ export const PongMessageSchema = Type.Object({ type: Type.Literal('pong'), id: I
 export type PongMessage = Static<typeof PongMessageSchema>;
 
 /** The agent's answer to `seed`: the new identity it took, and the entropy bytes credited. */
+/**
+ * How the agent reseeded: `server` through the exec helper's reseed server, a process kept from
+ * before the snapshot (no process started); `exec` with one exec of the helper; `tools` with
+ * perl and date (an agent without the helper).
+ */
+export const ReseedViaSchema = Type.Union([
+  Type.Literal('server'),
+  Type.Literal('exec'),
+  Type.Literal('tools'),
+]);
+export type ReseedVia = Static<typeof ReseedViaSchema>;
+
 export const SeededMessageSchema = Type.Object(
-  { type: Type.Literal('seeded'), id: Id, vmId: Id, entropyBytes: Type.Integer({ minimum: 0 }) },
+  {
+    type: Type.Literal('seeded'),
+    id: Id,
+    vmId: Id,
+    entropyBytes: Type.Integer({ minimum: 0 }),
+    via: Type.Optional(ReseedViaSchema),
+  },
   closed,
 );
 export type SeededMessage = Static<typeof SeededMessageSchema>;

@@ -41,6 +41,8 @@ export interface BenchReport {
   coldBootMs: Quantiles;
   snapshotMs: Quantiles;
   restoreMs: Quantiles;
+  /** How the restored VMs' agents reseeded, counted (`server`: no process started). */
+  reseededVia: Record<string, number>;
   poolHitMs: Quantiles;
   poolMissMs: Quantiles;
   hostOverheadMs: Quantiles;
@@ -141,12 +143,15 @@ export async function runBench(
   const rss: number[] = [];
   const pss: number[] = [];
   const restored: MicroVm[] = [];
+  const reseededVia: Record<string, number> = {};
   try {
     for (let i = 0; i < options.restores; i++) {
       options.progress(`restore ${i + 1}/${options.restores}`);
-      const { vm, restoreMs } = await engine.pool.restoreFresh(language);
-      restored.push(vm);
-      restore.push(restoreMs);
+      const r = await engine.pool.restoreFresh(language);
+      restored.push(r.vm);
+      restore.push(r.restoreMs);
+      const via = r.reseededVia ?? 'unknown';
+      reseededVia[via] = (reseededVia[via] ?? 0) + 1;
     }
     await new Promise((r) => setTimeout(r, 200));
     for (const vm of restored) {
@@ -224,6 +229,7 @@ export async function runBench(
     coldBootMs: quantiles(coldBoot),
     snapshotMs: quantiles(snapshotMs),
     restoreMs: quantiles(restore),
+    reseededVia,
     poolHitMs: quantiles(hit),
     poolMissMs: quantiles(miss),
     hostOverheadMs: quantiles(overhead),
@@ -463,6 +469,11 @@ export function registerBenchCommand(program: Command): void {
             `jobs per second at saturation: ${report.jobsPerSecond} (${engine.pool.capacity} VMs)`,
             `host RSS per idle VM: ${report.idleVmRssMib} MiB, PSS ${report.idleVmPssMib} MiB (${report.restoreMs.n} restored VMs at once)`,
             `restore is ${report.ratios.restoreVsColdBoot}x faster than a cold boot; a pool hit is ${report.ratios.poolHitVsNative}x the native run`,
+            `reseeded by: ${
+              Object.entries(report.reseededVia)
+                .map(([via, n]) => `${via} ${n}`)
+                .join(', ') || '-'
+            } (server: no process started after the restore)`,
             '',
           ].join('\n'),
         );

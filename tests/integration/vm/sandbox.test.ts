@@ -250,6 +250,19 @@ describe.skipIf(skip !== null)('the sandbox in real VMs', () => {
     expect(cga).not.toBe(cgb);
   });
 
+  it('the reseed after a restore starts no process: the reseed server kept from before the snapshot answers it', async () => {
+    const restored = await engine.pool.restoreFresh('python');
+    try {
+      expect(restored.reseededVia).toBe('server');
+      // The clock it set is the host's (to the second: the guest's clock runs on from the seed).
+      const job = engine.prepare(python('import time; print(int(time.time()))'));
+      const result = await executeOnVm(restored.vm, job);
+      expect(Math.abs(Number(text(result.run).trim()) - Date.now() / 1000)).toBeLessThan(30);
+    } finally {
+      await restored.vm.destroy();
+    }
+  });
+
   it('files left in /tmp, /dev/shm, /var/tmp and $HOME are invisible to the next job', async () => {
     const write =
       'import os\nfor d in ["/tmp", "/dev/shm", "/var/tmp", os.environ["HOME"]]:\n    try:\n        open(os.path.join(d, "left-behind"), "w").write("x")\n    except OSError:\n        pass\n';

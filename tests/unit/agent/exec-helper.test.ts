@@ -1,8 +1,17 @@
+import { execFile } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { chmod, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { findSandboxTools, runStage, type StageSandbox } from '../../../src/agent/index.js';
+import {
+  findSandboxTools,
+  ReseedServer,
+  runStage,
+  SystemGuestActions,
+  type StageSandbox,
+} from '../../../src/agent/index.js';
+import { SandboxFailureError } from '../../../src/errors.js';
 import { buildExecHelper } from '../../../src/images/exec-helper.js';
 import { freeOwner, isRoot, LIMITS, text } from './helpers.js';
 
@@ -214,5 +223,91 @@ describe('runner-exec', () => {
     expect(r.status).toBe('sandbox_error');
     expect(r.message).toMatch(/--seccomp wants default, jvm or node/);
     expect(text(r.stdout)).toBe('');
+  });
+});
+
+/**
+ * The reseed server (`runner-exec --reseed-server`) and the agent's client of it. Crediting
+ * entropy and setting the clock need root, and the clock is never set on this machine: the
+ * server runs here as an unprivileged user, whose ioctl the kernel refuses, which is enough to
+ * see the framing, the answers and the fallback. The credited path runs in every VM test (each
+ * restore is reseeded), and tests/integration/vm/sandbox.test.ts checks it took no process.
+ */
+describe('runner-exec --reseed-server', () => {
+  let unprivileged: string;
+  let uid = 0;
+
+  beforeAll(async () => {
+    if (helper === null || !isRoot) return;
+    uid = (await freeOwner(47_300)).uid;
+    unprivileged = join(dir, 'reseed-as-user');
+    await writeFile(
+      unprivileged,
+      `#!/bin/sh\nexec setpriv --reuid=${uid} --regid=${uid} --clear-groups ${helper} "$@"\n`,
+      { mode: 0o755 },
+    );
+  });
+
+  const serverPids = async (): Promise<string[]> => {
+    const out = await new Promise<string>((resolve) =>
+      execFile('pgrep', ['-u', String(uid), '-f', 'reseed-server'], (_e, stdout) =>
+        resolve(stdout),
+      ),
+    );
+    return out.split('\n').filter((l) => l !== '');
+  };
+
+  it('answers request after request in one process; a refused ioctl is the sandbox’s failure', async (ctx) => {
+    if (helper === null) ctx.skip(why);
+    if (!isRoot) ctx.skip('needs root to run the server as an unprivileged user');
+    const server = new ReseedServer(unprivileged, 5000);
+    try {
+      const pid = server.start();
+      for (let i = 0; i < 3; i++) {
+        const err = await server.reseed(randomBytes(64), Date.now()).catch((e: unknown) => e);
+        expect(err).toBeInstanceOf(SandboxFailureError);
+        expect((err as Error).message).toBe(
+          'reseed: ioctl RNDADDENTROPY: Operation not permitted',
+        );
+      }
+      expect(server.running).toBe(true);
+      expect(server.start()).toBe(pid);
+      expect(await serverPids()).toHaveLength(1);
+    } finally {
+      server.stop();
+    }
+  });
+
+  it('an oversized request is answered and ends the server; then the client says it is not running', async (ctx) => {
+    if (helper === null) ctx.skip(why);
+    if (!isRoot) ctx.skip('needs root to run the server as an unprivileged user');
+    const server = new ReseedServer(unprivileged, 5000);
+    server.start();
+    const err = await server.reseed(Buffer.alloc(4097), Date.now()).catch((e: unknown) => e);
+    expect((err as Error).message).toBe('reseed: a short or oversized request');
+    await expect.poll(() => server.running, { timeout: 5000 }).toBe(false);
+    const after = await server.reseed(randomBytes(8), Date.now()).catch((e: unknown) => e);
+    expect(after).not.toBeInstanceOf(SandboxFailureError);
+    expect((after as Error).message).toBe('the reseed server is not running');
+  });
+
+  it('the agent falls back to one exec when its server is gone, and starts the server again', async (ctx) => {
+    if (helper === null) ctx.skip(why);
+    if (!isRoot) ctx.skip('needs root to run the server as an unprivileged user');
+    const logged: string[] = [];
+    const guest = new SystemGuestActions(unprivileged, 5000, (l) => logged.push(l));
+    try {
+      await expect.poll(serverPids, { timeout: 5000 }).toHaveLength(1);
+      const [first] = await serverPids();
+      process.kill(Number(first), 'SIGKILL');
+      const err = await guest.reseed(randomBytes(64), Date.now()).catch((e: unknown) => e);
+      // The one-shot exec ran (and, unprivileged, was refused in the same way).
+      expect((err as Error).message).toMatch(/failed: .*RNDADDENTROPY: Operation not permitted/);
+      expect(logged.join('\n')).toMatch(/--reseed-server ended \(SIGKILL\): reseeding with one exec/);
+      await expect.poll(serverPids, { timeout: 5000 }).toHaveLength(1);
+      expect(await serverPids()).not.toContain(first);
+    } finally {
+      guest.close();
+    }
   });
 });

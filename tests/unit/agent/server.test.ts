@@ -205,6 +205,7 @@ describe('agent server over a unix socket', () => {
         id: 's-1',
         vmId: 'vm-seeded',
         entropyBytes: 48,
+        via: 'tools',
       });
     });
     expect(guest.entropy.at(-1)).toEqual(entropy);

@@ -109,6 +109,9 @@ describe('message schemas', () => {
     expect(parseAgentMessage({ type: 'seeded', id: 's', vmId: 'v', entropyBytes: 32 }).type).toBe(
       'seeded',
     );
+    const viaServer = { type: 'seeded', id: 's', vmId: 'v', entropyBytes: 32, via: 'server' };
+    expect(parseAgentMessage(viaServer)).toEqual(viaServer);
+    expect(() => parseAgentMessage({ ...viaServer, via: 'magic' })).toThrow();
     expect(
       parseAgentMessage({ type: 'error', id: null, code: 'AGENT_BUSY', message: 'm' }).type,
     ).toBe('error');
