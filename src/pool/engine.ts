@@ -39,7 +39,7 @@ import {
 } from '../vmm/index.js';
 import { sweepVmNets, VmNetManager } from '../net/vmnet.js';
 import { processAlive } from '../pids.js';
-import { prime, VmPool } from './pool.js';
+import { prime, reseed, VmPool } from './pool.js';
 import { prepareJob, type JobRequest, type JobResult, type PreparedJob } from './job.js';
 import { SandboxManager } from '../sandbox/manager.js';
 import { executeOnVm, JobRunner, type RunOptions } from './runner.js';
@@ -340,8 +340,11 @@ export async function createEngine(
     log,
     ...(settings.qemuRamTemplate && { ramTemplate: { owner: user } }),
     ...(settings.snapshotWarmUp && {
-      warmUp: (vm: MicroVm, language: string) =>
-        warmUp(vm, languages.get(language), languages, maxLimits),
+      warmUp: async (vm: MicroVm, language: string) => {
+        await warmUp(vm, languages.get(language), languages, maxLimits);
+        // The agent's seed path run once too, so that each clone's reseed finds it compiled.
+        await reseed(vm, settings.restoreTimeoutMs);
+      },
     }),
   });
   // Network on request: set up (and checked) at start, so a host that cannot do it fails here.

@@ -94,7 +94,7 @@ export interface SnapshotManagerOptions {
 export const RAM_TEMPLATE_FILE = 'ram';
 
 /** The version of the warm-up recipe, in the snapshot key when a warm-up runs. */
-const WARM_UP_RECIPE = 1;
+const WARM_UP_RECIPE = 2;
 
 /**
  * Makes and finds per-language snapshots. A snapshot's key hashes the kernel image, the rootfs
