@@ -29,8 +29,9 @@ export const USAGE = `usage: agent.mjs (--unix PATH | --serial DEVICE) --languag
   --scratch DIRS      shared scratch folders (comma-separated, e.g. /tmp,/var/tmp,/dev/shm)
                       emptied of the job user's files after every stage (default: none)
   --exec-helper PATH  the static runner-exec: each stage is one exec of it (cgroup, rlimits,
-                      uid, no_new_privs, environment), and the reseed too (default: the
-                      chain sh, prlimit, setpriv, env; perl and date for the reseed)
+                      uid, no_new_privs, environment), and the reseed goes to its reseed
+                      server, started now (default: the chain sh, prlimit, setpriv, env;
+                      perl and date for the reseed)
   --vm-id ID          the VM id to announce until a seed message sets one
   --help, --version`;
 
