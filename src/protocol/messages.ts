@@ -11,6 +11,7 @@ import {
   checkJob,
   ENV_NAME_PATTERN,
   MAX_ARTEFACT_ENTRIES,
+  MAX_ARTEFACT_RAW_BYTES,
   MAX_ARG_STRING_BYTES,
   MAX_JOB_ARGS,
   MAX_JOB_CASES,
@@ -149,6 +150,8 @@ export const ArtefactEntrySchema = Type.Object(
     kind: Type.Union([Type.Literal('file'), Type.Literal('dir'), Type.Literal('link')]),
     mode: Type.Integer({ minimum: 0, maximum: 0o777 }),
     data: Type.Optional(Base64),
+    /** Present when `data` is the gzip of the file: the file's size, checked as it unpacks. */
+    rawBytes: Type.Optional(Type.Integer({ minimum: 0, maximum: MAX_ARTEFACT_RAW_BYTES })),
     target: Type.Optional(Type.String({ minLength: 1, maxLength: MAX_PATH_BYTES })),
   },
   closed,

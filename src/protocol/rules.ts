@@ -56,10 +56,13 @@ export const MAX_RESULT_OUTPUT_BYTES = Math.floor((MAX_FRAME_BYTES - 1_048_576) 
 /** The most entries of one compile artefact (files, folders and links of the work dir). */
 export const MAX_ARTEFACT_ENTRIES = 4096;
 /**
- * The most bytes of the files of one compile artefact: as base64, with the job's own files, it
- * must fit one execute frame. A compile that leaves more is not kept.
+ * The most bytes of the files of one compile artefact as they travel (a large file gzipped):
+ * as base64, with the job's own files, it must fit one execute frame. A compile that leaves
+ * more is not kept.
  */
 export const MAX_ARTEFACT_BYTES = 8 * 1024 * 1024;
+/** The most bytes of the files of one compile artefact once laid out (gzipped ones unpacked). */
+export const MAX_ARTEFACT_RAW_BYTES = 64 * 1024 * 1024;
 
 const base64Re = new RegExp(BASE64_PATTERN);
 const envNameRe = new RegExp(ENV_NAME_PATTERN);
@@ -226,8 +229,10 @@ export function checkJob(
  * host, the host keeps none that breaks these): each path a canonical relative name
  * (`checkFileName`), none twice, each one's folder an earlier `dir` entry (so laying them out in
  * order never goes through a link), a file with its bytes as base64, a link with its target, a
- * folder with neither, and the files' bytes together at most MAX_ARTEFACT_BYTES. Returns the
- * files' byte count; FILE_NAME_INVALID or ENCODING_INVALID naming the entry.
+ * folder with neither, `rawBytes` (the size of a file whose `data` is gzipped) only on a file,
+ * the files' bytes as they travel together at most MAX_ARTEFACT_BYTES and laid out at most
+ * MAX_ARTEFACT_RAW_BYTES. Returns the files' byte count as they travel; FILE_NAME_INVALID or
+ * ENCODING_INVALID naming the entry.
  */
 export function checkArtefact(entries: readonly ArtefactEntry[], field = 'artefact'): number {
   if (entries.length > MAX_ARTEFACT_ENTRIES) {
@@ -235,6 +240,7 @@ export function checkArtefact(entries: readonly ArtefactEntry[], field = 'artefa
   }
   const seen = new Map<string, ArtefactEntry['kind']>();
   let bytes = 0;
+  let raw = 0;
   entries.forEach((e, i) => {
     const where = `${field}[${i}]`;
     const parts = checkFileName(e.path, `${where}.path`);
@@ -256,7 +262,11 @@ export function checkArtefact(entries: readonly ArtefactEntry[], field = 'artefa
     if (hasData) {
       if (!isBase64(e.data as string))
         throw new EncodingInvalidError(`${where}.data is not valid base64`);
-      bytes += Math.floor(((e.data as string).length * 3) / 4);
+      const encoded = Math.floor(((e.data as string).length * 3) / 4);
+      bytes += encoded;
+      raw += e.rawBytes ?? encoded;
+    } else if (e.rawBytes !== undefined) {
+      throw new FileNameInvalidError(`${where}: a ${e.kind} entry has the wrong fields`);
     }
     if (hasTarget && (e.target as string).includes('\0')) {
       throw new FileNameInvalidError(`${where}.target contains a NUL byte`);
@@ -265,6 +275,11 @@ export function checkArtefact(entries: readonly ArtefactEntry[], field = 'artefa
   });
   if (bytes > MAX_ARTEFACT_BYTES) {
     throw new FileNameInvalidError(`${field}: its files take over ${MAX_ARTEFACT_BYTES} bytes`);
+  }
+  if (raw > MAX_ARTEFACT_RAW_BYTES) {
+    throw new FileNameInvalidError(
+      `${field}: its files take over ${MAX_ARTEFACT_RAW_BYTES} bytes laid out`,
+    );
   }
   return bytes;
 }

@@ -120,6 +120,28 @@ describe.skipIf(skip !== null)('the compile cache, in real VMs', () => {
     expect(limited.timings.compileCached).toBe(false);
   });
 
+  it('keeps a compile whose binary is larger than an artefact may carry unpacked (gzipped on the way)', async () => {
+    // 12 MiB of initialised data in the binary, like rustc's debug info: over the 8 MiB an
+    // artefact carries, a few KiB gzipped.
+    const big: JobRequest = {
+      language: 'c',
+      files: [
+        {
+          name: 'main.c',
+          content: `#include <stdio.h>\nstatic char big[12 << 20] = {1};\nint main(void) { big[(12 << 20) - 1] = 2; printf("big ${nonce} %d\\n", big[0] + big[(12 << 20) - 1]); return 0; }\n`,
+        },
+      ],
+    };
+    const first = await run(big);
+    expect(first.status, text(first.compile?.stderr)).toBe('ok');
+    expect(first.timings.compileCached).toBe(false);
+    expect(text(first.run?.stdout)).toBe(`big ${nonce} 3\n`);
+    const second = await run(big);
+    expect(second.status).toBe('ok');
+    expect(second.timings.compileCached).toBe(true);
+    expect(text(second.run?.stdout)).toBe(`big ${nonce} 3\n`);
+  });
+
   it('keeps no compile that failed', async () => {
     const broken: JobRequest = {
       language: 'c',
